@@ -1,0 +1,40 @@
+# The course's commands. `make demo` and `make test` are the two the README promises.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup demo test test-fast sync check site lab clean
+
+setup: $(STAMP)  ## create .venv with kuiper (editable) and the course and dev extras
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --progress-bar on -e ".[course,dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: setup  ## run the engine's demo
+	$(BIN)/kuiper demo
+
+# pytest exits 5 when a selection collects no test: not a failure of the course.
+test: setup  ## every test: package tests, nbval on the executed lessons, the site in a browser
+	$(BIN)/python -m pytest -n 2 --dist loadfile || [ $$? -eq 5 ]
+
+test-fast: setup  ## the quick loop: everything but the slow tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow" || [ $$? -eq 5 ]
+
+sync: setup  ## lessons -> kuiper/ modules, executed notebooks, student workbooks
+	$(BIN)/python tools/sync.py
+
+check: setup  ## fail if any generated file is out of date
+	$(BIN)/python tools/sync.py --check
+
+site: setup  ## render the lessons to static HTML in site/_build/html
+	$(BIN)/python tools/site.py
+
+lab: setup  ## open the student workbook
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf site/_build .pytest_cache

@@ -1,0 +1,44 @@
+"""Helpers the lessons use in their cells: grow a class one cell at a time, and check exercises.
+
+Hand-written: no lesson builds this module, and the package's engine code never imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+F = TypeVar("F")
+
+
+def patch_to(cls: type) -> Callable[[F], F]:
+    """Decorator: add the function below to `cls` as a method (property, classmethod, …).
+
+    The export step moves such functions into the class body, so `kuiper/` reads as plain classes.
+    """
+
+    def attach(member: Any) -> Any:
+        func = getattr(member, "fget", None) or getattr(member, "__func__", None) or member
+        setattr(cls, func.__name__, member)
+        return member
+
+    return attach
+
+
+@contextmanager
+def check(name: str) -> Iterator[None]:
+    """Run the assertions in the `with` block and print one PASS or FAIL line for exercise `name`.
+
+    An unfinished exercise (NotImplementedError) reads as "not done yet" rather than a traceback.
+    """
+    try:
+        yield
+    except NotImplementedError:
+        print(f"TODO {name}: not implemented yet")
+    except AssertionError as err:
+        print(f"FAIL {name}: {err or 'an assertion failed'}")
+    except Exception as err:  # a student's bug of any kind is reported, not raised
+        print(f"FAIL {name}: {type(err).__name__}: {err}")
+    else:
+        print(f"PASS {name}")

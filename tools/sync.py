@@ -1,0 +1,328 @@
+"""One source, three products: each `solutions/NN_topic.py` lesson becomes its executed notebook,
+the `kuiper/` modules its export cells build, and the student workbook in `notebooks/`.
+
+    python tools/sync.py            # export, execute what changed, write student notebooks
+    python tools/sync.py --check    # list generated files that are out of date (exit 1 if any)
+
+Directives (nbdev-style comment lines at the top of a code cell):
+    #| default_exp tensor      the lesson's default module, kuiper/tensor.py
+    #| export                  this cell goes to the default module
+    #| export errors           this cell goes to kuiper/errors.py
+    #| exercise: <what to do>  the cell holds an exercise between `### BEGIN SOLUTION` and
+                               `### END SOLUTION`; the workbook gets a NotImplementedError there
+A function decorated `@patch_to(Cls)` in an export cell becomes a method inside `class Cls`
+of the generated module, so a lesson can grow a class one cell at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import hashlib
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import jupytext
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "kuiper"
+HEADER = "# Generated from {sources} by tools/sync.py: edit the lesson, not this file.\n"
+# Methods moved into a class body may name the class in annotations: keep annotations lazy.
+PRELUDE = "from __future__ import annotations\n"
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+DIRECTIVE = re.compile(r"^\s*#\|\s*(\S+?):?(?:\s+(.*?))?\s*$")
+
+
+@dataclass(frozen=True)
+class Lesson:
+    """The files of one lesson: its source, its executed notebook and its student workbook."""
+
+    source: Path
+
+    @property
+    def number(self) -> int:
+        return int(self.source.name.split("_", 1)[0])
+
+    @property
+    def executed(self) -> Path:
+        return self.source.with_suffix(".ipynb")
+
+    @property
+    def workbook(self) -> Path:
+        return self.source.parent.parent / "notebooks" / self.executed.name
+
+
+def lessons(root: Path = ROOT) -> list[Lesson]:
+    """Every lesson under `root/solutions`, in lesson order."""
+    return [Lesson(p) for p in sorted((root / "solutions").glob("[0-9][0-9]_*.py"))]
+
+
+def directives(source: str) -> dict[str, str]:
+    """The `#| name value` lines of a cell as {name: value}."""
+    found = {}
+    for line in source.splitlines():
+        match = DIRECTIVE.match(line)
+        if match:
+            found[match[1]] = match[2] or ""
+    return found
+
+
+def strip_directives(source: str) -> str:
+    """The cell's code without its `#|` lines."""
+    return "\n".join(line for line in source.splitlines() if not DIRECTIVE.match(line)).strip("\n")
+
+
+def read_lesson(lesson: Lesson) -> nbformat.NotebookNode:
+    """The lesson's cells, read from its py:percent source."""
+    return jupytext.read(lesson.source)
+
+
+# ---- export: lesson cells -> kuiper modules -------------------------------------------------
+
+def export_cells(nb: nbformat.NotebookNode, where: str) -> list[tuple[str, str]]:
+    """(module, code) for each export cell, in order; module is dotted under kuiper."""
+    default, cells = None, []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        found = directives(cell.source)
+        default = found.get("default_exp", default)
+        if "export" not in found:
+            continue
+        module = found["export"] or default
+        if module is None:
+            raise SystemExit(f"{where}: an export cell comes before any `#| default_exp`")
+        code = "\n".join(line for line in strip_directives(cell.source).splitlines()
+                         if line.strip() not in (BEGIN, END))
+        cells.append((module, code))
+    return cells
+
+
+def _patch_target(node: ast.stmt) -> tuple[str, ast.expr] | None:
+    """For `@patch_to(Cls) def f...` the class name and the decorator node, else None."""
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return None
+    for deco in node.decorator_list:
+        if (isinstance(deco, ast.Call) and isinstance(deco.func, ast.Name)
+                and deco.func.id == "patch_to" and len(deco.args) == 1
+                and isinstance(deco.args[0], ast.Name)):
+            return deco.args[0].id, deco
+    return None
+
+
+def assemble(cells: list[str], where: str) -> str:
+    """Join a module's cells, moving `@patch_to(Cls)` functions into the body of `class Cls`."""
+    chunks: list[list[str]] = []
+    class_end: dict[str, tuple[int, int]] = {}  # class -> (chunk, line index just after its body)
+    for code in cells:
+        lines = code.splitlines()
+        keep = [True] * len(lines)
+        tree = ast.parse(code)
+        for node in tree.body:
+            target = _patch_target(node)
+            if target is None:
+                continue
+            name, deco = target
+            if name not in class_end:
+                raise SystemExit(f"{where}: @patch_to({name}) needs `class {name}` in an earlier cell")
+            start = min(d.lineno for d in node.decorator_list) - 1
+            method = [line for i, line in enumerate(lines[start:node.end_lineno], start)
+                      if not deco.lineno - 1 <= i < deco.end_lineno]
+            keep[start:node.end_lineno] = [False] * (node.end_lineno - start)
+            _insert_method(chunks, class_end, name, method)
+        chunks.append([line for line, k in zip(lines, keep) if k])
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                class_end[node.name] = (len(chunks) - 1, sum(keep[: node.end_lineno]))
+    text = "\n\n\n".join("\n".join(c).strip("\n") for c in chunks if any(s.strip() for s in c))
+    return text + "\n"
+
+
+def _insert_method(chunks: list[list[str]], class_end: dict[str, tuple[int, int]],
+                   name: str, method: list[str]) -> None:
+    """Append `method` (unindented lines) to the body of class `name`, shifting later classes."""
+    chunk, at = class_end[name]
+    block = [""] + ["    " + line if line.strip() else "" for line in method]
+    chunks[chunk][at:at] = block
+    for other, (c, line) in class_end.items():
+        if c == chunk and line >= at:
+            class_end[other] = (c, line + len(block))
+
+
+def build_modules(root: Path = ROOT) -> dict[Path, str]:
+    """The text of every generated module, keyed by its path."""
+    sources: dict[str, list[str]] = {}
+    cells: dict[str, list[str]] = {}
+    for lesson in lessons(root):
+        rel = lesson.source.relative_to(root).as_posix()
+        for module, code in export_cells(read_lesson(lesson), rel):
+            cells.setdefault(module, []).append(code)
+            if rel not in sources.setdefault(module, []):
+                sources[module].append(rel)
+    modules = {}
+    for module, codes in cells.items():
+        path = root / PACKAGE / Path(*module.split(".")).with_suffix(".py")
+        body = assemble(codes, f"{PACKAGE}.{module}")
+        body = ("\n\n" if body.startswith(("class ", "def ", "@")) else "\n") + body
+        modules[path] = HEADER.format(sources=", ".join(sources[module])) + PRELUDE + body
+    return modules
+
+
+def generated_files(root: Path = ROOT) -> list[Path]:
+    """The modules on disk that sync wrote (their first line is the generated header)."""
+    prefix = HEADER.split("{")[0]
+    return [p for p in (root / PACKAGE).rglob("*.py") if p.read_text().startswith(prefix)]
+
+
+# ---- student workbook ---------------------------------------------------------------------
+
+def exercises(nb: nbformat.NotebookNode, number: int) -> list[tuple[int, str, str]]:
+    """(cell index, 'N.M', what to do) for each exercise cell of lesson `number`."""
+    found = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and "exercise" in directives(cell.source):
+            found.append((i, f"{number}.{len(found) + 1}", directives(cell.source)["exercise"]))
+    return found
+
+
+def blank_solution(source: str, label: str) -> str:
+    """Replace each BEGIN..END SOLUTION block by a NotImplementedError naming the exercise."""
+    out, inside = [], False
+    for line in strip_directives(source).splitlines():
+        if line.strip() == BEGIN:
+            indent = line[: len(line) - len(line.lstrip())]
+            out.append(f'{indent}raise NotImplementedError("{label}")')
+            inside = True
+        elif line.strip() == END:
+            inside = False
+        elif not inside:
+            out.append(line)
+    return "\n".join(out)
+
+
+def workbook(executed: nbformat.NotebookNode, number: int) -> nbformat.NotebookNode:
+    """The student notebook: exercises blanked, build directives gone, every output cleared."""
+    nb = copy.deepcopy(executed)
+    labels = {i: f"Exercise {n}: {what}" for i, n, what in exercises(nb, number)}
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        cell.source = blank_solution(cell.source, labels[i]) if i in labels else strip_directives(cell.source)
+        cell.outputs, cell.execution_count = [], None
+    nb.metadata.pop("jupytext", None)
+    nb.metadata.pop(PACKAGE, None)
+    return nb
+
+
+# ---- executed solutions ---------------------------------------------------------------------
+
+def inputs_digest(lesson: Lesson, root: Path = ROOT) -> str:
+    """A hash of everything a lesson's outputs depend on: its source, earlier lessons, helpers."""
+    digest = hashlib.sha256()
+    for earlier in lessons(root):
+        if earlier.number <= lesson.number:
+            digest.update(earlier.source.read_bytes())
+    digest.update((root / PACKAGE / "course.py").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def same_inputs(a: nbformat.NotebookNode, b: nbformat.NotebookNode) -> bool:
+    """True when both notebooks have the same cells (type and source)."""
+    return [(c.cell_type, c.source) for c in a.cells] == [(c.cell_type, c.source) for c in b.cells]
+
+
+def execute(nb: nbformat.NotebookNode, cwd: Path) -> nbformat.NotebookNode:
+    """Run every cell in a fresh kernel of this environment, as nbval will."""
+    from nbclient import NotebookClient
+
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    client = NotebookClient(nb, timeout=1800, kernel_name="python3", record_timing=False,
+                            resources={"metadata": {"path": str(cwd)}})
+    client.execute()
+    return nb
+
+
+def stale_executed(lesson: Lesson, root: Path = ROOT) -> str | None:
+    """Why the executed notebook is out of date, or None when it is current."""
+    if not lesson.executed.exists():
+        return "never executed"
+    stored = nbformat.read(lesson.executed, as_version=4)
+    if not same_inputs(stored, read_lesson(lesson)):
+        return "cells differ from the .py source"
+    if stored.metadata.get(PACKAGE, {}).get("inputs") != inputs_digest(lesson, root):
+        return "the lesson or an earlier one changed since it was executed"
+    return None
+
+
+# ---- the chain ----------------------------------------------------------------------------
+
+def _write(path: Path, text: str, changed: list[Path]) -> None:
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        changed.append(path)
+
+
+def sync(root: Path = ROOT, force: bool = False) -> list[Path]:
+    """Export, execute what changed, regenerate workbooks; return the files written."""
+    changed: list[Path] = []
+    modules = build_modules(root)
+    for path, text in modules.items():
+        _write(path, text, changed)
+    for path in set(generated_files(root)) - set(modules):
+        path.unlink()
+        changed.append(path)
+    for lesson in lessons(root):
+        reason = "forced" if force else stale_executed(lesson, root)
+        if reason:
+            print(f"executing {lesson.source.name} ({reason})", flush=True)
+            nb = execute(read_lesson(lesson), lesson.source.parent)
+            nb.metadata[PACKAGE] = {"inputs": inputs_digest(lesson, root)}
+            _write(lesson.executed, nbformat.writes(nb) + "\n", changed)
+        executed = nbformat.read(lesson.executed, as_version=4)
+        _write(lesson.workbook, nbformat.writes(workbook(executed, lesson.number)) + "\n", changed)
+    return changed
+
+
+def check(root: Path = ROOT) -> list[str]:
+    """Every generated file that is out of date, with the reason; empty when all are current."""
+    problems = []
+    modules = build_modules(root)
+    for path, text in modules.items():
+        if not path.exists() or path.read_text() != text:
+            problems.append(f"{path.relative_to(root)}: differs from its lesson's export cells")
+    for path in set(generated_files(root)) - set(modules):
+        problems.append(f"{path.relative_to(root)}: generated, but no lesson exports it now")
+    for lesson in lessons(root):
+        reason = stale_executed(lesson, root)
+        if reason:
+            problems.append(f"{lesson.executed.relative_to(root)}: {reason}")
+            continue
+        executed = nbformat.read(lesson.executed, as_version=4)
+        expected = nbformat.writes(workbook(executed, lesson.number)) + "\n"
+        if not lesson.workbook.exists() or lesson.workbook.read_text() != expected:
+            problems.append(f"{lesson.workbook.relative_to(root)}: differs from its solution")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only report what is out of date")
+    parser.add_argument("--force", action="store_true", help="re-execute every lesson")
+    args = parser.parse_args(argv)
+    if args.check:
+        problems = check()
+        print("\n".join(problems) or "all generated files are up to date")
+        return 1 if problems else 0
+    for path in sync(force=args.force):
+        print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
