@@ -1,0 +1,18 @@
+# Generated from solutions/01_tensor.py by tools/sync.py: edit the lesson, not this file.
+from __future__ import annotations
+
+
+class KuiperError(Exception):
+    """Base of every error kuiper raises on bad input: catch this to catch them all."""
+
+
+class ShapeError(KuiperError, ValueError):
+    """A shape, size or padding that does not fit; the message gives expected and actual."""
+
+
+class DTypeError(KuiperError, TypeError):
+    """An element type kuiper does not support."""
+
+
+class DeviceError(KuiperError, RuntimeError):
+    """A device that is unknown or not available on this machine."""
