@@ -1,0 +1,118 @@
+"""The one-source pipeline: exported modules, executed lessons and student workbooks stay in step."""
+
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tools import sync  # noqa: E402
+
+LESSONS = sync.lessons()
+
+
+def cell(source: str, kind: str = "code") -> nbformat.NotebookNode:
+    return nbformat.v4.new_code_cell(source) if kind == "code" else nbformat.v4.new_markdown_cell(source)
+
+
+def test_generated_files_are_up_to_date():
+    problems = sync.check()
+    assert not problems, "run `make sync`:\n" + "\n".join(problems)
+
+
+def test_generated_modules_name_their_lesson():
+    generated = sync.generated_files()
+    assert ROOT / "kuiper" / "tensor.py" in generated and ROOT / "kuiper" / "errors.py" in generated
+    for path in generated:
+        header = path.read_text().splitlines()[0]
+        sources = header.removeprefix("# Generated from ").split(" by ")[0].split(", ")
+        assert all((ROOT / s).is_file() for s in sources), f"{path}: header names {sources}"
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=lambda lesson: lesson.source.stem)
+def test_every_exercise_is_announced_and_followed_by_its_check(lesson):
+    nb = sync.read_lesson(lesson)
+    found = sync.exercises(nb, lesson.number)
+    assert len(found) >= 5 if lesson.number == 1 else found, "the lesson has too few exercises"
+    for index, label, what in found:
+        assert what, f"Exercise {label} says nothing about what to do"
+        before = next(c for c in reversed(nb.cells[:index]) if c.cell_type == "markdown")
+        assert f"Exercise {label}" in before.source, f"the markdown before Exercise {label} should name it"
+        after = next(c for c in nb.cells[index + 1:] if c.cell_type == "code")
+        assert f'check("Exercise {label}")' in after.source, f"Exercise {label} is not followed by its check"
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=lambda lesson: lesson.source.stem)
+def test_workbook_keeps_signatures_and_hides_solutions(lesson):
+    solution = sync.read_lesson(lesson)
+    student = nbformat.read(lesson.workbook, as_version=4)
+    assert len(student.cells) == len(solution.cells)
+    for index, label, _ in sync.exercises(solution, lesson.number):
+        source = student.cells[index].source
+        assert f'raise NotImplementedError("Exercise {label}: ' in source
+        for line in solution.cells[index].source.splitlines():
+            if line.lstrip().startswith(("def ", "@")):
+                assert line in source, f"Exercise {label} lost the line {line!r}"
+    for c in student.cells:
+        if c.cell_type == "code":
+            assert sync.BEGIN not in c.source and not sync.directives(c.source)
+            assert c.outputs == [] and c.execution_count is None
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=lambda lesson: lesson.source.stem)
+def test_workbook_checks_report_unfinished_exercises(lesson):
+    """Run the student workbook as handed out: every check must say TODO, so none passes vacuously."""
+    nb = nbformat.read(lesson.workbook, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(lesson.workbook.parent)}}).execute()
+    for _, label, _ in sync.exercises(sync.read_lesson(lesson), lesson.number):
+        printed = [o.get("text", "") for c in nb.cells if f'check("Exercise {label}")' in c.source
+                   for o in c.outputs]
+        assert printed and printed[0].startswith(f"TODO Exercise {label}"), f"Exercise {label}: {printed}"
+
+
+def test_patch_to_functions_move_into_their_class():
+    cells = [
+        "class Box:\n    def __init__(self, n):\n        self.n = n",
+        "@patch_to(Box)\n@property\ndef double(self) -> Box:\n    return self.n * 2\n\n\nLIMIT = 3",
+        "@patch_to(Box)\ndef grow(self):\n    ### BEGIN SOLUTION\n    self.n += 1\n    ### END SOLUTION",
+    ]
+    text = sync.assemble(cells, "test")
+    namespace = {}
+    exec("from __future__ import annotations\n" + text, namespace)
+    box = namespace["Box"](4)
+    box.grow()
+    assert (box.double, namespace["LIMIT"]) == (10, 3)
+    assert "patch_to" not in text and text.index("def grow") < text.index("LIMIT")
+
+
+def test_patch_to_without_its_class_is_reported():
+    with pytest.raises(SystemExit, match=r"@patch_to\(Missing\) needs `class Missing`"):
+        sync.assemble(["@patch_to(Missing)\ndef f(self):\n    pass"], "kuiper.x")
+
+
+def test_export_routes_cells_and_blanks_exercises(tmp_path):
+    (tmp_path / "solutions").mkdir()
+    (tmp_path / "kuiper").mkdir()
+    nb = nbformat.v4.new_notebook(cells=[
+        cell("#| default_exp things"),
+        cell("## Exercise 9.1 — twice", "markdown"),
+        cell("#| export\n#| exercise: return twice x\ndef twice(x):\n    \"\"\"2x.\"\"\"\n"
+             "    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION"),
+        cell("#| export errors\nclass Oops(Exception):\n    pass"),
+        cell("print(twice(2))"),
+    ])
+    source = tmp_path / "solutions" / "09_things.py"
+    import jupytext
+    jupytext.write(nb, source, fmt="py:percent")
+    modules = sync.build_modules(tmp_path)
+    things = modules[tmp_path / "kuiper" / "things.py"]
+    assert things.startswith("# Generated from solutions/09_things.py by tools/sync.py")
+    assert "def twice(x):\n    \"\"\"2x.\"\"\"\n    return 2 * x\n" in things
+    assert "class Oops" in modules[tmp_path / "kuiper" / "errors.py"]
+    student = sync.workbook(sync.read_lesson(sync.Lesson(source)), 9)
+    assert student.cells[2].source == ('def twice(x):\n    """2x."""\n'
+                                       '    raise NotImplementedError("Exercise 9.1: return twice x")')
