@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 F = TypeVar("F")
+
+#: The repository's data/ folder: sample inputs, tiny models, and the zoo under data/models.
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def patch_to(cls: type) -> Callable[[F], F]:

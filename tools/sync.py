@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(problems) or "all generated files are up to date")
         return 1 if problems else 0
     for path in sync(force=args.force):
-        print(f"wrote {path.relative_to(ROOT)}")
+        print(f"{'wrote' if path.exists() else 'removed'} {path.relative_to(ROOT)}")
     return 0
 
 
