@@ -1,7 +1,12 @@
 """kuiper: a deep-learning inference engine built one lesson at a time (see the course README)."""
 
-from kuiper.errors import DeviceError, DTypeError, KuiperError, ShapeError
+from kuiper.errors import DeviceError, DTypeError, GraphError, KuiperError, LayerError, PnnxError, ShapeError
+from kuiper.graph import RuntimeGraph
+from kuiper.registry import load, register
 from kuiper.tensor import Tensor
 
 __version__ = "0.1.0"
-__all__ = ["Tensor", "KuiperError", "ShapeError", "DTypeError", "DeviceError", "__version__"]
+__all__ = ["Tensor", "RuntimeGraph", "load", "register", "KuiperError", "ShapeError", "DTypeError",
+           "DeviceError", "PnnxError", "GraphError", "LayerError", "__version__"]
+
+import kuiper.layers  # noqa: E402,F401  (registers the built-in layers; they import the registry above)

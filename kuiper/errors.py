@@ -1,4 +1,4 @@
-# Generated from solutions/01_tensor.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/01_tensor.py, solutions/02_graph.py, solutions/03_registry.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
 
@@ -16,3 +16,15 @@ class DTypeError(KuiperError, TypeError):
 
 class DeviceError(KuiperError, RuntimeError):
     """A device that is unknown or not available on this machine."""
+
+
+class PnnxError(KuiperError, ValueError):
+    """A malformed .pnnx.param or .pnnx.bin; the message starts with file:line."""
+
+
+class GraphError(KuiperError):
+    """A graph that cannot run: a cycle, a missing producer, a layer with the wrong outputs."""
+
+
+class LayerError(KuiperError, ValueError):
+    """An operator that cannot become a layer: unknown type, or a missing or wrong parameter or weight."""

@@ -1,0 +1,141 @@
+# Generated from solutions/02_graph.py by tools/sync.py: edit the lesson, not this file.
+from __future__ import annotations
+
+import math
+import time
+import heapq
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+
+from kuiper.errors import GraphError, ShapeError
+from kuiper.pnnx import Operator, PnnxGraph, load_pnnx
+from kuiper.tensor import Tensor
+
+IO_TYPES = ("pnnx.Input", "pnnx.Output")
+
+
+def successors(operators: list[Operator]) -> dict[str, list[str]]:
+    """For each operator, the operators that read one of its outputs (once per read)."""
+    producer = {name: op.name for op in operators for name in op.outputs}
+    following: dict[str, list[str]] = {op.name: [] for op in operators}
+    for op in operators:
+        for name in op.inputs:
+            if name not in producer:
+                raise GraphError(f"{op.where()} reads operand {name!r}, which no operator produces")
+            following[producer[name]].append(op.name)
+    return following
+
+
+def topological_order(operators: list[Operator]) -> list[Operator]:
+    """The operators ordered so that each comes after every producer of its inputs."""
+    following = successors(operators)
+    waiting = {op.name: 0 for op in operators}
+    for names in following.values():
+        for name in names:
+            waiting[name] += 1
+    index = {op.name: i for i, op in enumerate(operators)}
+    ready = [i for i, op in enumerate(operators) if waiting[op.name] == 0]
+    order = []
+    while ready:
+        op = operators[heapq.heappop(ready)]
+        order.append(op)
+        for after in following[op.name]:
+            waiting[after] -= 1
+            if waiting[after] == 0:
+                heapq.heappush(ready, index[after])
+    if len(order) < len(operators):
+        stuck = [op.name for op in operators if waiting[op.name] > 0]
+        raise GraphError(f"the graph has a cycle: operators {stuck} wait on each other")
+    return order
+
+
+def last_uses(order: list[Operator]) -> dict[str, list[str]]:
+    """For each operator, the operands to free once it has run: those it reads last, or makes unread."""
+    keep = {name for op in order if op.type == "pnnx.Output" for name in op.inputs}
+    last_reader = {name: op.name for op in order for name in op.outputs}
+    for op in order:
+        for name in op.inputs:
+            last_reader[name] = op.name
+    frees: dict[str, list[str]] = {op.name: [] for op in order}
+    for name, reader in last_reader.items():
+        if name not in keep:
+            frees[reader].append(name)
+    return frees
+
+
+Layer = Callable[..., "Tensor | tuple[Tensor, ...]"]
+
+
+def live_bytes(values: dict[str, Tensor]) -> int:
+    """Bytes held by the live operands, counting memory shared by views once."""
+    owners = {}
+    for tensor in values.values():
+        array = tensor.numpy()
+        owner = array if array.base is None else array.base
+        owners[id(owner)] = getattr(owner, "nbytes", array.nbytes)
+    return sum(owners.values())
+
+
+class RuntimeGraph:
+    """A PNNX model ready to run: operators in topological order, each with its layer."""
+
+    def __init__(self, model: PnnxGraph, make_layer: Callable[[Operator], Layer]):
+        self.model = model
+        self.order = topological_order(model.operators)
+        self.inputs = [op for op in model.operators if op.type == "pnnx.Input"]
+        self.outputs = [op for op in model.operators if op.type == "pnnx.Output"]
+        self.layers = {op.name: make_layer(op) for op in self.order if op.type not in IO_TYPES}
+        self.frees = last_uses(self.order)
+        self.timings: list[tuple[str, str, float]] = []
+        self.peak_bytes = 0
+
+    def check_shape(self, op: Operator, name: str, value: Tensor) -> None:
+        """ShapeError unless `value` fits operand `name`'s annotation (dimension 0, the batch, is free)."""
+        want = self.model.operands[name].shape
+        if want is None:
+            return
+        fits = len(want) == value.ndim and all(w in (-1, v) for w, v in zip(want[1:], value.shape[1:]))
+        if not fits:
+            role = "input" if op.type == "pnnx.Input" else "output"
+            raise ShapeError(f"{self.model.path.name}: {op.where()} {role} {name!r} should have shape "
+                             f"{want} (batch free), got {value.shape}")
+
+    def forward(self, *inputs: object) -> object:
+        """Run the graph on one batch per pnnx.Input; numpy in gives numpy out, Tensor gives Tensor."""
+        if len(inputs) != len(self.inputs):
+            raise ShapeError(f"{self.model.path.name} takes {len(self.inputs)} input(s), got {len(inputs)}")
+        values = {}
+        for op, x in zip(self.inputs, inputs):
+            values[op.outputs[0]] = x if isinstance(x, Tensor) else Tensor(x)
+            self.check_shape(op, op.outputs[0], values[op.outputs[0]])
+        self.timings, self.peak_bytes = [], live_bytes(values)
+        for op in self.order:
+            if op.type in IO_TYPES:
+                continue
+            start = time.perf_counter()
+            result = self.layers[op.name](*(values[name] for name in op.inputs))
+            self.timings.append((op.name, op.type, time.perf_counter() - start))
+            results = result if isinstance(result, tuple) else (result,)
+            if len(results) != len(op.outputs):
+                raise GraphError(f"{op.where()} returned {len(results)} outputs, the graph expects {len(op.outputs)}")
+            for name, value in zip(op.outputs, results):
+                self.check_shape(op, name, value)
+                values[name] = value
+            self.peak_bytes = max(self.peak_bytes, live_bytes(values))
+            for name in self.frees[op.name]:
+                del values[name]
+        outputs = [values[op.inputs[0]] for op in self.outputs]
+        if not any(isinstance(x, Tensor) for x in inputs):
+            outputs = [t.numpy() for t in outputs]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    __call__ = forward
+
+    def time_by_type(self) -> dict[str, float]:
+        """Seconds spent per operator type in the last forward, slowest first."""
+        totals: dict[str, float] = defaultdict(float)
+        for _, kind, seconds in self.timings:
+            totals[kind] += seconds
+        return dict(sorted(totals.items(), key=lambda item: -item[1]))
