@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test test-fast sync check site lab clean
+.PHONY: setup models demo test test-fast sync check site lab clean
 
 setup: $(STAMP)  ## create .venv with kuiper (editable) and the course and dev extras
 
@@ -14,23 +14,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --progress-bar on -e ".[course,dev]"
 	rm -f $(VENV)/.installed-* && touch $@
 
-demo: setup  ## run the engine's demo
+models: setup  ## export the model zoo to data/models (about a minute; skips models already there)
+	$(BIN)/python tools/zoo.py
+
+demo: models  ## run the engine's demo
 	$(BIN)/kuiper demo
 
 # pytest exits 5 when a selection collects no test: not a failure of the course.
-test: setup  ## every test: package tests, nbval on the executed lessons, the site in a browser
+test: models  ## every test: package tests, nbval on the executed lessons, the site in a browser
 	$(BIN)/python -m pytest -n 2 --dist loadfile || [ $$? -eq 5 ]
 
-test-fast: setup  ## the quick loop: everything but the slow tests
+test-fast: models  ## the quick loop: everything but the slow tests
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow" || [ $$? -eq 5 ]
 
-sync: setup  ## lessons -> kuiper/ modules, executed notebooks, student workbooks
+sync: models  ## lessons -> kuiper/ modules, executed notebooks, student workbooks
 	$(BIN)/python tools/sync.py
 
-check: setup  ## fail if any generated file is out of date
+check: models  ## fail if any generated file is out of date
 	$(BIN)/python tools/sync.py --check
 
-site: setup  ## render the lessons to static HTML in site/_build/html
+site: models  ## render the lessons to static HTML in site/_build/html
 	$(BIN)/python tools/site.py
 
 lab: setup  ## open the student workbook
