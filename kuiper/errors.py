@@ -1,4 +1,4 @@
-# Generated from solutions/01_tensor.py, solutions/02_graph.py, solutions/03_registry.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/01_tensor.py, solutions/02_graph.py, solutions/03_registry.py, solutions/05_expression.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
 
@@ -28,3 +28,7 @@ class GraphError(KuiperError):
 
 class LayerError(KuiperError, ValueError):
     """An operator that cannot become a layer: unknown type, or a missing or wrong parameter or weight."""
+
+
+class ExpressionError(KuiperError, ValueError):
+    """A pnnx.Expression string that does not lex or parse; the message gives the column."""

@@ -1,0 +1,1112 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lesson 04 — Convolution, pooling and the operator set
+#
+# A CNN spends almost all its time in convolutions. This lesson builds the convolution three ways —
+# the definition as loops, **im2col + matrix multiply** (how KuiperInfer, Caffe and most CPU
+# engines do it), and a direct **numba** kernel for depthwise convolutions — then pooling and the
+# rest of the operators that the course's models (ResNet, MobileNet, UNet, YOLOv5) contain. Every
+# layer is checked against `torch.nn.functional` on the same inputs.
+#
+# | exercise | what |
+# |---|---|
+# | 4.1 | the output size of a convolution or pooling window |
+# | 4.2 | im2col: unfold every receptive field into a column (numba) |
+# | 4.3 | max pooling with padding, dilation and `ceil_mode` (numba) |
+
+# %%
+#| default_exp layers.conv
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kuiper.course import check
+from kuiper.pnnx import Attribute, Operator
+from kuiper.tensor import Tensor
+
+torch.manual_seed(0)
+rng = np.random.default_rng(0)
+
+# %% [markdown]
+# ## What a convolution computes
+#
+# A 2-d convolution slides a $K_h \times K_w$ window over each input channel. For output channel
+# $k$ at position $(y, x)$, with stride $s$, padding $p$ and dilation $d$:
+#
+# $$\text{out}[n, k, y, x] = b_k + \sum_{c} \sum_{i < K_h} \sum_{j < K_w}
+#   W[k, c, i, j]\; \text{in}[n, c,\; y s - p + i d,\; x s - p + j d]$$
+#
+# where reads outside the image count as zero. With `groups` $= g$ the channels split into $g$
+# independent convolutions; `groups` equal to the number of channels is a *depthwise* convolution
+# (MobileNet's building block). Written as loops, straight from the formula:
+
+# %%
+def conv2d_loops(x, w, b, stride=1, padding=0):
+    """The definition, one multiply-add at a time (groups=1, dilation=1): clear and very slow."""
+    n_batch, channels, height, width = x.shape
+    k_out, _, kh, kw = w.shape
+    oh, ow = (height + 2 * padding - kh) // stride + 1, (width + 2 * padding - kw) // stride + 1
+    out = np.zeros((n_batch, k_out, oh, ow), np.float32)
+    for n in range(n_batch):
+        for k in range(k_out):
+            for y in range(oh):
+                for x_ in range(ow):
+                    total = b[k]
+                    for c in range(channels):
+                        for i in range(kh):
+                            for j in range(kw):
+                                iy, ix = y * stride - padding + i, x_ * stride - padding + j
+                                if 0 <= iy < height and 0 <= ix < width:
+                                    total += w[k, c, i, j] * x[n, c, iy, ix]
+                    out[n, k, y, x_] = total
+    return out
+
+
+x = rng.standard_normal((1, 3, 9, 9), dtype=np.float32)
+w = rng.standard_normal((4, 3, 3, 3), dtype=np.float32)
+b = rng.standard_normal(4, dtype=np.float32)
+ours = conv2d_loops(x, w, b, stride=2, padding=1)
+want = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), stride=2, padding=1).numpy()
+print("loops vs torch: max abs error", f"{np.abs(ours - want).max():.1e}")
+
+# %% [markdown]
+# ## Exercise 4.1 — output size
+#
+# Convolution and pooling share one size rule. The window's reach is $d(K-1)+1$ pixels; it fits
+# $\lfloor (H + 2p - d(K-1) - 1) / s \rfloor + 1$ times. Pooling has a `ceil_mode` that rounds
+# up instead, so that a partial window at the end still produces an output — but PyTorch drops
+# that last window if it would **start** inside the right padding, i.e. if
+# $(\text{out}-1)\,s \ge H + p$.
+
+# %%
+#| export
+#| exercise: the number of window positions along one axis; round up in ceil_mode (dropping a window that starts in the padding)
+def out_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1,
+             ceil_mode: bool = False) -> int:
+    """How many outputs a window of `kernel` makes along an axis of `size` (PyTorch's rule)."""
+    ### BEGIN SOLUTION
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 4.1"):
+    cases = [(224, 7, 2, 3, 1, False), (112, 3, 2, 1, 1, False), (5, 2, 2, 0, 1, True), (6, 3, 2, 1, 1, True),
+             (8, 3, 3, 1, 2, True), (7, 3, 1, 0, 1, False), (10, 4, 3, 2, 1, True)]
+    for size, k, s, p, d, ceil in cases:
+        want = F.max_pool2d(torch.zeros(1, 1, size, size), k, s, p, d, ceil_mode=ceil).shape[-1]
+        got = out_size(size, k, s, p, d, ceil)
+        assert got == want, f"out_size{(size, k, s, p, d, ceil)} = {got}, PyTorch says {want}"
+
+# %% [markdown]
+# ## im2col: convolution as one matrix multiply
+#
+# The loops above do the right arithmetic in the worst order. **im2col** rearranges it: copy each
+# receptive field (the $C \cdot K_h \cdot K_w$ inputs one output reads) into a column of a matrix.
+# Then every output channel is a dot product of its flattened weights with every column — one
+# matrix multiply, $(K) \times (C K_h K_w)$ times $(C K_h K_w) \times (H_{out} W_{out})$, which BLAS
+# runs at close to the machine's peak. The price is memory: each input value is copied up to
+# $K_h K_w$ times.
+
+# %%
+def draw_im2col(ax_in, ax_cols, image, kernel=2):
+    """Colour each receptive field of a small 1-channel image and show it as a column."""
+    oh, ow = image.shape[0] - kernel + 1, image.shape[1] - kernel + 1
+    cols = np.array([image[y:y + kernel, x:x + kernel].ravel() for y in range(oh) for x in range(ow)]).T
+    ax_in.imshow(image, cmap="Pastel1", vmin=0, vmax=9)
+    for (i, j), v in np.ndenumerate(image):
+        ax_in.text(j, i, f"{v:.0f}", ha="center", va="center")
+    ax_in.add_patch(plt.Rectangle((-0.5, -0.5), kernel, kernel, fill=False, ec="tab:red", lw=3))
+    ax_in.set_title("input 3 × 3, window 2 × 2")
+    ax_cols.imshow(cols, cmap="Pastel1", vmin=0, vmax=9)
+    for (i, j), v in np.ndenumerate(cols):
+        ax_cols.text(j, i, f"{v:.0f}", ha="center", va="center")
+    ax_cols.add_patch(plt.Rectangle((-0.5, -0.5), 1, kernel * kernel, fill=False, ec="tab:red", lw=3))
+    ax_cols.set_title("im2col: one column per output")
+    for ax in (ax_in, ax_cols):
+        ax.set_xticks([]), ax.set_yticks([])
+
+
+fig, axes = plt.subplots(1, 2, figsize=(7, 3))
+draw_im2col(*axes, np.arange(1, 10, dtype=float).reshape(3, 3))
+plt.show()
+
+# %% [markdown]
+# ## Exercise 4.2 — im2col in numba
+#
+# Numba compiles a Python function with loops into machine code; `prange` splits the outer loop
+# across cores. Fill `cols[n, row, y * ow + x]` with the input at the position the formula above
+# gives, where `row = (c * kh + i) * kw + j`, and 0 outside the image — checking bounds here is
+# cheaper than padding a copy of the input. The row order (channel, then kernel row, then column)
+# matches `W.reshape(K, -1)`, so the matrix multiply lines up: `conv2d_im2col` (two cells down) calls your
+# kernel and multiplies.
+
+# %%
+#| export
+import numba
+import numpy as np
+from numba import njit, prange
+
+from kuiper.errors import LayerError, ShapeError
+from kuiper.layer import Layer
+from kuiper.registry import register
+from kuiper.tensor import Tensor
+
+# %%
+def conv2d_im2col(x, w, b, stride=1, padding=0):
+    """Convolution as im2col + one batched matrix multiply (groups=1, dilation=1)."""
+    n_batch, channels, height, width = x.shape
+    k_out, _, kh, kw = w.shape
+    oh, ow = (height + 2 * padding - kh) // stride + 1, (width + 2 * padding - kw) // stride + 1
+    cols = np.empty((n_batch, channels * kh * kw, oh * ow), np.float32)
+    im2col(x, cols, kh, kw, stride, stride, padding, padding, 1, 1, oh, ow)
+    return (w.reshape(k_out, -1) @ cols).reshape(n_batch, k_out, oh, ow) + b[:, None, None]
+
+
+# %%
+#| export
+#| exercise: fill cols (N, C*kh*kw, oh*ow) from x (N, C, H, W); zero where the window leaves the image
+@njit(parallel=True, cache=True)
+def im2col(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    """Unfold every receptive field of x (N, C, H, W) into a column of cols (N, C*kh*kw, oh*ow)."""
+    n_batch, channels, height, width = x.shape
+    ### BEGIN SOLUTION
+    for nc in prange(n_batch * channels):
+        n, c = nc // channels, nc % channels
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for y in range(oh):
+                    iy = y * sh - ph + i * dh
+                    inside = 0 <= iy < height
+                    for x_ in range(ow):
+                        ix = x_ * sw - pw + j * dw
+                        cols[n, row, y * ow + x_] = x[n, c, iy, ix] if inside and 0 <= ix < width else 0.0
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 4.2"):
+    for shape, k, s, p in [((2, 3, 9, 9), 3, 2, 1), ((1, 4, 6, 7), 1, 1, 0), ((3, 2, 5, 5), 5, 1, 2)]:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        w = rng.standard_normal((6, shape[1], k, k), dtype=np.float32)
+        b = rng.standard_normal(6, dtype=np.float32)
+        got = conv2d_im2col(x, w, b, s, p)
+        want = F.conv2d(*map(torch.from_numpy, (x, w, b)), stride=s, padding=p).numpy()
+        assert got.shape == want.shape, f"{shape} k={k}: shape {got.shape}, expected {want.shape}"
+        err = np.abs(got - want).max() / np.abs(want).max()
+        assert err < 1e-5, f"{shape} k={k} s={s} p={p}: relative error {err:.1e}"
+
+# %% [markdown]
+# ## Depthwise convolution: a direct kernel
+#
+# In a depthwise convolution each output channel reads a single input channel: the matrix
+# multiply degenerates to a $1 \times 9$ by $9 \times HW$ product per channel, and im2col's copy
+# costs more than the arithmetic. A direct numba loop, parallel over (image, channel), is faster.
+# (A channel multiplier $m$ — output channel $k$ reading input channel $k / m$ — comes free.)
+
+# %%
+#| export
+@njit(parallel=True, cache=True)
+def depthwise_conv(x, w, out, sh, sw, ph, pw, dh, dw):
+    """out[n, k] = w[k] ⋆ x[n, k // m]: each output channel reads one input channel."""
+    n_batch, channels, height, width = x.shape
+    _, k_out, oh, ow = out.shape
+    kh, kw = w.shape[2], w.shape[3]
+    multiplier = k_out // channels
+    for nk in prange(n_batch * k_out):
+        n, k = nk // k_out, nk % k_out
+        c = k // multiplier
+        for y in range(oh):
+            for x_ in range(ow):
+                total = np.float32(0.0)
+                for i in range(kh):
+                    iy = y * sh - ph + i * dh
+                    if 0 <= iy < height:
+                        for j in range(kw):
+                            ix = x_ * sw - pw + j * dw
+                            if 0 <= ix < width:
+                                total += w[k, 0, i, j] * x[n, c, iy, ix]
+                out[n, k, y, x_] = total
+
+
+# %% [markdown]
+# ## The `nn.Conv2d` layer
+#
+# The layer reads and checks its parameters once. `forward` picks the fastest path:
+#
+# * a $1 \times 1$ convolution with stride 1 and no padding **is** a matrix multiply on the input
+#   as it lies (no im2col at all);
+# * a depthwise convolution runs the direct kernel;
+# * everything else is im2col + a batched matrix multiply, one per group:
+#   $W$ is reshaped to $(g, K/g, C/g \cdot K_h K_w)$ and the columns to $(N, g, C/g \cdot K_h K_w, L)$.
+
+# %%
+#| export
+def pair(value: object, name: str, op) -> tuple[int, int]:
+    """A PNNX int or (int, int) parameter as a pair; LayerError otherwise."""
+    pair_ = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not (isinstance(pair_, tuple) and len(pair_) == 2 and all(isinstance(v, int) for v in pair_)):
+        raise LayerError(f"{op.where()}: {name} should be an int or a pair of ints, got {value!r}")
+    return pair_
+
+
+def conv_padding(value: object, kernel: tuple[int, int], dilation: tuple[int, int], op) -> tuple[int, int]:
+    """Padding as a pair: PNNX writes a pair, or 'valid' / 'same' (stride 1) as strings."""
+    if value == "valid":
+        return 0, 0
+    if value == "same":
+        total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        if any(t % 2 for t in total):
+            raise LayerError(f"{op.where()}: padding='same' with an even window is asymmetric, not supported")
+        return total[0] // 2, total[1] // 2
+    return pair(value, "padding", op)
+
+
+@register("nn.Conv2d")
+class Conv2d(Layer):
+    """2-d convolution: 1×1 as a GEMM, depthwise as a direct kernel, the rest as im2col + GEMM."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.c_in, self.c_out = self.param("in_channels", int), self.param("out_channels", int)
+        self.groups = self.param("groups", int, 1)
+        self.kernel = pair(self.param("kernel_size"), "kernel_size", op)
+        self.stride = pair(self.param("stride", object, 1), "stride", op)
+        self.dilation = pair(self.param("dilation", object, 1), "dilation", op)
+        self.padding = conv_padding(self.param("padding", object, 0), self.kernel, self.dilation, op)
+        if self.param("padding_mode", str, "zeros") != "zeros":
+            raise LayerError(f"{op.where()}: padding_mode {op.params['padding_mode']!r} is not supported, "
+                             f"only 'zeros'")
+        if self.c_in % self.groups or self.c_out % self.groups:
+            raise LayerError(f"{op.where()}: groups={self.groups} must divide in_channels={self.c_in} "
+                             f"and out_channels={self.c_out}")
+        self.weight_ = self.weight("weight", (self.c_out, self.c_in // self.groups, *self.kernel))
+        self.bias = self.weight("bias", (self.c_out,)) if self.param("bias", bool, False) else None
+        self.gemm_weight = np.ascontiguousarray(self.weight_.reshape(self.groups, self.c_out // self.groups, -1))
+        self.depthwise = self.groups == self.c_in and self.groups > 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        data = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        if data.ndim != 4 or data.shape[1] != self.c_in:
+            raise ShapeError(f"{self.op.where()}: expected input (N, {self.c_in}, H, W), got {data.shape}")
+        n_batch, _, height, width = data.shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        oh, ow = out_size(height, kh, sh, ph, dh), out_size(width, kw, sw, pw, dw)
+        if self.depthwise:
+            out = np.empty((n_batch, self.c_out, oh, ow), np.float32)
+            depthwise_conv(data, self.weight_, out, sh, sw, ph, pw, dh, dw)
+        else:
+            if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
+                cols = data.reshape(n_batch, self.c_in, height * width)
+            else:
+                cols = np.empty((n_batch, self.c_in * kh * kw, oh * ow), np.float32)
+                im2col(data, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+            cols = cols.reshape(n_batch, self.groups, -1, oh * ow)
+            out = np.matmul(self.gemm_weight, cols).reshape(n_batch, self.c_out, oh, ow)
+        if self.bias is not None:
+            out += self.bias[:, None, None]
+        return Tensor(out, device=x.device)
+
+
+# %%
+def conv_op(c_in, c_out, kernel, stride=1, padding=0, dilation=1, groups=1, bias=True, seed=0):
+    """A PNNX nn.Conv2d operator with random weights, as the zoo's files would describe it."""
+    g = np.random.default_rng(seed)
+    kernel = (kernel, kernel) if isinstance(kernel, int) else kernel
+    weight = g.standard_normal((c_out, c_in // groups, *kernel), dtype=np.float32) * 0.1
+    attrs = {"weight": Attribute(weight.shape, "float32", weight)}
+    if bias:
+        attrs["bias"] = Attribute((c_out,), "float32", g.standard_normal(c_out, dtype=np.float32))
+    params = dict(in_channels=c_in, out_channels=c_out, kernel_size=kernel, stride=(stride, stride),
+                  padding=(padding, padding), dilation=(dilation, dilation), groups=groups, bias=bias,
+                  padding_mode="zeros")
+    return Operator("nn.Conv2d", "conv", ["0"], ["1"], params=params, attrs=attrs, line=1)
+
+
+def torch_conv(op, x):
+    """PyTorch's answer for the same operator and input."""
+    p = op.params
+    bias = torch.from_numpy(op.attrs["bias"].data) if "bias" in op.attrs else None
+    return F.conv2d(torch.from_numpy(x), torch.from_numpy(op.attrs["weight"].data), bias, p["stride"],
+                    p["padding"], p["dilation"], p["groups"]).numpy()
+
+
+for args in [(16, 32, 3, 1, 1), (16, 32, 1), (32, 32, 3, 2, 1, 1, 32), (8, 16, 3, 1, 2, 2, 2), (3, 8, (3, 5), 2, 0)]:
+    op = conv_op(*args)
+    x = rng.standard_normal((2, op.params["in_channels"], 15, 17), dtype=np.float32)
+    got, want = Conv2d(op)(Tensor(x)).numpy(), torch_conv(op, x)
+    print(f"Conv2d{args}: max error / scale = {np.abs(got - want).max() / np.abs(want).max():.1e}")
+
+# %% [markdown]
+# ## How much faster?
+#
+# One 3×3 convolution from the middle of ResNet-18 (64 → 64 channels on 56 × 56) at batch 1, each
+# way. The loops are so slow that we time them on a 1/64 slice of the work and scale up.
+
+# %%
+op = conv_op(64, 64, 3, 1, 1)
+x = rng.standard_normal((1, 64, 56, 56), dtype=np.float32)
+layer, weight, bias = Conv2d(op), op.attrs["weight"].data, op.attrs["bias"].data
+layer(Tensor(x))
+
+
+def best_of(fn, repeat=5):
+    """The fastest of `repeat` runs, in seconds."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+timings = {
+    "Python loops": best_of(lambda: conv2d_loops(x[:, :8, :7, :7], weight[:8, :8], bias[:8], 1, 1), 1)
+    * 8 * 8 * 64,
+    "im2col + GEMM": best_of(lambda: layer(Tensor(x))),
+    "PyTorch": best_of(lambda: F.conv2d(torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias),
+                                        padding=1)),
+}
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+for name, seconds in timings.items():
+    print(f"{name:14} {seconds * 1e3:10.2f} ms")
+fig, ax = plt.subplots(figsize=(6, 2.4))
+ax.barh(list(timings), list(timings.values()), color=["tab:gray", "tab:blue", "tab:orange"])
+ax.set_xscale("log")
+ax.set_xlabel("seconds, log scale (64→64 channels, 3×3, 56×56)")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Transposed convolution
+#
+# UNet's decoder doubles the resolution with `nn.ConvTranspose2d`: every input pixel *scatters*
+# a weighted copy of the kernel into the output. It is the reverse of im2col: one matrix multiply
+# makes all the kernel copies, $(C_{out} K_h K_w) \times C_{in}$ times $C_{in} \times (H W)$, and
+# **col2im** adds each column back into the output at its window position.
+
+# %%
+#| export
+@njit(parallel=True, cache=True)
+def col2im(cols, out, kh, kw, sh, sw, ph, pw, dh, dw, height, width):
+    """Add each column of cols (N, K*kh*kw, H*W) into out (N, K, OH, OW) at its window: im2col's reverse."""
+    n_batch, k_out, oh, ow = out.shape
+    for nk in prange(n_batch * k_out):
+        n, k = nk // k_out, nk % k_out
+        for i in range(kh):
+            for j in range(kw):
+                row = (k * kh + i) * kw + j
+                for y in range(height):
+                    oy = y * sh - ph + i * dh
+                    if 0 <= oy < oh:
+                        for x_ in range(width):
+                            ox = x_ * sw - pw + j * dw
+                            if 0 <= ox < ow:
+                                out[n, k, oy, ox] += cols[n, row, y * width + x_]
+
+
+@register("nn.ConvTranspose2d")
+class ConvTranspose2d(Layer):
+    """Transposed 2-d convolution: a GEMM makes every kernel copy, col2im adds them into place."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.c_in, self.c_out = self.param("in_channels", int), self.param("out_channels", int)
+        self.groups = self.param("groups", int, 1)
+        self.kernel = pair(self.param("kernel_size"), "kernel_size", op)
+        self.stride = pair(self.param("stride", object, 1), "stride", op)
+        self.padding = pair(self.param("padding", object, 0), "padding", op)
+        self.dilation = pair(self.param("dilation", object, 1), "dilation", op)
+        self.output_padding = pair(self.param("output_padding", object, 0), "output_padding", op)
+        k_group = self.c_out // self.groups
+        weight = self.weight("weight", (self.c_in, k_group, *self.kernel))
+        self.bias = self.weight("bias", (self.c_out,)) if self.param("bias", bool, False) else None
+        per_group = weight.reshape(self.groups, self.c_in // self.groups, k_group * self.kernel[0] * self.kernel[1])
+        self.gemm_weight = np.ascontiguousarray(per_group.transpose(0, 2, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        data = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        if data.ndim != 4 or data.shape[1] != self.c_in:
+            raise ShapeError(f"{self.op.where()}: expected input (N, {self.c_in}, H, W), got {data.shape}")
+        n_batch, _, height, width = data.shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        oh = (height - 1) * sh - 2 * ph + dh * (kh - 1) + self.output_padding[0] + 1
+        ow = (width - 1) * sw - 2 * pw + dw * (kw - 1) + self.output_padding[1] + 1
+        groups_in = data.reshape(n_batch, self.groups, self.c_in // self.groups, height * width)
+        cols = np.matmul(self.gemm_weight, groups_in).reshape(n_batch, self.c_out * kh * kw, height * width)
+        out = np.zeros((n_batch, self.c_out, oh, ow), np.float32)
+        col2im(cols, out, kh, kw, sh, sw, ph, pw, dh, dw, height, width)
+        if self.bias is not None:
+            out += self.bias[:, None, None]
+        return Tensor(out, device=x.device)
+
+
+# %% [markdown]
+# ## Exercise 4.3 — max pooling
+#
+# Max pooling keeps the largest value in each window. Padding counts as $-\infty$ (it never wins),
+# and `ceil_mode` may add a last window that hangs over the edge — `out_size` already knows how
+# many there are. Write the numba kernel: for each (image, channel) in parallel and each output
+# position, the maximum over the window positions that fall inside the input.
+
+# %%
+#| export layers.pooling
+import numpy as np
+from numba import njit, prange
+
+from kuiper.errors import LayerError, ShapeError
+from kuiper.layer import Layer
+from kuiper.layers.conv import out_size, pair
+from kuiper.registry import register
+from kuiper.tensor import Tensor
+
+# %%
+#| export layers.pooling
+#| exercise: out[n, c, y, x] = max of x over the window at (y, x), skipping positions outside the input
+@njit(parallel=True, cache=True)
+def max_pool(x, out, kh, kw, sh, sw, ph, pw, dh, dw):
+    """Max over each kh × kw window (stride, padding, dilation) of x (N, C, H, W) into out."""
+    n_batch, channels, height, width = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    ### BEGIN SOLUTION
+    for nc in prange(n_batch * channels):
+        n, c = nc // channels, nc % channels
+        for y in range(oh):
+            for x_ in range(ow):
+                best = -np.inf
+                for i in range(kh):
+                    iy = y * sh - ph + i * dh
+                    if 0 <= iy < height:
+                        for j in range(kw):
+                            ix = x_ * sw - pw + j * dw
+                            if 0 <= ix < width and x[n, c, iy, ix] > best:
+                                best = x[n, c, iy, ix]
+                out[n, c, y, x_] = best
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 4.3"):
+    for shape, k, s, p, d, ceil in [((2, 3, 8, 8), 2, 2, 0, 1, False), ((1, 2, 7, 9), 3, 2, 1, 1, True),
+                                    ((1, 1, 10, 10), 3, 3, 1, 2, True), ((2, 4, 6, 5), (2, 3), (1, 2), 1, 1, False)]:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        (kh, kw), (sh, sw) = pair(k, "k", None), pair(s, "s", None)
+        out = np.empty((shape[0], shape[1], out_size(shape[2], kh, sh, p, d, ceil),
+                        out_size(shape[3], kw, sw, p, d, ceil)), np.float32)
+        max_pool(x, out, kh, kw, sh, sw, p, p, d, d)
+        want = F.max_pool2d(torch.from_numpy(x), k, s, p, d, ceil_mode=ceil).numpy()
+        assert out.shape == want.shape and np.array_equal(out, want), f"max_pool{(shape, k, s, p, d, ceil)} differs"
+
+# %% [markdown]
+# Max pooling halves ResNet's resolution after its first convolution; the picture shows a 2×2,
+# stride-2 pool on a small image:
+
+# %%
+image = np.add.outer(np.sin(np.arange(12) / 2), np.cos(np.arange(12) / 3)).astype(np.float32)
+pooled = np.empty((1, 1, 6, 6), np.float32)
+max_pool(image[None, None], pooled, 2, 2, 2, 2, 0, 0, 1, 1)
+fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+for ax, shown, title in [(axes[0], image, "input 12 × 12"), (axes[1], pooled[0, 0], "max_pool 2×2, stride 2")]:
+    ax.imshow(shown, cmap="magma", vmin=image.min(), vmax=image.max())
+    ax.set_title(title)
+    ax.set_xticks([]), ax.set_yticks([])
+plt.show()
+
+# %% [markdown]
+# ## The pooling layers
+#
+# `nn.MaxPool2d` wraps the kernel. `nn.AvgPool2d` is the same walk with a sum, divided by the
+# window size — which, with padding, either counts the padded zeros (`count_include_pad`) or not,
+# and with `ceil_mode` never reaches past the padding. `nn.AdaptiveAvgPool2d` picks its windows
+# from the output size it is asked for: output $i$ of $O$ averages inputs
+# $\lfloor iH/O \rfloor$ to $\lceil (i+1)H/O \rceil$.
+
+# %%
+#| export layers.pooling
+def pool_params(layer: Layer) -> tuple:
+    """kernel, stride (defaults to kernel), padding and dilation pairs of a pooling operator."""
+    kernel = pair(layer.param("kernel_size"), "kernel_size", layer.op)
+    stride = layer.param("stride", object, None)
+    stride = kernel if stride in (None, ()) else pair(stride, "stride", layer.op)
+    return (kernel, stride, pair(layer.param("padding", object, 0), "padding", layer.op),
+            pair(layer.param("dilation", object, 1), "dilation", layer.op))
+
+
+def as_nchw(layer: Layer, x: Tensor) -> np.ndarray:
+    """x as contiguous float32 (N, C, H, W); ShapeError naming the layer otherwise."""
+    data = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+    if data.ndim != 4:
+        raise ShapeError(f"{layer.op.where()}: expected input (N, C, H, W), got {data.shape}")
+    return data
+
+
+@register("nn.MaxPool2d", "F.max_pool2d")
+class MaxPool2d(Layer):
+    """Largest value in each window; padding never wins."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.kernel, self.stride, self.padding, self.dilation = pool_params(self)
+        self.ceil_mode = self.param("ceil_mode", bool, False)
+        if self.param("return_indices", bool, False):
+            raise LayerError(f"{op.where()}: return_indices=True is not supported")
+
+    def forward(self, x: Tensor) -> Tensor:
+        data = as_nchw(self, x)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        oh = out_size(data.shape[2], kh, sh, ph, dh, self.ceil_mode)
+        ow = out_size(data.shape[3], kw, sw, pw, dw, self.ceil_mode)
+        out = np.empty((*data.shape[:2], oh, ow), np.float32)
+        max_pool(data, out, kh, kw, sh, sw, ph, pw, dh, dw)
+        return Tensor(out, device=x.device)
+
+
+@njit(parallel=True, cache=True)
+def avg_pool(x, out, kh, kw, sh, sw, ph, pw, count_include_pad, divisor):
+    """Mean over each window, PyTorch's way: the divisor counts padding only if asked, never beyond it."""
+    n_batch, channels, height, width = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    for nc in prange(n_batch * channels):
+        n, c = nc // channels, nc % channels
+        for y in range(oh):
+            y0 = y * sh - ph
+            y1 = min(y0 + kh, height + ph)
+            for x_ in range(ow):
+                x0 = x_ * sw - pw
+                x1 = min(x0 + kw, width + pw)
+                padded_area = (y1 - y0) * (x1 - x0)
+                total = np.float32(0.0)
+                for iy in range(max(y0, 0), min(y1, height)):
+                    for ix in range(max(x0, 0), min(x1, width)):
+                        total += x[n, c, iy, ix]
+                area = padded_area if count_include_pad else (min(y1, height) - max(y0, 0)) * (
+                    min(x1, width) - max(x0, 0))
+                out[n, c, y, x_] = total / (divisor if divisor > 0 else area)
+
+
+@register("nn.AvgPool2d", "F.avg_pool2d")
+class AvgPool2d(Layer):
+    """Mean of each window."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.kernel, self.stride, self.padding, _ = pool_params(self)
+        self.ceil_mode = self.param("ceil_mode", bool, False)
+        self.count_include_pad = self.param("count_include_pad", bool, True)
+        self.divisor = self.param("divisor_override", (int, type(None)), None) or 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        data = as_nchw(self, x)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        oh = out_size(data.shape[2], kh, sh, ph, 1, self.ceil_mode)
+        ow = out_size(data.shape[3], kw, sw, pw, 1, self.ceil_mode)
+        out = np.empty((*data.shape[:2], oh, ow), np.float32)
+        avg_pool(data, out, kh, kw, sh, sw, ph, pw, self.count_include_pad, self.divisor)
+        return Tensor(out, device=x.device)
+
+
+@njit(parallel=True, cache=True)
+def adaptive_avg_pool(x, out):
+    """out[.., i, j] = mean of x over rows floor(iH/O)..ceil((i+1)H/O) and the same for columns."""
+    n_batch, channels, height, width = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    for nc in prange(n_batch * channels):
+        n, c = nc // channels, nc % channels
+        for i in range(oh):
+            y0, y1 = (i * height) // oh, -(-((i + 1) * height) // oh)
+            for j in range(ow):
+                x0, x1 = (j * width) // ow, -(-((j + 1) * width) // ow)
+                total = np.float32(0.0)
+                for iy in range(y0, y1):
+                    for ix in range(x0, x1):
+                        total += x[n, c, iy, ix]
+                out[n, c, i, j] = total / ((y1 - y0) * (x1 - x0))
+
+
+@register("nn.AdaptiveAvgPool2d", "F.adaptive_avg_pool2d")
+class AdaptiveAvgPool2d(Layer):
+    """Average pooling to a fixed output size (None keeps that input dimension)."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        size = self.param("output_size", (int, tuple))
+        self.size = (size, size) if isinstance(size, int) else size
+        if len(self.size) != 2:
+            raise LayerError(f"{op.where()}: output_size should be an int or a pair, got {size!r}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        data = as_nchw(self, x)
+        oh, ow = (s if s is not None else d for s, d in zip(self.size, data.shape[2:]))
+        out = np.empty((*data.shape[:2], oh, ow), np.float32)
+        adaptive_avg_pool(data, out)
+        return Tensor(out, device=x.device)
+
+
+# %% [markdown]
+# ## Activations
+#
+# Element-wise functions, each one line of numpy. Two details matter for exactness: the sigmoid
+# is computed as $\tfrac12(\tanh(x/2)+1)$, which equals $1/(1+e^{-x})$ but never overflows
+# for large $|x|$, and the hard variants (MobileNetV3's cheap approximations) are clips:
+# $\text{hardsigmoid}(x) = \text{clip}(x/6 + 1/2, 0, 1)$, $\text{hardswish}(x) = x \cdot \text{hardsigmoid}(x)$.
+
+# %%
+#| export layers.activation
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-x), computed through tanh so that it never overflows."""
+    return 0.5 * (np.tanh(0.5 * x) + 1)
+
+
+class Elementwise(Layer):
+    """A layer that applies `fn` to every element: subclasses set `fn` (a function of a numpy array)."""
+
+    @staticmethod
+    def fn(x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return Tensor(self.fn(x.numpy()), device=x.device)
+
+
+@register("nn.ReLU6", "F.relu6")
+class ReLU6(Elementwise):
+    """min(max(x, 0), 6)."""
+
+    fn = staticmethod(lambda x: np.clip(x, 0, 6))
+
+
+@register("nn.Sigmoid", "F.sigmoid", "torch.sigmoid")
+class Sigmoid(Elementwise):
+    """1 / (1 + e^-x)."""
+
+    fn = staticmethod(sigmoid)
+
+
+@register("nn.SiLU", "F.silu")
+class SiLU(Elementwise):
+    """x · sigmoid(x), YOLOv5's activation."""
+
+    fn = staticmethod(lambda x: x * sigmoid(x))
+
+
+@register("nn.Hardsigmoid", "F.hardsigmoid")
+class Hardsigmoid(Elementwise):
+    """clip(x / 6 + 1/2, 0, 1)."""
+
+    fn = staticmethod(lambda x: np.clip(x / 6 + 0.5, 0, 1))
+
+
+@register("nn.Hardswish", "F.hardswish")
+class Hardswish(Elementwise):
+    """x · hardsigmoid(x), MobileNetV3's activation."""
+
+    fn = staticmethod(lambda x: x * np.clip(x / 6 + 0.5, 0, 1))
+
+
+@register("nn.Hardtanh", "F.hardtanh")
+class Hardtanh(Layer):
+    """clip(x, min_val, max_val)."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.low = self.param("min_val", (int, float), -1.0)
+        self.high = self.param("max_val", (int, float), 1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return Tensor(np.clip(x.numpy(), self.low, self.high), device=x.device)
+
+
+@register("nn.LeakyReLU", "F.leaky_relu")
+class LeakyReLU(Layer):
+    """x for x ≥ 0, negative_slope · x below."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.slope = self.param("negative_slope", (int, float), 0.01)
+
+    def forward(self, x: Tensor) -> Tensor:
+        data = x.numpy()
+        return Tensor(np.where(data >= 0, data, data * np.float32(self.slope)), device=x.device)
+
+
+@register("nn.Softmax", "F.softmax", "torch.softmax")
+class Softmax(Layer):
+    """exp(x) / sum(exp(x)) along `dim`, shifted by the maximum so that exp never overflows."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.dim = self.param("dim", int)
+
+    def forward(self, x: Tensor) -> Tensor:
+        data = x.numpy()
+        shifted = np.exp(data - data.max(axis=self.dim, keepdims=True))
+        return Tensor(shifted / shifted.sum(axis=self.dim, keepdims=True), device=x.device)
+
+
+# %% [markdown]
+# ## Batch normalization
+#
+# At inference a batch norm is a fixed per-channel affine map,
+# $y = (x - \mu)/\sqrt{\sigma^2 + \epsilon}\cdot\gamma + \beta = x \cdot a + b$, so the layer folds
+# it into a scale $a$ and a shift $b$ once. (PNNX usually goes further and folds it into the
+# preceding convolution's weights, so exported CNNs rarely contain one.)
+
+# %%
+#| export layers.norm
+import numpy as np
+
+from kuiper.layer import Layer
+from kuiper.registry import register
+from kuiper.tensor import Tensor
+
+
+@register("nn.BatchNorm2d", "nn.BatchNorm1d")
+class BatchNorm(Layer):
+    """Inference batch norm over dimension 1, folded into a per-channel scale and shift."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        n = self.param("num_features", int)
+        mean, var = self.weight("running_mean", (n,)), self.weight("running_var", (n,))
+        scale = 1 / np.sqrt(var + np.float32(self.param("eps", float, 1e-5)))
+        if self.param("affine", bool, True):
+            scale = scale * self.weight("weight", (n,))
+            shift = self.weight("bias", (n,)) - mean * scale
+        else:
+            shift = -mean * scale
+        self.scale, self.shift = scale.astype(np.float32), shift.astype(np.float32)
+
+    def forward(self, x: Tensor) -> Tensor:
+        data = x.numpy()
+        view = (-1,) + (1,) * (data.ndim - 2)
+        return Tensor(data * self.scale.reshape(view) + self.shift.reshape(view), device=x.device)
+
+
+# %% [markdown]
+# ## Resizing
+#
+# `nn.Upsample` and `F.interpolate` enlarge a feature map (YOLO's neck, UNet's variants). For each
+# output row $o$ the source coordinate is $\text{src} = o \cdot s$ with $s = 1/\text{scale\_factor}$
+# (or in/out when a size was given). **Nearest** takes row $\lfloor \text{src} \rfloor$; **bilinear**
+# blends the two rows around $\text{src}$ (and likewise the columns). With
+# `align_corners=False` pixels are squares whose centres line up, $\text{src} = (o + \tfrac12)s - \tfrac12$
+# (clamped at 0); with `align_corners=True` the corner pixels line up,
+# $\text{src} = o\,(\text{in}-1)/(\text{out}-1)$.
+
+# %%
+#| export layers.resize
+import math
+
+import numpy as np
+
+from kuiper.errors import LayerError, ShapeError
+from kuiper.layer import Layer
+from kuiper.registry import register
+from kuiper.tensor import Tensor
+
+
+def source_coords(size_in: int, size_out: int, scale: float | None, align_corners: bool) -> np.ndarray:
+    """Source coordinate (float) of each output position along one axis."""
+    out = np.arange(size_out, dtype=np.float64)
+    if align_corners:
+        return out * ((size_in - 1) / (size_out - 1) if size_out > 1 else 0.0)
+    step = 1 / scale if scale else size_in / size_out
+    return np.maximum((out + 0.5) * step - 0.5, 0.0)
+
+
+def resize_axis(x: np.ndarray, axis: int, size_out: int, scale: float | None, mode: str,
+                align_corners: bool) -> np.ndarray:
+    """Resize one axis of x by nearest or linear interpolation."""
+    size_in = x.shape[axis]
+    if mode == "nearest":
+        step = 1 / scale if scale else size_in / size_out
+        index = np.minimum(np.floor(np.arange(size_out) * step).astype(np.int64), size_in - 1)
+        return np.take(x, index, axis=axis)
+    src = source_coords(size_in, size_out, scale, align_corners)
+    low = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
+    high = np.minimum(low + 1, size_in - 1)
+    shape = [1] * x.ndim
+    shape[axis] = size_out
+    weight = (src - low).astype(np.float32).reshape(shape)
+    return np.take(x, low, axis=axis) * (1 - weight) + np.take(x, high, axis=axis) * weight
+
+
+@register("nn.Upsample", "F.interpolate", "F.upsample", "F.upsample_nearest", "F.upsample_bilinear")
+class Upsample(Layer):
+    """Resize the last two dimensions: nearest, or bilinear with either align_corners."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.mode = self.param("mode", str, "nearest")
+        if op.type == "F.upsample_bilinear":
+            self.mode = "bilinear"
+        if self.mode not in ("nearest", "bilinear"):
+            raise LayerError(f"{op.where()}: mode {self.mode!r} is not supported (nearest, bilinear)")
+        self.align_corners = bool(self.param("align_corners", (bool, type(None)), False))
+        self.size = self.param("size", (int, tuple, type(None)), None)
+        scale = self.param("scale_factor", (int, float, tuple, type(None)), None)
+        self.scale = (scale, scale) if isinstance(scale, (int, float)) else scale
+        if self.size is None and self.scale is None:
+            raise LayerError(f"{op.where()}: needs size or scale_factor")
+
+    def forward(self, x: Tensor) -> Tensor:
+        data = x.numpy()
+        if data.ndim != 4:
+            raise ShapeError(f"{self.op.where()}: expected input (N, C, H, W), got {data.shape}")
+        if self.size is not None:
+            size = (self.size, self.size) if isinstance(self.size, int) else self.size
+            scales = (None, None)
+        else:
+            size = tuple(math.floor(d * s) for d, s in zip(data.shape[2:], self.scale))
+            scales = tuple(float(s) for s in self.scale)
+        for axis, (n, s) in enumerate(zip(size, scales), start=2):
+            data = resize_axis(data, axis, n, s, self.mode, self.align_corners)
+        return Tensor(np.ascontiguousarray(data, dtype=np.float32), device=x.device)
+
+
+# %% [markdown]
+# ## Moving data around
+#
+# The remaining operators only rearrange elements. Two details: PNNX records shapes with the
+# **batch size of the export** (1), so `view`/`reshape` put the real batch size back when the
+# first dimension was the batch; and `pnnx.Attribute` is a constant tensor stored in the weights
+# file (YOLO's anchor grids), returned as it is.
+
+# %%
+#| export layers.shape
+def batch_shape(shape: tuple[int, ...], x: Tensor) -> tuple[int, ...]:
+    """`shape` from the .param file, its exported batch of 1 replaced by x's batch when that fits."""
+    if shape and shape[0] == 1 and x.shape[0] != 1 and int(np.prod(shape)) * x.shape[0] == x.size:
+        return (x.shape[0], *shape[1:])
+    return shape
+
+
+@register("Tensor.view", "Tensor.reshape", "torch.reshape")
+class Reshape(Layer):
+    """The same elements in a new shape (row-major), with the batch dimension kept free."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.shape = self.param("shape", tuple)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.reshape(*batch_shape(self.shape, x))
+
+
+@register("Tensor.permute", "torch.permute")
+class Permute(Layer):
+    """Reorder the dimensions."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.dims = self.param("dims", tuple)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return Tensor(np.transpose(x.numpy(), self.dims), device=x.device)
+
+
+@register("torch.transpose", "Tensor.transpose")
+class Transpose(Layer):
+    """Swap two dimensions."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.dims = self.param("dim0", int), self.param("dim1", int)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return Tensor(np.swapaxes(x.numpy(), *self.dims), device=x.device)
+
+
+@register("torch.split", "Tensor.split", "torch.chunk", "Tensor.chunk", "torch.tensor_split")
+class Split(Layer):
+    """Cut along `dim` into pieces of a size, of given sizes, or into a number of chunks."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.dim = self.param("dim", int, 0)
+        if op.type.endswith("chunk"):
+            self.chunks, self.sizes = self.param("chunks", int), None
+        else:
+            key = "indices" if op.type == "torch.tensor_split" else (
+                "split_size_or_sections" if "split_size_or_sections" in op.params else "split_size")
+            self.chunks, self.sizes = None, self.param(key, (int, tuple))
+        self.tensor_split = op.type == "torch.tensor_split"
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        data, length = x.numpy(), x.shape[self.dim]
+        if self.tensor_split:
+            cuts = list(self.sizes)
+        elif self.chunks is not None:
+            step = -(-length // self.chunks)
+            cuts = list(range(step, length, step))
+        elif isinstance(self.sizes, int):
+            cuts = list(range(self.sizes, length, self.sizes))
+        else:
+            cuts = list(np.cumsum(self.sizes)[:-1])
+        return tuple(Tensor(part, device=x.device) for part in np.split(data, cuts, axis=self.dim))
+
+
+@register("Tensor.slice")
+class Slice(Layer):
+    """x[start:end:step] along one dimension, or several (dims, starts, ends, steps)."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        if "dims" in op.params:
+            self.dims, self.starts = self.param("dims", tuple), self.param("starts", tuple)
+            self.ends, self.steps = self.param("ends", tuple), self.param("steps", tuple)
+        else:
+            self.dims, self.starts = (self.param("dim", int),), (self.param("start", int, 0),)
+            self.ends, self.steps = (self.param("end", int),), (self.param("step", int, 1),)
+
+    def forward(self, x: Tensor) -> Tensor:
+        index = [slice(None)] * x.ndim
+        for dim, start, end, step in zip(self.dims, self.starts, self.ends, self.steps):
+            index[dim] = slice(start, end, step)
+        return Tensor(x.numpy()[tuple(index)], device=x.device)
+
+
+@register("torch.squeeze", "Tensor.squeeze")
+class Squeeze(Layer):
+    """Drop size-1 dimensions (all, or `dim`)."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.dim = self.param("dim", (int, tuple, type(None)), None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        data = x.numpy()
+        dims = (self.dim,) if isinstance(self.dim, int) else self.dim
+        if dims is not None:
+            dims = tuple(d for d in dims if data.shape[d] == 1)
+        return Tensor(np.squeeze(data, axis=dims), device=x.device)
+
+
+@register("torch.unsqueeze", "Tensor.unsqueeze")
+class Unsqueeze(Layer):
+    """Insert a size-1 dimension at `dim`."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.dim = self.param("dim", int)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return Tensor(np.expand_dims(x.numpy(), self.dim), device=x.device)
+
+
+@register("torch.stack")
+class Stack(Layer):
+    """Stack the inputs along a new dimension `dim`."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.dim = self.param("dim", int)
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        return Tensor(np.stack([x.numpy() for x in xs], axis=self.dim), device=xs[0].device)
+
+
+@register("Tensor.contiguous", "nn.Identity", "nn.Dropout", "F.dropout", "Tensor.clone")
+class Identity(Layer):
+    """Pass the input through: no-ops at inference."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+@register("pnnx.Attribute")
+class Constant(Layer):
+    """A constant tensor stored in the weights file."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.value = Tensor(self.weight("data"))
+
+    def forward(self) -> Tensor:
+        return self.value
+
+
+# %% [markdown]
+# ## Every layer against PyTorch
+#
+# One table, one row per layer: build it from a PNNX-style operator, run it on random input, run
+# `torch.nn.functional` on the same, compare. (The test suite does this with many more shapes
+# and parameters, chosen at random by hypothesis.)
+
+# %%
+from kuiper.registry import create_layer
+
+
+def make(kind, params=None, attrs=None, n_in=1):
+    """Build the registered layer for a PNNX operator of `kind`."""
+    attrs = {k: Attribute(v.shape, "float32", v) for k, v in (attrs or {}).items()}
+    return create_layer(Operator(kind, "op", [str(i) for i in range(n_in)], ["out"], params or {}, attrs, line=1))
+
+
+x = rng.standard_normal((2, 8, 13, 11), dtype=np.float32)
+tx = torch.from_numpy(x)
+mean, var = rng.standard_normal(8, dtype=np.float32), rng.random(8, dtype=np.float32) + 0.5
+gamma, beta = rng.standard_normal(8, dtype=np.float32), rng.standard_normal(8, dtype=np.float32)
+cases = {
+    "nn.MaxPool2d 3/2/1 ceil": (make("nn.MaxPool2d", dict(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1),
+                                                         dilation=(1, 1), ceil_mode=True)),
+                                F.max_pool2d(tx, 3, 2, 1, ceil_mode=True)),
+    "nn.AvgPool2d 3/2/1 ceil": (make("nn.AvgPool2d", dict(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1),
+                                                         ceil_mode=True, count_include_pad=False)),
+                                F.avg_pool2d(tx, 3, 2, 1, ceil_mode=True, count_include_pad=False)),
+    "nn.AdaptiveAvgPool2d (5,3)": (make("nn.AdaptiveAvgPool2d", dict(output_size=(5, 3))),
+                                   F.adaptive_avg_pool2d(tx, (5, 3))),
+    "nn.ReLU6": (make("nn.ReLU6"), F.relu6(tx)),
+    "nn.Sigmoid": (make("nn.Sigmoid"), torch.sigmoid(tx)),
+    "nn.SiLU": (make("nn.SiLU"), F.silu(tx)),
+    "nn.Hardsigmoid": (make("nn.Hardsigmoid"), F.hardsigmoid(tx)),
+    "nn.Hardswish": (make("nn.Hardswish"), F.hardswish(tx)),
+    "nn.Softmax dim=1": (make("nn.Softmax", dict(dim=1)), F.softmax(tx, 1)),
+    "nn.BatchNorm2d": (make("nn.BatchNorm2d", dict(num_features=8, eps=1e-5, affine=True),
+                            dict(running_mean=mean, running_var=var, weight=gamma, bias=beta)),
+                       F.batch_norm(tx, *map(torch.from_numpy, (mean, var, gamma, beta)))),
+    "nn.Upsample nearest ×2": (make("nn.Upsample", dict(mode="nearest", scale_factor=(2.0, 2.0))),
+                               F.interpolate(tx, scale_factor=2, mode="nearest")),
+    "nn.Upsample bilinear (20,17)": (make("nn.Upsample", dict(mode="bilinear", size=(20, 17), align_corners=False)),
+                                     F.interpolate(tx, size=(20, 17), mode="bilinear", align_corners=False)),
+    "F.interpolate bilinear, corners": (make("F.interpolate", dict(mode="bilinear", scale_factor=(1.5, 2.0),
+                                                                   align_corners=True)),
+                                        F.interpolate(tx, scale_factor=(1.5, 2.0), mode="bilinear",
+                                                      align_corners=True)),
+    "Tensor.permute": (make("Tensor.permute", dict(dims=(0, 2, 3, 1))), tx.permute(0, 2, 3, 1)),
+    "Tensor.view": (make("Tensor.view", dict(shape=(1, 8, 143))), tx.view(2, 8, 143)),
+}
+for name, (layer, want) in cases.items():
+    got = layer(Tensor(x)).numpy()
+    error = np.abs(got - want.numpy()).max() / max(np.abs(want.numpy()).max(), 1e-12)
+    print(f"{name:32} {str(got.shape):18} max error / scale {error:.1e}")
+
+# %% [markdown]
+# ## What you built
+#
+# `kuiper/layers/` now holds the operator set of the course's CNNs: convolutions (`conv.py`),
+# pooling (`pooling.py`), activations, batch norm, resizing and the shape operators, each
+# registered under its PNNX names and each matching PyTorch to float32 rounding. Lesson 05 adds
+# the last piece the models need, `pnnx.Expression`; lesson 06 runs ResNet and MobileNet on real
+# photos and measures the whole graph against PyTorch.
