@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -32,6 +34,18 @@ def demo(args: argparse.Namespace) -> dict:
     return result
 
 
+def bench(args: argparse.Namespace) -> list[dict]:
+    """Time kuiper against PyTorch: every conv, pool and activation of the zoo (`ops`)."""
+    from kuiper import bench as benchmarks
+
+    if args.targets != ["ops"]:
+        raise KuiperError(f"unknown benchmark {' '.join(args.targets)!r}: try `kuiper bench ops`")
+    rows = benchmarks.bench_ops(args.models, args.batch[0])
+    if not args.json:
+        print(benchmarks.format_rows(rows))
+    return [dataclasses.asdict(row) | {"ratio": row.ratio} for row in rows]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kuiper", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kuiper {kuiper.__version__}")
@@ -39,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     run_demo = commands.add_parser("demo", help="show what the engine can do so far")
     run_demo.add_argument("--json", action="store_true", help="print machine-readable JSON")
     run_demo.set_defaults(func=demo)
+    run_bench = commands.add_parser("bench", help="time kuiper against PyTorch in one process")
+    run_bench.add_argument("targets", nargs="+", help="`ops` for the operator table")
+    run_bench.add_argument("--batch", type=int, nargs="+", default=[8], help="batch size(s) (default 8)")
+    run_bench.add_argument("--models", type=Path, default=Path("data/models"), help="the zoo's folder")
+    run_bench.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    run_bench.set_defaults(func=bench)
     return parser
 
 

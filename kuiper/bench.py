@@ -1,0 +1,127 @@
+"""`kuiper bench`: time kuiper against PyTorch in one process, same inputs, same thread count.
+
+Hand-written (no lesson builds it). torch is a benchmark reference here, imported only when a
+benchmark runs: kuiper itself never needs it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from kuiper.errors import KuiperError
+from kuiper.pnnx import Operator, load_pnnx
+from kuiper.registry import create_layer
+from kuiper.tensor import Tensor
+
+
+@dataclass
+class Row:
+    """One benchmark line: what ran, on what shape, and the median milliseconds of each engine."""
+
+    name: str
+    shape: str
+    kuiper_ms: float
+    torch_ms: float
+
+    @property
+    def ratio(self) -> float:
+        """kuiper's time over torch's: below 1 means kuiper is faster."""
+        return self.kuiper_ms / self.torch_ms
+
+
+def import_torch():
+    """torch with the same number of threads as kuiper's numba pool; KuiperError if not installed."""
+    try:
+        import torch
+    except ImportError:
+        raise KuiperError("kuiper bench compares against PyTorch: pip install 'kuiper[course]'") from None
+    torch.set_num_threads(numba.get_num_threads())
+    return torch
+
+
+def median_ms(fn: Callable[[], object], repeat: int = 5, warmup: int = 2) -> float:
+    """Median wall time of `fn` in milliseconds, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def torch_twin(op: Operator, torch):
+    """PyTorch's function for one benchmarked operator, with the operator's own weights."""
+    F, p = torch.nn.functional, op.params
+    if op.type == "nn.Conv2d":
+        weight = torch.from_numpy(np.array(op.attrs["weight"].data))
+        bias = torch.from_numpy(np.array(op.attrs["bias"].data)) if "bias" in op.attrs else None
+        return lambda x: F.conv2d(x, weight, bias, p["stride"], p["padding"], p["dilation"], p["groups"])
+    if op.type == "nn.MaxPool2d":
+        return lambda x: F.max_pool2d(x, p["kernel_size"], p["stride"], p["padding"], p["dilation"],
+                                      ceil_mode=p.get("ceil_mode", False))
+    if op.type in ("nn.AdaptiveAvgPool2d", "F.adaptive_avg_pool2d"):
+        return lambda x: F.adaptive_avg_pool2d(x, p["output_size"])
+    simple = {"nn.ReLU": F.relu, "nn.ReLU6": F.relu6, "nn.SiLU": F.silu, "nn.Hardswish": F.hardswish,
+              "nn.Hardsigmoid": F.hardsigmoid, "F.sigmoid": torch.sigmoid}
+    if op.type in simple:
+        return simple[op.type]
+    raise KuiperError(f"no PyTorch twin for {op.where()}")
+
+
+def operator_rows(model: Path, batch: int, types: tuple[str, ...], torch) -> list[Row]:
+    """One row per operator of `types` in `model`, on random input of its annotated shape."""
+    graph, rows = load_pnnx(model), []
+    rng = np.random.default_rng(0)
+    for op in graph.operators:
+        if op.type not in types:
+            continue
+        shape = (batch, *graph.operands[op.inputs[0]].shape[1:])
+        x = rng.standard_normal(shape, dtype=np.float32)
+        layer, twin, tx = create_layer(op), torch_twin(op, torch), torch.from_numpy(x)
+        with torch.no_grad():
+            rows.append(Row(f"{model.name.split('.')[0]} {op.name} ({op.type})", "x".join(map(str, shape)),
+                            median_ms(lambda: layer(Tensor(x))), median_ms(lambda: twin(tx))))
+    return rows
+
+
+OPERATOR_SUITE = {
+    "resnet18": ("nn.Conv2d", "nn.MaxPool2d", "nn.ReLU"),
+    "mobilenet_v2": ("nn.Conv2d", "nn.ReLU6"),
+    "mobilenet_v3_small": ("nn.Hardswish", "nn.Hardsigmoid", "nn.AdaptiveAvgPool2d"),
+    "yolov5n": ("nn.SiLU", "nn.MaxPool2d"),
+}
+
+
+def bench_ops(models_dir: Path, batch: int = 8) -> list[Row]:
+    """Every conv, pool and activation of the zoo's CNNs, with a total per model and type."""
+    torch = import_torch()
+    rows = []
+    for name, types in OPERATOR_SUITE.items():
+        path = models_dir / f"{name}.pnnx.param"
+        if not path.exists():
+            raise KuiperError(f"{path} is missing: run `make models` (tools/zoo.py) first")
+        found = operator_rows(path, batch, types, torch)
+        for kind in types:
+            same = [r for r in found if r.name.endswith(f"({kind})")]
+            if same:
+                rows.append(Row(f"{name}: all {len(same)} {kind}", f"batch {batch}",
+                                sum(r.kuiper_ms for r in same), sum(r.torch_ms for r in same)))
+        rows += [r for r in found if r.name.endswith("(nn.Conv2d)") and name == "resnet18"]
+    return rows
+
+
+def format_rows(rows: list[Row]) -> str:
+    """A plain-text table of rows."""
+    lines = [f"{'operator':52} {'input':20} {'kuiper ms':>10} {'torch ms':>10} {'ratio':>6}"]
+    lines += [f"{r.name[:52]:52} {r.shape[:20]:20} {r.kuiper_ms:10.2f} {r.torch_ms:10.2f} {r.ratio:6.2f}"
+              for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,38 @@
+"""Every model of the zoo (tools/zoo.py) parses, orders, runs, and matches PyTorch's saved output."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kuiper
+from kuiper.graph import last_uses, topological_order
+from kuiper.pnnx import load_pnnx
+
+MODELS = Path(__file__).resolve().parents[1] / "data" / "models"
+ZOO = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "unet", "yolov5n", "yolov5s"]
+
+
+@pytest.fixture(params=ZOO)
+def model(request) -> Path:
+    path = MODELS / f"{request.param}.pnnx.param"
+    assert path.exists(), f"{path} is missing: run `make models`"
+    return path
+
+
+def test_parses_and_orders(model):
+    graph = load_pnnx(model)
+    order = topological_order(graph.operators)
+    assert order == graph.operators, "PNNX writes files in an order that runs"
+    assert all(op.attrs[key].data is not None for op in graph.operators for key in op.attrs)
+    assert sum(len(names) for names in last_uses(order).values()) == len(graph.operands) - 1  # all but the output
+
+
+def test_matches_pytorch(model):
+    graph = kuiper.load(model)
+    x = np.load(model.with_name(model.name.replace(".pnnx.param", ".input.npy")))
+    want = np.load(model.with_name(model.name.replace(".pnnx.param", ".output.npy")))
+    got = graph(x)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    assert 0 < graph.peak_bytes
