@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 models: setup  ## export the model zoo to data/models (about a minute; skips models already there)
 	$(BIN)/python tools/zoo.py
 
-demo: models  ## run the engine's demo
-	$(BIN)/kuiper demo
+demo: models  ## classify the sample photos with MobileNetV2 (real ImageNet weights)
+	$(BIN)/kuiper run data/models/mobilenet_v2.pnnx.param data/images/*.jpg
 
 # pytest exits 5 when a selection collects no test: not a failure of the course.
 test: models  ## every test: package tests, nbval on the executed lessons, the site in a browser

@@ -125,3 +125,80 @@ def format_rows(rows: list[Row]) -> str:
     lines += [f"{r.name[:52]:52} {r.shape[:20]:20} {r.kuiper_ms:10.2f} {r.torch_ms:10.2f} {r.ratio:6.2f}"
               for r in rows]
     return "\n".join(lines)
+
+
+@dataclass
+class ModelRow:
+    """One model at one batch size: milliseconds per image for each engine, and kuiper's peak memory."""
+
+    model: str
+    batch: int
+    kuiper_ms: float
+    torch_ms: float
+    peak_bytes: int
+    onnxruntime_ms: float | None = None
+
+    @property
+    def ratio(self) -> float:
+        """kuiper's time over torch's: below 1 means kuiper is faster."""
+        return self.kuiper_ms / self.torch_ms
+
+    def as_json(self) -> dict:
+        """The stable JSON form: model, batch, kuiper_ms, torch_ms, ratio, peak_bytes[, onnxruntime_ms]."""
+        row = {"model": self.model, "batch": self.batch, "kuiper_ms": round(self.kuiper_ms, 3),
+               "torch_ms": round(self.torch_ms, 3), "ratio": round(self.ratio, 3), "peak_bytes": self.peak_bytes}
+        if self.onnxruntime_ms is not None:
+            row["onnxruntime_ms"] = round(self.onnxruntime_ms, 3)
+        return row
+
+
+def onnxruntime_runner(path: Path):
+    """A function running the ONNX model beside `path` in onnxruntime, or None when either is missing."""
+    onnx_file = path.with_name(path.name.replace(".pnnx.param", ".onnx"))
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    if not onnx_file.exists():
+        return None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = numba.get_num_threads()
+    session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})
+
+
+def bench_models(paths: list[Path], batches: list[int], repeat: int = 5) -> list[ModelRow]:
+    """kuiper vs the traced PyTorch model (and onnxruntime when installed), ms per image."""
+    from kuiper.registry import load
+
+    torch = import_torch()
+    rows = []
+    for path in map(Path, paths):
+        stem = path.name.replace(".pnnx.param", "")
+        traced = path.with_name(f"{stem}.torchscript.pt")
+        if not traced.exists():
+            raise KuiperError(f"{traced} is missing: export the model with tools/zoo.py")
+        graph, reference, ort = load(path), torch.jit.load(str(traced)).eval(), onnxruntime_runner(path)
+        sample = np.load(path.with_name(f"{stem}.input.npy"))
+        for batch in batches:
+            x = np.ascontiguousarray(np.repeat(sample, batch, axis=0))
+            tx = torch.from_numpy(x)
+            with torch.no_grad():
+                torch_ms = median_ms(lambda: reference(tx), repeat)
+            kuiper_ms = median_ms(lambda: graph(x), repeat)
+            ort_ms = median_ms(lambda: ort(x), repeat) / batch if ort else None
+            rows.append(ModelRow(stem, batch, kuiper_ms / batch, torch_ms / batch, graph.peak_bytes, ort_ms))
+    return rows
+
+
+def format_model_rows(rows: list[ModelRow]) -> str:
+    """A plain-text table: ms per image for each engine, the ratio, and peak activation memory."""
+    ort = any(r.onnxruntime_ms is not None for r in rows)
+    head = f"{'model':20} {'batch':>5} {'kuiper ms/img':>14} {'torch ms/img':>13} {'ratio':>6} {'peak MiB':>9}"
+    lines = [head + (f" {'onnxruntime ms/img':>19}" if ort else "")]
+    for r in rows:
+        line = (f"{r.model:20} {r.batch:5d} {r.kuiper_ms:14.2f} {r.torch_ms:13.2f} {r.ratio:6.2f} "
+                f"{r.peak_bytes / 2**20:9.1f}")
+        lines.append(line + (f" {r.onnxruntime_ms:19.2f}" if r.onnxruntime_ms is not None else ""))
+    return "\n".join(lines)

@@ -8,54 +8,66 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 import kuiper
+from kuiper import bench as benchmarks
 from kuiper.errors import KuiperError
-from kuiper.tensor import Tensor
+from kuiper.registry import load
+from kuiper.vision.classify import classify, read_labels, top_k
+
+LABELS = Path(__file__).resolve().parents[1] / "data" / "imagenet_classes.txt"
 
 
-def demo(args: argparse.Namespace) -> dict:
-    """Lesson 01 at a glance: memory order, padding and broadcasting on small tensors."""
-    t = Tensor(np.arange(6)).reshape(2, 3)
-    features, bias = Tensor.ones(2, 3, 4, 4), Tensor([10.0, 20.0, 30.0]).reshape(3, 1, 1)
-    result = {
-        "tensor": t.numpy().tolist(),
-        "reshape_3x2_row_major": t.reshape(3, 2).numpy().tolist(),
-        "reshape_3x2_column_major": t.reshape(3, 2, row_major=False).numpy().tolist(),
-        "pad_1_each_side_shape": list(t.pad(1, 1, 1, 1).shape),
-        "broadcast_add": {"shapes": [list(features.shape), list(bias.shape)],
-                          "result_shape": list((features + bias).shape)},
-    }
-    if not args.json:
-        print(f"kuiper {kuiper.__version__}: lesson 01 demo")
-        for key, value in result.items():
-            print(f"  {key:26} {value}")
-    return result
+def run(args: argparse.Namespace) -> list[dict]:
+    """Classify images with an ImageNet model: the top-k classes and their probabilities."""
+    for path in [args.model, *args.images]:
+        if not Path(path).is_file():
+            raise KuiperError(f"{path}: no such file")
+    labels = read_labels(args.labels)
+    probs = classify(load(args.model), args.images, args.batch)
+    if probs.shape[1] != len(labels):
+        raise KuiperError(f"{args.model} gives {probs.shape[1]} scores, but {args.labels} names "
+                          f"{len(labels)} classes")
+    results = []
+    for path, p in zip(args.images, probs):
+        index, value = top_k(p, args.top)
+        top = [{"index": int(i), "class": labels[i], "probability": round(float(v), 6)} for i, v in zip(index, value)]
+        results.append({"image": str(path), "top": top})
+        if not args.json:
+            print(f"{path}: " + ", ".join(f"{t['class']} ({t['probability']:.3f})" for t in top))
+    return results
 
 
 def bench(args: argparse.Namespace) -> list[dict]:
-    """Time kuiper against PyTorch: every conv, pool and activation of the zoo (`ops`)."""
-    from kuiper import bench as benchmarks
-
-    if args.targets != ["ops"]:
-        raise KuiperError(f"unknown benchmark {' '.join(args.targets)!r}: try `kuiper bench ops`")
-    rows = benchmarks.bench_ops(args.models, args.batch[0])
+    """Time kuiper against PyTorch: whole models, or every conv, pool and activation of the zoo (`ops`)."""
+    if args.targets == ["ops"]:
+        rows = benchmarks.bench_ops(args.models, args.batch[-1])
+        if not args.json:
+            print(benchmarks.format_rows(rows))
+        return [dataclasses.asdict(row) | {"ratio": row.ratio} for row in rows]
+    for path in args.targets:
+        if not Path(path).is_file():
+            raise KuiperError(f"{path}: no such file (give .pnnx.param files, or `ops`)")
+    model_rows = benchmarks.bench_models(args.targets, args.batch)
     if not args.json:
-        print(benchmarks.format_rows(rows))
-    return [dataclasses.asdict(row) | {"ratio": row.ratio} for row in rows]
+        print(benchmarks.format_model_rows(model_rows))
+    return [row.as_json() for row in model_rows]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kuiper", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kuiper {kuiper.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    run_demo = commands.add_parser("demo", help="show what the engine can do so far")
-    run_demo.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    run_demo.set_defaults(func=demo)
+    classify = commands.add_parser("run", help="classify images with an ImageNet model")
+    classify.add_argument("model", help="the model's .pnnx.param (its .pnnx.bin beside it)")
+    classify.add_argument("images", nargs="+", help="image files")
+    classify.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
+    classify.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
+    classify.add_argument("--labels", type=Path, default=LABELS, help="class names, one per line")
+    classify.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    classify.set_defaults(func=run)
     run_bench = commands.add_parser("bench", help="time kuiper against PyTorch in one process")
-    run_bench.add_argument("targets", nargs="+", help="`ops` for the operator table")
-    run_bench.add_argument("--batch", type=int, nargs="+", default=[8], help="batch size(s) (default 8)")
+    run_bench.add_argument("targets", nargs="+", help="model .pnnx.param files, or `ops` for the operator table")
+    run_bench.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
     run_bench.add_argument("--models", type=Path, default=Path("data/models"), help="the zoo's folder")
     run_bench.add_argument("--json", action="store_true", help="print machine-readable JSON")
     run_bench.set_defaults(func=bench)

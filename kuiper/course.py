@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 F = TypeVar("F")
 
 #: The repository's data/ folder: sample inputs, tiny models, and the zoo under data/models.
@@ -46,3 +48,13 @@ def check(name: str) -> Iterator[None]:
         print(f"FAIL {name}: {type(err).__name__}: {err}")
     else:
         print(f"PASS {name}")
+
+
+def agreement(got: Any, want: Any, tolerance: float = 1e-5) -> str:
+    """How close `got` is to `want`, relative to the scale of `want`, in words that print the same on
+    every machine when they agree (the exact rounding error differs between CPUs)."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        return f"shapes differ: {got.shape} vs {want.shape}"
+    error = np.abs(got - want).max() / max(np.abs(want).max(), 1e-12)
+    return f"error / scale < {tolerance:g}" if error < tolerance else f"error / scale {error:.1e} > {tolerance:g}"

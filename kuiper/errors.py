@@ -1,4 +1,4 @@
-# Generated from solutions/01_tensor.py, solutions/02_graph.py, solutions/03_registry.py, solutions/05_expression.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/01_tensor.py, solutions/02_graph.py, solutions/03_registry.py, solutions/05_expression.py, solutions/06_resnet.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
 
@@ -32,3 +32,7 @@ class LayerError(KuiperError, ValueError):
 
 class ExpressionError(KuiperError, ValueError):
     """A pnnx.Expression string that does not lex or parse; the message gives the column."""
+
+
+class ImageError(KuiperError, ValueError):
+    """An input image that is missing or cannot be decoded; the message names the file."""

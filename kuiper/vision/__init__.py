@@ -1,0 +1,1 @@
+"""Computer-vision pipelines around the graph: classification (lesson 06), detection (lesson 07)."""

@@ -1,0 +1,338 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lesson 06 — ResNet and MobileNet, end to end
+#
+# Everything so far comes together: read a real model, turn a photo into the tensor it expects,
+# run the graph, and read the answer. `data/models/mobilenet_v2.pnnx.param` carries torchvision's
+# **real ImageNet weights**, so the engine you built will name what is in a photograph. ResNet-18,
+# MobileNetV3 and a UNet (random weights) check exactness against PyTorch on whole networks, and
+# the benchmark shows where the time goes.
+#
+# | exercise | what |
+# |---|---|
+# | 6.1 | preprocessing: resize, centre-crop and normalise like torchvision |
+# | 6.2 | softmax and top-k |
+# | 6.3 | a residual block, wired by hand from the graph's own layers |
+
+# %%
+#| default_exp vision.classify
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
+
+import kuiper
+from kuiper.course import DATA, agreement, check
+from kuiper.errors import KuiperError
+from kuiper.tensor import Tensor
+
+MODELS = DATA / "models"
+IMAGES = sorted((DATA / "images").glob("*.jpg"))
+
+# %% [markdown]
+# ## The photos
+#
+# Three photographs ship in `data/images/`: Grace Hopper (from matplotlib's sample data), a
+# cat and a cup of coffee (from scikit-image's sample data, public domain / CC0).
+
+# %%
+fig, axes = plt.subplots(1, len(IMAGES), figsize=(10, 3))
+for ax, path in zip(axes, IMAGES):
+    ax.imshow(Image.open(path))
+    ax.set_title(path.name)
+    ax.axis("off")
+plt.show()
+
+# %% [markdown]
+# ## Reading images, with errors that say which file
+#
+# A missing path or a file that is not an image is the user's most likely mistake; it gets an
+# `ImageError` naming the file.
+
+# %%
+#| export errors
+class ImageError(KuiperError, ValueError):
+    """An input image that is missing or cannot be decoded; the message names the file."""
+
+
+# %%
+#| export
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from kuiper.errors import ImageError, ShapeError
+from kuiper.graph import RuntimeGraph
+from kuiper.tensor import Tensor
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """The image at `path` as RGB; ImageError if it is missing or not an image."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise ImageError(f"{path}: not an image that can be read ({err})") from None
+
+
+# %% [markdown]
+# ## Exercise 6.1 — preprocessing
+#
+# An ImageNet model must see its input exactly as it was trained, which for torchvision's models
+# means `Resize(256)`, `CenterCrop(224)`, `ToTensor()`, `Normalize(mean, std)`:
+#
+# 1. resize so the **shorter** side is `resize` pixels (the longer one is `int(resize · long /
+#    short)`, truncated, as torchvision does), with PIL's bilinear filter;
+# 2. cut the central `size × size` square, its top-left corner at `round((height - size) / 2)`
+#    and `round((width - size) / 2)`;
+# 3. scale the 0–255 pixel values to 0–1, subtract the per-channel mean and divide by the std;
+# 4. move the channels first: `(size, size, 3)` → `(3, size, size)`, float32.
+
+# %%
+#| export
+#| exercise: shorter side to `resize` (bilinear), centre crop `size`, scale to 0-1, normalise, channels first
+def preprocess(image: Image.Image, size: int = 224, resize: int = 256) -> np.ndarray:
+    """A PIL image as a normalised float32 (3, size, size) array, exactly as torchvision prepares it."""
+    ### BEGIN SOLUTION
+    width, height = image.size
+    if width <= height:
+        new = (resize, int(resize * height / width))
+    else:
+        new = (int(resize * width / height), resize)
+    image = image.resize(new, Image.BILINEAR)
+    top, left = round((new[1] - size) / 2), round((new[0] - size) / 2)
+    pixels = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32) / 255
+    return ((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 6.1"):
+    x = preprocess(load_image(DATA / "images" / "grace_hopper.jpg"))
+    assert x.shape == (3, 224, 224) and x.dtype == np.float32, f"expected (3, 224, 224) float32, got {x.shape} {x.dtype}"
+    reference = np.load(MODELS / "mobilenet_v2.input.npy")[0]  # torchvision-style preprocessing by tools/zoo.py
+    assert np.abs(x - reference).max() < 1e-5, f"differs from the reference by {np.abs(x - reference).max():.2e}"
+    tall = preprocess(Image.new("RGB", (300, 500), (255, 0, 0)), size=100, resize=120)
+    assert tall.shape == (3, 100, 100) and np.allclose(tall[0], (1 - 0.485) / 0.229), "pure red, normalised"
+
+# %% [markdown]
+# ## Exercise 6.2 — softmax and top-k
+#
+# The network's 1000 outputs are *logits*; softmax turns them into probabilities,
+# $p_i = e^{z_i - m} / \sum_j e^{z_j - m}$ with $m = \max_j z_j$ (subtracting the maximum
+# changes nothing mathematically and keeps `exp` from overflowing). `top_k` returns the indices
+# of the `k` largest values, largest first, and the values; `np.argpartition` finds them without
+# sorting all 1000.
+
+# %%
+#| export
+#| exercise: a numerically safe softmax over the last axis, and the k largest entries (indices, values), largest first
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities from logits along the last axis; never overflows."""
+    ### BEGIN SOLUTION
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+    ### END SOLUTION
+
+
+def top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the k largest entries of a 1-d array, largest first."""
+    ### BEGIN SOLUTION
+    k = min(k, values.size)
+    best = np.argpartition(values, -k)[-k:]
+    best = best[np.argsort(values[best])[::-1]]
+    return best, values[best]
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 6.2"):
+    p = softmax(np.array([[1.0, 2.0, 3.0], [1000.0, 1000.0, 0.0]], np.float32))
+    assert np.allclose(p.sum(axis=-1), 1) and np.isfinite(p).all(), f"rows must sum to 1 without overflow: {p}"
+    assert np.allclose(p[0], [0.09003057, 0.24472847, 0.66524096]) and np.allclose(p[1, :2], 0.5)
+    index, value = top_k(np.array([0.1, 0.5, 0.05, 0.3, 0.05]), 3)
+    assert index.tolist() == [1, 3, 0] and np.allclose(value, [0.5, 0.3, 0.1]), f"got {index}, {value}"
+
+# %% [markdown]
+# ## Classifying a batch
+#
+# `classify` prepares every image for the graph's input size, runs them through the graph in
+# batches and returns the probabilities. The input size comes from the `pnnx.Input` annotation,
+# so an image model of another size works too, and a model that does not take images says so.
+
+# %%
+#| export
+def input_size(graph: RuntimeGraph) -> int:
+    """The square image side a classifier graph expects; ShapeError if its input is not (N, 3, S, S)."""
+    shape = graph.model.operands[graph.inputs[0].outputs[0]].shape
+    if len(graph.inputs) != 1 or len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
+        raise ShapeError(f"{graph.model.path.name} takes input of shape {shape}, not one (N, 3, S, S) image batch")
+    return shape[2]
+
+
+def classify(graph: RuntimeGraph, paths: list[str | Path], batch: int = 8) -> np.ndarray:
+    """Class probabilities (len(paths), classes) for the images at `paths`, `batch` at a time."""
+    size = input_size(graph)
+    images = np.stack([preprocess(load_image(p), size, round(size * 256 / 224)) for p in paths])
+    logits = [graph(images[i:i + batch]) for i in range(0, len(images), batch)]
+    return softmax(np.concatenate(logits))
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """One class name per line."""
+    return Path(path).read_text().splitlines()
+
+
+# %%
+graph = kuiper.load(MODELS / "mobilenet_v2.pnnx.param")
+labels = read_labels(DATA / "imagenet_classes.txt")
+probs = classify(graph, IMAGES)
+for path, p in zip(IMAGES, probs):
+    index, value = top_k(p, 5)
+    print(f"{path.name:18}", ", ".join(f"{labels[i]} {v:.3f}" for i, v in zip(index, value)))
+
+# %% [markdown]
+# The cat is an Egyptian cat (tabby and tiger cat next: ImageNet's cats are hard to tell apart),
+# the cup an espresso, and Admiral Hopper wears a bow tie and a military uniform. As bars:
+
+# %%
+fig, axes = plt.subplots(1, len(IMAGES), figsize=(12, 2.6))
+for ax, path, p in zip(axes, IMAGES, probs):
+    index, value = top_k(p, 5)
+    ax.barh([labels[i] for i in index][::-1], value[::-1], color="tab:blue")
+    ax.set_xlim(0, 1)
+    ax.set_title(path.name)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Exact against PyTorch
+#
+# `tools/zoo.py` saved, beside each model, an input and PyTorch's output for it. The four CNNs
+# match to float32 rounding, at batch 1 and at batch 8 (eight copies of the input, which must
+# give eight copies of the answer):
+
+# %%
+for name in ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "unet"]:
+    model = kuiper.load(MODELS / f"{name}.pnnx.param")
+    x, want = np.load(MODELS / f"{name}.input.npy"), np.load(MODELS / f"{name}.output.npy")
+    one, eight = model(x), model(np.repeat(x, 8, axis=0))
+    error = agreement(np.concatenate([one, eight]), np.concatenate([want] * 9))
+    same_top1 = (one.reshape(1, -1).argmax(1) == want.reshape(1, -1).argmax(1)).all()
+    print(f"{name:20} batch 1 and 8: {error}   top-1 identical: {same_top1}")
+
+# %% [markdown]
+# ## Looking inside: feature maps
+#
+# `forward(x, keep=...)` saves named operands on the way. The first convolution of MobileNetV2
+# turns the photo into 32 feature maps at half resolution; some respond to edges of one
+# orientation, some to colours:
+
+# %%
+first = graph.order[1]
+graph(preprocess(load_image(IMAGES[0]))[None], keep={first.outputs[0]})
+maps = graph.kept[first.outputs[0]].numpy()[0]
+fig, axes = plt.subplots(2, 8, figsize=(12, 3.2))
+for channel, ax in enumerate(axes.flat):
+    ax.imshow(maps[channel], cmap="gray")
+    ax.set_title(f"{channel}", fontsize=8)
+    ax.axis("off")
+fig.suptitle(f"{first.name} ({first.type}) on {IMAGES[0].name}: 16 of {maps.shape[0]} channels")
+plt.show()
+
+# %% [markdown]
+# ## Exercise 6.3 — a residual block
+#
+# ResNet is built from *basic blocks*: two 3×3 convolutions with a ReLU between, whose output is
+# **added** to the block's input (the *shortcut*) before a final ReLU. When the block halves the
+# resolution, the shortcut is a strided 1×1 convolution (`downsample`) so that the shapes agree:
+#
+# $$y = \text{relu}\big(\text{conv}_2(\text{relu}(\text{conv}_1(x))) + \text{shortcut}(x)\big)$$
+#
+# PNNX flattened this into separate operators — the addition is a `pnnx.Expression`. Wire the
+# block back together from the graph's own layers: each is a callable on tensors. Here is
+# `layer2.0`, the first block that downsamples, as PNNX wrote it:
+
+# %%
+resnet = kuiper.load(MODELS / "resnet18.pnnx.param")
+for op in resnet.order[14:20]:
+    print(f"{op.type:16} {op.name:14} reads {op.inputs} writes {op.outputs}")
+
+# %%
+#| exercise: relu(conv2(relu(conv1(x))) + shortcut), the shortcut being downsample(x) or x itself
+def basic_block(x: Tensor, conv1, conv2, relu, downsample=None) -> Tensor:
+    """ResNet's basic block, from layers that are callables on tensors."""
+    ### BEGIN SOLUTION
+    shortcut = downsample(x) if downsample is not None else x
+    return relu(conv2(relu(conv1(x))) + shortcut)
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 6.3"):
+    x = np.load(MODELS / "resnet18.input.npy")
+    resnet(x, keep={"13", "19"})  # the input and the output of layer2.0, the first block that downsamples
+    block_in, block_out = resnet.kept["13"], resnet.kept["19"]
+    layers = resnet.layers
+    got = basic_block(block_in, layers["convbn2d_5"], layers["convbn2d_6"], layers["layer2.0.relu"],
+                      downsample=layers["convbn2d_7"])
+    assert got.shape == block_out.shape, f"shape {got.shape}, expected {block_out.shape}"
+    error = np.abs(got.numpy() - block_out.numpy()).max()
+    assert error < 1e-5, f"differs from the graph's layer2.0 output by {error:.2e}"
+
+# %% [markdown]
+# ## Where the time goes
+#
+# The graph timed every operator of the last run. At batch 8, convolutions dominate; everything
+# else together is a few percent:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+resnet(np.repeat(np.load(MODELS / "resnet18.input.npy"), 8, axis=0))
+by_type = resnet.time_by_type()
+fig, ax = plt.subplots(figsize=(6, 2.6))
+ax.barh(list(by_type)[::-1], [s * 1e3 for s in by_type.values()][::-1], color="tab:blue")
+ax.set_xlabel("ms per batch of 8 (ResNet-18)")
+plt.tight_layout()
+plt.show()
+print(f"peak activation memory: {resnet.peak_bytes / 2**20:.1f} MiB")
+
+# %% [markdown]
+# ## Against PyTorch
+#
+# `kuiper bench` times kuiper and PyTorch (the traced model `tools/zoo.py` saved) in the same
+# process, with the same number of threads: warm-up, then the median of five runs.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from kuiper.bench import bench_models, format_model_rows
+
+print(format_model_rows(bench_models([MODELS / "resnet18.pnnx.param", MODELS / "mobilenet_v3_small.pnnx.param"],
+                                     batches=[8])))
+
+# %% [markdown]
+# ## What you built
+#
+# `kuiper/vision/classify.py` prepares images and reads the answers; the command line runs it:
+#
+# ```
+# kuiper run data/models/mobilenet_v2.pnnx.param data/images/*.jpg --top 5
+# ```
