@@ -12,16 +12,15 @@ import kuiper
 from kuiper import bench as benchmarks
 from kuiper.errors import KuiperError
 from kuiper.registry import load
-from kuiper.vision.classify import classify, read_labels, top_k
+from kuiper.vision.classify import classify, load_image, read_labels, top_k
+from kuiper.vision.detect import detect, draw_detections
 
 LABELS = Path(__file__).resolve().parents[1] / "data" / "imagenet_classes.txt"
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     """Classify images with an ImageNet model: the top-k classes and their probabilities."""
-    for path in [args.model, *args.images]:
-        if not Path(path).is_file():
-            raise KuiperError(f"{path}: no such file")
+    find([args.model, *args.images])
     labels = read_labels(args.labels)
     probs = classify(load(args.model), args.images, args.batch)
     if probs.shape[1] != len(labels):
@@ -37,6 +36,34 @@ def run(args: argparse.Namespace) -> list[dict]:
     return results
 
 
+def find(paths: list[str]) -> None:
+    """KuiperError naming the first path that is not a file."""
+    for path in paths:
+        if not Path(path).is_file():
+            raise KuiperError(f"{path}: no such file")
+
+
+def detect_objects(args: argparse.Namespace) -> list[dict]:
+    """Detect objects with a YOLO model; optionally write annotated copies of the images."""
+    find([args.model, *args.images])
+    labels = read_labels(args.labels) if args.labels else []
+    results = []
+    for path, found in zip(args.images, detect(load(args.model), args.images, args.conf, args.iou, args.batch)):
+        boxes = [{"box": [round(float(v), 1) for v in row[:4]], "score": round(float(row[4]), 4),
+                  "class": int(row[5]), "label": labels[int(row[5])] if int(row[5]) < len(labels) else str(int(row[5]))}
+                 for row in found]
+        result = {"image": str(path), "detections": boxes}
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            result["annotated"] = str(args.out / Path(path).name)
+            draw_detections(load_image(path), found, labels).save(result["annotated"])
+        results.append(result)
+        if not args.json:
+            listed = ", ".join(f"{b['label']} {b['score']:.2f} at {b['box']}" for b in boxes) or "nothing"
+            print(f"{path}: {listed}")
+    return results
+
+
 def bench(args: argparse.Namespace) -> list[dict]:
     """Time kuiper against PyTorch: whole models, or every conv, pool and activation of the zoo (`ops`)."""
     if args.targets == ["ops"]:
@@ -44,9 +71,7 @@ def bench(args: argparse.Namespace) -> list[dict]:
         if not args.json:
             print(benchmarks.format_rows(rows))
         return [dataclasses.asdict(row) | {"ratio": row.ratio} for row in rows]
-    for path in args.targets:
-        if not Path(path).is_file():
-            raise KuiperError(f"{path}: no such file (give .pnnx.param files, or `ops`)")
+    find(args.targets)
     model_rows = benchmarks.bench_models(args.targets, args.batch)
     if not args.json:
         print(benchmarks.format_model_rows(model_rows))
@@ -65,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--labels", type=Path, default=LABELS, help="class names, one per line")
     classify.add_argument("--json", action="store_true", help="print machine-readable JSON")
     classify.set_defaults(func=run)
+    find_boxes = commands.add_parser("detect", help="detect objects with a YOLO model")
+    find_boxes.add_argument("model", help="the model's .pnnx.param (its .pnnx.bin beside it)")
+    find_boxes.add_argument("images", nargs="+", help="image files")
+    find_boxes.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
+    find_boxes.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    find_boxes.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
+    find_boxes.add_argument("--labels", type=Path, help="class names, one per line (default: numbers)")
+    find_boxes.add_argument("--out", type=Path, help="write annotated copies of the images here")
+    find_boxes.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    find_boxes.set_defaults(func=detect_objects)
     run_bench = commands.add_parser("bench", help="time kuiper against PyTorch in one process")
     run_bench.add_argument("targets", nargs="+", help="model .pnnx.param files, or `ops` for the operator table")
     run_bench.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")

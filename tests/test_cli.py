@@ -35,6 +35,8 @@ def test_python_m_kuiper_prints_for_people():
     (["run", str(DATA / "tiny.pnnx.param"), IMAGES[0]], "tiny.pnnx.param gives 10 scores, but"),
     (["run", str(DATA / "models" / "yolov5n.pnnx.param"), IMAGES[0]], "yolov5n.pnnx.param gives"),
     (["bench", "nothing.pnnx.param"], "nothing.pnnx.param: no such file"),
+    (["detect", str(DATA / "models" / "yolov5n.pnnx.param"), "gone.jpg"], "gone.jpg: no such file"),
+    (["detect", str(MOBILENET), IMAGES[0]], "outputs (1, 1000), not YOLO rows"),
 ])
 def test_bad_input_is_one_line_and_exit_1(args, message):
     done = subprocess.run([sys.executable, "-m", "kuiper", *args], capture_output=True, text=True)

@@ -340,7 +340,8 @@ class Concat(nn.Module):
 
 class Detect(nn.Module):
     """1x1 conv heads on P3-P5, decoded as YOLOv5's export does into (batch, boxes, 5 + nc) rows of
-    centre x, centre y, width, height (pixels), objectness and class scores."""
+    centre x, centre y, width, height (pixels), objectness and class scores. In training mode it
+    returns the raw logits instead, one (batch, anchors, ny, nx, 5 + nc) map per level."""
 
     def __init__(self, nc: int, channels: tuple[int, ...], img_size: int,
                  strides: tuple[int, ...] = (8, 16, 32),
@@ -362,11 +363,14 @@ class Detect(nn.Module):
         for i, (conv, x) in enumerate(zip(self.m, xs)):
             bs, _, ny, nx = x.shape
             x = conv(x).view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            if self.training:
+                z.append(x)
+                continue
             xy, wh, conf = x.sigmoid().split((2, 2, self.nc + 1), 4)
             xy = (xy * 2 + getattr(self, f"grid{i}")) * self.strides[i]
             wh = (wh * 2) ** 2 * getattr(self, f"anchor_grid{i}")
             z.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * ny * nx, self.no))
-        return torch.cat(z, 1)
+        return z if self.training else torch.cat(z, 1)
 
 
 class YOLOv5(nn.Module):

@@ -1,0 +1,107 @@
+# Generated from solutions/07_yolov5.py by tools/sync.py: edit the lesson, not this file.
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from kuiper.errors import ShapeError
+from kuiper.graph import RuntimeGraph
+from kuiper.vision.classify import load_image
+
+
+def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """The image scaled to fit a size × size grey square, as float32 (3, size, size) in 0–1,
+    with the scale and the (left, top) padding used."""
+    width, height = image.size
+    scale = min(size / width, size / height)
+    new = (round(width * scale), round(height * scale))
+    left, top = (size - new[0]) // 2, (size - new[1]) // 2
+    canvas = Image.new("RGB", (size, size), (114, 114, 114))
+    canvas.paste(image.resize(new, Image.BILINEAR), (left, top))
+    return np.asarray(canvas, dtype=np.float32).transpose(2, 0, 1) / 255, scale, (left, top)
+
+
+def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """Centre-size boxes (cx, cy, w, h) as corners (x1, y1, x2, y2)."""
+    centre, half = boxes[..., :2], boxes[..., 2:4] / 2
+    return np.concatenate([centre - half, centre + half], axis=-1)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of each box in `a` with each box in `b` (corner format)."""
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
+    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices of the boxes greedy non-maximum suppression keeps, highest score first."""
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        best, order = order[0], order[1:]
+        keep.append(best)
+        order = order[box_iou(boxes[best][None], boxes[order])[0] <= iou_threshold]
+    return np.array(keep, dtype=np.int64)
+
+
+def postprocess(rows: np.ndarray, conf: float = 0.25, iou: float = 0.45, max_det: int = 300) -> np.ndarray:
+    """Detections (K, 6) = x1, y1, x2, y2, score, class from one image's raw rows (N, 5 + classes)."""
+    rows = rows[rows[:, 4] > conf]
+    classes = rows[:, 5:].argmax(axis=1)
+    scores = rows[:, 4] * rows[np.arange(len(rows)), 5 + classes]
+    boxes, keep = xywh_to_xyxy(rows[:, :4]), scores > conf
+    boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+    offset = classes[:, None] * (boxes.max(initial=0) + 1)
+    kept = nms(boxes + offset, scores, iou)[:max_det]
+    return np.concatenate([boxes[kept], scores[kept, None], classes[kept, None]], axis=1).astype(np.float32)
+
+
+def unletterbox(detections: np.ndarray, scale: float, pad: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """Boxes from the letterboxed square back to the original image of `size` (width, height)."""
+    out = detections.copy()
+    out[:, [0, 2]] = np.clip((out[:, [0, 2]] - pad[0]) / scale, 0, size[0])
+    out[:, [1, 3]] = np.clip((out[:, [1, 3]] - pad[1]) / scale, 0, size[1])
+    return out
+
+
+def input_size(graph: RuntimeGraph) -> int:
+    """The square image side a detector graph expects; ShapeError if its input is not (N, 3, S, S)."""
+    shape = graph.model.operands[graph.inputs[0].outputs[0]].shape
+    if len(graph.inputs) != 1 or len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
+        raise ShapeError(f"{graph.model.path.name} takes input of shape {shape}, not one (N, 3, S, S) image batch")
+    return shape[2]
+
+
+def detect(graph: RuntimeGraph, paths: list[str | Path], conf: float = 0.25, iou: float = 0.45,
+           batch: int = 8) -> list[np.ndarray]:
+    """Detections (x1, y1, x2, y2, score, class) in original-image pixels, one array per image."""
+    size, results = input_size(graph), []
+    for start in range(0, len(paths), batch):
+        images = [load_image(p) for p in paths[start:start + batch]]
+        boxed = [letterbox(image, size) for image in images]
+        rows = graph(np.stack([b[0] for b in boxed]))
+        if rows.ndim != 3 or rows.shape[2] < 6:
+            raise ShapeError(f"{graph.model.path.name} outputs {rows.shape}, not YOLO rows (N, boxes, 5 + classes)")
+        for image, (_, scale, pad), r in zip(images, boxed, rows):
+            results.append(unletterbox(postprocess(r, conf, iou), scale, pad, image.size))
+    return results
+
+
+def draw_detections(image: Image.Image, detections: np.ndarray, labels: list[str]) -> Image.Image:
+    """A copy of the image with each detection's box, label and score drawn on it."""
+    out = image.copy()
+    pen = ImageDraw.Draw(out)
+    palette = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
+    for x1, y1, x2, y2, score, cls in detections:
+        colour = palette[int(cls) % len(palette)]
+        pen.rectangle((x1, y1, x2, y2), outline=colour, width=3)
+        text = f"{labels[int(cls)] if int(cls) < len(labels) else int(cls)} {score:.2f}"
+        pen.rectangle(pen.textbbox((x1, y1), text), fill=colour)
+        pen.text((x1, y1), text, fill=(255, 255, 255))
+    return out

@@ -1,0 +1,313 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lesson 07 — YOLOv5: object detection
+#
+# A classifier says *what* is in a picture; a detector says what and **where**, with a box per
+# object. YOLOv5 — KuiperInfer's flagship demo — does it in one pass: a CNN backbone, a neck that
+# mixes three resolutions, and a *Detect* head that predicts, at every cell of three grids, three
+# boxes relative to fixed *anchors*. Around the graph sit two pieces of plain code that this lesson
+# writes: **letterboxing** the image in, and **non-maximum suppression** (NMS) of the 25,200 raw
+# predictions out.
+#
+# | exercise | what |
+# |---|---|
+# | 7.1 | letterbox: resize keeping the aspect ratio, pad to a square |
+# | 7.2 | the IoU of every pair of boxes, vectorised |
+# | 7.3 | greedy non-maximum suppression |
+
+# %%
+#| default_exp vision.detect
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from PIL import Image
+
+import kuiper
+from kuiper.course import DATA, agreement, check
+
+MODELS = DATA / "models"
+
+# %% [markdown]
+# ## Exercise 7.1 — letterbox
+#
+# The network takes a square, say 640 × 640. Stretching a 4:3 photo to a square would squash every
+# object, so YOLOv5 *letterboxes*: scale by $r = \min(640/w,\ 640/h)$ so the longer side fits,
+# round the new size, and centre it on a grey (114) canvas. The left and top padding are
+# `(640 - new_w) // 2` and `(640 - new_h) // 2`. Return the image as float32 `(3, size, size)` in
+# 0–1, with `r` and the `(left, top)` padding: they are needed to map boxes back.
+
+# %%
+#| export
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from kuiper.errors import ShapeError
+from kuiper.graph import RuntimeGraph
+from kuiper.vision.classify import load_image
+
+# %%
+#| export
+#| exercise: scale by min(size/w, size/h), round, paste centred on a (114,114,114) square; return (3,S,S) 0-1, r, (left, top)
+def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """The image scaled to fit a size × size grey square, as float32 (3, size, size) in 0–1,
+    with the scale and the (left, top) padding used."""
+    ### BEGIN SOLUTION
+    width, height = image.size
+    scale = min(size / width, size / height)
+    new = (round(width * scale), round(height * scale))
+    left, top = (size - new[0]) // 2, (size - new[1]) // 2
+    canvas = Image.new("RGB", (size, size), (114, 114, 114))
+    canvas.paste(image.resize(new, Image.BILINEAR), (left, top))
+    return np.asarray(canvas, dtype=np.float32).transpose(2, 0, 1) / 255, scale, (left, top)
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 7.1"):
+    x, scale, pad = letterbox(Image.new("RGB", (400, 300), (255, 0, 0)), 640)
+    assert x.shape == (3, 640, 640) and x.dtype == np.float32, f"got {x.shape} {x.dtype}"
+    assert scale == 1.6 and pad == (0, 80), f"scale 1.6 and padding (0, 80) expected, got {scale}, {pad}"
+    assert np.allclose(x[:, 100, 100], [1, 0, 0]) and np.allclose(x[:, 10, 10], 114 / 255), "red inside, grey bars"
+
+# %%
+photo = load_image(DATA / "images" / "coffee.jpg")
+boxed, scale, pad = letterbox(photo, 640)
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
+axes[0].imshow(photo)
+axes[0].set_title(f"photo {photo.size[0]} × {photo.size[1]}")
+axes[1].imshow(boxed.transpose(1, 2, 0))
+axes[1].set_title(f"letterboxed 640 × 640: scale {scale:.2f}, pad {pad}")
+plt.show()
+
+# %% [markdown]
+# ## The Detect head: grids and anchors
+#
+# The neck hands the head three feature maps, of stride 8, 16 and 32: grids of 80², 40² and 20²
+# cells on a 640 image. At each cell a 1×1 convolution predicts, for each of 3 anchors, 85 numbers:
+# $t_x, t_y, t_w, t_h$, an objectness score and 80 class scores. After a sigmoid $\sigma$, the box
+# is decoded as
+#
+# $$x = (2\sigma(t_x) - 0.5 + c_x)\,s \qquad w = (2\sigma(t_w))^2\, a_w$$
+#
+# (and likewise $y$, $h$): the centre may move up to 1.5 cells from cell $(c_x, c_y)$, the size
+# ranges from 0 to 4 times the anchor $(a_w, a_h)$. Small anchors sit on the fine grid, large
+# ones on the coarse grid:
+
+# %%
+ANCHORS = {8: [(10, 13), (16, 30), (33, 23)], 16: [(30, 61), (62, 45), (59, 119)],
+           32: [(116, 90), (156, 198), (373, 326)]}
+fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+for ax, (stride, anchors), colour in zip(axes, ANCHORS.items(), ["tab:red", "tab:green", "tab:blue"]):
+    ax.imshow(boxed.transpose(1, 2, 0), alpha=0.5)
+    for line in range(0, 641, stride):
+        ax.axhline(line, color="gray", lw=0.3)
+        ax.axvline(line, color="gray", lw=0.3)
+    cx = cy = stride * (320 // stride) + stride / 2
+    for w, h in anchors:
+        ax.add_patch(plt.Rectangle((cx - w / 2, cy - h / 2), w, h, fill=False, ec=colour, lw=2))
+    ax.set_title(f"stride {stride}: {640 // stride}² cells\nanchors {anchors}", fontsize=9)
+    ax.set_xlim(0, 640)
+    ax.set_ylim(640, 0)
+    ax.axis("off")
+plt.show()
+
+# %% [markdown]
+# The zoo's `yolov5n` was exported with this decoding inside the graph: PNNX turned it into
+# `pnnx.Attribute` constants (the grids and anchors), `F.sigmoid`, `torch.split` and the
+# `pnnx.Expression`s `mul(add(mul(@0,2),@1),8)` and `mul(pow(mul(@0,2),2),@1)` you met in lesson
+# 05. One row of the output per anchor per cell: $3 \cdot (80^2 + 40^2 + 20^2) = 25{,}200$ rows of
+# 85 numbers, which must match PyTorch (random weights here, so the boxes mean nothing yet):
+
+# %%
+yolo = kuiper.load(MODELS / "yolov5n.pnnx.param")
+x, want = np.load(MODELS / "yolov5n.input.npy"), np.load(MODELS / "yolov5n.output.npy")
+raw = yolo(x)
+print(raw.shape, "vs PyTorch:", agreement(raw, want, 1e-4))
+
+# %% [markdown]
+# ## Exercise 7.2 — intersection over union
+#
+# Two boxes overlap by their IoU, the area of their intersection over the area of their union. For
+# boxes as corners $(x_1, y_1, x_2, y_2)$, the intersection is
+# $\max(0, \min(x_2, x_2') - \max(x_1, x_1')) \cdot \max(0, \min(y_2, y_2') - \max(y_1, y_1'))$.
+# Compute the IoU of **every** box in `a` (N × 4) with every box in `b` (M × 4) at once: add axes
+# so numpy broadcasts `a[:, None]` against `b[None, :]` into an N × M result, with no Python loop.
+
+# %%
+#| export
+def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """Centre-size boxes (cx, cy, w, h) as corners (x1, y1, x2, y2)."""
+    centre, half = boxes[..., :2], boxes[..., 2:4] / 2
+    return np.concatenate([centre - half, centre + half], axis=-1)
+
+
+# %%
+#| export
+#| exercise: IoU of every box of a (N,4) with every box of b (M,4), as an N x M array, by broadcasting
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of each box in `a` with each box in `b` (corner format)."""
+    ### BEGIN SOLUTION
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
+    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 7.2"):
+    a = np.array([[0, 0, 10, 10], [5, 5, 15, 15]], np.float32)
+    b = np.array([[0, 0, 10, 10], [10, 10, 20, 20], [5, 0, 15, 10]], np.float32)
+    got = box_iou(a, b)
+    want = np.array([[1, 0, 50 / 150], [25 / 175, 25 / 175, 50 / 150]])
+    assert got.shape == (2, 3) and np.allclose(got, want), f"expected\n{want}\ngot\n{got}"
+
+# %% [markdown]
+# ## Exercise 7.3 — non-maximum suppression
+#
+# A real object lights up several neighbouring cells and anchors, so the raw output holds many
+# boxes per object. **Greedy NMS** keeps the best one and drops its near-duplicates: sort by score;
+# take the best remaining box; drop every remaining box whose IoU with it exceeds the threshold;
+# repeat until none remain. Each step is one vectorised `box_iou` of the kept box against the rest.
+# Return the indices of the kept boxes, best first.
+
+# %%
+#| export
+#| exercise: greedy NMS: best-first, drop the rest with IoU > iou_threshold against each kept box; kept indices
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices of the boxes greedy non-maximum suppression keeps, highest score first."""
+    ### BEGIN SOLUTION
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        best, order = order[0], order[1:]
+        keep.append(best)
+        order = order[box_iou(boxes[best][None], boxes[order])[0] <= iou_threshold]
+    return np.array(keep, dtype=np.int64)
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 7.3"):
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 9, 10], [21, 19, 30, 31]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.95, 0.6], np.float32)
+    got = nms(boxes, scores, 0.5)
+    assert got.tolist() == [3, 2], f"expected [3, 2] (box 3 beats 0 and 1; box 2 beats 4), got {got.tolist()}"
+    assert nms(boxes[:0], scores[:0], 0.5).tolist() == []
+
+# %% [markdown]
+# ## From raw rows to detections
+#
+# `postprocess` does what YOLOv5's own code does after the network:
+#
+# 1. drop rows whose objectness is below the confidence threshold (most of the 25,200);
+# 2. score each remaining row as objectness × best class probability, and drop those below it too;
+# 3. run NMS **per class** — a cat box must not suppress an overlapping dog box. The trick: shift
+#    each class's boxes by a large offset proportional to the class number, so boxes of different
+#    classes never overlap, and run one NMS over all of them;
+# 4. map the boxes back through the letterbox to the original photo and clip them to it.
+
+# %%
+#| export
+def postprocess(rows: np.ndarray, conf: float = 0.25, iou: float = 0.45, max_det: int = 300) -> np.ndarray:
+    """Detections (K, 6) = x1, y1, x2, y2, score, class from one image's raw rows (N, 5 + classes)."""
+    rows = rows[rows[:, 4] > conf]
+    classes = rows[:, 5:].argmax(axis=1)
+    scores = rows[:, 4] * rows[np.arange(len(rows)), 5 + classes]
+    boxes, keep = xywh_to_xyxy(rows[:, :4]), scores > conf
+    boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+    offset = classes[:, None] * (boxes.max(initial=0) + 1)
+    kept = nms(boxes + offset, scores, iou)[:max_det]
+    return np.concatenate([boxes[kept], scores[kept, None], classes[kept, None]], axis=1).astype(np.float32)
+
+
+def unletterbox(detections: np.ndarray, scale: float, pad: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """Boxes from the letterboxed square back to the original image of `size` (width, height)."""
+    out = detections.copy()
+    out[:, [0, 2]] = np.clip((out[:, [0, 2]] - pad[0]) / scale, 0, size[0])
+    out[:, [1, 3]] = np.clip((out[:, [1, 3]] - pad[1]) / scale, 0, size[1])
+    return out
+
+
+def input_size(graph: RuntimeGraph) -> int:
+    """The square image side a detector graph expects; ShapeError if its input is not (N, 3, S, S)."""
+    shape = graph.model.operands[graph.inputs[0].outputs[0]].shape
+    if len(graph.inputs) != 1 or len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
+        raise ShapeError(f"{graph.model.path.name} takes input of shape {shape}, not one (N, 3, S, S) image batch")
+    return shape[2]
+
+
+def detect(graph: RuntimeGraph, paths: list[str | Path], conf: float = 0.25, iou: float = 0.45,
+           batch: int = 8) -> list[np.ndarray]:
+    """Detections (x1, y1, x2, y2, score, class) in original-image pixels, one array per image."""
+    size, results = input_size(graph), []
+    for start in range(0, len(paths), batch):
+        images = [load_image(p) for p in paths[start:start + batch]]
+        boxed = [letterbox(image, size) for image in images]
+        rows = graph(np.stack([b[0] for b in boxed]))
+        if rows.ndim != 3 or rows.shape[2] < 6:
+            raise ShapeError(f"{graph.model.path.name} outputs {rows.shape}, not YOLO rows (N, boxes, 5 + classes)")
+        for image, (_, scale, pad), r in zip(images, boxed, rows):
+            results.append(unletterbox(postprocess(r, conf, iou), scale, pad, image.size))
+    return results
+
+
+def draw_detections(image: Image.Image, detections: np.ndarray, labels: list[str]) -> Image.Image:
+    """A copy of the image with each detection's box, label and score drawn on it."""
+    out = image.copy()
+    pen = ImageDraw.Draw(out)
+    palette = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
+    for x1, y1, x2, y2, score, cls in detections:
+        colour = palette[int(cls) % len(palette)]
+        pen.rectangle((x1, y1, x2, y2), outline=colour, width=3)
+        text = f"{labels[int(cls)] if int(cls) < len(labels) else int(cls)} {score:.2f}"
+        pen.rectangle(pen.textbbox((x1, y1), text), fill=colour)
+        pen.text((x1, y1), text, fill=(255, 255, 255))
+    return out
+
+
+# %% [markdown]
+# Class-aware NMS against a plain reference written with torch (one class at a time, a Python loop
+# over boxes): the same boxes survive.
+
+# %%
+def reference_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou: float) -> list[int]:
+    """Per-class greedy NMS, the slow obvious way."""
+    keep = []
+    for c in classes.unique():
+        idx = torch.nonzero(classes == c).flatten()
+        idx = idx[scores[idx].argsort(descending=True)]
+        while len(idx):
+            keep.append(int(idx[0]))
+            rest = idx[1:]
+            lt = torch.maximum(boxes[idx[0], :2], boxes[rest, :2])
+            rb = torch.minimum(boxes[idx[0], 2:], boxes[rest, 2:])
+            inter = (rb - lt).clamp(min=0).prod(1)
+            area = lambda b: (b[..., 2:] - b[..., :2]).prod(-1)  # noqa: E731
+            idx = rest[inter / (area(boxes[idx[0]]) + area(boxes[rest]) - inter) <= iou]
+    return sorted(keep, key=lambda i: -float(scores[i]))
+
+
+g = np.random.default_rng(0)
+centres = g.uniform(50, 590, (300, 2))
+boxes = np.concatenate([centres - 30, centres + 30 + g.uniform(0, 40, (300, 2))], axis=1).astype(np.float32)
+scores, classes = g.random(300).astype(np.float32), g.integers(0, 3, 300)
+offset = classes[:, None] * (boxes.max() + 1)
+ours = nms(boxes + offset, scores, 0.45).tolist()
+theirs = reference_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes), 0.45)
+print(f"kept {len(ours)} of 300 boxes; same as the reference: {ours == theirs}")

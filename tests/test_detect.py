@@ -1,0 +1,73 @@
+"""YOLOv5 in kuiper: raw head outputs against PyTorch at batch 1 and 8, and the detection pipeline
+(letterbox, IoU, class-aware NMS against a reference, boxes mapped back to the photo)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import kuiper
+from kuiper.vision.detect import box_iou, letterbox, nms, postprocess, unletterbox, xywh_to_xyxy
+
+MODELS = Path(__file__).resolve().parents[1] / "data" / "models"
+
+
+@pytest.mark.parametrize("name, batch", [("yolov5n", 1), ("yolov5n", 8), ("yolov5s", 1),
+                                         pytest.param("yolov5s", 8, marks=pytest.mark.slow)])
+def test_raw_outputs_match_pytorch(name, batch):
+    x = np.random.default_rng(batch).random((batch, 3, 640, 640), dtype=np.float32)
+    with torch.no_grad():
+        want = torch.jit.load(str(MODELS / f"{name}.torchscript.pt"))(torch.from_numpy(x)).numpy()
+    got = kuiper.load(MODELS / f"{name}.pnnx.param")(x)
+    assert got.shape == want.shape == (batch, 25200, 85)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def reference_nms(boxes, scores, iou):
+    """Greedy NMS one box at a time, in torch."""
+    boxes, scores = torch.from_numpy(boxes), torch.from_numpy(scores)
+    order, keep = scores.argsort(descending=True).tolist(), []
+    while order:
+        best, order = order[0], order[1:]
+        keep.append(best)
+        lt = torch.maximum(boxes[best, :2], boxes[order, :2])
+        rb = torch.minimum(boxes[best, 2:], boxes[order, 2:])
+        inter = (rb - lt).clamp(min=0).prod(1)
+        union = (boxes[best, 2:] - boxes[best, :2]).prod() + (boxes[order, 2:] - boxes[order, :2]).prod(1) - inter
+        order = [i for i, o in zip(order, (inter / union).tolist()) if o <= iou]
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_nms_matches_a_reference(seed):
+    g = np.random.default_rng(seed)
+    corner = g.uniform(0, 500, (200, 2))
+    boxes = np.concatenate([corner, corner + g.uniform(5, 120, (200, 2))], axis=1).astype(np.float32)
+    scores = g.random(200).astype(np.float32)
+    assert nms(boxes, scores, 0.45).tolist() == reference_nms(boxes, scores, 0.45)
+
+
+def test_box_iou_matches_the_definition():
+    a = np.array([[0, 0, 4, 4], [2, 2, 6, 6]], np.float32)
+    assert np.allclose(box_iou(a, a), [[1, 4 / 28], [4 / 28, 1]])
+    assert np.allclose(xywh_to_xyxy(np.array([[5, 5, 4, 2]], np.float32)), [[3, 4, 7, 6]])
+
+
+def test_postprocess_is_class_aware_and_maps_back():
+    rows = np.zeros((4, 7), np.float32)
+    rows[:, :4] = [[100, 100, 40, 40], [102, 101, 40, 40], [101, 100, 40, 40], [300, 300, 20, 20]]
+    rows[:, 4] = [0.9, 0.8, 0.95, 0.1]        # objectness; the last row is below the threshold
+    rows[:, 5:] = [[1, 0], [1, 0], [0, 1], [1, 0]]  # row 2 is another class: NMS must not drop it
+    found = postprocess(rows, conf=0.25, iou=0.45)
+    assert found[:, 5].tolist() == [1, 0] and np.allclose(found[:, 4], [0.95, 0.9])
+    back = unletterbox(found, scale=0.5, pad=(10, 20), size=(400, 300))
+    assert np.allclose(back[1, :4], [(80 - 10) / 0.5, (80 - 20) / 0.5, (120 - 10) / 0.5, (120 - 20) / 0.5])
+    assert back[:, [0, 2]].max() <= 400 and back[:, [1, 3]].max() <= 300
+
+
+def test_letterbox_keeps_aspect_and_centres():
+    x, scale, pad = letterbox(Image.new("RGB", (300, 600), (0, 255, 0)), 320)
+    assert x.shape == (3, 320, 320) and scale == pytest.approx(320 / 600) and pad == (80, 0)
+    assert np.allclose(x[:, 160, 160], [0, 1, 0]) and np.allclose(x[:, 160, 10], 114 / 255)
