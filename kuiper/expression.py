@@ -1,7 +1,6 @@
 # Generated from solutions/05_expression.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 

@@ -1,17 +1,15 @@
 # Generated from solutions/02_graph.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
-import math
-import time
 import heapq
+import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
 
-import numpy as np
-
 from kuiper.errors import GraphError, ShapeError
-from kuiper.pnnx import Operator, PnnxGraph, load_pnnx
+from kuiper.pnnx import Operator, PnnxGraph
 from kuiper.tensor import Tensor
+
 
 IO_TYPES = ("pnnx.Input", "pnnx.Output")
 

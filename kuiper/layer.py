@@ -7,6 +7,7 @@ from kuiper.errors import LayerError
 from kuiper.pnnx import Operator
 from kuiper.tensor import Tensor
 
+
 REQUIRED = object()
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from kuiper.errors import LayerError
 from kuiper.graph import RuntimeGraph
 from kuiper.layer import Layer
-from kuiper.pnnx import Operator, load_pnnx
+from kuiper.pnnx import load_pnnx, Operator
+
 
 LAYERS: dict[str, type[Layer]] = {}
 

@@ -29,6 +29,7 @@
 #| default_exp pnnx
 
 # %%
+import math
 import time
 from collections import Counter
 
@@ -439,16 +440,13 @@ print(graph.operators[2].name, weight.shape, weight.dtype, "| copied into memory
 
 # %%
 #| export graph
-import math
-import time
 import heapq
+import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
 
-import numpy as np
-
 from kuiper.errors import GraphError, ShapeError
-from kuiper.pnnx import Operator, PnnxGraph, load_pnnx
+from kuiper.pnnx import Operator, PnnxGraph
 from kuiper.tensor import Tensor
 
 IO_TYPES = ("pnnx.Input", "pnnx.Output")

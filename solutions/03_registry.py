@@ -238,8 +238,6 @@ class ReLU(Layer):
 
 # %%
 #| export layers.linear
-import numpy as np
-
 from kuiper.layer import Layer
 from kuiper.registry import register
 from kuiper.tensor import Tensor

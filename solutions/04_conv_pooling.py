@@ -161,7 +161,6 @@ plt.show()
 
 # %%
 #| export
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -182,7 +181,6 @@ def conv2d_im2col(x, w, b, stride=1, padding=0):
 
 
 # %%
-#| export
 #| exercise: fill cols (N, C*kh*kw, oh*ow) from x (N, C, H, W); zero where the window leaves the image
 @njit(parallel=True, cache=True)
 def im2col(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
@@ -214,6 +212,72 @@ with check("Exercise 4.2"):
         assert got.shape == want.shape, f"{shape} k={k}: shape {got.shape}, expected {want.shape}"
         err = np.abs(got - want).max() / np.abs(want).max()
         assert err < 1e-5, f"{shape} k={k} s={s} p={p}: relative error {err:.1e}"
+
+# %% [markdown]
+# ## Making im2col fast
+#
+# Your kernel is correct; three changes make it fast enough for the engine, and they are the kind
+# of change that matters on every CPU:
+#
+# 1. **One image at a time.** The column matrix of one image (up to a few MB) stays in cache
+#    between being written and being multiplied; a whole batch's does not.
+# 2. **Reuse one buffer.** A fresh multi-megabyte array costs a page fault per 4 KB the first time
+#    it is touched; `scratch` hands out the same memory on every call.
+# 3. **No test per element.** For kernel column $j$ the output columns whose input lies inside
+#    the image are one contiguous range $[x_{lo}, x_{hi})$, so the row is zeros, a straight copy
+#    (a slice when the stride is 1), and zeros again.
+
+# %%
+#| export
+@njit(parallel=True, cache=True)
+def im2col_image(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    """Unfold one image x (C, H, W) into cols (C*kh*kw, oh*ow); a row per (c, i, j) tap of the window."""
+    channels, height, width = x.shape
+    for row in prange(channels * kh * kw):
+        c, i, j = row // (kh * kw), row // kw % kh, row % kw
+        shift = j * dw - pw  # output column x_ reads input column x_ * sw + shift
+        x_lo = min(ow, max(0, -(shift // sw)))
+        x_hi = max(x_lo, min(ow, (width - 1 - shift) // sw + 1))
+        for y in range(oh):
+            iy = y * sh - ph + i * dh
+            line = cols[row, y * ow:(y + 1) * ow]
+            if iy < 0 or iy >= height:
+                line[:] = 0.0
+                continue
+            line[:x_lo] = 0.0
+            if sw == 1:
+                line[x_lo:x_hi] = x[c, iy, x_lo + shift:x_hi + shift]
+            else:
+                for x_ in range(x_lo, x_hi):
+                    line[x_] = x[c, iy, x_ * sw + shift]
+            line[x_hi:] = 0.0
+
+
+_scratch = np.empty(0, np.float32)
+
+
+def scratch(shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 work array of `shape`, always the same memory (grown when too small).
+
+    Layers run one after another, so one buffer serves them all; two graphs running in parallel
+    threads would need one each."""
+    global _scratch
+    size = int(np.prod(shape))
+    if _scratch.size < size:
+        _scratch = np.empty(size, np.float32)
+    return _scratch[:size].reshape(shape)
+
+
+# %%
+with check("im2col_image agrees with your im2col"):
+    x = rng.standard_normal((2, 5, 11, 9), dtype=np.float32)
+    for k, s, p, d in [(3, 1, 1, 1), (3, 2, 1, 1), (5, 2, 2, 2), (1, 1, 0, 1), (7, 2, 3, 1)]:
+        oh, ow = out_size(11, k, s, p, d), out_size(9, k, s, p, d)
+        want = np.empty((2, 5 * k * k, oh * ow), np.float32)
+        im2col(x, want, k, k, s, s, p, p, d, d, oh, ow)
+        got = np.empty((5 * k * k, oh * ow), np.float32)
+        im2col_image(x[1], got, k, k, s, s, p, p, d, d, oh, ow)
+        assert np.array_equal(got, want[1]), f"k={k} s={s} p={p} d={d} differs"
 
 # %% [markdown]
 # ## Depthwise convolution: a direct kernel
@@ -256,8 +320,9 @@ def depthwise_conv(x, w, out, sh, sw, ph, pw, dh, dw):
 # * a $1 \times 1$ convolution with stride 1 and no padding **is** a matrix multiply on the input
 #   as it lies (no im2col at all);
 # * a depthwise convolution runs the direct kernel;
-# * everything else is im2col + a batched matrix multiply, one per group:
-#   $W$ is reshaped to $(g, K/g, C/g \cdot K_h K_w)$ and the columns to $(N, g, C/g \cdot K_h K_w, L)$.
+# * everything else is, image by image, `im2col_image` into the scratch buffer and one matrix
+#   multiply per group, written straight into the output: $W$ is reshaped to
+#   $(g, K/g, C/g \cdot K_h K_w)$ and the columns to $(g, C/g \cdot K_h K_w, L)$.
 
 # %%
 #| export
@@ -314,14 +379,16 @@ class Conv2d(Layer):
         if self.depthwise:
             out = np.empty((n_batch, self.c_out, oh, ow), np.float32)
             depthwise_conv(data, self.weight_, out, sh, sw, ph, pw, dh, dw)
-        else:
-            if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
-                cols = data.reshape(n_batch, self.c_in, height * width)
-            else:
-                cols = np.empty((n_batch, self.c_in * kh * kw, oh * ow), np.float32)
-                im2col(data, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-            cols = cols.reshape(n_batch, self.groups, -1, oh * ow)
+        elif (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
+            cols = data.reshape(n_batch, self.groups, -1, height * width)
             out = np.matmul(self.gemm_weight, cols).reshape(n_batch, self.c_out, oh, ow)
+        else:
+            out = np.empty((n_batch, self.groups, self.c_out // self.groups, oh * ow), np.float32)
+            cols = scratch((self.c_in * kh * kw, oh * ow))
+            for n in range(n_batch):
+                im2col_image(data[n], cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+                np.matmul(self.gemm_weight, cols.reshape(self.groups, -1, oh * ow), out=out[n])
+            out = out.reshape(n_batch, self.c_out, oh, ow)
         if self.bias is not None:
             out += self.bias[:, None, None]
         return Tensor(out, device=x.device)
@@ -657,6 +724,8 @@ class AdaptiveAvgPool2d(Layer):
 
     def forward(self, x: Tensor) -> Tensor:
         data = as_nchw(self, x)
+        if self.size == (1, 1):  # global average pooling: one mean, no kernel launch
+            return Tensor(data.mean(axis=(2, 3), keepdims=True, dtype=np.float32), device=x.device)
         oh, ow = (s if s is not None else d for s, d in zip(self.size, data.shape[2:]))
         out = np.empty((*data.shape[:2], oh, ow), np.float32)
         adaptive_avg_pool(data, out)
@@ -666,13 +735,20 @@ class AdaptiveAvgPool2d(Layer):
 # %% [markdown]
 # ## Activations
 #
-# Element-wise functions, each one line of numpy. Two details matter for exactness: the sigmoid
-# is computed as $\tfrac12(\tanh(x/2)+1)$, which equals $1/(1+e^{-x})$ but never overflows
-# for large $|x|$, and the hard variants (MobileNetV3's cheap approximations) are clips:
+# Element-wise functions, most of them one line of numpy. Two details matter for exactness: the
+# sigmoid is computed as $\tfrac12(\tanh(x/2)+1)$, which equals $1/(1+e^{-x})$ but never
+# overflows for large $|x|$, and the hard variants (MobileNetV3's cheap approximations) are clips:
 # $\text{hardsigmoid}(x) = \text{clip}(x/6 + 1/2, 0, 1)$, $\text{hardswish}(x) = x \cdot \text{hardsigmoid}(x)$.
+#
+# The three that run after almost every convolution of MobileNet and YOLO — ReLU6, SiLU and
+# Hardswish — get a numba loop instead: numpy would make a temporary array for every operation in
+# the formula and walk memory once per operation, the loop walks it once.
 
 # %%
 #| export layers.activation
+from numba import njit, prange
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """1 / (1 + e^-x), computed through tanh so that it never overflows."""
     return 0.5 * (np.tanh(0.5 * x) + 1)
@@ -689,11 +765,49 @@ class Elementwise(Layer):
         return Tensor(self.fn(x.numpy()), device=x.device)
 
 
+@njit(parallel=True, cache=True)
+def relu6_kernel(x, out):
+    """out = min(max(x, 0), 6), element by element."""
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    for i in prange(flat_in.size):
+        flat_out[i] = min(max(flat_in[i], np.float32(0.0)), np.float32(6.0))
+
+
+@njit(parallel=True, cache=True)
+def silu_kernel(x, out):
+    """out = x · sigmoid(x) = x / (1 + e^-x), element by element."""
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    for i in prange(flat_in.size):
+        v = flat_in[i]
+        flat_out[i] = v / (np.float32(1.0) + np.exp(-v))
+
+
+@njit(parallel=True, cache=True)
+def hardswish_kernel(x, out):
+    """out = x · clip(x / 6 + 1/2, 0, 1), element by element."""
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    for i in prange(flat_in.size):
+        v = flat_in[i]
+        flat_out[i] = v * min(max(v / np.float32(6.0) + np.float32(0.5), np.float32(0.0)), np.float32(1.0))
+
+
+def elementwise(kernel):
+    """A layer's `fn` running the numba `kernel(x, out)` into a new float32 array."""
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty_like(x)
+        kernel(x, out)
+        return out
+
+    return staticmethod(fn)
+
+
 @register("nn.ReLU6", "F.relu6")
 class ReLU6(Elementwise):
     """min(max(x, 0), 6)."""
 
-    fn = staticmethod(lambda x: np.clip(x, 0, 6))
+    fn = elementwise(relu6_kernel)
 
 
 @register("nn.Sigmoid", "F.sigmoid", "torch.sigmoid")
@@ -707,7 +821,7 @@ class Sigmoid(Elementwise):
 class SiLU(Elementwise):
     """x · sigmoid(x), YOLOv5's activation."""
 
-    fn = staticmethod(lambda x: x * sigmoid(x))
+    fn = elementwise(silu_kernel)
 
 
 @register("nn.Hardsigmoid", "F.hardsigmoid")
@@ -721,7 +835,7 @@ class Hardsigmoid(Elementwise):
 class Hardswish(Elementwise):
     """x · hardsigmoid(x), MobileNetV3's activation."""
 
-    fn = staticmethod(lambda x: x * np.clip(x / 6 + 0.5, 0, 1))
+    fn = elementwise(hardswish_kernel)
 
 
 @register("nn.Hardtanh", "F.hardtanh")

@@ -63,7 +63,6 @@ class ExpressionError(KuiperError, ValueError):
 
 # %%
 #| export
-import math
 import re
 from dataclasses import dataclass
 

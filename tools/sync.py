@@ -116,14 +116,19 @@ def _patch_target(node: ast.stmt) -> tuple[str, ast.expr] | None:
 
 
 def assemble(cells: list[str], where: str) -> str:
-    """Join a module's cells, moving `@patch_to(Cls)` functions into the body of `class Cls`."""
+    """Join a module's cells: imports gathered at the top, `@patch_to(Cls)` functions moved into
+    the body of `class Cls`."""
     chunks: list[list[str]] = []
+    imports: list[ast.stmt] = []
     class_end: dict[str, tuple[int, int]] = {}  # class -> (chunk, line index just after its body)
     for code in cells:
         lines = code.splitlines()
         keep = [True] * len(lines)
         tree = ast.parse(code)
         for node in tree.body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                imports.append(node)
+                keep[node.lineno - 1:node.end_lineno] = [False] * (node.end_lineno - node.lineno + 1)
             target = _patch_target(node)
             if target is None:
                 continue
@@ -139,8 +144,38 @@ def assemble(cells: list[str], where: str) -> str:
         for node in tree.body:
             if isinstance(node, ast.ClassDef):
                 class_end[node.name] = (len(chunks) - 1, sum(keep[: node.end_lineno]))
-    text = "\n\n\n".join("\n".join(c).strip("\n") for c in chunks if any(s.strip() for s in c))
-    return text + "\n"
+    body = "\n\n\n".join("\n".join(c).strip("\n") for c in chunks if any(s.strip() for s in c))
+    return format_imports(imports) + ("\n\n\n" if imports and body else "") + body + "\n"
+
+
+def format_imports(nodes: list[ast.stmt]) -> str:
+    """The imports of all cells, merged and sorted into standard-library, third-party and kuiper groups."""
+    plain: set[str] = set()
+    names: dict[str, set[str]] = {}
+    for node in nodes:
+        for alias in node.names:
+            spelled = alias.name + (f" as {alias.asname}" if alias.asname else "")
+            if isinstance(node, ast.Import):
+                plain.add(spelled)
+            else:
+                names.setdefault("." * node.level + (node.module or ""), set()).add(spelled)
+    groups: list[list[str]] = [[], [], []]
+    for module in sorted(plain | set(names), key=str.lower):
+        top = module.split(".")[0]
+        group = groups[0 if top in sys.stdlib_module_names else 2 if top in (PACKAGE, "") else 1]
+        if module in plain:
+            group.append(f"import {module}")
+        if module in names:
+            group.append(_from_import(module, sorted(names[module], key=str.lower)))
+    return "\n\n".join("\n".join(sorted(g, key=lambda line: not line.startswith("import "))) for g in groups if g)
+
+
+def _from_import(module: str, names: list[str]) -> str:
+    """`from module import a, b`, wrapped in parentheses when longer than 100 characters."""
+    line = f"from {module} import {', '.join(names)}"
+    if len(line) <= 100:
+        return line
+    return f"from {module} import (\n" + "".join(f"    {name},\n" for name in names) + ")"
 
 
 def _insert_method(chunks: list[list[str]], class_end: dict[str, tuple[int, int]],

@@ -1,4 +1,4 @@
-"""Train YOLOv5n from scratch on the synthetic shapes of tools/shapes.py, in plain torch, on the CPU.
+"""Train YOLOv5n from scratch on the synthetic shapes of tools/shapes.py, in plain torch, on a CPU.
 
     python tools/train_yolo.py --epochs 30 --size 256 --train 2000 --out data/yolov5n_shapes.pt
 
@@ -41,8 +41,12 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The (n, m) IoU matrix of x1, y1, x2, y2 boxes."""
     lt, rb = torch.max(a[:, None, :2], b[:, :2]), torch.min(a[:, None, 2:], b[:, 2:])
     inter = (rb - lt).clamp(0).prod(2)
-    area = lambda boxes: (boxes[:, 2:] - boxes[:, :2]).prod(1)  # noqa: E731
     return inter / (area(a)[:, None] + area(b) - inter)
+
+
+def area(boxes: torch.Tensor) -> torch.Tensor:
+    """The areas of x1, y1, x2, y2 boxes."""
+    return (boxes[:, 2:] - boxes[:, :2]).prod(1)
 
 
 def xywh2xyxy(x: torch.Tensor) -> torch.Tensor:
@@ -175,11 +179,11 @@ def evaluate(model: nn.Module, data: Shapes, batch: int = 32) -> list[float]:
             true_boxes, used = xywh2xyxy(truth[:, 2:]) * size, torch.zeros(len(truth), dtype=bool)
             iou = box_iou(found[:, :4], true_boxes)
             iou *= found[:, 5:6] == truth[:, 1]  # a detection matches its own class only
-            for d in range(len(found)):  # best-scoring first: greedy matching
+            for d in range(len(found)):  # best-scoring first, each label matched at most once
                 candidates = iou[d] * ~used
-                m = int(candidates.argmax()) if len(truth) else 0
-                hit = len(truth) > 0 and bool(candidates[m] >= 0.5)
-                used[m] |= hit
+                hit = len(truth) > 0 and bool(candidates.max() >= 0.5)
+                if hit:
+                    used[candidates.argmax()] = True
                 hits.append(hit)
             scores.append(found[:, 4])
             classes.append(found[:, 5])
@@ -206,8 +210,8 @@ class EMA:
 
 def optimiser(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     """AdamW, with weight decay on convolution weights only (not BatchNorm, not biases)."""
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    rest = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    rest = [p for p in model.parameters() if p.ndim <= 1]
     return torch.optim.AdamW([{"params": decay, "weight_decay": 5e-4},
                               {"params": rest, "weight_decay": 0.0}], lr, betas=(0.9, 0.999))
 
@@ -228,7 +232,7 @@ def train(args: argparse.Namespace) -> None:
     init_head_biases(model.model[-1], args.size)
     ema, opt = EMA(model), optimiser(model, args.lr)
     loss_fn = YoloLoss(model.model[-1], args.size)
-    start, history = 0, []
+    start, history, aps = 0, [], None
     if args.resume and CHECKPOINT.exists():
         state = torch.load(CHECKPOINT, weights_only=False)
         model.load_state_dict(state["model"])
@@ -267,7 +271,7 @@ def train(args: argparse.Namespace) -> None:
         torch.save({"model": model.state_dict(), "ema": ema.model.state_dict(),
                     "opt": opt.state_dict(), "updates": ema.updates, "epoch": epoch + 1,
                     "history": history, "rng": torch.get_rng_state()}, CHECKPOINT)
-    aps = evaluate(ema.model, val_set)
+    aps = aps or evaluate(ema.model, val_set)
     print("\n".join(history))
     print("AP@0.5 " + "  ".join(f"{c} {ap:.3f}" for c, ap in zip(CLASSES, aps))
           + f"  mAP@0.5 {sum(aps) / len(aps):.3f}")
@@ -282,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--size", type=int, default=256, help="image side, a multiple of 32")
     parser.add_argument("--train", type=int, default=2000, help="training images")
-    parser.add_argument("--val", type=int, default=300, help="held-out images")
+    parser.add_argument("--val", type=int, default=200, help="held-out images")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--val-every", type=int, default=0, help="epochs between mAP checks")

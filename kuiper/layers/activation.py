@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
 
 from kuiper.layer import Layer
 from kuiper.registry import register
@@ -32,11 +33,49 @@ class Elementwise(Layer):
         return Tensor(self.fn(x.numpy()), device=x.device)
 
 
+@njit(parallel=True, cache=True)
+def relu6_kernel(x, out):
+    """out = min(max(x, 0), 6), element by element."""
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    for i in prange(flat_in.size):
+        flat_out[i] = min(max(flat_in[i], np.float32(0.0)), np.float32(6.0))
+
+
+@njit(parallel=True, cache=True)
+def silu_kernel(x, out):
+    """out = x · sigmoid(x) = x / (1 + e^-x), element by element."""
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    for i in prange(flat_in.size):
+        v = flat_in[i]
+        flat_out[i] = v / (np.float32(1.0) + np.exp(-v))
+
+
+@njit(parallel=True, cache=True)
+def hardswish_kernel(x, out):
+    """out = x · clip(x / 6 + 1/2, 0, 1), element by element."""
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    for i in prange(flat_in.size):
+        v = flat_in[i]
+        flat_out[i] = v * min(max(v / np.float32(6.0) + np.float32(0.5), np.float32(0.0)), np.float32(1.0))
+
+
+def elementwise(kernel):
+    """A layer's `fn` running the numba `kernel(x, out)` into a new float32 array."""
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty_like(x)
+        kernel(x, out)
+        return out
+
+    return staticmethod(fn)
+
+
 @register("nn.ReLU6", "F.relu6")
 class ReLU6(Elementwise):
     """min(max(x, 0), 6)."""
 
-    fn = staticmethod(lambda x: np.clip(x, 0, 6))
+    fn = elementwise(relu6_kernel)
 
 
 @register("nn.Sigmoid", "F.sigmoid", "torch.sigmoid")
@@ -50,7 +89,7 @@ class Sigmoid(Elementwise):
 class SiLU(Elementwise):
     """x · sigmoid(x), YOLOv5's activation."""
 
-    fn = staticmethod(lambda x: x * sigmoid(x))
+    fn = elementwise(silu_kernel)
 
 
 @register("nn.Hardsigmoid", "F.hardsigmoid")
@@ -64,7 +103,7 @@ class Hardsigmoid(Elementwise):
 class Hardswish(Elementwise):
     """x · hardsigmoid(x), MobileNetV3's activation."""
 
-    fn = staticmethod(lambda x: x * np.clip(x / 6 + 0.5, 0, 1))
+    fn = elementwise(hardswish_kernel)
 
 
 @register("nn.Hardtanh", "F.hardtanh")

@@ -1,6 +1,14 @@
 # Generated from solutions/04_conv_pooling.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
+import numpy as np
+from numba import njit, prange
+
+from kuiper.errors import LayerError, ShapeError
+from kuiper.layer import Layer
+from kuiper.registry import register
+from kuiper.tensor import Tensor
+
 
 def out_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1,
              ceil_mode: bool = False) -> int:
@@ -12,31 +20,43 @@ def out_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation
     return out
 
 
-import numba
-import numpy as np
-from numba import njit, prange
-
-from kuiper.errors import LayerError, ShapeError
-from kuiper.layer import Layer
-from kuiper.registry import register
-from kuiper.tensor import Tensor
-
-
 @njit(parallel=True, cache=True)
-def im2col(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
-    """Unfold every receptive field of x (N, C, H, W) into a column of cols (N, C*kh*kw, oh*ow)."""
-    n_batch, channels, height, width = x.shape
-    for nc in prange(n_batch * channels):
-        n, c = nc // channels, nc % channels
-        for i in range(kh):
-            for j in range(kw):
-                row = (c * kh + i) * kw + j
-                for y in range(oh):
-                    iy = y * sh - ph + i * dh
-                    inside = 0 <= iy < height
-                    for x_ in range(ow):
-                        ix = x_ * sw - pw + j * dw
-                        cols[n, row, y * ow + x_] = x[n, c, iy, ix] if inside and 0 <= ix < width else 0.0
+def im2col_image(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    """Unfold one image x (C, H, W) into cols (C*kh*kw, oh*ow); a row per (c, i, j) tap of the window."""
+    channels, height, width = x.shape
+    for row in prange(channels * kh * kw):
+        c, i, j = row // (kh * kw), row // kw % kh, row % kw
+        shift = j * dw - pw  # output column x_ reads input column x_ * sw + shift
+        x_lo = min(ow, max(0, -(shift // sw)))
+        x_hi = max(x_lo, min(ow, (width - 1 - shift) // sw + 1))
+        for y in range(oh):
+            iy = y * sh - ph + i * dh
+            line = cols[row, y * ow:(y + 1) * ow]
+            if iy < 0 or iy >= height:
+                line[:] = 0.0
+                continue
+            line[:x_lo] = 0.0
+            if sw == 1:
+                line[x_lo:x_hi] = x[c, iy, x_lo + shift:x_hi + shift]
+            else:
+                for x_ in range(x_lo, x_hi):
+                    line[x_] = x[c, iy, x_ * sw + shift]
+            line[x_hi:] = 0.0
+
+
+_scratch = np.empty(0, np.float32)
+
+
+def scratch(shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 work array of `shape`, always the same memory (grown when too small).
+
+    Layers run one after another, so one buffer serves them all; two graphs running in parallel
+    threads would need one each."""
+    global _scratch
+    size = int(np.prod(shape))
+    if _scratch.size < size:
+        _scratch = np.empty(size, np.float32)
+    return _scratch[:size].reshape(shape)
 
 
 @njit(parallel=True, cache=True)
@@ -115,14 +135,16 @@ class Conv2d(Layer):
         if self.depthwise:
             out = np.empty((n_batch, self.c_out, oh, ow), np.float32)
             depthwise_conv(data, self.weight_, out, sh, sw, ph, pw, dh, dw)
-        else:
-            if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
-                cols = data.reshape(n_batch, self.c_in, height * width)
-            else:
-                cols = np.empty((n_batch, self.c_in * kh * kw, oh * ow), np.float32)
-                im2col(data, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-            cols = cols.reshape(n_batch, self.groups, -1, oh * ow)
+        elif (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
+            cols = data.reshape(n_batch, self.groups, -1, height * width)
             out = np.matmul(self.gemm_weight, cols).reshape(n_batch, self.c_out, oh, ow)
+        else:
+            out = np.empty((n_batch, self.groups, self.c_out // self.groups, oh * ow), np.float32)
+            cols = scratch((self.c_in * kh * kw, oh * ow))
+            for n in range(n_batch):
+                im2col_image(data[n], cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+                np.matmul(self.gemm_weight, cols.reshape(self.groups, -1, oh * ow), out=out[n])
+            out = out.reshape(n_batch, self.c_out, oh, ow)
         if self.bias is not None:
             out += self.bias[:, None, None]
         return Tensor(out, device=x.device)

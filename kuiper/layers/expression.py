@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from kuiper.errors import ExpressionError, LayerError
-from kuiper.expression import Input, evaluate, parse, to_rpn
+from kuiper.expression import evaluate, Input, parse, to_rpn
 from kuiper.layer import Layer
 from kuiper.registry import register
 from kuiper.tensor import Tensor

@@ -1,8 +1,6 @@
 # Generated from solutions/03_registry.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
-import numpy as np
-
 from kuiper.layer import Layer
 from kuiper.registry import register
 from kuiper.tensor import Tensor

@@ -8,7 +8,7 @@ from PIL import Image, UnidentifiedImageError
 
 from kuiper.errors import ImageError, ShapeError
 from kuiper.graph import RuntimeGraph
-from kuiper.tensor import Tensor
+
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
