@@ -37,7 +37,10 @@ class Row:
 
 
 def import_torch():
-    """torch with the same number of threads as kuiper's numba pool; KuiperError if not installed."""
+    """torch with the same number of threads as kuiper's numba pool; KuiperError if not installed.
+
+    torch's OpenMP pool inherits the OMP_WAIT_POLICY=PASSIVE that kuiper sets (kuiper.layers.conv):
+    in one process each engine's idle threads must sleep, or they steal the other's cores."""
     try:
         import torch
     except ImportError:

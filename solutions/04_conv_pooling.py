@@ -313,6 +313,24 @@ def depthwise_conv(x, w, out, sh, sw, ph, pw, dh, dw):
 
 
 # %% [markdown]
+# ## Two thread pools on two cores
+#
+# A forward pass alternates between two kinds of parallel code: numba kernels (im2col, pooling,
+# activations), run by numba's OpenMP threads, and matrix multiplies, run by OpenBLAS's own
+# threads. By default an OpenMP thread that finishes its share *spins*, busy-waiting for the next
+# kernel — on a machine with two cores it then takes a core away from the OpenBLAS thread that
+# should be working. Telling OpenMP to sleep when idle roughly halves ResNet-18's time on two
+# cores. OpenMP reads the setting when it is loaded, so the package sets it on import (unless you
+# chose a policy yourself); PyTorch imported later in the same process inherits it, which keeps
+# its idle threads from stealing kuiper's cores too.
+
+# %%
+#| export
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# %% [markdown]
 # ## The `nn.Conv2d` layer
 #
 # The layer reads and checks its parameters once. `forward` picks the fastest path:

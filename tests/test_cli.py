@@ -22,6 +22,19 @@ def test_run_classifies_the_sample_photos(capsys):
     assert {"military uniform", "bow tie", "mortarboard"} & set(results["grace_hopper"])
 
 
+def test_detect_finds_the_shapes_and_draws_them(tmp_path, capsys):
+    model = DATA / "models" / "yolov5n_shapes.pnnx.param"
+    images = sorted(str(p) for p in (DATA / "shapes").glob("*.jpg"))
+    args = ["detect", str(model), *images, "--labels", str(DATA / "shapes" / "classes.txt"), "--out", str(tmp_path)]
+    assert cli.main([*args, "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    labels = [sorted(d["label"] for d in r["detections"]) for r in results]
+    assert labels == [["square", "square", "triangle", "triangle", "triangle"], ["circle", "circle", "square"],
+                      ["cross", "cross", "ring"]]
+    assert all(d["score"] > 0.9 for r in results for d in r["detections"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes_1.jpg", "shapes_2.jpg", "shapes_3.jpg"]
+
+
 def test_python_m_kuiper_prints_for_people():
     done = subprocess.run([sys.executable, "-m", "kuiper", "run", str(MOBILENET), IMAGES[0], "--top", "2"],
                           capture_output=True, text=True, check=True)

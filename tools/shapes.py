@@ -5,7 +5,9 @@ gradient or blotchy noise), then 1-6 shapes (circle, square, triangle, ring, cro
 colour, rotation and position, overlapping a little, and adds light pixel noise. Its labels are YOLO
 rows (class, centre x, centre y, width, height), normalised by the image side.
 
-    python tools/shapes.py 7 /tmp/shape.jpg    # render the sample of seed 7
+    python tools/shapes.py 7 /tmp/shape.jpg    # render the sample of seed 7, print its labels
+
+Training uses seeds 0, 1, ..., validation 1,000,000 on; data/shapes/shapes_N.jpg is 2,000,000 + N.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Train YOLOv5n from scratch on the synthetic shapes of tools/shapes.py, in plain torch, on a CPU.
 
-    python tools/train_yolo.py --epochs 30 --size 256 --train 2000 --out data/yolov5n_shapes.pt
+    python tools/train_yolo.py --epochs 9 --size 256 --train 2000 --out data/yolov5n_shapes.pt
 
 The loss is YOLOv5's: each label is assigned to the anchors whose width and height ratios to it are
 under 4 and to its cell plus the two nearest neighbouring cells; CIoU box loss, BCE objectness
@@ -8,7 +8,13 @@ towards the predicted box's IoU (weighted 4, 1, 0.4 on P3, P4, P5), BCE class lo
 linear warm-up and cosine decay, an exponential moving average of the weights, a checkpoint every
 epoch (--resume continues from it). At the end, mAP@0.5 on held-out images (seeds from 1,000,000),
 with this file's own NMS and AP, and the EMA weights saved in float16.
-RESULT
+
+Here (2 shared CPU cores, nice 10, torch 2.13): 2,000 training and 200 held-out images of 256 px,
+batch 16, AdamW lr 0.002, about 100 s an epoch on an idle machine (up to 600 s beside other jobs),
+33 minutes in all. Loss 0.163, 0.095, 0.061, 0.042, 0.035, 0.031 (mAP@0.5 0.997), 0.028, 0.021,
+0.019; final mAP@0.5 1.000 for every class (0.997 at IoU 0.75). data/yolov5n_shapes.pt, 3.5 MiB,
+was made by `--epochs 18 --val-every 6` stopped after epoch 7 (the machine got busy), then
+`--epochs 9 --val-every 6 --resume`, a shorter cosine tail.
 """
 
 from __future__ import annotations
@@ -283,7 +289,7 @@ def train(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=9)
     parser.add_argument("--size", type=int, default=256, help="image side, a multiple of 32")
     parser.add_argument("--train", type=int, default=2000, help="training images")
     parser.add_argument("--val", type=int, default=200, help="held-out images")

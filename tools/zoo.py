@@ -44,6 +44,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python tools/zoo.py`
     sys.path.insert(0, str(ROOT))
+from kuiper.vision.detect import letterbox  # noqa: E402
 from tools import architectures  # noqa: E402
 
 SUFFIXES = (".pnnx.param", ".pnnx.bin", ".input.npy", ".output.npy", ".torchscript.pt")
@@ -118,6 +119,23 @@ def grace_hopper() -> torch.Tensor:
     return torch.from_numpy(pixels.astype(np.float32).transpose(2, 0, 1)[None].copy())
 
 
+def trained_yolov5n_shapes(cache: Path) -> nn.Module:
+    """YOLOv5n trained from scratch on tools/shapes.py's synthetic shapes by tools/train_yolo.py
+    (weights committed in data/, float16)."""
+    classes = (ROOT / "data" / "shapes" / "classes.txt").read_text().split()
+    model = architectures.yolov5("n", nc=len(classes), img_size=SHAPES_SIZE)
+    state = torch.load(ROOT / "data" / "yolov5n_shapes.pt", weights_only=True)
+    model.load_state_dict({key: value.float() for key, value in state.items()})
+    return model.eval()
+
+
+def shapes_sample() -> torch.Tensor:
+    """The first held-out shapes picture, letterboxed to the detector's input as kuiper does it."""
+    image = Image.open(ROOT / "data" / "shapes" / "shapes_1.jpg").convert("RGB")
+    return torch.from_numpy(letterbox(image, SHAPES_SIZE)[0][None].copy())
+
+
+SHAPES_SIZE = 256
 IMAGENET = (1, 3, 224, 224)
 MODELS: dict[str, Entry] = {
     "tiny": Entry(lambda cache: architectures.Tiny(), partial(uniform, (1, 3, 4, 4))),
@@ -127,6 +145,7 @@ MODELS: dict[str, Entry] = {
     "unet": random_init(architectures.unet, (1, 3, 128, 128)),
     "yolov5n": random_init(partial(architectures.yolov5, "n"), (1, 3, 640, 640)),
     "yolov5s": random_init(partial(architectures.yolov5, "s"), (1, 3, 640, 640)),
+    "yolov5n_shapes": Entry(trained_yolov5n_shapes, shapes_sample),
 }
 
 
