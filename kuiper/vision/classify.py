@@ -53,7 +53,7 @@ def top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def input_size(graph: RuntimeGraph) -> int:
-    """The square image side a classifier graph expects; ShapeError if its input is not (N, 3, S, S)."""
+    """The square image side an image model expects; ShapeError if its input is not (N, 3, S, S)."""
     shape = graph.model.operands[graph.inputs[0].outputs[0]].shape
     if len(graph.inputs) != 1 or len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
         raise ShapeError(f"{graph.model.path.name} takes input of shape {shape}, not one (N, 3, S, S) image batch")

@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 
 from kuiper.errors import ShapeError
 from kuiper.graph import RuntimeGraph
-from kuiper.vision.classify import load_image
+from kuiper.vision.classify import input_size, load_image
 
 
 def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, float, tuple[int, int]]:
@@ -68,14 +68,6 @@ def unletterbox(detections: np.ndarray, scale: float, pad: tuple[int, int], size
     out[:, [0, 2]] = np.clip((out[:, [0, 2]] - pad[0]) / scale, 0, size[0])
     out[:, [1, 3]] = np.clip((out[:, [1, 3]] - pad[1]) / scale, 0, size[1])
     return out
-
-
-def input_size(graph: RuntimeGraph) -> int:
-    """The square image side a detector graph expects; ShapeError if its input is not (N, 3, S, S)."""
-    shape = graph.model.operands[graph.inputs[0].outputs[0]].shape
-    if len(graph.inputs) != 1 or len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
-        raise ShapeError(f"{graph.model.path.name} takes input of shape {shape}, not one (N, 3, S, S) image batch")
-    return shape[2]
 
 
 def detect(graph: RuntimeGraph, paths: list[str | Path], conf: float = 0.25, iou: float = 0.45,
