@@ -63,7 +63,10 @@ def scratch(shape: tuple[int, ...]) -> np.ndarray:
 
 @njit(parallel=True, cache=True)
 def depthwise_conv(x, w, out, sh, sw, ph, pw, dh, dw):
-    """out[n, k] = w[k] ⋆ x[n, k // m]: each output channel reads one input channel."""
+    """out[n, k] = w[k] ⋆ x[n, k // m]: each output channel reads one input channel.
+
+    Row by row: every tap (i, j) of the window adds its weight times a shifted input row to the
+    output row, over the range [x_lo, x_hi) of outputs whose input lies inside the image."""
     n_batch, channels, height, width = x.shape
     _, k_out, oh, ow = out.shape
     kh, kw = w.shape[2], w.shape[3]
@@ -72,16 +75,20 @@ def depthwise_conv(x, w, out, sh, sw, ph, pw, dh, dw):
         n, k = nk // k_out, nk % k_out
         c = k // multiplier
         for y in range(oh):
-            for x_ in range(ow):
-                total = np.float32(0.0)
-                for i in range(kh):
-                    iy = y * sh - ph + i * dh
-                    if 0 <= iy < height:
-                        for j in range(kw):
-                            ix = x_ * sw - pw + j * dw
-                            if 0 <= ix < width:
-                                total += w[k, 0, i, j] * x[n, c, iy, ix]
-                out[n, k, y, x_] = total
+            row = out[n, k, y]
+            row[:] = 0.0
+            for i in range(kh):
+                iy = y * sh - ph + i * dh
+                if iy < 0 or iy >= height:
+                    continue
+                source = x[n, c, iy]
+                for j in range(kw):
+                    shift = j * dw - pw
+                    x_lo = min(ow, max(0, -(shift // sw)))
+                    x_hi = max(x_lo, min(ow, (width - 1 - shift) // sw + 1))
+                    weight = w[k, 0, i, j]
+                    for x_ in range(x_lo, x_hi):
+                        row[x_] += weight * source[x_ * sw + shift]
 
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
