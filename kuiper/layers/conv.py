@@ -114,6 +114,9 @@ def conv_padding(value: object, kernel: tuple[int, int], dilation: tuple[int, in
     return pair(value, "padding", op)
 
 
+SMALL_MAP = 100  # below this many output pixels, one GEMM for the whole batch beats one per image
+
+
 @register("nn.Conv2d")
 class Conv2d(Layer):
     """2-d convolution: 1×1 as a GEMM, depthwise as a direct kernel, the rest as im2col + GEMM."""
@@ -150,6 +153,12 @@ class Conv2d(Layer):
         elif (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
             cols = data.reshape(n_batch, self.groups, -1, height * width)
             out = np.matmul(self.gemm_weight, cols).reshape(n_batch, self.c_out, oh, ow)
+        elif self.groups == 1 and oh * ow < SMALL_MAP:
+            cols = scratch((self.c_in * kh * kw, n_batch, oh * ow))
+            for n in range(n_batch):
+                im2col_image(data[n], cols[:, n], kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+            out = self.gemm_weight[0] @ cols.reshape(self.c_in * kh * kw, n_batch * oh * ow)
+            out = np.ascontiguousarray(out.reshape(self.c_out, n_batch, oh, ow).transpose(1, 0, 2, 3))
         else:
             out = np.empty((n_batch, self.groups, self.c_out // self.groups, oh * ow), np.float32)
             cols = scratch((self.c_in * kh * kw, oh * ow))
