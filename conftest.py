@@ -1,6 +1,14 @@
-"""Repository-wide pytest set-up: nbval compares stdout and rich outputs, not stderr."""
+"""Repository-wide pytest set-up: nbval compares stdout and rich outputs, not stderr; hypothesis
+draws the same examples on every CI run, so a red CI is a real regression, not a new random draw."""
 
+import os
+
+from hypothesis import settings
 from nbval.plugin import IPyNbCell
+
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 _compare_outputs = IPyNbCell.compare_outputs
 

@@ -47,7 +47,8 @@ def test_unary_functions_match_torch(name, torch_fn):
 def test_binary_functions_broadcast_like_torch(name, torch_fn):
     a = np.random.default_rng(3).standard_normal((2, 3, 4), dtype=np.float32) * 4
     b = np.abs(np.random.default_rng(4).standard_normal((3, 1), dtype=np.float32)) + 0.5
-    got = run(f"{name}(@0,@1)", a, b)
+    with np.errstate(invalid="ignore"):  # pow of a negative base to a fractional power is nan, as in torch
+        got = run(f"{name}(@0,@1)", a, b)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, torch_fn(torch.from_numpy(a), torch.from_numpy(b)).numpy(), rtol=1e-5, atol=1e-5)
 
