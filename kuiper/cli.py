@@ -13,9 +13,16 @@ from kuiper import bench as benchmarks
 from kuiper.errors import KuiperError
 from kuiper.registry import load
 from kuiper.vision.classify import classify, load_image, read_labels, top_k
-from kuiper.vision.detect import detect, draw_detections
+from kuiper.vision.detect import class_name, detect, draw_detections
 
 LABELS = Path(__file__).resolve().parents[1] / "data" / "imagenet_classes.txt"
+
+
+def find(paths: list[str]) -> None:
+    """KuiperError naming the first path that is not a file."""
+    for path in paths:
+        if not Path(path).is_file():
+            raise KuiperError(f"{path}: no such file")
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -36,13 +43,6 @@ def run(args: argparse.Namespace) -> list[dict]:
     return results
 
 
-def find(paths: list[str]) -> None:
-    """KuiperError naming the first path that is not a file."""
-    for path in paths:
-        if not Path(path).is_file():
-            raise KuiperError(f"{path}: no such file")
-
-
 def detect_objects(args: argparse.Namespace) -> list[dict]:
     """Detect objects with a YOLO model; optionally write annotated copies of the images."""
     find([args.model, *args.images])
@@ -50,8 +50,7 @@ def detect_objects(args: argparse.Namespace) -> list[dict]:
     results = []
     for path, found in zip(args.images, detect(load(args.model), args.images, args.conf, args.iou, args.batch)):
         boxes = [{"box": [round(float(v), 1) for v in row[:4]], "score": round(float(row[4]), 4),
-                  "class": int(row[5]), "label": labels[int(row[5])] if int(row[5]) < len(labels) else str(int(row[5]))}
-                 for row in found]
+                  "class": int(row[5]), "label": class_name(labels, int(row[5]))} for row in found]
         result = {"image": str(path), "detections": boxes}
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,11 @@ def detect(graph: RuntimeGraph, paths: list[str | Path], conf: float = 0.25, iou
     return results
 
 
+def class_name(labels: list[str], index: int) -> str:
+    """The name of class `index`, or the number itself when `labels` has no name for it."""
+    return labels[index] if index < len(labels) else str(index)
+
+
 def draw_detections(image: Image.Image, detections: np.ndarray, labels: list[str]) -> Image.Image:
     """A copy of the image with each detection's box, label and score drawn on it."""
     out = image.copy()
@@ -93,7 +98,7 @@ def draw_detections(image: Image.Image, detections: np.ndarray, labels: list[str
     for x1, y1, x2, y2, score, cls in detections:
         colour = palette[int(cls) % len(palette)]
         pen.rectangle((x1, y1, x2, y2), outline=colour, width=3)
-        text = f"{labels[int(cls)] if int(cls) < len(labels) else int(cls)} {score:.2f}"
+        text = f"{class_name(labels, int(cls))} {score:.2f}"
         pen.rectangle(pen.textbbox((x1, y1), text), fill=colour)
         pen.text((x1, y1), text, fill=(255, 255, 255))
     return out
