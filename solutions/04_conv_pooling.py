@@ -379,33 +379,45 @@ def conv_padding(value: object, kernel: tuple[int, int], dilation: tuple[int, in
 SMALL_MAP = 100  # below this many output pixels, one GEMM for the whole batch beats one per image
 
 
-@register("nn.Conv2d")
-class Conv2d(Layer):
-    """2-d convolution: 1×1 as a GEMM, depthwise as a direct kernel, the rest as im2col + GEMM."""
+class ConvLayer(Layer):
+    """What Conv2d and ConvTranspose2d share: channels, groups, window, bias, and the input check."""
 
     def __init__(self, op):
         super().__init__(op)
         self.c_in, self.c_out = self.param("in_channels", int), self.param("out_channels", int)
         self.groups = self.param("groups", int, 1)
+        if self.c_in % self.groups or self.c_out % self.groups:
+            raise LayerError(f"{op.where()}: groups={self.groups} must divide in_channels={self.c_in} "
+                             f"and out_channels={self.c_out}")
         self.kernel = pair(self.param("kernel_size"), "kernel_size", op)
         self.stride = pair(self.param("stride", object, 1), "stride", op)
         self.dilation = pair(self.param("dilation", object, 1), "dilation", op)
+        self.bias = self.weight("bias", (self.c_out,)) if self.param("bias", bool, False) else None
+
+    def input(self, x: Tensor) -> np.ndarray:
+        """x as contiguous float32 (N, in_channels, H, W); ShapeError naming the layer otherwise."""
+        data = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        if data.ndim != 4 or data.shape[1] != self.c_in:
+            raise ShapeError(f"{self.op.where()}: expected input (N, {self.c_in}, H, W), got {data.shape}")
+        return data
+
+
+@register("nn.Conv2d")
+class Conv2d(ConvLayer):
+    """2-d convolution: 1×1 as a GEMM, depthwise as a direct kernel, the rest as im2col + GEMM."""
+
+    def __init__(self, op):
+        super().__init__(op)
         self.padding = conv_padding(self.param("padding", object, 0), self.kernel, self.dilation, op)
         if self.param("padding_mode", str, "zeros") != "zeros":
             raise LayerError(f"{op.where()}: padding_mode {op.params['padding_mode']!r} is not supported, "
                              f"only 'zeros'")
-        if self.c_in % self.groups or self.c_out % self.groups:
-            raise LayerError(f"{op.where()}: groups={self.groups} must divide in_channels={self.c_in} "
-                             f"and out_channels={self.c_out}")
         self.weight_ = self.weight("weight", (self.c_out, self.c_in // self.groups, *self.kernel))
-        self.bias = self.weight("bias", (self.c_out,)) if self.param("bias", bool, False) else None
         self.gemm_weight = np.ascontiguousarray(self.weight_.reshape(self.groups, self.c_out // self.groups, -1))
         self.depthwise = self.groups == self.c_in and self.groups > 1
 
     def forward(self, x: Tensor) -> Tensor:
-        data = np.ascontiguousarray(x.numpy(), dtype=np.float32)
-        if data.ndim != 4 or data.shape[1] != self.c_in:
-            raise ShapeError(f"{self.op.where()}: expected input (N, {self.c_in}, H, W), got {data.shape}")
+        data = self.input(x)
         n_batch, _, height, width = data.shape
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
         oh, ow = out_size(height, kh, sh, ph, dh), out_size(width, kw, sw, pw, dw)
@@ -533,28 +545,20 @@ def col2im(cols, out, kh, kw, sh, sw, ph, pw, dh, dw, height, width):
 
 
 @register("nn.ConvTranspose2d")
-class ConvTranspose2d(Layer):
+class ConvTranspose2d(ConvLayer):
     """Transposed 2-d convolution: a GEMM makes every kernel copy, col2im adds them into place."""
 
     def __init__(self, op):
         super().__init__(op)
-        self.c_in, self.c_out = self.param("in_channels", int), self.param("out_channels", int)
-        self.groups = self.param("groups", int, 1)
-        self.kernel = pair(self.param("kernel_size"), "kernel_size", op)
-        self.stride = pair(self.param("stride", object, 1), "stride", op)
         self.padding = pair(self.param("padding", object, 0), "padding", op)
-        self.dilation = pair(self.param("dilation", object, 1), "dilation", op)
         self.output_padding = pair(self.param("output_padding", object, 0), "output_padding", op)
         k_group = self.c_out // self.groups
         weight = self.weight("weight", (self.c_in, k_group, *self.kernel))
-        self.bias = self.weight("bias", (self.c_out,)) if self.param("bias", bool, False) else None
         per_group = weight.reshape(self.groups, self.c_in // self.groups, k_group * self.kernel[0] * self.kernel[1])
         self.gemm_weight = np.ascontiguousarray(per_group.transpose(0, 2, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        data = np.ascontiguousarray(x.numpy(), dtype=np.float32)
-        if data.ndim != 4 or data.shape[1] != self.c_in:
-            raise ShapeError(f"{self.op.where()}: expected input (N, {self.c_in}, H, W), got {data.shape}")
+        data = self.input(x)
         n_batch, _, height, width = data.shape
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
         oh = (height - 1) * sh - 2 * ph + dh * (kh - 1) + self.output_padding[0] + 1
