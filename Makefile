@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 
 models: setup  ## export the model zoo to data/models (about a minute; skips models already there)
 	$(BIN)/python tools/zoo.py
+	$(BIN)/python tools/llms.py
 
 demo: models  ## classify the sample photos with MobileNetV2 (real ImageNet weights)
 	$(BIN)/kuiper run data/models/mobilenet_v2.pnnx.param data/images/*.jpg

@@ -205,3 +205,198 @@ def format_model_rows(rows: list[ModelRow]) -> str:
                 f"{r.peak_bytes / 2**20:9.1f}")
         lines.append(line + (f" {r.onnxruntime_ms:19.2f}" if r.onnxruntime_ms is not None else ""))
     return "\n".join(lines)
+
+
+# ---- language models ----------------------------------------------------------------------------
+
+BENCH_TEXT = ("The history of astronomy is the story of people looking up and asking what the lights in the sky "
+              "are, how far away they lie, and why they move as they do. ")
+
+
+@dataclass
+class LLMRow:
+    """One engine on one model: prompt and generated tokens per second."""
+
+    engine: str
+    weights: str
+    prefill_tps: float
+    decode_tps: float
+
+    def as_json(self) -> dict:
+        """The stable JSON form."""
+        return {"engine": self.engine, "weights": self.weights, "prefill_tok_s": round(self.prefill_tps, 2),
+                "decode_tok_s": round(self.decode_tps, 2)}
+
+
+@dataclass
+class LLMBench:
+    """An LLM benchmark: one row per engine, the measured read bandwidth and the bound it sets."""
+
+    model: str
+    rows: list[LLMRow]
+    weight_bytes: int
+    bandwidth: float
+    peak_rss: int
+
+    def as_json(self) -> dict:
+        """The stable JSON form, with each row's decode ratio to transformers."""
+        base = next((r.decode_tps for r in self.rows if r.engine == "transformers"), None)
+        rows = [r.as_json() | ({"decode_vs_transformers": round(r.decode_tps / base, 3)} if base else {})
+                for r in self.rows]
+        return {"model": self.model, "rows": rows, "weight_bytes_per_token": self.weight_bytes,
+                "bandwidth_gb_s": round(self.bandwidth / 1e9, 2), "peak_rss_bytes": self.peak_rss,
+                "decode_bound_tok_s": round(self.bandwidth / self.weight_bytes, 2)}
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _read_all(a: np.ndarray) -> float:
+    total = 0.0
+    for i in numba.prange(a.size):
+        total += a[i]
+    return total
+
+
+def read_bandwidth(mebibytes: int = 512, repeat: int = 5) -> float:
+    """Bytes per second this machine streams from memory with all of kuiper's threads (best of `repeat`)."""
+    a = np.ones(mebibytes * 2**20 // 4, np.float32)
+    _read_all(a)
+    best = min(timed(lambda: _read_all(a)) for _ in range(repeat))
+    return a.nbytes / best
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds one call of `fn` takes."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def prompt_ids(tokenizer, n: int) -> list[int]:
+    """n token ids of English text, the same for every engine."""
+    ids = tokenizer.encode(BENCH_TEXT * (1 + n // 20))
+    return ids[:n]
+
+
+def rates(prefill: Callable[[], object], step: Callable[[int], object], decode_tokens: int,
+          passes: int = 2) -> tuple[float, float]:
+    """Best prefill and decode tokens per second over `passes` runs of prefill then `decode_tokens` steps."""
+    prefill_s = decode_s = float("inf")
+    for _ in range(passes):
+        prefill_s = min(prefill_s, timed(prefill))
+        decode_s = min(decode_s, timed(lambda: [step(i) for i in range(decode_tokens)]))
+    return prefill_s, decode_s
+
+
+def kuiper_rates(model, ids: list[int], decode_tokens: int) -> tuple[float, float]:
+    """kuiper's prefill and decode seconds: the prompt at once, then greedy tokens one by one."""
+    state = {"token": 0}
+
+    def prefill() -> None:
+        state["token"] = int(np.argmax(model.forward(np.array(ids), 0)[-1]))
+
+    def step(i: int) -> None:
+        state["token"] = int(np.argmax(model.forward(np.array([state["token"]]), len(ids) + i)[-1]))
+
+    prefill()
+    return rates(prefill, step, decode_tokens)
+
+
+def transformers_rates(path: Path, ids: list[int], decode_tokens: int) -> tuple[float, float]:
+    """transformers' float32 prefill and decode seconds on the same model file, same threads."""
+    torch = import_torch()
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    if path.suffix == ".gguf":
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path if path.is_dir() else path.parent, dtype=torch.float32)
+    model.eval()
+    state = {}
+
+    def prefill() -> None:
+        out = model(torch.tensor([ids]), use_cache=True)
+        state["cache"], state["token"] = out.past_key_values, out.logits[0, -1].argmax().view(1, 1)
+
+    def step(i: int) -> None:
+        out = model(state["token"], cache=state["cache"], use_cache=True)
+        state["cache"], state["token"] = out.past_key_values, out.logits[0, -1].argmax().view(1, 1)
+
+    with torch.inference_mode():
+        prefill()
+        return rates(prefill, step, decode_tokens)
+
+
+def llama_cpp_rates(path: Path, ids: list[int], decode_tokens: int) -> tuple[float, float] | None:
+    """llama.cpp's prefill and decode seconds on a GGUF file, or None without llama-cpp-python."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    threads = numba.get_num_threads()
+    llm = Llama(str(path), n_ctx=len(ids) + decode_tokens + 8, n_batch=512, n_threads=threads,
+                n_threads_batch=threads, verbose=False)
+    state = {}
+
+    def prefill() -> None:
+        llm.reset()
+        llm.eval(ids)
+        state["token"] = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+
+    def step(i: int) -> None:
+        llm.eval([state["token"]])
+        state["token"] = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+
+    prefill()
+    return rates(prefill, step, decode_tokens)
+
+
+def gguf_type(path: Path) -> str:
+    """The weight type a GGUF file is named for (…-q4_1.gguf → Q4_1), else 'gguf'."""
+    return path.stem.rsplit("-", 1)[-1].upper() if "-" in path.stem else "gguf"
+
+
+def bench_llm(path: str | Path, prompt_tokens: int = 64, decode_tokens: int = 64, llama_cpp: bool = True,
+              llama_cpp_files: list[Path] | None = None, transformers: bool = True) -> LLMBench:
+    """kuiper float32 vs transformers float32 (and llama.cpp on GGUF files), prefill and decode tok/s."""
+    import resource
+
+    from kuiper.llm.model import load
+
+    path = Path(path)
+    if not path.exists():
+        raise KuiperError(f"{path}: no such model file or folder")
+    model, tokenizer = load(path, max_seq_len=prompt_tokens + decode_tokens + 8)
+    ids = prompt_ids(tokenizer, prompt_tokens)
+    rows = [LLMRow("kuiper", "fp32", *per_second(kuiper_rates(model, ids, decode_tokens), len(ids), decode_tokens))]
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    weight_bytes, bandwidth = model.weight_bytes, read_bandwidth()
+    del model
+    if transformers:
+        rows.append(LLMRow("transformers", "fp32",
+                           *per_second(transformers_rates(path, ids, decode_tokens), len(ids), decode_tokens)))
+    files = llama_cpp_files if llama_cpp_files is not None else ([path] if path.suffix == ".gguf" else [])
+    for file in files if llama_cpp else []:
+        seconds = llama_cpp_rates(Path(file), ids, decode_tokens)
+        if seconds is not None:
+            rows.append(LLMRow("llama.cpp", gguf_type(Path(file)), *per_second(seconds, len(ids), decode_tokens)))
+    return LLMBench(path.name, rows, weight_bytes, bandwidth, peak_rss)
+
+
+def per_second(seconds: tuple[float, float], prompt_tokens: int, decode_tokens: int) -> tuple[float, float]:
+    """Prefill and decode seconds as tokens per second."""
+    return prompt_tokens / seconds[0], decode_tokens / seconds[1]
+
+
+def format_llm_rows(bench: LLMBench) -> str:
+    """A plain-text table of tokens per second, each decode rate as a ratio to transformers, and the bound."""
+    base = next((r.decode_tps for r in bench.rows if r.engine == "transformers"), None)
+    lines = [f"{bench.model}: {bench.weight_bytes / 1e6:.0f} MB of weights per token, read bandwidth "
+             f"{bench.bandwidth / 1e9:.1f} GB/s -> decode bound {bench.bandwidth / bench.weight_bytes:.1f} tok/s; "
+             f"kuiper peak RSS {bench.peak_rss / 2**20:.0f} MiB",
+             f"{'engine':14} {'weights':8} {'prefill tok/s':>14} {'decode tok/s':>13} {'vs transformers':>16}"]
+    for r in bench.rows:
+        ratio = f"{r.decode_tps / base:16.2f}" if base else f"{'':16}"
+        lines.append(f"{r.engine:14} {r.weights:8} {r.prefill_tps:14.1f} {r.decode_tps:13.1f} {ratio}")
+    return "\n".join(lines)

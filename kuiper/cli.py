@@ -10,7 +10,7 @@ from pathlib import Path
 
 import kuiper
 from kuiper import bench as benchmarks
-from kuiper.errors import KuiperError
+from kuiper.errors import KuiperError, ShapeError
 from kuiper.registry import load
 from kuiper.vision.classify import classify, load_image, read_labels, top_k
 from kuiper.vision.detect import class_name, detect, draw_detections
@@ -63,8 +63,79 @@ def detect_objects(args: argparse.Namespace) -> list[dict]:
     return results
 
 
+def load_llm(args: argparse.Namespace):
+    """The model and tokenizer named on the command line; KuiperError if the file has no tokenizer."""
+    from kuiper.llm.model import load as load_model
+
+    if not Path(args.model).exists():
+        raise KuiperError(f"{args.model}: no such model file or folder")
+    model, tokenizer = load_model(args.model, max_seq_len=args.context)
+    if tokenizer is None:
+        raise KuiperError(f"{args.model} has no tokenizer (tokenizer.json beside config.json)")
+    return model, tokenizer
+
+
+def sampler_from(args: argparse.Namespace):
+    """The Sampler the command-line knobs describe."""
+    from kuiper.llm.sample import Sampler
+
+    return Sampler(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)
+
+
+def generate_text(args: argparse.Namespace) -> dict:
+    """Continue a prompt (in the model's chat template unless --raw), streaming the text as it comes."""
+    from kuiper.llm.generate import Stats, generate
+    from kuiper.llm.tokenizer import StreamDecoder, chat_prompt
+
+    model, tokenizer = load_llm(args)
+    text = args.prompt
+    if not args.raw and tokenizer.chat_template:
+        text = chat_prompt([{"role": "user", "content": args.prompt}], tokenizer.chat_template)
+    stats, decoder, pieces = Stats(), StreamDecoder(tokenizer), []
+    stop = tokenizer.eos_ids
+    for token in generate(model, tokenizer.encode(text), sampler_from(args), args.max_tokens, stop, 0, stats):
+        pieces.append("" if token in stop else decoder.push(token))
+        if not args.json:
+            print(pieces[-1], end="", flush=True)
+    pieces.append(decoder.flush())
+    if not args.json:
+        print(pieces[-1])
+        print(stats, file=sys.stderr)
+    return {"text": "".join(pieces), "prompt_tokens": stats.prompt_tokens, "new_tokens": stats.new_tokens,
+            "prefill_tok_s": round(stats.prefill_rate, 2), "decode_tok_s": round(stats.decode_rate, 2)}
+
+
+def chat(args: argparse.Namespace) -> None:
+    """An interactive conversation; an empty line, Ctrl-D or Ctrl-C ends it."""
+    from kuiper.llm.generate import Chat, Stats
+
+    model, tokenizer = load_llm(args)
+    if not tokenizer.chat_template:
+        raise KuiperError(f"{args.model} has no chat template (tokenizer.chat_template)")
+    conversation = Chat(model, tokenizer, sampler_from(args), args.max_tokens)
+    print("kuiper chat: an empty line, Ctrl-D or Ctrl-C ends the conversation", file=sys.stderr)
+    try:
+        while text := input("> ").strip():
+            stats = Stats()
+            try:
+                for piece in conversation.say(text, stats):
+                    print(piece, end="", flush=True)
+            except ShapeError as err:
+                print(f"\n[{err}: starting a new conversation]", file=sys.stderr)
+                conversation = Chat(model, tokenizer, sampler_from(args), args.max_tokens)
+            print(f"\n[{stats}]", file=sys.stderr)
+    except (EOFError, KeyboardInterrupt):
+        print(file=sys.stderr)
+
+
 def bench(args: argparse.Namespace) -> list[dict]:
     """Time kuiper against PyTorch: whole models, or every conv, pool and activation of the zoo (`ops`)."""
+    if len(args.targets) == 1 and is_llm(Path(args.targets[0])):
+        result = benchmarks.bench_llm(args.targets[0], args.prompt_tokens, args.decode_tokens,
+                                      llama_cpp_files=args.llama_cpp)
+        if not args.json:
+            print(benchmarks.format_llm_rows(result))
+        return [result.as_json()]
     if args.targets == ["ops"]:
         rows = benchmarks.bench_ops(args.models, args.batch[-1])
         if not args.json:
@@ -75,6 +146,23 @@ def bench(args: argparse.Namespace) -> list[dict]:
     if not args.json:
         print(benchmarks.format_model_rows(model_rows))
     return [row.as_json() for row in model_rows]
+
+
+def is_llm(path: Path) -> bool:
+    """Whether a bench target is a language model: a .gguf file or a Hugging Face folder."""
+    return path.suffix == ".gguf" or (path / "config.json").is_file()
+
+
+def add_sampling(parser: argparse.ArgumentParser) -> None:
+    """The options shared by generate and chat."""
+    parser.add_argument("model", help="a .gguf file, or a Hugging Face folder (config.json, model.safetensors)")
+    parser.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate (default 256)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (default 0: all)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: all)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="above 1 discourages repeats")
+    parser.add_argument("--seed", type=int, help="seed for sampling, for repeatable text")
+    parser.add_argument("--context", type=int, default=2048, help="KV cache length in tokens (default 2048)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,10 +187,24 @@ def build_parser() -> argparse.ArgumentParser:
     find_boxes.add_argument("--out", type=Path, help="write annotated copies of the images here")
     find_boxes.add_argument("--json", action="store_true", help="print machine-readable JSON")
     find_boxes.set_defaults(func=detect_objects)
+    write = commands.add_parser("generate", help="continue a prompt with a language model, streaming the text")
+    add_sampling(write)
+    write.add_argument("--prompt", required=True, help="the text to continue or the question to answer")
+    write.add_argument("--raw", action="store_true", help="do not wrap the prompt in the model's chat template")
+    write.add_argument("--json", action="store_true", help="print machine-readable JSON at the end instead")
+    write.set_defaults(func=generate_text)
+    talk = commands.add_parser("chat", help="talk to a chat model (an empty line or Ctrl-C ends)")
+    add_sampling(talk)
+    talk.set_defaults(func=chat, json=False)
     run_bench = commands.add_parser("bench", help="time kuiper against PyTorch in one process")
-    run_bench.add_argument("targets", nargs="+", help="model .pnnx.param files, or `ops` for the operator table")
+    run_bench.add_argument("targets", nargs="+", help="model .pnnx.param files, `ops` for the operator table, "
+                           "or one language model (.gguf file or Hugging Face folder)")
     run_bench.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
     run_bench.add_argument("--models", type=Path, default=Path("data/models"), help="the zoo's folder")
+    run_bench.add_argument("--prompt-tokens", type=int, default=64, help="LLM prompt length (default 64)")
+    run_bench.add_argument("--decode-tokens", type=int, default=64, help="LLM tokens to generate (default 64)")
+    run_bench.add_argument("--llama-cpp", type=Path, nargs="*", help="GGUF files to time in llama.cpp too "
+                           "(default: the model itself, when llama-cpp-python is installed)")
     run_bench.add_argument("--json", action="store_true", help="print machine-readable JSON")
     run_bench.set_defaults(func=bench)
     return parser

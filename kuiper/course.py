@@ -5,6 +5,7 @@ Hand-written: no lesson builds this module, and the package's engine code never 
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,14 @@ F = TypeVar("F")
 
 #: The repository's data/ folder: sample inputs, tiny models, and the zoo under data/models.
 DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def package_file(package: str, inside: str) -> Path:
+    """A data file that an installed pip package ships (a tokenizer model, say), found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"the pip package {package!r} is not installed: pip install -e '.[dev]'")
+    return Path(spec.origin).parent / inside
 
 
 def patch_to(cls: type) -> Callable[[F], F]:

@@ -1,4 +1,4 @@
-# Generated from solutions/01_tensor.py, solutions/02_graph.py, solutions/03_registry.py, solutions/05_expression.py, solutions/06_resnet.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/01_tensor.py, solutions/02_graph.py, solutions/03_registry.py, solutions/05_expression.py, solutions/06_resnet.py, solutions/08_llama.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
 
@@ -36,3 +36,15 @@ class ExpressionError(KuiperError, ValueError):
 
 class ImageError(KuiperError, ValueError):
     """An input image that is missing or cannot be decoded; the message names the file."""
+
+
+class GGUFError(KuiperError, ValueError):
+    """A malformed or unsupported .gguf file; the message starts with the file's path."""
+
+
+class SafetensorsError(KuiperError, ValueError):
+    """A malformed .safetensors file or config.json; the message starts with the file's path."""
+
+
+class TokenizerError(KuiperError, ValueError):
+    """A tokenizer file or metadata field kuiper cannot read, or a token the vocabulary lacks."""

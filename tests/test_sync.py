@@ -71,7 +71,7 @@ def test_workbook_checks_report_unfinished_exercises(lesson):
                    resources={"metadata": {"path": str(lesson.workbook.parent)}}).execute()
     for _, label, _ in sync.exercises(sync.read_lesson(lesson), lesson.number):
         printed = [o.get("text", "") for c in nb.cells if f'check("Exercise {label}")' in c.source
-                   for o in c.outputs]
+                   for o in c.outputs if o.get("name") != "stderr"]  # numba's first-compile warnings
         assert printed and printed[0].startswith((f"TODO Exercise {label}", f"FAIL Exercise {label}")), \
             f"Exercise {label} in the untouched workbook: {printed}"
 

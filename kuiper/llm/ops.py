@@ -1,0 +1,135 @@
+# Generated from solutions/08_llama.py by tools/sync.py: edit the lesson, not this file.
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(fastmath=True, cache=True)
+def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """Each row of x (T, D) divided by its root mean square, times the gain `weight` (D,)."""
+    out = np.empty_like(x)
+    for t in range(x.shape[0]):
+        total = np.float32(0.0)
+        for i in range(x.shape[1]):
+            total += x[t, i] * x[t, i]
+        scale = np.float32(1.0) / np.sqrt(total / x.shape[1] + np.float32(eps))
+        for i in range(x.shape[1]):
+            out[t, i] = x[t, i] * scale * weight[i]
+    return out
+
+
+def embedding(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The rows of `table` for token ids (T,): (T, D)."""
+    return table[ids]
+
+
+@njit(fastmath=True, cache=True)
+def swiglu(gate_up: np.ndarray) -> np.ndarray:
+    """SiLU(gate) · up for the fused projection [gate | up] (T, 2F): (T, F)."""
+    half = gate_up.shape[1] // 2
+    out = np.empty((gate_up.shape[0], half), np.float32)
+    for t in range(gate_up.shape[0]):
+        for i in range(half):
+            gate = gate_up[t, i]
+            out[t, i] = gate / (np.float32(1.0) + np.exp(-gate)) * gate_up[t, half + i]
+    return out
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _matvec(w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    for i in prange(w.shape[0]):
+        total = np.float32(0.0)
+        for j in range(w.shape[1]):
+            total += w[i, j] * x[j]
+        out[i] = total
+
+
+def matmul(x: np.ndarray, w: Any) -> np.ndarray:
+    """x (T, K) times a weight w (N, K) stored as PyTorch stores it: x @ w.T, (T, N)."""
+    if not isinstance(w, np.ndarray):
+        return w.matmul(x)
+    if x.shape[0] != 1:
+        return x @ w.T
+    out = np.empty((1, w.shape[0]), np.float32)
+    _matvec(w, np.ascontiguousarray(x[0]), out[0])
+    return out
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None = None) -> np.ndarray:
+    """θ_i = theta^(-2i/d) for each of the head_dim/2 pairs, with Llama 3's long-context scaling if given."""
+    inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    if scaling and scaling.get("rope_type", scaling.get("type")) == "llama3":
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old = scaling["original_max_position_embeddings"]
+        wavelength = 2 * math.pi / inv
+        smooth = np.clip((old / wavelength - low) / (high - low), 0.0, 1.0)
+        inv = (1 - smooth) * inv / factor + smooth * inv
+    return inv
+
+
+def rope_tables(head_dim: int, theta: float, positions: int, scaling: dict[str, Any] | None = None,
+                factors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """cos(mθ_i) and sin(mθ_i), float32 (positions, head_dim/2); `factors` divide θ_i (GGUF's rope_freqs)."""
+    inv = rope_frequencies(head_dim, theta, scaling)
+    if factors is not None:
+        inv = inv / factors
+    angles = np.outer(np.arange(positions, dtype=np.float64), inv)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Queries or keys x (T, H, d) rotated by RoPE; cos and sin (T, d/2) are those of the T positions."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+
+
+def causal_attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int) -> np.ndarray:
+    """Causal attention of T new queries (T, H, d) at positions pos… over the first pos+T cached keys and values."""
+    tokens, heads, dim = q.shape
+    kv_heads, length = k_cache.shape[0], pos + tokens
+    group = heads // kv_heads
+    queries = q.reshape(tokens, kv_heads, group, dim).transpose(1, 2, 0, 3).reshape(kv_heads, group * tokens, dim)
+    scores = (queries @ k_cache[:, :length].transpose(0, 2, 1)).reshape(kv_heads, group, tokens, length)
+    scores *= np.float32(1 / math.sqrt(dim))
+    if tokens > 1:
+        scores[:, :, np.arange(length)[None, :] > pos + np.arange(tokens)[:, None]] = -np.inf
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    weights /= weights.sum(axis=-1, keepdims=True)
+    out = weights.reshape(kv_heads, group * tokens, length) @ v_cache[:, :length]
+    return out.reshape(kv_heads, group, tokens, dim).transpose(2, 0, 1, 3).reshape(tokens, heads, dim)
+
+
+@njit(fastmath=True, cache=True)
+def _attention_one(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int, out: np.ndarray) -> None:
+    heads, dim = q.shape
+    group, scale = heads // k_cache.shape[0], np.float32(1.0 / math.sqrt(dim))
+    scores = np.empty(pos + 1, np.float32)
+    for h in range(heads):
+        keys, values = k_cache[h // group], v_cache[h // group]
+        for j in range(pos + 1):
+            total = np.float32(0.0)
+            for i in range(dim):
+                total += q[h, i] * keys[j, i]
+            scores[j] = total * scale
+        scores = np.exp(scores - scores.max())
+        scores /= scores.sum()
+        for i in range(dim):
+            total = np.float32(0.0)
+            for j in range(pos + 1):
+                total += scores[j] * values[j, i]
+            out[h, i] = total
+
+
+def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int) -> np.ndarray:
+    """Causal attention of T new queries (T, H, d) over the KV cache: numba for one token, BLAS for more."""
+    if q.shape[0] != 1:
+        return causal_attention(q, k_cache, v_cache, pos)
+    out = np.empty_like(q)
+    _attention_one(q[0], k_cache, v_cache, pos, out[0])
+    return out
