@@ -18,8 +18,9 @@ models: setup  ## export the model zoo to data/models (about a minute; skips mod
 	$(BIN)/python tools/zoo.py
 	$(BIN)/python tools/llms.py
 
-demo: models  ## classify the sample photos with MobileNetV2 (real ImageNet weights)
+demo: models  ## classify the sample photos with MobileNetV2, then ask SmolLM2 a question
 	$(BIN)/kuiper run data/models/mobilenet_v2.pnnx.param data/images/*.jpg
+	$(BIN)/kuiper generate data/models/smollm2-135m-instruct-q4_1.gguf --prompt "What is the capital of France?" --max-tokens 48
 
 # pytest exits 5 when a selection collects no test: not a failure of the course.
 test: models  ## every test: package tests, nbval on the executed lessons, the site in a browser

@@ -198,6 +198,15 @@ def load(path: str | Path, max_seq_len: int = 2048) -> tuple[Llama, Tokenizer | 
     folder = path.parent if path.name == "config.json" else path
     if not (folder / "config.json").is_file():
         raise KuiperError(f"{path}: not a .gguf file or a Hugging Face folder with config.json and model.safetensors")
-    tokenizer_json = folder / "tokenizer.json"
-    tokenizer = BPETokenizer.from_tokenizer_json(tokenizer_json) if tokenizer_json.is_file() else None
-    return model_from_hf(folder, max_seq_len), tokenizer
+    return model_from_hf(folder, max_seq_len), hf_tokenizer(folder)
+
+
+def hf_tokenizer(folder: Path) -> Tokenizer | None:
+    """The tokenizer of a Hugging Face folder (tokenizer.json, with tokenizer_config.json's EOS and chat template)."""
+    if not (folder / "tokenizer.json").is_file():
+        return None
+    settings = load_config(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
+    eos = settings.get("eos_token")
+    tokenizer = BPETokenizer.from_tokenizer_json(folder / "tokenizer.json", eos=eos.get("content") if isinstance(eos, dict) else eos)
+    tokenizer.chat_template = settings.get("chat_template") or ""
+    return tokenizer

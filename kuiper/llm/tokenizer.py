@@ -1,6 +1,7 @@
-# Generated from solutions/08_llama.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/08_llama.py, solutions/09_qwen.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
+import base64
 import codecs
 import functools
 import itertools
@@ -215,6 +216,23 @@ class BPETokenizer(Tokenizer):
                 raise TokenizerError(f"{path}: no token {name!r} in model.vocab or added_tokens")
         return cls(pieces, merges, special=special, patterns=_pattern_steps(data.get("pre_tokenizer"), str(path)),
                    bos_id=ids.get(bos), eos_id=ids.get(eos), ignore_merges=model.get("ignore_merges", False))
+
+    @classmethod
+    def from_tiktoken(cls, path: str | Path, *, patterns: Sequence[str], special: dict[str, int],
+                      bos: str | None = None, eos: str | None = None) -> BPETokenizer:
+        """The byte-level BPE tokenizer of a tiktoken file: ids are the ranks, merges come from them;
+        `special` gives the special tokens' ids, `bos` and `eos` name two of them."""
+        for name in (bos, eos):
+            if name is not None and name not in special:
+                raise TokenizerError(f"{path}: {name!r} is not one of the special tokens {', '.join(special)}")
+        ranks = read_tiktoken(path)
+        pieces = [""] * (max([*ranks.values(), *special.values()]) + 1)
+        for token, rank in ranks.items():
+            pieces[rank] = to_byte_level(token)
+        for token, id in special.items():
+            pieces[id] = token
+        return cls(pieces, merges_from_ranks(ranks), special=special, patterns=patterns, ignore_merges=True,
+                   bos_id=special.get(bos), eos_id=special.get(eos))
 
 
 def metadata_field(metadata: dict, name: str) -> object:
@@ -456,3 +474,46 @@ def _llama2_prompt(messages: list[dict[str, str]]) -> str:
             content = f"<<SYS>>\n{system}\n<</SYS>>\n\n{content}"
         text += f"<s>[INST] {content.strip()} [/INST]" if message["role"] == "user" else f" {content.strip()} </s>"
     return text
+
+
+def read_tiktoken(path: str | Path) -> dict[bytes, int]:
+    """{token bytes: rank} from a tiktoken file: one line per token, its bytes in base64 and its rank."""
+    ranks = {}
+    for number, line in enumerate(Path(path).read_text(encoding="ascii").splitlines(), 1):
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except ValueError:
+            raise TokenizerError(f"{path}:{number}: expected 'base64-token rank', got {line[:60]!r}") from None
+    return ranks
+
+
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+PRETOKENIZERS["qwen2"] = (QWEN2_PATTERN,)
+
+#: Qwen2.5's special tokens, numbered after its 151,643 ranks.
+QWEN2_SPECIAL_TOKENS = {token: 151643 + i for i, token in enumerate([
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>",
+    "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"])}
+
+
+def bpe_by_rank(piece: bytes, ranks: dict[bytes, int]) -> list[bytes]:
+    """tiktoken's BPE: merge the adjacent pair whose concatenation has the lowest rank, until no
+    concatenation is a token."""
+    parts = [piece[i:i + 1] for i in range(len(piece))]
+    while len(parts) > 1:
+        candidates = [(ranks[a + b], i) for i, (a, b) in enumerate(itertools.pairwise(parts)) if a + b in ranks]
+        if not candidates:
+            break
+        _, i = min(candidates)
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    return parts
+
+
+def merges_from_ranks(ranks: dict[bytes, int]) -> dict[tuple[bytes, bytes], int]:
+    """The merges hidden in tiktoken ranks: each split of a token into two tokens, at the token's rank."""
+    return {(token[:i], token[i:]): rank for token, rank in ranks.items() for i in range(1, len(token))
+            if token[:i] in ranks and token[i:] in ranks}
