@@ -292,17 +292,17 @@ def kuiper_rates(model, ids: list[int], decode_tokens: int) -> tuple[float, floa
     state = {"token": 0}
 
     def prefill() -> None:
-        state["token"] = int(np.argmax(model.forward(np.array(ids), 0)[-1]))
+        state["token"] = int(model.forward(np.array(ids), 0)[-1].argmax())
 
     def step(i: int) -> None:
-        state["token"] = int(np.argmax(model.forward(np.array([state["token"]]), len(ids) + i)[-1]))
+        state["token"] = int(model.forward(np.array([state["token"]]), len(ids) + i)[-1].argmax())
 
     prefill()
     return rates(prefill, step, decode_tokens)
 
 
-def transformers_rates(path: Path, ids: list[int], decode_tokens: int) -> tuple[float, float]:
-    """transformers' float32 prefill and decode seconds on the same model file, same threads."""
+def transformers_rates(path: Path, ids: list[int], decode_tokens: int, device: str = "cpu") -> tuple[float, float]:
+    """transformers' float32 prefill and decode seconds on the same model file, same threads (or GPU)."""
     torch = import_torch()
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
@@ -312,16 +312,16 @@ def transformers_rates(path: Path, ids: list[int], decode_tokens: int) -> tuple[
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     else:
         model = AutoModelForCausalLM.from_pretrained(path if path.is_dir() else path.parent, dtype=torch.float32)
-    model.eval()
+    model.eval().to(device)
     state = {}
 
     def prefill() -> None:
-        out = model(torch.tensor([ids]), use_cache=True)
-        state["cache"], state["token"] = out.past_key_values, out.logits[0, -1].argmax().view(1, 1)
+        out = model(torch.tensor([ids], device=device), use_cache=True)
+        state["cache"], state["token"] = out.past_key_values, int(out.logits[0, -1].argmax())
 
     def step(i: int) -> None:
-        out = model(state["token"], cache=state["cache"], use_cache=True)
-        state["cache"], state["token"] = out.past_key_values, out.logits[0, -1].argmax().view(1, 1)
+        out = model(torch.tensor([[state["token"]]], device=device), cache=state["cache"], use_cache=True)
+        state["cache"], state["token"] = out.past_key_values, int(out.logits[0, -1].argmax())
 
     with torch.inference_mode():
         prefill()
@@ -358,8 +358,9 @@ def gguf_type(path: Path) -> str:
 
 
 def bench_llm(path: str | Path, prompt_tokens: int = 64, decode_tokens: int = 64, llama_cpp: bool = True,
-              llama_cpp_files: list[Path] | None = None, transformers: bool = True) -> LLMBench:
-    """kuiper float32 vs transformers float32 (and llama.cpp on GGUF files), prefill and decode tok/s."""
+              llama_cpp_files: list[Path] | None = None, transformers: bool = True, device: str = "cpu") -> LLMBench:
+    """kuiper float32 vs transformers float32 (and llama.cpp on GGUF files), prefill and decode tok/s,
+    on the CPU or both on the GPU (`device='cuda'`; llama.cpp then stays out)."""
     import resource
 
     from kuiper.llm.model import load
@@ -368,6 +369,7 @@ def bench_llm(path: str | Path, prompt_tokens: int = 64, decode_tokens: int = 64
     if not path.exists():
         raise KuiperError(f"{path}: no such model file or folder")
     model, tokenizer = load(path, max_seq_len=prompt_tokens + decode_tokens + 8)
+    model.to(device)
     ids = prompt_ids(tokenizer, prompt_tokens)
     rows = [LLMRow("kuiper", "fp32", *per_second(kuiper_rates(model, ids, decode_tokens), len(ids), decode_tokens))]
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -375,8 +377,9 @@ def bench_llm(path: str | Path, prompt_tokens: int = 64, decode_tokens: int = 64
     del model
     if transformers:
         rows.append(LLMRow("transformers", "fp32",
-                           *per_second(transformers_rates(path, ids, decode_tokens), len(ids), decode_tokens)))
+                           *per_second(transformers_rates(path, ids, decode_tokens, device), len(ids), decode_tokens)))
     files = llama_cpp_files if llama_cpp_files is not None else ([path] if path.suffix == ".gguf" else [])
+    files = files if device == "cpu" else []
     for file in files if llama_cpp else []:
         seconds = llama_cpp_rates(Path(file), ids, decode_tokens)
         if seconds is not None:

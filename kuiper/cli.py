@@ -132,7 +132,7 @@ def bench(args: argparse.Namespace) -> list[dict]:
     """Time kuiper against PyTorch: whole models, or every conv, pool and activation of the zoo (`ops`)."""
     if len(args.targets) == 1 and is_llm(Path(args.targets[0])):
         result = benchmarks.bench_llm(args.targets[0], args.prompt_tokens, args.decode_tokens,
-                                      llama_cpp_files=args.llama_cpp)
+                                      llama_cpp_files=args.llama_cpp, device=args.device)
         if not args.json:
             print(benchmarks.format_llm_rows(result))
         return [result.as_json()]
@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_bench.add_argument("--decode-tokens", type=int, default=64, help="LLM tokens to generate (default 64)")
     run_bench.add_argument("--llama-cpp", type=Path, nargs="*", help="GGUF files to time in llama.cpp too "
                            "(default: the model itself, when llama-cpp-python is installed)")
+    run_bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                           help="LLM benchmark on the CPU or the GPU (lesson 10; needs cupy and a GPU)")
     run_bench.add_argument("--json", action="store_true", help="print machine-readable JSON")
     run_bench.set_defaults(func=bench)
     return parser

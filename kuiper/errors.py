@@ -1,4 +1,4 @@
-# Generated from solutions/01_tensor.py, solutions/02_graph.py, solutions/03_registry.py, solutions/05_expression.py, solutions/06_resnet.py, solutions/08_llama.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/01_tensor.py, solutions/02_graph.py, solutions/03_registry.py, solutions/05_expression.py, solutions/06_resnet.py, solutions/08_llama.py, solutions/10_cuda.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
 
@@ -48,3 +48,7 @@ class SafetensorsError(KuiperError, ValueError):
 
 class TokenizerError(KuiperError, ValueError):
     """A tokenizer file or metadata field kuiper cannot read, or a token the vocabulary lacks."""
+
+
+class KernelError(KuiperError, RuntimeError):
+    """A CUDA C source that is missing or does not compile; the message names the .cu file."""

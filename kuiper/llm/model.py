@@ -1,6 +1,7 @@
-# Generated from solutions/08_llama.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/08_llama.py, solutions/10_cuda.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -9,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from kuiper.errors import KuiperError, ShapeError
+from kuiper.cuda.device import simulating, to_device
+from kuiper.errors import DeviceError, KuiperError, ShapeError
 from kuiper.llm import ops as cpu_ops
 from kuiper.llm.gguf import GGUFFile
 from kuiper.llm.safetensors import load_config, SafetensorsFile
@@ -135,6 +137,24 @@ class Llama:
         """Bytes of weights read to produce one token (the embedding table only once, for the head)."""
         arrays = [self.head, self.norm] + [a for b in self.blocks for a in vars(b).values() if a is not None]
         return sum(a.nbytes for a in arrays)
+
+    def to(self, device: str) -> Llama:
+        """The model with weights, KV cache and RoPE tables on `device` ('cpu' or 'cuda') and that device's kernels."""
+        if device not in ("cpu", "cuda"):
+            raise DeviceError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
+        if device == "cuda" and any(not hasattr(w, "__array__") for b in self.blocks for w in vars(b).values()
+                                    if w is not None):
+            raise DeviceError("the GPU backend runs float32 weights only: load the model without int8 quantization")
+        keep = device == "cuda" and simulating()  # the simulator runs GPU kernels on numpy arrays
+
+        def move(array: Any) -> Any:
+            return array if keep or array is None else to_device(array, device)
+
+        self.embed, self.norm, self.head = move(self.embed), move(self.norm), move(self.head)
+        self.cos, self.sin, self.k_cache, self.v_cache = map(move, (self.cos, self.sin, self.k_cache, self.v_cache))
+        self.blocks = [Block(**{name: move(w) for name, w in vars(b).items()}) for b in self.blocks]
+        self.ops = cpu_ops if device == "cpu" else importlib.import_module("kuiper.cuda.llm_ops")
+        return self
 
 
 GGUF_NAMES = {"attn_norm": "attn_norm.weight", "wq": "attn_q.weight", "wk": "attn_k.weight", "wv": "attn_v.weight",

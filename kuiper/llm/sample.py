@@ -27,7 +27,7 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         """The next token id for logits (V,) after the tokens in `history`."""
-        logits = np.array(logits, dtype=np.float64)
+        logits = np.array(logits.get() if hasattr(logits, "get") else logits, dtype=np.float64)  # cupy: to the CPU
         if self.repetition_penalty != 1.0 and len(history):
             seen = np.unique(np.asarray(history))
             logits[seen] = np.where(logits[seen] > 0, logits[seen] / self.repetition_penalty,
