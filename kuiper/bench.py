@@ -237,15 +237,20 @@ class LLMBench:
     weight_bytes: int
     bandwidth: float
     peak_rss: int
+    int8_weight_bytes: int | None = None
 
     def as_json(self) -> dict:
         """The stable JSON form, with each row's decode ratio to transformers."""
         base = next((r.decode_tps for r in self.rows if r.engine == "transformers"), None)
         rows = [r.as_json() | ({"decode_vs_transformers": round(r.decode_tps / base, 3)} if base else {})
                 for r in self.rows]
-        return {"model": self.model, "rows": rows, "weight_bytes_per_token": self.weight_bytes,
-                "bandwidth_gb_s": round(self.bandwidth / 1e9, 2), "peak_rss_bytes": self.peak_rss,
-                "decode_bound_tok_s": round(self.bandwidth / self.weight_bytes, 2)}
+        result = {"model": self.model, "rows": rows, "weight_bytes_per_token": self.weight_bytes,
+                  "bandwidth_gb_s": round(self.bandwidth / 1e9, 2), "peak_rss_bytes": self.peak_rss,
+                  "decode_bound_tok_s": round(self.bandwidth / self.weight_bytes, 2)}
+        if self.int8_weight_bytes:
+            result |= {"int8_weight_bytes_per_token": self.int8_weight_bytes,
+                       "int8_decode_bound_tok_s": round(self.bandwidth / self.int8_weight_bytes, 2)}
+        return result
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
@@ -358,9 +363,10 @@ def gguf_type(path: Path) -> str:
 
 
 def bench_llm(path: str | Path, prompt_tokens: int = 64, decode_tokens: int = 64, llama_cpp: bool = True,
-              llama_cpp_files: list[Path] | None = None, transformers: bool = True, device: str = "cpu") -> LLMBench:
-    """kuiper float32 vs transformers float32 (and llama.cpp on GGUF files), prefill and decode tok/s,
-    on the CPU or both on the GPU (`device='cuda'`; llama.cpp then stays out)."""
+              llama_cpp_files: list[Path] | None = None, transformers: bool = True,
+              int8: int | None = None, device: str = "cpu") -> LLMBench:
+    """kuiper float32 (and int8 with groups of `int8` weights) vs transformers float32 and llama.cpp, tok/s,
+    on the CPU or, with `device='cuda'`, kuiper float32 and transformers on the GPU (llama.cpp stays out)."""
     import resource
 
     from kuiper.llm.model import load
@@ -373,8 +379,18 @@ def bench_llm(path: str | Path, prompt_tokens: int = 64, decode_tokens: int = 64
     ids = prompt_ids(tokenizer, prompt_tokens)
     rows = [LLMRow("kuiper", "fp32", *per_second(kuiper_rates(model, ids, decode_tokens), len(ids), decode_tokens))]
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    weight_bytes, bandwidth = model.weight_bytes, read_bandwidth()
-    del model
+    weight_bytes, bandwidth, int8_bytes = model.weight_bytes, read_bandwidth(), None
+    if int8:
+        from kuiper.quant import quantize_model
+
+        quantized = quantize_model(model, int8)
+        del model
+        int8_bytes = quantized.weight_bytes
+        rows.append(LLMRow("kuiper", f"int8 g{int8}",
+                           *per_second(kuiper_rates(quantized, ids, decode_tokens), len(ids), decode_tokens)))
+        del quantized
+    else:
+        del model
     if transformers:
         rows.append(LLMRow("transformers", "fp32",
                            *per_second(transformers_rates(path, ids, decode_tokens, device), len(ids), decode_tokens)))
@@ -384,7 +400,7 @@ def bench_llm(path: str | Path, prompt_tokens: int = 64, decode_tokens: int = 64
         seconds = llama_cpp_rates(Path(file), ids, decode_tokens)
         if seconds is not None:
             rows.append(LLMRow("llama.cpp", gguf_type(Path(file)), *per_second(seconds, len(ids), decode_tokens)))
-    return LLMBench(path.name, rows, weight_bytes, bandwidth, peak_rss)
+    return LLMBench(path.name, rows, weight_bytes, bandwidth, peak_rss, int8_bytes)
 
 
 def per_second(seconds: tuple[float, float], prompt_tokens: int, decode_tokens: int) -> tuple[float, float]:
@@ -397,8 +413,11 @@ def format_llm_rows(bench: LLMBench) -> str:
     base = next((r.decode_tps for r in bench.rows if r.engine == "transformers"), None)
     lines = [f"{bench.model}: {bench.weight_bytes / 1e6:.0f} MB of weights per token, read bandwidth "
              f"{bench.bandwidth / 1e9:.1f} GB/s -> decode bound {bench.bandwidth / bench.weight_bytes:.1f} tok/s; "
-             f"kuiper peak RSS {bench.peak_rss / 2**20:.0f} MiB",
-             f"{'engine':14} {'weights':8} {'prefill tok/s':>14} {'decode tok/s':>13} {'vs transformers':>16}"]
+             f"kuiper peak RSS {bench.peak_rss / 2**20:.0f} MiB"]
+    if bench.int8_weight_bytes:
+        lines[0] += (f"; int8: {bench.int8_weight_bytes / 1e6:.0f} MB per token -> decode bound "
+                     f"{bench.bandwidth / bench.int8_weight_bytes:.1f} tok/s")
+    lines.append(f"{'engine':14} {'weights':8} {'prefill tok/s':>14} {'decode tok/s':>13} {'vs transformers':>16}")
     for r in bench.rows:
         ratio = f"{r.decode_tps / base:16.2f}" if base else f"{'':16}"
         lines.append(f"{r.engine:14} {r.weights:8} {r.prefill_tps:14.1f} {r.decode_tps:13.1f} {ratio}")

@@ -72,6 +72,10 @@ def load_llm(args: argparse.Namespace):
     model, tokenizer = load_model(args.model, max_seq_len=args.context)
     if tokenizer is None:
         raise KuiperError(f"{args.model} has no tokenizer (tokenizer.json beside config.json)")
+    if args.int8:
+        from kuiper.quant import quantize_model
+
+        model = quantize_model(model, args.int8)
     return model, tokenizer
 
 
@@ -132,7 +136,7 @@ def bench(args: argparse.Namespace) -> list[dict]:
     """Time kuiper against PyTorch: whole models, or every conv, pool and activation of the zoo (`ops`)."""
     if len(args.targets) == 1 and is_llm(Path(args.targets[0])):
         result = benchmarks.bench_llm(args.targets[0], args.prompt_tokens, args.decode_tokens,
-                                      llama_cpp_files=args.llama_cpp, device=args.device)
+                                      llama_cpp_files=args.llama_cpp, int8=args.int8, device=args.device)
         if not args.json:
             print(benchmarks.format_llm_rows(result))
         return [result.as_json()]
@@ -146,6 +150,28 @@ def bench(args: argparse.Namespace) -> list[dict]:
     if not args.json:
         print(benchmarks.format_model_rows(model_rows))
     return [row.as_json() for row in model_rows]
+
+
+def quantize_file(args: argparse.Namespace) -> dict:
+    """Write a GGUF model as a Q8_0 GGUF file that llama.cpp and kuiper both load."""
+    from kuiper.quant import quantize_gguf
+
+    source, out = Path(args.model), Path(args.out)
+    if source.suffix != ".gguf" or not source.is_file():
+        raise KuiperError(f"{source}: kuiper quantize reads a .gguf file")
+    if out.resolve() == source.resolve():
+        raise KuiperError(f"{out}: the output would overwrite the source")
+    quantize_gguf(source, out, args.group)
+    result = {"source": str(source), "out": str(out), "bytes": out.stat().st_size}
+    if not args.json:
+        print(f"wrote {out}: Q8_0, {result['bytes'] / 1e6:.0f} MB (from {source.stat().st_size / 1e6:.0f} MB)")
+    return result
+
+
+def add_int8(parser: argparse.ArgumentParser) -> None:
+    """--int8 GROUP: quantize the linear weights to int8 after loading."""
+    parser.add_argument("--int8", type=int, choices=(32, 64, 128), metavar="GROUP",
+                        help="run with int8 linear weights, one scale per GROUP weights (32, 64 or 128)")
 
 
 def is_llm(path: Path) -> bool:
@@ -163,6 +189,7 @@ def add_sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repetition-penalty", type=float, default=1.0, help="above 1 discourages repeats")
     parser.add_argument("--seed", type=int, help="seed for sampling, for repeatable text")
     parser.add_argument("--context", type=int, default=2048, help="KV cache length in tokens (default 2048)")
+    add_int8(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,8 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: the model itself, when llama-cpp-python is installed)")
     run_bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                            help="LLM benchmark on the CPU or the GPU (lesson 10; needs cupy and a GPU)")
+    add_int8(run_bench)
     run_bench.add_argument("--json", action="store_true", help="print machine-readable JSON")
     run_bench.set_defaults(func=bench)
+    shrink = commands.add_parser("quantize", help="write a GGUF language model as a Q8_0 GGUF file (int8)")
+    shrink.add_argument("model", help="the source .gguf file")
+    shrink.add_argument("out", help="the Q8_0 .gguf file to write")
+    shrink.add_argument("--group", type=int, choices=(32, 64, 128), default=32,
+                        help="weights per scale; GGUF's Q8_0 has 32 (64 and 128: use --int8 at run time)")
+    shrink.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    shrink.set_defaults(func=quantize_file)
     return parser
 
 

@@ -1,0 +1,285 @@
+# Generated from solutions/11_int8.py by tools/sync.py: edit the lesson, not this file.
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numba import njit, prange
+
+from kuiper.errors import DTypeError, ShapeError
+from kuiper.llm.gguf import GGUFFile
+from kuiper.llm.model import Llama
+
+
+def round_half_away(v: np.ndarray) -> np.ndarray:
+    """Round to the nearest integer, halves away from zero, like C's roundf (np.round picks the even one)."""
+    a = np.abs(v)
+    whole = np.floor(a)
+    return np.copysign(whole + (a - whole >= 0.5), v)
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedWeight:
+    """A weight matrix (N, K) as int8 `q` (N, K) and float32 `scales` (N, K // group): w ≈ q * scale."""
+
+    q: np.ndarray
+    scales: np.ndarray
+    group: int
+
+    def __post_init__(self) -> None:
+        if self.q.dtype != np.int8 or self.scales.dtype != np.float32:
+            raise DTypeError(f"QuantizedWeight: q must be int8 and scales float32, got {self.q.dtype} "
+                             f"and {self.scales.dtype}")
+        if self.q.ndim != 2:
+            raise ShapeError(f"QuantizedWeight: q must be a matrix (N, K), got shape {self.q.shape}")
+        n, k = self.q.shape
+        if self.group <= 0 or k % self.group or self.scales.shape != (n, k // self.group):
+            raise ShapeError(f"QuantizedWeight: q {self.q.shape} with group {self.group} needs scales of "
+                             f"shape ({n}, K / group), got {self.scales.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(N, K), the shape of the float matrix it stands for."""
+        return self.q.shape
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of int8 weights plus scales."""
+        return self.q.nbytes + self.scales.nbytes
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        """x (T, K) @ w.T -> (T, N): what `kuiper.llm.ops.matmul` calls for a weight that is not an array."""
+        return qmatmul(x, self)
+
+
+def dequantize(qw: QuantizedWeight) -> np.ndarray:
+    """The float32 matrix (N, K) that `qw` stands for: every weight times its group's scale."""
+    n, k = qw.shape
+    return (qw.q.reshape(n, -1, qw.group) * qw.scales[:, :, None]).reshape(n, k)
+
+
+def quantize(w: np.ndarray, group: int = 64) -> QuantizedWeight:
+    """Symmetric int8 quantization of `w` (N, K) with one float32 scale per `group` consecutive inputs.
+
+    The int8 values equal llama.cpp's Q8_0 ones at group 32 (`to_q8_0` then rounds the scales to float16)."""
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2 or group <= 0 or w.shape[1] % group:
+        raise ShapeError(f"quantize: expected a 2-D weight (N, K) with K a multiple of group {group}, "
+                         f"got shape {w.shape}")
+    n, k = w.shape
+    blocks = w.reshape(n, k // group, group)
+    scales = np.abs(blocks).max(axis=-1) / np.float32(127)
+    inverse = np.divide(np.float32(1), scales, out=np.zeros_like(scales), where=scales > 0)
+    q = np.clip(round_half_away(blocks * inverse[:, :, None]), -127, 127).astype(np.int8)
+    return QuantizedWeight(q.reshape(n, k), scales, group)
+
+
+Q8_0_BLOCK = 32
+
+
+def to_q8_0(qw: QuantizedWeight) -> np.ndarray:
+    """The Q8_0 bytes of a group-32 weight: uint8 (N, K // 32 * 34), each block a float16 scale then 32 int8."""
+    if qw.group != Q8_0_BLOCK:
+        raise ShapeError(f"to_q8_0: Q8_0 has groups of {Q8_0_BLOCK} weights, got group {qw.group}")
+    n, k = qw.shape
+    scales = qw.scales.astype(np.float16).view(np.uint8).reshape(n, -1, 2)
+    return np.concatenate([scales, qw.q.view(np.uint8).reshape(n, -1, Q8_0_BLOCK)], axis=2).reshape(n, -1)
+
+
+def from_q8_0(blocks: np.ndarray, shape: tuple[int, int]) -> QuantizedWeight:
+    """The weight (N, K) = `shape` stored as Q8_0 bytes `blocks` (N * K // 32 blocks of 34 bytes)."""
+    n, k = shape
+    if k % Q8_0_BLOCK or blocks.size != n * k // Q8_0_BLOCK * 34:
+        raise ShapeError(f"from_q8_0: a ({n}, {k}) Q8_0 weight needs K a multiple of 32 and "
+                         f"{n * k // Q8_0_BLOCK * 34} bytes, got {blocks.size}")
+    blocks = np.ascontiguousarray(blocks, dtype=np.uint8).reshape(n, k // Q8_0_BLOCK, 34)
+    scales = blocks[:, :, :2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+    return QuantizedWeight(blocks[:, :, 2:].copy().view(np.int8).reshape(n, k), scales, Q8_0_BLOCK)
+
+
+@njit(fastmath=True, cache=True)
+def group_dot(x, q, scale):
+    """One group's share of an output: (x · q) * scale for x float32 (g,) and q int8 (g,)."""
+    acc = np.float32(0.0)
+    for j in range(q.size):
+        acc += x[j] * np.float32(q[j])
+    return acc * scale
+
+
+ROWS_PER_BLOCK = 16
+BLAS_TOKENS = 16
+BLAS_ROWS = 256
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def qmatvec_kernel(x, q, scales, out):
+    """out[n] = Σ_g scales[n, g] * (x_g · q[n, g]): x (K,) float32, q (N, K) int8, scales (N, G)."""
+    n_rows, k = q.shape
+    n_groups = scales.shape[1]
+    x_groups = x.reshape(n_groups, k // n_groups)
+    q_groups = q.reshape(n_rows, n_groups, k // n_groups)
+    for n in prange(n_rows):
+        total = np.float32(0.0)
+        for g in range(n_groups):
+            total += group_dot(x_groups[g], q_groups[n, g], scales[n, g])
+        out[n] = total
+
+
+@njit(fastmath=True, cache=True)
+def widen_row(q, scales, out):
+    """out (K,) float32 = the int8 row q (K,) times the scale of each group."""
+    group = q.size // scales.size
+    for g in range(scales.size):
+        start = g * group
+        for j in range(group):  # range(start, start + group) would not vectorize
+            out[start + j] = np.float32(q[start + j]) * scales[g]
+
+
+@njit(fastmath=True, cache=True)
+def widen_rows(q, scales, out):
+    """out (n, K) float32 = the int8 rows q (n, K) times their scales (n, G).
+
+    One thread: OpenBLAS's threads, about to multiply the block, would fight numba's for the cores."""
+    for n in range(q.shape[0]):
+        widen_row(q[n], scales[n], out[n])
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def qmatmul_kernel(x, q, scales, out):
+    """out = x @ dequantize(q, scales).T for x (T, K): blocks of rows widened once, reused by every token."""
+    n_tokens, k = x.shape
+    n_rows = q.shape[0]
+    for block in prange((n_rows + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK):
+        first = block * ROWS_PER_BLOCK
+        rows = min(ROWS_PER_BLOCK, n_rows - first)
+        w = np.empty((rows, k), np.float32)
+        for r in range(rows):
+            widen_row(q[first + r], scales[first + r], w[r])
+        for t in range(n_tokens):
+            xt = x[t]
+            for r in range(rows):
+                wr = w[r]
+                acc = np.float32(0.0)
+                for j in range(k):
+                    acc += xt[j] * wr[j]
+                out[t, first + r] = acc
+
+
+def qmatvec(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
+    """x (K,) @ dequantize(qw).T -> (N,) float32, reading only the int8 weights and their scales."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.shape != (qw.shape[1],):
+        raise ShapeError(f"qmatvec: expected x of shape ({qw.shape[1]},) for a weight {qw.shape}, got {x.shape}")
+    out = np.empty(qw.shape[0], np.float32)
+    qmatvec_kernel(x, qw.q, qw.scales, out)
+    return out
+
+
+def qmatmul(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
+    """x (T, K) @ dequantize(qw).T -> (T, N) float32, never building the whole float32 matrix."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != qw.shape[1]:
+        raise ShapeError(f"qmatmul: expected x of shape (T, {qw.shape[1]}) for a weight {qw.shape}, got {x.shape}")
+    n_tokens, (n_rows, k) = x.shape[0], qw.shape
+    if n_tokens == 1:
+        return qmatvec(x[0], qw)[None]
+    out = np.empty((n_tokens, n_rows), np.float32)
+    if n_tokens < BLAS_TOKENS:
+        qmatmul_kernel(x, qw.q, qw.scales, out)
+        return out
+    buffer = np.empty((min(BLAS_ROWS, n_rows), k), np.float32)
+    for first in range(0, n_rows, BLAS_ROWS):
+        last = min(first + BLAS_ROWS, n_rows)
+        w = buffer[:last - first]
+        widen_rows(qw.q[first:last], qw.scales[first:last], w)
+        out[:, first:last] = x @ w.T
+    return out
+
+
+def gguf_value_type(value: object, gguf):
+    """The GGUF type of a plain Python metadata value (ints are UINT32 when they fit, as llama.cpp expects)."""
+    types = gguf.GGUFValueType
+    if isinstance(value, bool):
+        return types.BOOL
+    if isinstance(value, int):
+        return types.UINT32 if 0 <= value < 2**32 else types.INT64
+    return gguf.GGUFValueType.get_type(value)
+
+
+def save_q8_0_gguf(path: str | Path, tensors: dict[str, np.ndarray | QuantizedWeight], metadata: dict) -> None:
+    """Write a GGUF file: 2-D weights (and group-32 QuantizedWeights) as Q8_0, everything else float32.
+
+    Needs the `gguf` package. `general.file_type` and `general.quantization_version` are set to Q8_0's."""
+    import gguf
+
+    metadata = dict(metadata)
+    arch = metadata.pop("general.architecture", "llama")
+    writer = gguf.GGUFWriter(str(path), arch[0] if isinstance(arch, tuple) else arch)
+    for key, value in metadata.items():
+        if key.startswith("GGUF.") or key in ("general.file_type", "general.quantization_version"):
+            continue
+        value, vtype, *item_type = value if isinstance(value, tuple) else (value, gguf_value_type(value, gguf))
+        writer.add_key_value(key, value, vtype, *item_type)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    for name, tensor in tensors.items():
+        if isinstance(tensor, QuantizedWeight) and tensor.group != Q8_0_BLOCK:
+            raise ShapeError(f"{path}: tensor {name!r} has groups of {tensor.group} weights, Q8_0 needs {Q8_0_BLOCK}")
+        if isinstance(tensor, QuantizedWeight) or (tensor.ndim == 2 and tensor.shape[1] % Q8_0_BLOCK == 0):
+            qw = tensor if isinstance(tensor, QuantizedWeight) else quantize(tensor, Q8_0_BLOCK)
+            writer.add_tensor(name, to_q8_0(qw), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(name, np.ascontiguousarray(tensor, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def quantize_gguf(source: str | Path, out: str | Path, group: int = Q8_0_BLOCK) -> None:
+    """Write the GGUF model `source` as a Q8_0 GGUF file `out`: same metadata and tensors, 2-D weights in Q8_0.
+
+    Needs the `gguf` package. Only group 32 exists as a GGUF type."""
+    import gguf
+
+    if group != Q8_0_BLOCK:
+        raise ShapeError(f"{out}: GGUF stores int8 weights as Q8_0, groups of {Q8_0_BLOCK} weights, not {group}; "
+                         f"to run with groups of {group}, keep {source} and pass `--int8 {group}` at run time")
+    file = GGUFFile(source)
+    metadata = {name: (field.contents(), *field.types)
+                for name, field in gguf.GGUFReader(source).fields.items() if not name.startswith("GGUF.")}
+    tensors = {}
+    for name in file.tensors:
+        w = file.tensor(name)
+        tensors[name] = quantize(w, Q8_0_BLOCK) if w.ndim == 2 and w.shape[1] % Q8_0_BLOCK == 0 else w
+    save_q8_0_gguf(out, tensors, metadata)
+
+
+def quantize_conv(weight: np.ndarray) -> np.ndarray:
+    """A convolution or linear weight (O, ...) quantized to int8 per output channel and back, as float32."""
+    flat = np.asarray(weight, dtype=np.float32).reshape(weight.shape[0], -1)
+    return dequantize(quantize(flat, flat.shape[1])).reshape(weight.shape)
+
+
+LINEAR_WEIGHTS = ("wqkv", "wo", "w_gate_up", "w_down")
+
+
+def quantize_model(model: Llama, group: int = 64) -> Llama:
+    """A copy of `model` whose linear weights and output head are int8 (`group` weights per scale).
+
+    The embedding and the norms are shared with `model`, in float32; the copy has its own KV cache."""
+    for name in LINEAR_WEIGHTS:
+        k = getattr(model.blocks[0], name).shape[1]
+        if k % group:
+            divisors = [g for g in (32, 64, 128) if k % g == 0]
+            raise ShapeError(f"quantize_model: {name} has K = {k} inputs, not a multiple of group {group}; "
+                             f"this model takes groups {divisors}")
+    quantized = copy.copy(model)
+    quantized.blocks = [dataclasses.replace(block, **{name: quantize(getattr(block, name), group)
+                                                      for name in LINEAR_WEIGHTS}) for block in model.blocks]
+    quantized.head = quantize(model.head, group)
+    quantized.k_cache, quantized.v_cache = np.zeros_like(model.k_cache), np.zeros_like(model.v_cache)
+    return quantized

@@ -1,0 +1,836 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lesson 11 — int8 quantization
+#
+# Generating text one token at a time, an LLM multiplies a single vector by every weight matrix
+# of the model: each weight is read from memory once and used for **one** multiply-add. The CPU can
+# do far more multiply-adds per second than memory can deliver float32 weights, so the time per
+# token is set by the *bytes* of weights it has to read. Storing the weights as 8-bit integers
+# with a few scales — as KuiperLLama and llama.cpp (`Q8_0`) do — reads a quarter of the bytes, at
+# an error the model barely notices. This lesson writes the quantizer, the int8 matrix-vector
+# kernels that use it without ever expanding the whole matrix back to float32, and a GGUF writer whose
+# `Q8_0` bytes are identical to llama.cpp's.
+#
+# | exercise | what |
+# |---|---|
+# | 11.1 | symmetric per-group int8 quantization of a weight matrix |
+# | 11.2 | the dot product of one group: int8 weights, float32 inputs, one scale |
+
+# %%
+#| default_exp quant
+
+# %%
+import time
+
+import gguf
+import matplotlib.pyplot as plt
+import numpy as np
+
+import kuiper
+from kuiper.course import DATA, agreement, check
+
+rng = np.random.default_rng(0)
+
+# %% [markdown]
+# ## Why int8: bytes per token
+#
+# SmolLM2-135M, the model of lesson 08, is a stack of 30 identical layers of 7 matrices, plus the
+# 49,152 × 576 embedding table that doubles as the output layer (`lm_head`). In a decode step
+# every one of these weights is read once. The cell counts the bytes that makes, per token, for
+# float32, float16, and int8 with one float32 scale per group of 64 weights (the $4/64$ byte of
+# scale per weight is the price of the group):
+
+# %%
+SMOLLM2 = {"q_proj": (576, 576), "k_proj": (192, 576), "v_proj": (192, 576), "o_proj": (576, 576),
+           "gate_proj": (1536, 576), "up_proj": (1536, 576), "down_proj": (576, 1536)}
+per_layer = sum(n * k for n, k in SMOLLM2.values())
+weights = 30 * per_layer + 49152 * 576
+print(f"{weights / 1e6:.1f} M weights read per token")
+for name, bytes_per_weight in [("float32", 4), ("float16", 2), ("int8, group 64", 1 + 4 / 64)]:
+    print(f"{name:15} {weights * bytes_per_weight / 1e6:6.0f} MB per token")
+
+# %% [markdown]
+# At a typical 20–50 GB/s of memory bandwidth, 538 MB is 11–27 ms per token before a single
+# multiply; int8 cuts the floor to about a quarter. Prefill — the prompt, many tokens at once — reuses
+# each weight for every token and is limited by arithmetic instead, so int8 helps it less.
+#
+# ## Symmetric per-group quantization
+#
+# Cut each row of a weight matrix $W$ (shape $N \times K$, PyTorch's `out × in` layout) into groups
+# of $g$ consecutive weights. A group gets one scale, chosen so that its largest weight maps to
+# $\pm 127$:
+#
+# $$s = \frac{\max_j |w_j|}{127}, \qquad q_j = \operatorname{round}\!\left(\frac{w_j}{s}\right)
+#   \in [-127, 127], \qquad \hat w_j = s\, q_j .$$
+#
+# *Symmetric*: zero stays exactly zero and there is no offset to store (−128 is left unused, so
+# the range is the same on both sides). Rounding to the nearest integer makes the error of every
+# weight at most half a step, $|w_j - \hat w_j| \le s/2$. The group size $g$ trades bytes for
+# error: one outlier weight inflates the scale — and so the error — of its whole group, and a
+# smaller group confines the damage. $g = K$ is one scale per output channel.
+#
+# Two details make the result match llama.cpp's `Q8_0` bit for bit. The division is a
+# multiplication by the reciprocal $1/s$, both in float32, exactly as `ggml` computes it; and
+# `round` is C's `roundf`, which sends halves *away* from zero, where `np.round` sends them to the
+# nearest even integer ($2.5 \to 2$). `round_half_away` does it with floats only (the obvious
+# `np.floor(a + 0.5)` is wrong for $a = 0.49999997$: the sum rounds up to exactly 1 in float32).
+
+# %%
+#| export
+from dataclasses import dataclass
+
+import numpy as np
+
+from kuiper.errors import DTypeError, ShapeError
+
+
+def round_half_away(v: np.ndarray) -> np.ndarray:
+    """Round to the nearest integer, halves away from zero, like C's roundf (np.round picks the even one)."""
+    a = np.abs(v)
+    whole = np.floor(a)
+    return np.copysign(whole + (a - whole >= 0.5), v)
+
+
+# %%
+print(round_half_away(np.array([2.5, -2.5, 0.49999997, 1.5, -0.2], np.float32)), np.round([2.5, -2.5]))
+
+# %% [markdown]
+# A quantized weight keeps the int8 matrix, the scales and the group size together. The checks
+# in `__post_init__` matter more than usual: the numba kernels below do not check bounds, so a
+# scales array of the wrong shape would make them read past its end.
+
+# %%
+#| export
+@dataclass(frozen=True, eq=False)
+class QuantizedWeight:
+    """A weight matrix (N, K) as int8 `q` (N, K) and float32 `scales` (N, K // group): w ≈ q * scale."""
+
+    q: np.ndarray
+    scales: np.ndarray
+    group: int
+
+    def __post_init__(self) -> None:
+        if self.q.dtype != np.int8 or self.scales.dtype != np.float32:
+            raise DTypeError(f"QuantizedWeight: q must be int8 and scales float32, got {self.q.dtype} "
+                             f"and {self.scales.dtype}")
+        if self.q.ndim != 2:
+            raise ShapeError(f"QuantizedWeight: q must be a matrix (N, K), got shape {self.q.shape}")
+        n, k = self.q.shape
+        if self.group <= 0 or k % self.group or self.scales.shape != (n, k // self.group):
+            raise ShapeError(f"QuantizedWeight: q {self.q.shape} with group {self.group} needs scales of "
+                             f"shape ({n}, K / group), got {self.scales.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(N, K), the shape of the float matrix it stands for."""
+        return self.q.shape
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of int8 weights plus scales."""
+        return self.q.nbytes + self.scales.nbytes
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        """x (T, K) @ w.T -> (T, N): what `kuiper.llm.ops.matmul` calls for a weight that is not an array."""
+        return qmatmul(x, self)
+
+
+def dequantize(qw: QuantizedWeight) -> np.ndarray:
+    """The float32 matrix (N, K) that `qw` stands for: every weight times its group's scale."""
+    n, k = qw.shape
+    return (qw.q.reshape(n, -1, qw.group) * qw.scales[:, :, None]).reshape(n, k)
+
+
+# %% [markdown]
+# ## Exercise 11.1 — the quantizer
+#
+# View `w` (N, K) as `(N, K // group, group)` so that each group is a row of the last axis. Take
+# `scales = max |w| / 127` over that axis in float32, the reciprocal `1 / scales` (0 where a group
+# is all zeros: its weights stay 0 instead of becoming NaN — `np.divide(..., where=...)` does it),
+# multiply, `round_half_away`, clip to $\pm 127$ and store as int8. Raise `ShapeError` naming the
+# expected and actual shapes when `w` is not 2-D or `K` is not a multiple of `group`.
+
+# %%
+#| export
+#| exercise: scales = max|w| / 127 per group (float32); q = round_half_away(w * (1 / scales)) clipped to ±127, as int8
+def quantize(w: np.ndarray, group: int = 64) -> QuantizedWeight:
+    """Symmetric int8 quantization of `w` (N, K) with one float32 scale per `group` consecutive inputs.
+
+    The int8 values equal llama.cpp's Q8_0 ones at group 32 (`to_q8_0` then rounds the scales to float16)."""
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2 or group <= 0 or w.shape[1] % group:
+        raise ShapeError(f"quantize: expected a 2-D weight (N, K) with K a multiple of group {group}, "
+                         f"got shape {w.shape}")
+    n, k = w.shape
+    ### BEGIN SOLUTION
+    blocks = w.reshape(n, k // group, group)
+    scales = np.abs(blocks).max(axis=-1) / np.float32(127)
+    inverse = np.divide(np.float32(1), scales, out=np.zeros_like(scales), where=scales > 0)
+    q = np.clip(round_half_away(blocks * inverse[:, :, None]), -127, 127).astype(np.int8)
+    return QuantizedWeight(q.reshape(n, k), scales, group)
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 11.1"):
+    w = rng.standard_normal((48, 256), dtype=np.float32)
+    w[3, 64:128] = 0  # an all-zero group
+    for group in (32, 64, 128, 256):
+        qw = quantize(w, group)
+        assert qw.q.shape == (48, 256) and qw.q.dtype == np.int8, f"q: {qw.q.shape} {qw.q.dtype}"
+        assert qw.scales.shape == (48, 256 // group), f"group {group}: scales shape {qw.scales.shape}"
+        assert np.abs(qw.q).max() == 127, "the largest weight of a group should map to ±127"
+        error = np.abs(dequantize(qw) - w)
+        bound = np.repeat(qw.scales, group, axis=1) / 2
+        assert (error <= bound * (1 + 1e-6)).all(), f"group {group}: an error above scale / 2"
+    assert not quantize(w, 64).q[3, 64:128].any(), "an all-zero group should quantize to zeros"
+    want = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0).reshape(48, 8, 34)[:, :, 2:]
+    assert np.array_equal(quantize(w, 32).q, want.view(np.int8).reshape(48, 256)), "int8 values differ from Q8_0"
+    try:
+        quantize(w[:, :100], 64)
+        raise AssertionError("K = 100 is not a multiple of 64: expected a ShapeError")
+    except kuiper.ShapeError:
+        pass
+
+# %% [markdown]
+# ## What the error looks like
+#
+# Real LLM weights are roughly Gaussian, with a few large *outliers*. Here is a seeded random
+# matrix built that way (σ = 0.02, and 40 weights 15–30 σ out), quantized with groups of 32, 64
+# and 128 weights. (SmolLM2's rows have $K = 576 = 4.5 \times 128$, so for it only 32 and 64 fit;
+# llama.cpp's `Q8_0` uses 32.)
+
+# %%
+from kuiper.quant import dequantize, quantize  # the package's version: the cells below also run before 11.1 is done
+
+w = rng.normal(0, 0.02, (512, 1536)).astype(np.float32)
+outliers = rng.choice(w.size, 40, replace=False)
+w.flat[outliers] = rng.choice([-1, 1], 40) * rng.uniform(0.3, 0.6, 40)
+errors = {group: dequantize(quantize(w, group)) - w for group in (32, 64, 128)}
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+axes[0].hist(w.ravel(), bins=200, color="tab:gray", log=True)
+axes[0].set_title("weights (log count): a Gaussian and a few outliers")
+for (group, error), colour in zip(errors.items(), ["tab:blue", "tab:orange", "tab:red"]):
+    axes[1].hist(error.ravel(), bins=200, range=(-2.5e-3, 2.5e-3), histtype="step", log=True,
+                 color=colour, label=f"group {group}")
+axes[1].set_title("quantization error $\\hat w - w$ (log count)")
+axes[1].legend()
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Most groups have a scale near $3\sigma/127$ and an error spread evenly within $\pm s/2$ — the
+# central block, much narrower than the weights. A group holding an outlier has a scale ten times
+# larger: those groups make the wide skirts, and a larger group puts more weights under an
+# outlier's scale. In numbers, with the bytes each weight costs:
+
+# %%
+print(f"{'group':>5} {'bytes/weight':>13} {'max |error|':>12} {'mean |error|':>13} {'mean |error| / σ':>17}")
+for group, error in errors.items():
+    print(f"{group:5} {1 + 4 / group:13.4f} {np.abs(error).max():12.2e} {np.abs(error).mean():13.2e} "
+          f"{np.abs(error).mean() / 0.02:17.4f}")
+
+# %% [markdown]
+# ## Compatible with llama.cpp's Q8_0
+#
+# GGUF files store `Q8_0` as blocks of 34 bytes: a float16 scale `d`, then the 32 int8 values.
+# `ggml` computes the int8 values with the float32 scale and only then rounds the scale to float16
+# for storage — the int8 values therefore equal `quantize(w, 32).q`, and converting is a matter of
+# laying the bytes out. kuiper keeps its scales in float32, like KuiperLLama: rounding to float16
+# would cost a relative $2^{-11}$ on every scale of a weight quantized here, and nothing when a
+# `Q8_0` file is read (a float16 widens exactly to float32). So `from_q8_0(to_q8_0(qw))` equals `qw`
+# up to that rounding of the scales, and `to_q8_0(from_q8_0(blocks))` gives back the very same
+# bytes.
+
+# %%
+#| export
+Q8_0_BLOCK = 32
+
+
+def to_q8_0(qw: QuantizedWeight) -> np.ndarray:
+    """The Q8_0 bytes of a group-32 weight: uint8 (N, K // 32 * 34), each block a float16 scale then 32 int8."""
+    if qw.group != Q8_0_BLOCK:
+        raise ShapeError(f"to_q8_0: Q8_0 has groups of {Q8_0_BLOCK} weights, got group {qw.group}")
+    n, k = qw.shape
+    scales = qw.scales.astype(np.float16).view(np.uint8).reshape(n, -1, 2)
+    return np.concatenate([scales, qw.q.view(np.uint8).reshape(n, -1, Q8_0_BLOCK)], axis=2).reshape(n, -1)
+
+
+def from_q8_0(blocks: np.ndarray, shape: tuple[int, int]) -> QuantizedWeight:
+    """The weight (N, K) = `shape` stored as Q8_0 bytes `blocks` (N * K // 32 blocks of 34 bytes)."""
+    n, k = shape
+    if k % Q8_0_BLOCK or blocks.size != n * k // Q8_0_BLOCK * 34:
+        raise ShapeError(f"from_q8_0: a ({n}, {k}) Q8_0 weight needs K a multiple of 32 and "
+                         f"{n * k // Q8_0_BLOCK * 34} bytes, got {blocks.size}")
+    blocks = np.ascontiguousarray(blocks, dtype=np.uint8).reshape(n, k // Q8_0_BLOCK, 34)
+    scales = blocks[:, :, :2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+    return QuantizedWeight(blocks[:, :, 2:].copy().view(np.int8).reshape(n, k), scales, Q8_0_BLOCK)
+
+
+# %%
+w = rng.standard_normal((64, 576), dtype=np.float32)
+blocks = to_q8_0(quantize(w, 32))
+want = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0)
+print("Q8_0 bytes identical to gguf's:", np.array_equal(blocks, want))
+print("dequantized like gguf:", np.array_equal(dequantize(from_q8_0(blocks, w.shape)),
+                                               gguf.quants.dequantize(want, gguf.GGMLQuantizationType.Q8_0)))
+print("read back and written again:", np.array_equal(to_q8_0(from_q8_0(blocks, w.shape)), blocks))
+
+# %% [markdown]
+# ## Exercise 11.2 — the dot product of one group
+#
+# Output $n$ of `x @ W.T` is $\sum_k x_k w_{nk}$. With $w_{nk} = s_{ng}\, q_{nk}$ and the scale
+# constant over a group, it factors group by group:
+#
+# $$y_n = \sum_{g} s_{ng} \sum_{k \in g} x_k\, q_{nk}$$
+#
+# so the inner sum works on the int8 values directly and the scale is multiplied in once per group
+# rather than once per weight. No float32 copy of $W$ is ever made: the int8 bytes go from memory
+# to the registers, where they are widened to float32 just before the multiply. Write the inner
+# sum for one group as a numba function: accumulate `x[j] * q[j]` in a float32 `acc` (start it at
+# `np.float32(0)`, and widen each weight with `np.float32(q[j])`: numba would otherwise compute in
+# float64, twice slower), then return `acc * scale`.
+
+# %%
+#| export
+from numba import njit, prange
+
+# %%
+#| export
+#| exercise: acc = np.float32(0); add x[j] * np.float32(q[j]) over the group; return acc * scale
+@njit(fastmath=True, cache=True)
+def group_dot(x, q, scale):
+    """One group's share of an output: (x · q) * scale for x float32 (g,) and q int8 (g,)."""
+    ### BEGIN SOLUTION
+    acc = np.float32(0.0)
+    for j in range(q.size):
+        acc += x[j] * np.float32(q[j])
+    return acc * scale
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 11.2"):
+    x = rng.standard_normal(64, dtype=np.float32)
+    q = rng.integers(-127, 128, 64).astype(np.int8)
+    got = group_dot(x, q, np.float32(0.01))
+    want = float(x.astype(np.float64) @ q * 0.01)
+    assert isinstance(got, (float, np.floating)), f"expected a float, got {type(got)}"
+    assert abs(got - want) < 1e-5 * abs(x) @ np.abs(q) * 0.01, f"got {got}, expected {want:.6f}"
+    assert group_dot(x[:0], q[:0], np.float32(0.01)) == 0, "an empty group sums to 0"
+
+# %% [markdown]
+# ## The matrix-vector kernel
+#
+# `qmatvec` runs the rows of $W$ in parallel (`prange`), each row group by group with your
+# `group_dot`. numba inlines the call, and with `fastmath` LLVM turns the loop into AVX2
+# instructions that load 8 int8 weights, widen them to float32 and fuse multiply and add —
+# streaming a quarter of the bytes that numpy's float32 `x @ w.T` must read.
+#
+# A decode step is one token: `qmatvec`. `qmatmul` handles a block of $T$ tokens — the prompt,
+# in prefill — and there the trade-off changes: each weight is used $T$ times, so it pays to widen
+# a row to float32 once and reuse it for every token. For a few tokens a numba kernel does that
+# 16 rows at a time, in a buffer that stays in the fastest cache, and a row's product with a token
+# is then one plain float32 sum. From `BLAS_TOKENS` tokens on, the arithmetic outweighs the
+# memory traffic and OpenBLAS's matrix multiply is the better engine: blocks of 256 rows are
+# widened into one float32 buffer and multiplied there — at no point does the whole float32
+# matrix exist.
+
+# %%
+#| export
+ROWS_PER_BLOCK = 16
+BLAS_TOKENS = 16
+BLAS_ROWS = 256
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def qmatvec_kernel(x, q, scales, out):
+    """out[n] = Σ_g scales[n, g] * (x_g · q[n, g]): x (K,) float32, q (N, K) int8, scales (N, G)."""
+    n_rows, k = q.shape
+    n_groups = scales.shape[1]
+    x_groups = x.reshape(n_groups, k // n_groups)
+    q_groups = q.reshape(n_rows, n_groups, k // n_groups)
+    for n in prange(n_rows):
+        total = np.float32(0.0)
+        for g in range(n_groups):
+            total += group_dot(x_groups[g], q_groups[n, g], scales[n, g])
+        out[n] = total
+
+
+@njit(fastmath=True, cache=True)
+def widen_row(q, scales, out):
+    """out (K,) float32 = the int8 row q (K,) times the scale of each group."""
+    group = q.size // scales.size
+    for g in range(scales.size):
+        start = g * group
+        for j in range(group):  # range(start, start + group) would not vectorize
+            out[start + j] = np.float32(q[start + j]) * scales[g]
+
+
+@njit(fastmath=True, cache=True)
+def widen_rows(q, scales, out):
+    """out (n, K) float32 = the int8 rows q (n, K) times their scales (n, G).
+
+    One thread: OpenBLAS's threads, about to multiply the block, would fight numba's for the cores."""
+    for n in range(q.shape[0]):
+        widen_row(q[n], scales[n], out[n])
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def qmatmul_kernel(x, q, scales, out):
+    """out = x @ dequantize(q, scales).T for x (T, K): blocks of rows widened once, reused by every token."""
+    n_tokens, k = x.shape
+    n_rows = q.shape[0]
+    for block in prange((n_rows + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK):
+        first = block * ROWS_PER_BLOCK
+        rows = min(ROWS_PER_BLOCK, n_rows - first)
+        w = np.empty((rows, k), np.float32)
+        for r in range(rows):
+            widen_row(q[first + r], scales[first + r], w[r])
+        for t in range(n_tokens):
+            xt = x[t]
+            for r in range(rows):
+                wr = w[r]
+                acc = np.float32(0.0)
+                for j in range(k):
+                    acc += xt[j] * wr[j]
+                out[t, first + r] = acc
+
+
+def qmatvec(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
+    """x (K,) @ dequantize(qw).T -> (N,) float32, reading only the int8 weights and their scales."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.shape != (qw.shape[1],):
+        raise ShapeError(f"qmatvec: expected x of shape ({qw.shape[1]},) for a weight {qw.shape}, got {x.shape}")
+    out = np.empty(qw.shape[0], np.float32)
+    qmatvec_kernel(x, qw.q, qw.scales, out)
+    return out
+
+
+def qmatmul(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
+    """x (T, K) @ dequantize(qw).T -> (T, N) float32, never building the whole float32 matrix."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != qw.shape[1]:
+        raise ShapeError(f"qmatmul: expected x of shape (T, {qw.shape[1]}) for a weight {qw.shape}, got {x.shape}")
+    n_tokens, (n_rows, k) = x.shape[0], qw.shape
+    if n_tokens == 1:
+        return qmatvec(x[0], qw)[None]
+    out = np.empty((n_tokens, n_rows), np.float32)
+    if n_tokens < BLAS_TOKENS:
+        qmatmul_kernel(x, qw.q, qw.scales, out)
+        return out
+    buffer = np.empty((min(BLAS_ROWS, n_rows), k), np.float32)
+    for first in range(0, n_rows, BLAS_ROWS):
+        last = min(first + BLAS_ROWS, n_rows)
+        w = buffer[:last - first]
+        widen_rows(qw.q[first:last], qw.scales[first:last], w)
+        out[:, first:last] = x @ w.T
+    return out
+
+
+# %%
+with check("qmatvec and qmatmul equal x @ dequantize(qw).T"):
+    group_dot(np.ones(1, np.float32), np.ones(1, np.int8), np.float32(1))  # NotImplementedError before 11.2
+    for (n, k), group in [((96, 576), 32), ((40, 576), 64), ((64, 1536), 128), ((33, 256), 256)]:
+        qw = quantize(rng.standard_normal((n, k), dtype=np.float32), group)
+        for tokens in (1, 5, 20):
+            x = rng.standard_normal((tokens, k), dtype=np.float32)
+            want = x @ dequantize(qw).T
+            assert agreement(qmatmul(x, qw), want) == agreement(want, want), f"({n}, {k}) group {group} T={tokens}"
+        assert agreement(qmatvec(x[0], qw), want[0]) == agreement(want[0], want[0]), f"qmatvec ({n}, {k})"
+
+# %% [markdown]
+# ## How fast
+#
+# The decode shapes of SmolLM2 that matter most are the MLP's 1536 × 576 and 576 × 1536 and the
+# 49,152 × 576 `lm_head`. The reference is numpy's float32 `x @ w.T` (OpenBLAS), timed in alternating
+# rounds with the int8 kernels so that both see the same machine load. A single matrix multiplied again
+# and again stays in the processor's cache when it is small, which flatters float32; a model does
+# not fit in any cache (538 MB in float32), so the middle column cycles through enough copies of the
+# weights — over 64 MB even in int8 — that each comes from memory, as in a real decode step. The
+# last column is a 64-token prefill of one matrix.
+
+# %%
+import kuiper.quant as kq  # the package's kernels: this cell also runs before 11.2 is done
+
+
+def speedup(numpy_fn, kuiper_fn, calls):
+    """Fastest numpy time / fastest kuiper time of fn(i), in three alternating rounds of `calls` calls."""
+    best = [np.inf, np.inf]
+    for _ in range(3):
+        for which, fn in enumerate((numpy_fn, kuiper_fn)):
+            for i in range(calls):
+                start = time.perf_counter()
+                fn(i)
+                best[which] = min(best[which], time.perf_counter() - start)
+    return best[0] / best[1]
+
+
+def speedups(n, k):
+    """qmatvec in cache, qmatvec from memory, and qmatmul on 64 tokens, against numpy float32."""
+    w = rng.standard_normal((n, k), dtype=np.float32)
+    qw = kq.quantize(w, 64)
+    copies = -(-64_000_000 // qw.nbytes) + 1
+    ws = [w.copy() for _ in range(copies)]
+    qws = [kq.QuantizedWeight(qw.q.copy(), qw.scales.copy(), qw.group) for _ in range(copies)]
+    x, xs = rng.standard_normal(k, dtype=np.float32), rng.standard_normal((64, k), dtype=np.float32)
+    kq.qmatvec(x, qw), kq.qmatmul(xs, qw)  # compile
+    return (speedup(lambda i: x @ w.T, lambda i: kq.qmatvec(x, qw), 20),
+            speedup(lambda i: x @ ws[i % copies].T, lambda i: kq.qmatvec(x, qws[i % copies]), max(copies, 10)),
+            speedup(lambda i: xs @ w.T, lambda i: kq.qmatmul(xs, qw), 5))
+
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+print("int8 speed-up over numpy float32, group 64")
+print(f"{'weight':>14} {'decode, in cache':>17} {'decode, from memory':>20} {'prefill, 64 tokens':>19}")
+for n, k in [(1536, 576), (576, 1536), (49152, 576)]:
+    cached, memory, prefill = speedups(n, k)
+    print(f"{n:>7} × {k:<5} {cached:16.1f}× {memory:19.1f}× {prefill:18.1f}×")
+
+# %% [markdown]
+# Read the columns as a lesson in what limits a kernel. A small matrix already in cache costs
+# arithmetic, not bytes, and there int8 buys nothing: every weight needs an extra instruction or two to
+# be widened to float32, so `qmatvec` runs about as fast as OpenBLAS, at best. Once the weights come
+# from memory — the matrices of a real model, or the 113 MB `lm_head` even alone — the quarter of
+# the bytes shows, and `qmatvec` is several times faster. Prefill is arithmetic again, and
+# `qmatmul` comes close to OpenBLAS because OpenBLAS does its multiplying. (llama.cpp goes further
+# on CPUs with int8 dot-product instructions, AVX-VNNI or ARM's `sdot`, by rounding the activations
+# to int8 as well; numba cannot emit those, and the extra rounding would cost accuracy.)
+
+# %% [markdown]
+# ## Saving a Q8_0 GGUF file
+#
+# To hand a quantized model to llama.cpp — or to read it back in lesson 08's loader — it goes into a
+# GGUF file. The `gguf` package (llama.cpp's own Python writer) lays the file out; this function
+# only chooses each tensor's type: 2-D weights become `Q8_0` (the bytes of `to_q8_0`), vectors
+# such as norm weights stay float32. `gguf` is a tool, not a dependency of kuiper, so it is
+# imported inside the function. Metadata values are plain Python values, or `(value, type)` pairs
+# (`(value, GGUFValueType.ARRAY, item_type)` for arrays) when the exact GGUF type matters — llama.cpp
+# insists that `llama.context_length` is a `UINT32`, say.
+
+# %%
+#| export
+from pathlib import Path
+
+
+def gguf_value_type(value: object, gguf):
+    """The GGUF type of a plain Python metadata value (ints are UINT32 when they fit, as llama.cpp expects)."""
+    types = gguf.GGUFValueType
+    if isinstance(value, bool):
+        return types.BOOL
+    if isinstance(value, int):
+        return types.UINT32 if 0 <= value < 2**32 else types.INT64
+    return gguf.GGUFValueType.get_type(value)
+
+
+def save_q8_0_gguf(path: str | Path, tensors: dict[str, np.ndarray | QuantizedWeight], metadata: dict) -> None:
+    """Write a GGUF file: 2-D weights (and group-32 QuantizedWeights) as Q8_0, everything else float32.
+
+    Needs the `gguf` package. `general.file_type` and `general.quantization_version` are set to Q8_0's."""
+    import gguf
+
+    metadata = dict(metadata)
+    arch = metadata.pop("general.architecture", "llama")
+    writer = gguf.GGUFWriter(str(path), arch[0] if isinstance(arch, tuple) else arch)
+    for key, value in metadata.items():
+        if key.startswith("GGUF.") or key in ("general.file_type", "general.quantization_version"):
+            continue
+        value, vtype, *item_type = value if isinstance(value, tuple) else (value, gguf_value_type(value, gguf))
+        writer.add_key_value(key, value, vtype, *item_type)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    for name, tensor in tensors.items():
+        if isinstance(tensor, QuantizedWeight) and tensor.group != Q8_0_BLOCK:
+            raise ShapeError(f"{path}: tensor {name!r} has groups of {tensor.group} weights, Q8_0 needs {Q8_0_BLOCK}")
+        if isinstance(tensor, QuantizedWeight) or (tensor.ndim == 2 and tensor.shape[1] % Q8_0_BLOCK == 0):
+            qw = tensor if isinstance(tensor, QuantizedWeight) else quantize(tensor, Q8_0_BLOCK)
+            writer.add_tensor(name, to_q8_0(qw), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(name, np.ascontiguousarray(tensor, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+# %% [markdown]
+# Read back with `gguf`'s own reader, the `Q8_0` bytes are the ones written, and they dequantize
+# to the same floats (GGUF lists dimensions innermost first: the 96 × 64 weight reads `[64, 96]`):
+
+# %%
+import tempfile
+
+weights = {"blk.0.ffn_up.weight": rng.standard_normal((96, 64), dtype=np.float32),
+           "blk.0.attn_norm.weight": rng.standard_normal(64, dtype=np.float32)}
+with tempfile.TemporaryDirectory() as folder:
+    path = Path(folder) / "tiny-q8_0.gguf"
+    save_q8_0_gguf(path, weights, {"general.name": "tiny", "llama.context_length": 2048})
+    reader = gguf.GGUFReader(path)
+    for tensor in reader.tensors:
+        data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        want = weights[tensor.name]
+        expected = dequantize(from_q8_0(to_q8_0(quantize(want, 32)), want.shape)) if want.ndim == 2 else want
+        print(f"{tensor.name:24} {tensor.tensor_type.name:4} {[int(d) for d in tensor.shape]} identical:",
+              np.array_equal(data.reshape(want.shape), expected))
+    field = reader.fields["llama.context_length"]
+    print("llama.context_length:", field.contents(), field.types[0].name)
+
+# %% [markdown]
+# `quantize_gguf` — what `kuiper quantize` runs — turns any GGUF model into a `Q8_0` one. It copies
+# every metadata field with its exact GGUF type (the tokenizer included) and re-quantizes each tensor
+# from the source's dequantized values **in the file's own layout**: lesson 08 un-permutes the q and k
+# rows of a Llama when it loads them, but the file must keep llama.cpp's order, so the tensors are
+# read straight from the file, not from a loaded model. One tensor at a time is dequantized, so the
+# float32 model never exists in memory.
+
+# %%
+#| export
+from kuiper.llm.gguf import GGUFFile
+
+
+def quantize_gguf(source: str | Path, out: str | Path, group: int = Q8_0_BLOCK) -> None:
+    """Write the GGUF model `source` as a Q8_0 GGUF file `out`: same metadata and tensors, 2-D weights in Q8_0.
+
+    Needs the `gguf` package. Only group 32 exists as a GGUF type."""
+    import gguf
+
+    if group != Q8_0_BLOCK:
+        raise ShapeError(f"{out}: GGUF stores int8 weights as Q8_0, groups of {Q8_0_BLOCK} weights, not {group}; "
+                         f"to run with groups of {group}, keep {source} and pass `--int8 {group}` at run time")
+    file = GGUFFile(source)
+    metadata = {name: (field.contents(), *field.types)
+                for name, field in gguf.GGUFReader(source).fields.items() if not name.startswith("GGUF.")}
+    tensors = {}
+    for name in file.tensors:
+        w = file.tensor(name)
+        tensors[name] = quantize(w, Q8_0_BLOCK) if w.ndim == 2 and w.shape[1] % Q8_0_BLOCK == 0 else w
+    save_q8_0_gguf(out, tensors, metadata)
+
+
+# %% [markdown]
+# ## The same trick for a CNN
+#
+# Convolution weights quantize just as well, with one scale per output channel (the group is a
+# whole filter, `I × kh × kw` weights). `quantize_conv` returns the *fake-quantized* float32
+# weights — quantized and dequantized — so that an unchanged CNN runs on them and shows what int8
+# weights alone cost in accuracy. MobileNetV2 with every convolution and the classifier so treated:
+
+# %%
+#| export
+def quantize_conv(weight: np.ndarray) -> np.ndarray:
+    """A convolution or linear weight (O, ...) quantized to int8 per output channel and back, as float32."""
+    flat = np.asarray(weight, dtype=np.float32).reshape(weight.shape[0], -1)
+    return dequantize(quantize(flat, flat.shape[1])).reshape(weight.shape)
+
+
+# %%
+from kuiper.graph import RuntimeGraph
+from kuiper.pnnx import load_pnnx
+from kuiper.registry import create_layer
+from kuiper.vision.classify import classify
+
+IMAGES = sorted((DATA / "images").glob("*.jpg"))
+model = load_pnnx(DATA / "models" / "mobilenet_v2.pnnx.param")
+float32 = classify(RuntimeGraph(model, create_layer), IMAGES)
+for op in model.operators:
+    if op.type in ("nn.Conv2d", "nn.Linear"):
+        op.attrs["weight"].data = quantize_conv(op.attrs["weight"].data)
+int8 = classify(RuntimeGraph(model, create_layer), IMAGES)
+print("top-1 identical on", len(IMAGES), "photos:", (float32.argmax(1) == int8.argmax(1)).all())
+print("probabilities:", agreement(int8, float32, 0.1))
+
+# %% [markdown]
+# ## Int8 inside lesson 08's model
+#
+# Lesson 08's model never multiplies a weight itself: every projection goes through
+# `kuiper.llm.ops.matmul(x, w)`, which hands any weight that is not a numpy array to the weight's own
+# `w.matmul(x)`. `QuantizedWeight.matmul` is `qmatmul`, so quantizing a model is nothing more than
+# swapping the four linear weights of every block — `wqkv`, `wo`, `w_gate_up`, `w_down`, 90 % of
+# SmolLM2's per-token bytes outside the head — for `QuantizedWeight`s. Not a line of model code is copied.
+#
+# The **embedding** table and the **norm** gains stay float32, as in KuiperLLama: a token reads one
+# row of the embedding (576 floats), so int8 would save nothing per token, and the gains are a few KB
+# in all. The **output head** is a linear layer like the others and is quantized too: at 113 MB in
+# float32 it would otherwise be half of everything an int8 model reads per token. SmolLM2 ties it
+# to the embedding, so the int8 model keeps both: the float32 table for looking rows up, and an int8
+# copy of it (29 MB) for the logits.
+#
+# `quantize_model` returns a copy that shares the float32 embedding and norms with the original
+# and has its own KV cache; once the float32 model is dropped, its block weights are freed and the
+# process holds only the int8 ones.
+
+# %%
+#| export
+import copy
+import dataclasses
+
+from kuiper.llm.model import Llama
+
+LINEAR_WEIGHTS = ("wqkv", "wo", "w_gate_up", "w_down")
+
+
+def quantize_model(model: Llama, group: int = 64) -> Llama:
+    """A copy of `model` whose linear weights and output head are int8 (`group` weights per scale).
+
+    The embedding and the norms are shared with `model`, in float32; the copy has its own KV cache."""
+    for name in LINEAR_WEIGHTS:
+        k = getattr(model.blocks[0], name).shape[1]
+        if k % group:
+            divisors = [g for g in (32, 64, 128) if k % g == 0]
+            raise ShapeError(f"quantize_model: {name} has K = {k} inputs, not a multiple of group {group}; "
+                             f"this model takes groups {divisors}")
+    quantized = copy.copy(model)
+    quantized.blocks = [dataclasses.replace(block, **{name: quantize(getattr(block, name), group)
+                                                      for name in LINEAR_WEIGHTS}) for block in model.blocks]
+    quantized.head = quantize(model.head, group)
+    quantized.k_cache, quantized.v_cache = np.zeros_like(model.k_cache), np.zeros_like(model.v_cache)
+    return quantized
+
+
+# %% [markdown]
+# `Llama.weight_bytes` adds up the `.nbytes` of the weights read per token, and a `QuantizedWeight`'s
+# `.nbytes` counts its int8 values and its scales, so the same property now gives int8's bytes:
+
+# %%
+from kuiper.llm.model import load
+from kuiper.quant import quantize_model  # the package's version: runs before the exercises are done too
+
+SMOLLM2 = DATA / "models" / "smollm2-135m-instruct-q4_1.gguf"
+fp32, tokenizer = load(SMOLLM2, max_seq_len=600)
+models = {"fp32": fp32} | {f"int8 g{group}": quantize_model(fp32, group) for group in (32, 64)}
+for name, model in models.items():
+    head = model.head.nbytes
+    print(f"{name:9} {model.weight_bytes / 1e6:4.0f} MB per token: blocks and norms "
+          f"{(model.weight_bytes - head) / 1e6:4.0f} MB + head {head / 1e6:.0f} MB")
+try:
+    quantize_model(fp32, 128)
+except kuiper.ShapeError as err:
+    print(err)
+
+# %% [markdown]
+# ## Accuracy on SmolLM2
+#
+# First, what "fp32" means here: the SmolLM2 file of lesson 08 is itself quantized (`Q4_1`, 4-bit
+# blocks), and there are no original float32 weights on this machine. **fp32 is the shipped Q4_1
+# weights dequantized to float32** — the model kuiper runs by default — and the question is how far
+# int8 moves the model away from *that*. (The Q8_0 file that `kuiper quantize` writes — byte for
+# byte what llama.cpp's own quantizer writes from the same weights — is in the table too, read back by
+# lesson 08's loader.)
+#
+# Three measurements, in order of how much a user would notice:
+#
+# * **perplexity** on a fixed English text — the first 512 tokens of the Python documentation's
+#   topic index, `pydoc_data.topics`, which ships with every Python: $\exp$ of the mean negative
+#   log-probability of each next token, all positions in one `all_logits` forward. Lower is better;
+#   a quantization that hurts the model raises it.
+# * **greedy agreement**: the fraction of 64 greedily generated tokens (after a chat prompt) that are
+#   the same as fp32's. One different token sends the two texts down different paths, so this counts
+#   tokens up to the first difference plus however many happen to match after it.
+# * the **logit error** on the same text: max and mean $|\Delta|$ against fp32, and the max
+#   relative to the largest logit.
+
+# %%
+import pydoc_data.topics
+
+from kuiper.llm.tokenizer import chat_prompt
+
+TEXT = "".join(pydoc_data.topics.topics[key] for key in sorted(pydoc_data.topics.topics))
+ids = np.array(tokenizer.encode(TEXT)[:512])
+prompt = tokenizer.encode(chat_prompt([{"role": "user", "content": "Write a short poem about the sea."}],
+                                     tokenizer.chat_template))
+
+
+def perplexity(logits: np.ndarray, ids: np.ndarray) -> float:
+    """exp of the mean negative log-probability of ids[1:] under logits[:-1] (float64)."""
+    logits = logits[:-1].astype(np.float64)
+    top = logits.max(axis=1, keepdims=True)
+    log_probs = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+    return float(np.exp(-log_probs[np.arange(len(ids) - 1), ids[1:]].mean()))
+
+
+def greedy(model: Llama, prompt: list[int], n: int) -> list[int]:
+    """n greedy tokens after the prompt."""
+    logits, out = model.forward(np.array(prompt), 0), []
+    for _ in range(n):
+        out.append(int(np.argmax(logits[-1])))
+        logits = model.forward(np.array(out[-1:]), len(prompt) + len(out) - 1)
+    return out
+
+
+# %%
+import tempfile
+from pathlib import Path
+
+from kuiper.llm.gguf import GGUFFile
+from kuiper.llm.model import model_from_gguf
+from kuiper.quant import quantize_gguf
+
+q8_0_file = Path(tempfile.mkdtemp()) / "smollm2-135m-instruct-kuiper-q8_0.gguf"
+quantize_gguf(SMOLLM2, q8_0_file, 32)  # what `kuiper quantize` writes: llama.cpp's Q8_0 format
+models["Q8_0 file"] = model_from_gguf(GGUFFile(q8_0_file), max_seq_len=600)
+results = {}
+for name, model in models.items():
+    results[name] = model.forward(ids, 0, all_logits=True), greedy(model, prompt, 64)
+want_logits, want_tokens = results["fp32"]
+print(f"{'weights':15} {'MB/token':>8} {'perplexity':>10} {'greedy same':>11} {'max |Δ|':>8} {'mean |Δ|':>9} "
+      f"{'max |Δ| / max |logit|':>22}")
+for name, (logits, tokens) in results.items():
+    error = np.abs(logits - want_logits)
+    same = sum(a == b for a, b in zip(tokens, want_tokens))
+    print(f"{name:15} {models[name].weight_bytes / 1e6:8.0f} {perplexity(logits, ids):10.2f} {same:8}/64 "
+          f"{error.max():8.2f} {error.mean():9.3f} {error.max() / np.abs(want_logits).max():21.1%}")
+
+# %% [markdown]
+# (The Q8_0 file's row counts its weights as kuiper holds them once loaded: dequantized to float32.)
+#
+# int8 moves the perplexity by a few hundredths on a value near 18 — far less than the gap between
+# two model sizes. Greedy text is the harsh test: one token that differs sends the two texts down
+# different paths, and everything after it counts as disagreement — on this prompt group 32 keeps all
+# 64 of fp32's tokens, while group 64 parts ways after a handful (on other prompts group 32 can part
+# ways early too). The logit errors — a tenth on average, about one at worst on logits that reach
+# forty — are smaller at group 32, for 6 % more bytes per token. kuiper's group 32 and the `Q8_0` file
+# hold the same int8 values and scales (`kuiper quantize`, below, writes a file whose tensors are byte
+# for byte llama.cpp's), so their rows agree to every printed digit.
+#
+# ## Speed
+#
+# `kuiper.bench.bench_llm` — the engine behind `kuiper bench` — times prefill (a 64-token prompt at
+# once) and decode (64 greedy tokens, one at a time) for kuiper in float32 and in int8, in one process,
+# and prints the bytes of weights each reads per token with the *decode bound*: the measured read
+# bandwidth of this machine divided by those bytes, the rate no engine could beat.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from kuiper.bench import bench_llm, format_llm_rows
+
+del models, results
+print(format_llm_rows(bench_llm(SMOLLM2, 64, 64, llama_cpp=False, transformers=False, int8=32)))
+
+# %% [markdown]
+# The int8 row reads about 2.8 times fewer bytes per token (538 → 190 MB) but is faster by less:
+# the rest of a decode step — attention over the cache, RoPE, norms, a hundred and twenty kernel
+# launches, and turning each int8 weight back into a float — does not shrink. The same rule as in lesson 06
+# applies: the part you did not optimise becomes the bottleneck. From the command line:
+#
+# ```
+# kuiper bench data/models/smollm2-135m-instruct-q4_1.gguf --int8 32 --llama-cpp data/models/smollm2-135m-instruct-q8_0.gguf
+# kuiper quantize data/models/smollm2-135m-instruct-q4_1.gguf smollm2-135m-instruct-kuiper-q8_0.gguf
+# kuiper generate smollm2-135m-instruct-kuiper-q8_0.gguf --prompt "What is the capital of France?"
+# kuiper generate data/models/smollm2-135m-instruct-q4_1.gguf --int8 64 --prompt "What is the capital of France?"
+# ```
+#
+# `kuiper quantize` writes a standard GGUF `Q8_0` file that llama.cpp runs as it runs its own: all
+# metadata and the tokenizer copied, every 2-D weight — the embedding too, as llama.cpp's `Q8_0`
+# does — quantized from the source's dequantized tensors in the source's own layout, norms in
+# float32. Groups of 64 or 128 have no GGUF type; they exist only in memory, with `--int8`.
