@@ -303,8 +303,11 @@ def _write(path: Path, text: str, changed: list[Path]) -> None:
         changed.append(path)
 
 
-def sync(root: Path = ROOT, force: bool = False) -> list[Path]:
-    """Export, execute what changed, regenerate workbooks; return the files written."""
+def sync(root: Path = ROOT, force: bool = False, only: set[int] | None = None) -> list[Path]:
+    """Export, execute what changed, regenerate workbooks; return the files written.
+
+    `only`: execute just these lesson numbers (an empty set executes none); the others keep
+    their stored outputs even when stale, so an author can re-run one lesson without the rest."""
     changed: list[Path] = []
     modules = build_modules(root)
     for path, text in modules.items():
@@ -314,11 +317,15 @@ def sync(root: Path = ROOT, force: bool = False) -> list[Path]:
         changed.append(path)
     for lesson in lessons(root):
         reason = "forced" if force else stale_executed(lesson, root)
+        if only is not None and lesson.number not in only:
+            reason = None
         if reason:
             print(f"executing {lesson.source.name} ({reason})", flush=True)
             nb = execute(read_lesson(lesson), lesson.source.parent)
             nb.metadata[PACKAGE] = {"inputs": inputs_digest(lesson, root)}
             _write(lesson.executed, nbformat.writes(nb) + "\n", changed)
+        if not lesson.executed.exists():
+            continue
         executed = nbformat.read(lesson.executed, as_version=4)
         _write(lesson.workbook, nbformat.writes(workbook(executed, lesson.number)) + "\n", changed)
     return changed
@@ -348,13 +355,17 @@ def check(root: Path = ROOT) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only report what is out of date")
-    parser.add_argument("--force", action="store_true", help="re-execute every lesson")
+    parser.add_argument("--force", action="store_true", help="re-execute every lesson (or every --lesson)")
+    parser.add_argument("--lesson", type=int, action="append", metavar="NN",
+                        help="execute only this lesson (repeatable); others keep their stored outputs")
+    parser.add_argument("--no-execute", action="store_true", help="export modules and workbooks, execute nothing")
     args = parser.parse_args(argv)
     if args.check:
         problems = check()
         print("\n".join(problems) or "all generated files are up to date")
         return 1 if problems else 0
-    for path in sync(force=args.force):
+    only = set() if args.no_execute else set(args.lesson) if args.lesson else None
+    for path in sync(force=args.force, only=only):
         print(f"{'wrote' if path.exists() else 'removed'} {path.relative_to(ROOT)}")
     return 0
 
