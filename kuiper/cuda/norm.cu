@@ -1,5 +1,5 @@
 // Row-wise reductions with warp shuffles: RMSNorm and softmax, one block per row.
-// Lesson 10 of the Kuiper Course; loaded at run time by cupy.RawModule (kuiper/cuda/cuda_c.py).
+// Lesson 13 of the Kuiper Course; loaded at run time by cupy.RawModule (kuiper/cuda/cuda_c.py).
 //
 // A block reduction in two stages: each warp reduces its 32 values with __shfl_xor_sync (every
 // lane gets the warp's result), lane 0 of each warp parks it in shared memory, and the first warp

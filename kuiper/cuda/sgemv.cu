@@ -1,5 +1,5 @@
 // Matrix-vector products for LLM decoding: y[t] = W x[t] for a row-major W (N, K).
-// Lesson 10 of the Kuiper Course; loaded at run time by cupy.RawModule (kuiper/cuda/cuda_c.py).
+// Lesson 13 of the Kuiper Course; loaded at run time by cupy.RawModule (kuiper/cuda/cuda_c.py).
 //
 // One warp (32 threads) computes one output y[t, n]. Its lanes walk along row n of W together,
 // so each step of the warp reads 32 neighbouring floats (sgemv_f32) or 32 float4s = 512 bytes
