@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_bench.add_argument("--llama-cpp", type=Path, nargs="*", help="GGUF files to time in llama.cpp too "
                            "(default: the model itself, when llama-cpp-python is installed)")
     run_bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                           help="LLM benchmark on the CPU or the GPU (lesson 10; needs cupy and a GPU)")
+                           help="LLM benchmark on the CPU or the GPU (lesson 13; needs cupy and a GPU)")
     add_int8(run_bench)
     run_bench.add_argument("--json", action="store_true", help="print machine-readable JSON")
     run_bench.set_defaults(func=bench)

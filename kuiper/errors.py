@@ -1,4 +1,4 @@
-# Generated from solutions/01_tensor.py, solutions/02_graph.py, solutions/03_registry.py, solutions/05_expression.py, solutions/06_resnet.py, solutions/08_llama.py, solutions/10_cuda.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/01_tensor.py, solutions/02_graph.py, solutions/03_registry.py, solutions/05_expression.py, solutions/06_resnet.py, solutions/09_weights.py, solutions/10_tokenizers.py, solutions/13_cuda.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
 

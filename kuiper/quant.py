@@ -1,4 +1,4 @@
-# Generated from solutions/11_int8.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/14_int8.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
 import copy

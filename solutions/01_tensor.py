@@ -96,7 +96,7 @@ from kuiper.errors import DeviceError, DTypeError, ShapeError
 # default) are converted to `float32` on the way in.
 #
 # Where the numbers live is the tensor's *device*. All array work goes through the module that
-# `backend(device)` returns: numpy for `'cpu'` now; lesson 10 adds cupy for `'cuda'` to the same
+# `backend(device)` returns: numpy for `'cpu'` now; lesson 13 adds cupy for `'cuda'` to the same
 # table, and nothing else has to change.
 
 # %%
@@ -120,7 +120,7 @@ def to_dtype(dtype: object) -> np.dtype:
 def backend(device: str) -> ModuleType:
     """The array module that holds a tensor's data on `device`: numpy on the CPU, cupy on 'cuda'."""
     if device == "cuda" and device not in BACKENDS:
-        from kuiper.cuda.device import cupy_module  # lesson 10; DeviceError saying why when there is no GPU
+        from kuiper.cuda.device import cupy_module  # lesson 13; DeviceError saying why when there is no GPU
 
         BACKENDS["cuda"] = cupy_module()
     if device not in BACKENDS:
@@ -198,7 +198,7 @@ class Tensor:
         return self.data.dtype
 
     def numpy(self) -> np.ndarray:
-        """The data as a numpy array: shared with the tensor on the CPU, copied from the GPU (lesson 10)."""
+        """The data as a numpy array: shared with the tensor on the CPU, copied from the GPU (lesson 13)."""
         return self.data if self.device == "cpu" else self.data.get()
 
     def __array__(self, dtype: object = None, copy: bool | None = None) -> np.ndarray:
@@ -669,7 +669,7 @@ except ShapeError as err:
 # ## Devices
 #
 # `to(device)` moves a tensor; for now only `'cpu'` exists, and asking for another device says
-# so. Lesson 10 registers `'cuda'` in `BACKENDS` and teaches `to` to copy across.
+# so. Lesson 13 registers `'cuda'` in `BACKENDS` and teaches `to` to copy across.
 
 # %%
 #| export

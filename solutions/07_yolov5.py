@@ -359,4 +359,4 @@ print(format_model_rows(bench_models([MODELS / "yolov5n.pnnx.param"], batches=[1
 # ## What you built
 #
 # `kuiper/vision/detect.py`: letterbox in, decoded rows through class-aware NMS out, boxes mapped
-# back to the photo and drawn. Lesson 08 leaves images for text: a Llama language model.
+# back to the photo and drawn. Lesson 08 labels every pixel (segmentation); lessons 09–11 then leave images for text: a Llama language model.

@@ -1,4 +1,4 @@
-"""Lesson 10's GPU code, tested without a GPU: every numba.cuda kernel on numba's CUDA simulator
+"""Lesson 13's GPU code, tested without a GPU: every numba.cuda kernel on numba's CUDA simulator
 against numpy, and compiled to PTX by NVVM (the simulator runs plain Python, so it cannot see what
 numba refuses to compile for a GPU); every CUDA C file through nvcc for sm_80 and sm_90. With a GPU
 and cupy, the same cases also run on the GPU, and so do the CUDA C kernels.
@@ -524,7 +524,7 @@ for got, want in [(gpu.forward(prompt, 0, all_logits=True), cpu.forward(prompt, 
 
 
 def test_the_llm_runs_through_the_gpu_backend_on_the_simulator():
-    """Lesson 08's model with `.to('cuda')`: the same forward code, every op a numba.cuda kernel."""
+    """Lesson 11's model with `.to('cuda')`: the same forward code, every op a numba.cuda kernel."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     done = subprocess.run([sys.executable, "-c", SEAM_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -203,7 +203,7 @@ def test_quantize_conv_per_output_channel():
     assert len(np.unique(got[0] / step[0])) <= 255
 
 
-# ---- int8 in lesson 08's model (SmolLM2) ---------------------------------------------------------
+# ---- int8 in lesson 11's model (SmolLM2) ---------------------------------------------------------
 
 from pathlib import Path  # noqa: E402
 

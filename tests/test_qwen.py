@@ -1,4 +1,4 @@
-"""Qwen2.5 and Qwen3 in lesson 08's model: exact to transformers from safetensors and from GGUF, and
+"""Qwen2.5 and Qwen3 in lesson 11's model: exact to transformers from safetensors and from GGUF, and
 the tokenizer that comes with each layout equal to tiktoken."""
 
 import json

@@ -1,5 +1,5 @@
 """Write SmolLM2's tokenizer.json from its GGUF file with Hugging Face `tokenizers`: the reference
-that lesson 8 and tests/test_tokenizer.py check kuiper's tokenizer against.
+that lesson 10 and tests/test_tokenizer.py check kuiper's tokenizer against.
 
     python tools/smollm2_tokenizer.py [GGUF [OUT]]
 

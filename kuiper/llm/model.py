@@ -1,4 +1,4 @@
-# Generated from solutions/08_llama.py, solutions/10_cuda.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/11_llama.py, solutions/13_cuda.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,4 @@
-# Generated from solutions/08_llama.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/11_llama.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,4 @@
-# Generated from solutions/08_llama.py, solutions/09_qwen.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/10_tokenizers.py, solutions/12_qwen.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
 import base64

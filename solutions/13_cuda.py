@@ -9,7 +9,7 @@
 # ---
 
 # %% [markdown]
-# # Lesson 10 — CUDA: kernels for the GPU
+# # Lesson 13 — CUDA: kernels for the GPU
 #
 # Generating one token of an LLM reads every weight of the model once: for a 1-billion-parameter
 # model in float32 that is 4 GB per token. A laptop CPU streams memory at perhaps 50 GB/s; an H100
@@ -25,10 +25,10 @@
 #
 # | exercise | what |
 # |---|---|
-# | 10.1 | vector add: one thread per element |
-# | 10.2 | RMSNorm: a block-wide tree reduction in shared memory |
-# | 10.3 | softmax: two reductions per row, a max and a sum |
-# | 10.4 | the matrix-vector product of LLM decoding: one block per output, coalesced loads |
+# | 13.1 | vector add: one thread per element |
+# | 13.2 | RMSNorm: a block-wide tree reduction in shared memory |
+# | 13.3 | softmax: two reductions per row, a max and a sum |
+# | 13.4 | the matrix-vector product of LLM decoding: one block per output, coalesced loads |
 
 # %%
 #| default_exp cuda.kernels
@@ -172,7 +172,7 @@ def block_threads(n: int) -> int:
 
 
 # %% [markdown]
-# ## Exercise 10.1 — vector add
+# ## Exercise 13.1 — vector add
 #
 # The "hello world" of CUDA. A numba kernel is a Python function decorated with `@cuda.jit`: it
 # returns nothing and writes its result into an output array. Each thread adds one element:
@@ -198,7 +198,7 @@ def vector_add(a, b, out):
 
 
 # %%
-with check("Exercise 10.1"):
+with check("Exercise 13.1"):
     n, threads = 100, 32
     a, b = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
     a_dev, b_dev = dev(a), dev(b)
@@ -253,7 +253,7 @@ ax.set_title("a block of 8 threads sums its values in log₂ 8 = 3 steps, with a
 plt.show()
 
 # %% [markdown]
-# ## Exercise 10.2 — RMSNorm
+# ## Exercise 13.2 — RMSNorm
 #
 # Write the tree as a **device function** (`@cuda.jit(device=True)`: callable from kernels, not
 # launchable) `block_sum(shared, value)`: every thread passes its partial sum, every thread gets
@@ -311,7 +311,7 @@ def rmsnorm_reference(x, weight, eps):
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * weight
 
 
-with check("Exercise 10.2"):
+with check("Exercise 13.2"):
     x, weight = rng.standard_normal((3, 40)).astype(np.float32), rng.standard_normal(40).astype(np.float32)
     x_dev = dev(x)
     out_dev = array_module(x_dev).zeros_like(x_dev)
@@ -352,10 +352,10 @@ def block_max(shared, value):
 
 
 # %% [markdown]
-# ## Exercise 10.3 — softmax
+# ## Exercise 13.3 — softmax
 #
 # Softmax of a row: $\text{out}_i = e^{x_i - m} / \sum_j e^{x_j - m}$ with $m = \max_j x_j$
-# (subtracting the maximum keeps `exp` from overflowing, lesson 08). One block per row, three
+# (subtracting the maximum keeps `exp` from overflowing, lesson 11). One block per row, three
 # passes over it: each thread's maximum of its elements, `block_max`; then each thread writes
 # `exp(x - m)` into `out` and sums what it wrote, `block_sum`; then each thread divides its own
 # elements by the total. Start the maximum at `float32(-math.inf)`, and raise it with an `if`.
@@ -391,7 +391,7 @@ def softmax_reference(x):
     return e / e.sum(-1, keepdims=True)
 
 
-with check("Exercise 10.3"):
+with check("Exercise 13.3"):
     x = (rng.standard_normal((4, 37)) * 5).astype(np.float32)
     x[1, 3] = 80  # exp(80) overflows float32: the max subtraction must save it
     x_dev = dev(x)
@@ -403,7 +403,7 @@ with check("Exercise 10.3"):
     assert np.allclose(out.sum(-1), 1, atol=1e-5), "each row should sum to 1"
 
 # %% [markdown]
-# ## Exercise 10.4 — the matrix-vector product
+# ## Exercise 13.4 — the matrix-vector product
 #
 # During decoding every linear layer multiplies a weight matrix $W$ (N × K, PyTorch's layout:
 # one row per output) by one activation vector: $y_n = \sum_k W_{nk} x_k$. Each weight is used
@@ -436,7 +436,7 @@ def matvec_kernel(x, w, out):
 
 
 # %%
-with check("Exercise 10.4"):
+with check("Exercise 13.4"):
     x, w = rng.standard_normal((2, 50)).astype(np.float32), rng.standard_normal((6, 50)).astype(np.float32)
     x_dev, w_dev = dev(x), dev(w)
     out_dev = array_module(x_dev).zeros((2, 6), np.float32)
@@ -455,7 +455,7 @@ with check("Exercise 10.4"):
 # Everything else a Llama layer does is element-wise or a reduction like the ones above.
 #
 # **RoPE** rotates the pairs $(x_i, x_{i+hd/2})$ of every head by the angle of its position
-# (lesson 08): one thread per pair, consecutive threads on consecutive $i$ so reads coalesce.
+# (lesson 11): one thread per pair, consecutive threads on consecutive $i$ so reads coalesce.
 # **SwiGLU** is $\text{silu}(g) \cdot u$ for the two halves of the gate-up projection, one thread
 # per output. The **embedding** lookup copies row `ids[t]` of the table: block row `t` of the grid
 # copies token `t`, its threads neighbouring columns.
@@ -586,7 +586,7 @@ def attention_kernel(q, k_cache, v_cache, pos, scores, out):
 # %% [markdown]
 # ## A GPU backend for the model
 #
-# The Llama model of lessons 08–09 calls eight operators — `rmsnorm`, `rope`, `attention`,
+# The Llama model of lessons 11–12 calls eight operators — `rmsnorm`, `rope`, `attention`,
 # `swiglu`, `matmul`, `embedding`, `argmax`, `softmax` — through a *backend* chosen by the
 # device: the CPU backend computes them with numpy and numba, `kuiper.cuda.llm_ops` launches
 # the kernels above. Both take and return arrays of their device (numpy, cupy) and compute exactly
@@ -671,7 +671,7 @@ def simulating() -> bool:
 # The launchers: check the shapes (a kernel that indexes out of bounds does not raise, it reads
 # garbage or crashes the context), allocate the output, pick the grid, launch. `matmul` has
 # three methods: cuBLAS through cupy's `x @ w.T` (the default: NVIDIA's tuned GEMM), the numba
-# kernel of Exercise 10.4, and the CUDA C `sgemv_f32x4` from the end of this lesson.
+# kernel of Exercise 13.4, and the CUDA C `sgemv_f32x4` from the end of this lesson.
 
 # %%
 #| export cuda.llm_ops
@@ -858,12 +858,12 @@ print(f"{'argmax':10s}", llm_ops.argmax(dev(logits)), "==", int(np.argmax(logits
 # activations never leave the GPU except the logits of each step (196 KB for SmolLM2), which the
 # sampler reads. `Tensor.to` moves a tensor; `Llama.to` moves the model's weights, KV cache and
 # RoPE tables and swaps its `ops` for the backend above (`Tensor.to` of lesson 01 already works: its
-# `backend('cuda')` is cupy when this lesson's `cupy_module` finds a GPU). The model's code — lesson 08's
+# `backend('cuda')` is cupy when this lesson's `cupy_module` finds a GPU). The model's code — lesson 11's
 # `forward` and `attend` — is the same on both devices.
 #
 # On numba's simulator (no GPU here) `'cuda'` keeps numpy arrays and runs the GPU kernels, thread
 # by thread, on the CPU: slow, but it runs exactly the kernel code, so the seam is tested on any
-# laptop. A weight the GPU backend has no kernel for (lesson 11's int8) is refused with a clear error.
+# laptop. A weight the GPU backend has no kernel for (lesson 14's int8) is refused with a clear error.
 
 # %%
 from typing import Any

@@ -9,10 +9,10 @@
 # ---
 
 # %% [markdown]
-# # Lesson 09 — Qwen2.5 and Qwen3: what changes from Llama
+# # Lesson 12 — Qwen2.5 and Qwen3: what changes from Llama
 #
 # KuiperLLama runs Qwen2.5 beside Llama, and so will `kuiper` — with the same `Llama` class from
-# lesson 08, not a copy. Qwen2.5 and Qwen3 are Llama-family decoders: RMSNorm, RoPE, grouped-query
+# lesson 11, not a copy. Qwen2.5 and Qwen3 are Llama-family decoders: RMSNorm, RoPE, grouped-query
 # attention, SwiGLU, a KV cache. What differs fits in a table:
 #
 # | | Llama (SmolLM2-135M) | Qwen2.5 (0.5B) | Qwen3 (0.6B) |
@@ -27,7 +27,7 @@
 # | vocabulary | 49,152 byte-level BPE | 151,936, tiktoken-style BPE | the same as Qwen2.5 |
 # | GGUF architecture | `llama` (q, k rows permuted) | `qwen2` (not permuted) | `qwen3` (not permuted) |
 #
-# So lesson 08's `Config` has two switches, `qkv_bias` and `qk_norm`, the loaders read `head_dim`
+# So lesson 11's `Config` has two switches, `qkv_bias` and `qk_norm`, the loaders read `head_dim`
 # when a file gives it, and the tokenizer learns Qwen's vocabulary and regex.
 #
 # **Weights.** No real Qwen checkpoint can be downloaded on the course's machines, and none ships
@@ -38,9 +38,9 @@
 #
 # | exercise | what |
 # |---|---|
-# | 9.1 | the q, k, v projections with Qwen2's bias |
-# | 9.2 | QK-norm: an RMSNorm on every query and key head |
-# | 9.3 | BPE by rank, as tiktoken does it |
+# | 12.1 | the q, k, v projections with Qwen2's bias |
+# | 12.2 | QK-norm: an RMSNorm on every query and key head |
+# | 12.3 | BPE by rank, as tiktoken does it |
 
 # %%
 #| default_exp llm.tokenizer
@@ -86,10 +86,10 @@ print("\nthe GGUF copies read the same:",
       config_from_gguf(GGUFFile(MODELS / "qwen3-tiny.gguf").metadata).qk_norm)
 
 # %% [markdown]
-# ## Exercise 9.1 — the q, k, v projections with a bias
+# ## Exercise 12.1 — the q, k, v projections with a bias
 #
 # Qwen2 adds a learned bias to the three attention projections (and to no other linear layer).
-# Lesson 08's `Block` stores q, k and v fused: `wqkv` is `(H·d + 2·KV·d, D)` and `bqkv` the
+# Lesson 11's `Block` stores q, k and v fused: `wqkv` is `(H·d + 2·KV·d, D)` and `bqkv` the
 # matching `(H·d + 2·KV·d,)`. Project the normalised tokens `h` (T, D), add the bias, and split
 # the result into q (T, H, d), k and v (T, KV, d). Then check against transformers' own
 # `q_proj`, `k_proj` and `v_proj` of the first layer.
@@ -115,7 +115,7 @@ qwen2, _ = load(QWEN2, max_seq_len=128)
 qwen2_reference = AutoModelForCausalLM.from_pretrained(QWEN2, dtype=torch.float32).eval()
 h = np.random.default_rng(0).standard_normal((5, 896), dtype=np.float32)
 
-with check("Exercise 9.1"):
+with check("Exercise 12.1"):
     q, k, v = project_qkv(h, qwen2.blocks[0], qwen2.config)
     attn = qwen2_reference.model.layers[0].self_attn
     with torch.no_grad():
@@ -125,7 +125,7 @@ with check("Exercise 9.1"):
         assert np.abs(got.reshape(5, -1) - ref).max() < 1e-4, f"{name} differs from transformers' {name}_proj"
 
 # %% [markdown]
-# ## Exercise 9.2 — QK-norm
+# ## Exercise 12.2 — QK-norm
 #
 # Qwen3 drops the bias and instead normalises every query head and every key head with its own
 # RMSNorm (one gain vector of length d shared by all heads), **before** RoPE. Large attention
@@ -145,7 +145,7 @@ def qk_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 qwen3, _ = load(QWEN3, max_seq_len=128)
 qwen3_reference = AutoModelForCausalLM.from_pretrained(QWEN3, dtype=torch.float32).eval()
 
-with check("Exercise 9.2"):
+with check("Exercise 12.2"):
     x = np.random.default_rng(1).standard_normal((4, 16, 128), dtype=np.float32) * 3
     block, attn = qwen3.blocks[0], qwen3_reference.model.layers[0].self_attn
     with torch.no_grad():
@@ -155,7 +155,7 @@ with check("Exercise 9.2"):
     assert np.abs(got_q - want_q).max() < 1e-4 and np.abs(got_k - want_k).max() < 1e-4, "differs from Qwen3RMSNorm"
 
 # %% [markdown]
-# Both switches are already in lesson 08's `Llama.attend` — two `if`s, off for Llama:
+# Both switches are already in lesson 11's `Llama.attend` — two `if`s, off for Llama:
 
 # %%
 print(inspect.getsource(kuiper.llm.model.Llama.attend))
@@ -164,7 +164,7 @@ print(inspect.getsource(kuiper.llm.model.Llama.attend))
 # ## Exact against transformers, from both file layouts
 #
 # Same weights, same tokens, logits of every position; then twenty greedy tokens. The GGUF copies
-# are read by lesson 08's reader: `qwen2` and `qwen3` tensors are not permuted, so the loader
+# are read by lesson 09's reader: `qwen2` and `qwen3` tensors are not permuted, so the loader
 # leaves their rows alone.
 
 # %%
@@ -269,11 +269,11 @@ QWEN2_SPECIAL_TOKENS = {token: 151643 + i for i, token in enumerate([
     "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"])}
 
 # %% [markdown]
-# ## Exercise 9.3 — BPE by rank, as tiktoken does it
+# ## Exercise 12.3 — BPE by rank, as tiktoken does it
 #
 # With only token ranks, the merge rule reads: among the adjacent pairs whose **concatenation is a
 # token**, join the one whose concatenation has the lowest rank, the leftmost if two tie. Stop
-# when no concatenation is a token. It is the same loop as lesson 8's, looked up by the joined
+# when no concatenation is a token. It is the same loop as lesson 10's, looked up by the joined
 # bytes instead of by the pair. The check compares with `tiktoken` itself, given Qwen's ranks and
 # regex: each word is one pre-token, so `encode_ordinary` runs exactly one merge loop on it.
 
@@ -304,7 +304,7 @@ import tiktoken.load
 
 qwen_reference = tiktoken.Encoding(name="qwen", pat_str=QWEN2_PATTERN, special_tokens=QWEN2_SPECIAL_TOKENS,
                                    mergeable_ranks=tiktoken.load.load_tiktoken_bpe(str(QWEN_TIKTOKEN)))
-with check("Exercise 9.3"):
+with check("Exercise 12.3"):
     assert bpe_by_rank(b"abc", {b"a": 0, b"b": 1, b"c": 2, b"bc": 3, b"ab": 4}) == [b"a", b"bc"], "lowest rank first"
     assert bpe_by_rank(b"", {}) == [], "nothing to merge in an empty piece"
     for word in [" tokenization", "Kuiper", " 通义千问", " Ångström", "_initialize", " ЧАСТЬ"]:
@@ -332,7 +332,7 @@ print("id of the merged token - merge rank:", offsets)
 # %% [markdown]
 # In the other direction, from ranks to merges: a token of rank $r$ can be made from any split
 # of it into two tokens $a + b$, and each such pair gets rank $r$. With these pairs, the merge
-# loop of lesson 8 (which looks up *pairs*) does exactly what `bpe_by_rank` does (which looks up
+# loop of lesson 10 (which looks up *pairs*) does exactly what `bpe_by_rank` does (which looks up
 # *concatenations*), so one `BPETokenizer` class serves both kinds of file.
 
 # %%
@@ -469,9 +469,9 @@ print(f"{len(ids)} prompt tokens; 8 greedy tokens from random weights: {tokenize
 # %% [markdown]
 # ## What you built
 #
-# - Qwen2.5 and Qwen3 run in lesson 08's `Llama`, switched by `Config.qkv_bias` and `Config.qk_norm`,
+# - Qwen2.5 and Qwen3 run in lesson 11's `Llama`, switched by `Config.qkv_bias` and `Config.qk_norm`,
 #   from safetensors and from GGUF, exact to transformers.
 # - `BPETokenizer.from_tiktoken`: tiktoken-style rank BPE, the same class as GPT-2-style merges,
 #   with Qwen's regex and special tokens, identical ids to `tiktoken`.
 #
-# Lesson 10 moves the same model to the GPU.
+# Lesson 13 moves the same model to the GPU.

@@ -9,7 +9,7 @@
 # ---
 
 # %% [markdown]
-# # Lesson 11 — int8 quantization
+# # Lesson 14 — int8 quantization
 #
 # Generating text one token at a time, an LLM multiplies a single vector by every weight matrix
 # of the model: each weight is read from memory once and used for **one** multiply-add. The CPU can
@@ -22,8 +22,8 @@
 #
 # | exercise | what |
 # |---|---|
-# | 11.1 | symmetric per-group int8 quantization of a weight matrix |
-# | 11.2 | the dot product of one group: int8 weights, float32 inputs, one scale |
+# | 14.1 | symmetric per-group int8 quantization of a weight matrix |
+# | 14.2 | the dot product of one group: int8 weights, float32 inputs, one scale |
 
 # %%
 #| default_exp quant
@@ -43,7 +43,7 @@ rng = np.random.default_rng(0)
 # %% [markdown]
 # ## Why int8: bytes per token
 #
-# SmolLM2-135M, the model of lesson 08, is a stack of 30 identical layers of 7 matrices, plus the
+# SmolLM2-135M, the model of lesson 11, is a stack of 30 identical layers of 7 matrices, plus the
 # 49,152 × 576 embedding table that doubles as the output layer (`lm_head`). In a decode step
 # every one of these weights is read once. The cell counts the bytes that makes, per token, for
 # float32, float16, and int8 with one float32 scale per group of 64 weights (the $4/64$ byte of
@@ -151,7 +151,7 @@ def dequantize(qw: QuantizedWeight) -> np.ndarray:
 
 
 # %% [markdown]
-# ## Exercise 11.1 — the quantizer
+# ## Exercise 14.1 — the quantizer
 #
 # View `w` (N, K) as `(N, K // group, group)` so that each group is a row of the last axis. Take
 # `scales = max |w| / 127` over that axis in float32, the reciprocal `1 / scales` (0 where a group
@@ -181,7 +181,7 @@ def quantize(w: np.ndarray, group: int = 64) -> QuantizedWeight:
 
 
 # %%
-with check("Exercise 11.1"):
+with check("Exercise 14.1"):
     w = rng.standard_normal((48, 256), dtype=np.float32)
     w[3, 64:128] = 0  # an all-zero group
     for group in (32, 64, 128, 256):
@@ -287,7 +287,7 @@ print("dequantized like gguf:", np.array_equal(dequantize(from_q8_0(blocks, w.sh
 print("read back and written again:", np.array_equal(to_q8_0(from_q8_0(blocks, w.shape)), blocks))
 
 # %% [markdown]
-# ## Exercise 11.2 — the dot product of one group
+# ## Exercise 14.2 — the dot product of one group
 #
 # Output $n$ of `x @ W.T` is $\sum_k x_k w_{nk}$. With $w_{nk} = s_{ng}\, q_{nk}$ and the scale
 # constant over a group, it factors group by group:
@@ -320,7 +320,7 @@ def group_dot(x, q, scale):
 
 
 # %%
-with check("Exercise 11.2"):
+with check("Exercise 14.2"):
     x = rng.standard_normal(64, dtype=np.float32)
     q = rng.integers(-127, 128, 64).astype(np.int8)
     got = group_dot(x, q, np.float32(0.01))
@@ -511,7 +511,7 @@ for n, k in [(1536, 576), (576, 1536), (49152, 576)]:
 # %% [markdown]
 # ## Saving a Q8_0 GGUF file
 #
-# To hand a quantized model to llama.cpp — or to read it back in lesson 08's loader — it goes into a
+# To hand a quantized model to llama.cpp — or to read it back in lesson 09's loader — it goes into a
 # GGUF file. The `gguf` package (llama.cpp's own Python writer) lays the file out; this function
 # only chooses each tensor's type: 2-D weights become `Q8_0` (the bytes of `to_q8_0`), vectors
 # such as norm weights stay float32. `gguf` is a tool, not a dependency of kuiper, so it is
@@ -589,7 +589,7 @@ with tempfile.TemporaryDirectory() as folder:
 # %% [markdown]
 # `quantize_gguf` — what `kuiper quantize` runs — turns any GGUF model into a `Q8_0` one. It copies
 # every metadata field with its exact GGUF type (the tokenizer included) and re-quantizes each tensor
-# from the source's dequantized values **in the file's own layout**: lesson 08 un-permutes the q and k
+# from the source's dequantized values **in the file's own layout**: lesson 09 un-permutes the q and k
 # rows of a Llama when it loads them, but the file must keep llama.cpp's order, so the tensors are
 # read straight from the file, not from a loaded model. One tensor at a time is dequantized, so the
 # float32 model never exists in memory.
@@ -651,9 +651,9 @@ print("top-1 identical on", len(IMAGES), "photos:", (float32.argmax(1) == int8.a
 print("probabilities:", agreement(int8, float32, 0.1))
 
 # %% [markdown]
-# ## Int8 inside lesson 08's model
+# ## Int8 inside lesson 11's model
 #
-# Lesson 08's model never multiplies a weight itself: every projection goes through
+# Lesson 11's model never multiplies a weight itself: every projection goes through
 # `kuiper.llm.ops.matmul(x, w)`, which hands any weight that is not a numpy array to the weight's own
 # `w.matmul(x)`. `QuantizedWeight.matmul` is `qmatmul`, so quantizing a model is nothing more than
 # swapping the four linear weights of every block — `wqkv`, `wo`, `w_gate_up`, `w_down`, 90 % of
@@ -721,12 +721,12 @@ except kuiper.ShapeError as err:
 # %% [markdown]
 # ## Accuracy on SmolLM2
 #
-# First, what "fp32" means here: the SmolLM2 file of lesson 08 is itself quantized (`Q4_1`, 4-bit
+# First, what "fp32" means here: the SmolLM2 file of lesson 09 is itself quantized (`Q4_1`, 4-bit
 # blocks), and there are no original float32 weights on this machine. **fp32 is the shipped Q4_1
 # weights dequantized to float32** — the model kuiper runs by default — and the question is how far
 # int8 moves the model away from *that*. (The Q8_0 file that `kuiper quantize` writes — byte for
 # byte what llama.cpp's own quantizer writes from the same weights — is in the table too, read back by
-# lesson 08's loader.)
+# lesson 09's loader.)
 #
 # Three measurements, in order of how much a user would notice:
 #

@@ -1,0 +1,915 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+
+# %% [markdown]
+# # Lesson 11 — Llama: the model, sampling and chat
+#
+# **What you will build.** With the weights (lesson 09) and the tokenizer (lesson 10) in hand, this
+# lesson writes the model itself and runs SmolLM2-135M-Instruct end to end: the configuration,
+# RMSNorm, rotary position embedding, grouped-query attention over a preallocated KV cache, the
+# SwiGLU feed-forward, the sampler, the generation loop and a chat. Every number is checked
+# against transformers running the same weights.
+#
+# **Prerequisites.** Lessons 09 and 10; matrix products and softmax. **Time:** about 90 minutes.
+#
+# | exercise | what |
+# |---|---|
+# | 11.1 | rotary position embedding (RoPE) |
+# | 11.2 | attention over the KV cache |
+# | 11.3 | top-p (nucleus) sampling |
+# | 11.4 | the generation loop |
+
+# %%
+#| default_exp llm.model
+
+# %%
+import importlib.util
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+import kuiper
+import kuiper.llm.generate
+import kuiper.llm.gguf
+import kuiper.llm.model
+import kuiper.llm.ops
+import kuiper.llm.sample
+from kuiper.course import DATA, agreement, check
+
+SMOLLM2 = DATA / "models" / "smollm2-135m-instruct-q4_1.gguf"
+
+# %% [markdown]
+# ## The model, one block at a time
+#
+# Every Llama-family model is the same loop, 30 times for SmolLM2:
+#
+# $$h = x + \mathrm{Attention}(\mathrm{RMSNorm}(x)), \qquad x' = h + \mathrm{SwiGLU}(\mathrm{RMSNorm}(h))$$
+#
+# with an embedding table in front and a final RMSNorm plus the output head (here *tied*: the
+# embedding table again) behind. The picture shows one block; the numbers are SmolLM2's.
+
+# %%
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+boxes = [("token ids", 0, "#ddd"), ("embedding  49152 × 576", 1, "#cde"), ("RMSNorm", 2, "#eed"),
+         ("Q K V projections  576 → 576 + 192 + 192", 3, "#dec"), ("RoPE on Q and K", 4, "#edc"),
+         ("attention over the KV cache  9 query heads, 3 KV heads", 5, "#fdd"), ("output projection  576 → 576", 6, "#dec"),
+         ("RMSNorm", 7, "#eed"), ("gate, up  576 → 2 × 1536;  SiLU(gate) · up", 8, "#dec"), ("down  1536 → 576", 9, "#dec"),
+         ("final RMSNorm, output head  576 → 49152", 10, "#cde"), ("logits → sampler → next token", 11, "#ddd")]
+fig, ax = plt.subplots(figsize=(7, 7.2))
+for text, row, colour in boxes:
+    ax.add_patch(FancyBboxPatch((0.1, 11.2 - row), 0.8, 0.6, boxstyle="round,pad=0.02", fc=colour, ec="#555"))
+    ax.text(0.5, 11.5 - row, text, ha="center", va="center", fontsize=9)
+    if row:
+        ax.add_patch(FancyArrowPatch((0.5, 12.2 - row), (0.5, 11.82 - row), arrowstyle="-|>", mutation_scale=10))
+for top, bottom, label in [(2, 6, "+ residual"), (7, 9, "+ residual")]:
+    ax.add_patch(FancyArrowPatch((0.92, 11.9 - top), (0.92, 11.3 - bottom), connectionstyle="arc3,rad=-0.4",
+                                 arrowstyle="-|>", mutation_scale=10, color="tab:red"))
+    ax.text(1.0, 11.5 - (top + bottom) / 2, label, color="tab:red", fontsize=9)
+ax.text(-0.02, 11.5 - 5.5, "× 30 blocks", rotation=90, va="center", ha="right", fontsize=10, color="tab:blue")
+ax.plot([0.03, 0.03], [11.8 - 2, 11.2 - 9], color="tab:blue")
+ax.set_xlim(-0.1, 1.3), ax.set_ylim(0, 12), ax.axis("off")
+plt.show()
+
+# %% [markdown]
+# ### The configuration
+#
+# Everything that varies between Llama-family models fits in one small record. A GGUF file keeps
+# it under `<architecture>.*` keys; a Hugging Face checkpoint keeps it in `config.json`. Both
+# become the same `Config`. Two fields are off for Llama and on for Qwen (lesson 12): a bias
+# on the q, k, v projections and an RMSNorm on every query and key head.
+
+# %%
+#| export llm.model
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kuiper.errors import KuiperError, ShapeError
+
+
+@dataclass(frozen=True)
+class Config:
+    """The shape of a Llama-family decoder: everything the forward pass needs besides weights."""
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden_dim: int
+    vocab_size: int
+    norm_eps: float
+    rope_theta: float
+    context_length: int
+    rope_scaling: dict[str, Any] = field(default_factory=dict)
+    tied_embeddings: bool = True
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    arch: str = "llama"
+
+
+def config_from_gguf(meta: dict[str, Any]) -> Config:
+    """The Config stored in a GGUF file's metadata under `<architecture>.*` keys."""
+    arch = meta["general.architecture"]
+    key = lambda name, default=None: meta.get(f"{arch}.{name}", default)  # noqa: E731
+    n_heads = int(key("attention.head_count"))
+    return Config(
+        dim=int(key("embedding_length")), n_layers=int(key("block_count")), n_heads=n_heads,
+        n_kv_heads=int(key("attention.head_count_kv", n_heads)),
+        head_dim=int(key("attention.key_length", int(key("embedding_length")) // n_heads)),
+        hidden_dim=int(key("feed_forward_length")),
+        vocab_size=int(key("vocab_size", len(meta.get("tokenizer.ggml.tokens", ())))),
+        norm_eps=float(key("attention.layer_norm_rms_epsilon")), rope_theta=float(key("rope.freq_base", 10000.0)),
+        context_length=int(key("context_length")), arch=arch,
+        qkv_bias=arch == "qwen2", qk_norm=arch == "qwen3")
+
+
+def config_from_hf(hf: dict[str, Any]) -> Config:
+    """The Config of a Hugging Face `config.json` (Llama, Qwen2, Qwen3)."""
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    scaling = rope if rope.get("rope_type", rope.get("type", "default")) != "default" else {}
+    arch = {"qwen2": "qwen2", "qwen3": "qwen3"}.get(hf.get("model_type"), "llama")
+    return Config(
+        dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
+        n_kv_heads=hf.get("num_key_value_heads", hf["num_attention_heads"]),
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+        hidden_dim=hf["intermediate_size"], vocab_size=hf["vocab_size"], norm_eps=float(hf["rms_norm_eps"]),
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        context_length=hf.get("max_position_embeddings", 2048), rope_scaling=dict(scaling),
+        tied_embeddings=hf.get("tie_word_embeddings", False), arch=arch,
+        qkv_bias=hf.get("attention_bias", arch == "qwen2"), qk_norm=arch == "qwen3")
+
+
+# %%
+config = config_from_gguf(GGUFFile(SMOLLM2).metadata)
+print(config)
+
+# %% [markdown]
+# ### RMSNorm
+#
+# Llama normalises by the root mean square only — no mean subtraction, no bias:
+# $\mathrm{RMSNorm}(x) = \dfrac{x}{\sqrt{\frac1D\sum_i x_i^2 + \epsilon}} \odot g$. It runs twice
+# per block on every token, so it is a numba loop: one pass for the sum of squares, one to scale.
+# This module, `kuiper.llm.ops`, collects every array operation the model uses. It is the seam
+# lesson 13 swaps for GPU kernels; the model code above it never changes.
+
+# %%
+#| export llm.ops
+import math
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(fastmath=True, cache=True)
+def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """Each row of x (T, D) divided by its root mean square, times the gain `weight` (D,)."""
+    out = np.empty_like(x)
+    for t in range(x.shape[0]):
+        total = np.float32(0.0)
+        for i in range(x.shape[1]):
+            total += x[t, i] * x[t, i]
+        scale = np.float32(1.0) / np.sqrt(total / x.shape[1] + np.float32(eps))
+        for i in range(x.shape[1]):
+            out[t, i] = x[t, i] * scale * weight[i]
+    return out
+
+
+def embedding(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The rows of `table` for token ids (T,): (T, D)."""
+    return table[ids]
+
+
+@njit(fastmath=True, cache=True)
+def swiglu(gate_up: np.ndarray) -> np.ndarray:
+    """SiLU(gate) · up for the fused projection [gate | up] (T, 2F): (T, F)."""
+    half = gate_up.shape[1] // 2
+    out = np.empty((gate_up.shape[0], half), np.float32)
+    for t in range(gate_up.shape[0]):
+        for i in range(half):
+            gate = gate_up[t, i]
+            out[t, i] = gate / (np.float32(1.0) + np.exp(-gate)) * gate_up[t, half + i]
+    return out
+
+
+# %%
+x = np.random.default_rng(0).standard_normal((3, 576), dtype=np.float32)
+g = GGUFFile(SMOLLM2).tensor("blk.0.attn_norm.weight")
+reference = torch.nn.functional.rms_norm(torch.from_numpy(x), (576,), torch.from_numpy(g.copy()), eps=config.norm_eps)
+print("RMSNorm vs torch:", agreement(kuiper.llm.ops.rmsnorm(x, g, config.norm_eps), reference, 1e-6))
+
+# %% [markdown]
+# ### The matrix-vector product is the whole cost
+#
+# When the model writes one token at a time, every weight matrix is read once per token and used
+# for a single multiply-add per element: decoding is bound by **memory bandwidth**, not
+# arithmetic. For T = 1 a numba loop over the rows (one thread per chunk of rows, contiguous
+# reads, `fastmath` so the inner sum vectorises) keeps both cores streaming weights; for a whole
+# prompt, T > 1, BLAS's matrix-matrix product reuses each weight T times and wins. A weight that
+# is not a float32 array — lesson 14's int8 weights — brings its own product.
+
+# %%
+#| export llm.ops
+@njit(parallel=True, fastmath=True, cache=True)
+def _matvec(w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    for i in prange(w.shape[0]):
+        total = np.float32(0.0)
+        for j in range(w.shape[1]):
+            total += w[i, j] * x[j]
+        out[i] = total
+
+
+def matmul(x: np.ndarray, w: Any) -> np.ndarray:
+    """x (T, K) times a weight w (N, K) stored as PyTorch stores it: x @ w.T, (T, N)."""
+    if not isinstance(w, np.ndarray):
+        return w.matmul(x)
+    if x.shape[0] != 1:
+        return x @ w.T
+    out = np.empty((1, w.shape[0]), np.float32)
+    _matvec(w, np.ascontiguousarray(x[0]), out[0])
+    return out
+
+# %% [markdown]
+# ## Exercise 11.1 — rotary position embedding (RoPE)
+#
+# Attention by itself does not know where a token is. RoPE tells it by **rotating** each query
+# and key: split a head's 64 numbers into 32 pairs, and turn pair $i$ of the token at position
+# $m$ by the angle $m\,\theta_i$, with $\theta_i = \text{base}^{-2i/d}$ (base = 100,000 for
+# SmolLM2). A rotation keeps lengths, and the dot product of a query rotated by $m\theta$ and a
+# key rotated by $n\theta$ depends only on $m - n$: attention sees *relative* positions for free.
+#
+# Hugging Face's layout pairs element $i$ with element $i + d/2$ ("rotate half"):
+#
+# $$\begin{pmatrix} x'_i \\ x'_{i+d/2} \end{pmatrix} =
+#   \begin{pmatrix} \cos m\theta_i & -\sin m\theta_i \\ \sin m\theta_i & \cos m\theta_i \end{pmatrix}
+#   \begin{pmatrix} x_i \\ x_{i+d/2} \end{pmatrix}$$
+#
+# (Meta's original code and GGUF's `llama` tensors pair neighbours $2i, 2i+1$ instead; the GGUF
+# loader below permutes the rows of the q and k weights back, so one `rope` serves every file.)
+# `rope_tables` precomputes $\cos m\theta_i$ and $\sin m\theta_i$ for every position once.
+
+# %%
+#| export llm.ops
+def rope_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None = None) -> np.ndarray:
+    """θ_i = theta^(-2i/d) for each of the head_dim/2 pairs, with Llama 3's long-context scaling if given."""
+    inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    if scaling and scaling.get("rope_type", scaling.get("type")) == "llama3":
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old = scaling["original_max_position_embeddings"]
+        wavelength = 2 * math.pi / inv
+        smooth = np.clip((old / wavelength - low) / (high - low), 0.0, 1.0)
+        inv = (1 - smooth) * inv / factor + smooth * inv
+    return inv
+
+
+def rope_tables(head_dim: int, theta: float, positions: int, scaling: dict[str, Any] | None = None,
+                factors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """cos(mθ_i) and sin(mθ_i), float32 (positions, head_dim/2); `factors` divide θ_i (GGUF's rope_freqs)."""
+    inv = rope_frequencies(head_dim, theta, scaling)
+    if factors is not None:
+        inv = inv / factors
+    angles = np.outer(np.arange(positions, dtype=np.float64), inv)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+# %%
+#| export llm.ops
+#| exercise: rotate-half RoPE: pair x[..., i] with x[..., i + d/2] and turn each pair by the angle whose cos/sin are given per token
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Queries or keys x (T, H, d) rotated by RoPE; cos and sin (T, d/2) are those of the T positions."""
+    ### BEGIN SOLUTION
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 11.1"):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    cos, sin = rope_tables(64, 1e5, 16)
+    q = np.random.default_rng(1).standard_normal((16, 9, 64), dtype=np.float32)
+    got = rope(q, cos, sin)
+    c2, s2 = (torch.from_numpy(np.concatenate([t, t], -1))[None] for t in (cos, sin))  # (1, T, d) as HF stores them
+    want, _ = apply_rotary_pos_emb(torch.from_numpy(q).transpose(0, 1)[None], torch.zeros(1, 9, 16, 64), c2, s2)
+    assert got.shape == q.shape, f"expected shape {q.shape}, got {got.shape}"
+    assert np.abs(got - want[0].transpose(0, 1).numpy()).max() < 1e-5, "differs from transformers' apply_rotary_pos_emb"
+    assert np.allclose(np.linalg.norm(got, axis=-1), np.linalg.norm(q, axis=-1), rtol=1e-5), "a rotation keeps lengths"
+
+# %% [markdown]
+# The left picture is the table: each column a pair, each row a position. Fast pairs (left)
+# spin every few tokens and tell neighbours apart; slow pairs (right) barely turn in 8192 tokens
+# and carry long-range position. The right picture checks the promise: the score between a
+# rotated query and key depends only on their distance.
+
+# %%
+cos, sin = rope_tables(64, config.rope_theta, 256)
+rng = np.random.default_rng(2)
+q1, k1 = rng.standard_normal((2, 1, 1, 64), dtype=np.float32)
+score = lambda m, n: float((rope(q1, cos[m:m + 1], sin[m:m + 1]) * rope(k1, cos[n:n + 1], sin[n:n + 1])).sum())  # noqa: E731
+fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+left.imshow(cos, aspect="auto", cmap="RdBu", interpolation="nearest")
+left.set(xlabel="pair i (fast → slow)", ylabel="position m", title="cos(m θ_i), SmolLM2")
+for start in (0, 40, 120):
+    right.plot(range(100), [score(start + d, start) for d in range(100)], label=f"query at {start} + distance")
+right.set(xlabel="distance m − n", ylabel="q·k after RoPE", title="the score depends on distance only")
+right.legend(fontsize=8)
+plt.tight_layout()
+plt.show()
+print("same score at every start:", np.allclose([score(d, 0) for d in range(50)], [score(100 + d, 100) for d in range(50)], atol=1e-3))
+
+# %% [markdown]
+# ## Exercise 11.2 — attention over the KV cache
+#
+# Generating token $t$ needs the keys and values of tokens $0 … t$. Recomputing them for every
+# new token would cost the whole prompt again each step, so they are kept in a **KV cache**:
+# `k_cache[kv_head, position, :]`, preallocated for the longest sequence, filled as tokens arrive.
+# `attention` gets the queries of the T newest tokens, which sit at positions `pos … pos+T-1`, and
+# the caches already holding their keys and values. For each query head:
+#
+# 1. scores $s = q K^\top / \sqrt{d}$ against keys $0 … \text{pos}+T-1$;
+# 2. **causal mask**: query at position $p$ may not see keys after $p$ (set those scores to $-\infty$);
+# 3. softmax over the keys (subtract the maximum first), then the weighted sum of the values.
+#
+# SmolLM2 has 9 query heads but only 3 key/value heads (**grouped-query attention**): query head
+# $h$ reads KV head $h \,/\!/\, 3$. That shrinks the cache three-fold. Group the query heads by KV
+# head so one batched matrix product does a whole group: `(KV, G·T, d) @ (KV, d, L)`.
+
+# %%
+#| export llm.ops
+#| exercise: causal grouped-query attention of q (T, H, d) at positions pos..pos+T-1 over caches (KV, S, d); returns (T, H, d)
+def causal_attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int) -> np.ndarray:
+    """Causal attention of T new queries (T, H, d) at positions pos… over the first pos+T cached keys and values."""
+    ### BEGIN SOLUTION
+    tokens, heads, dim = q.shape
+    kv_heads, length = k_cache.shape[0], pos + tokens
+    group = heads // kv_heads
+    queries = q.reshape(tokens, kv_heads, group, dim).transpose(1, 2, 0, 3).reshape(kv_heads, group * tokens, dim)
+    scores = (queries @ k_cache[:, :length].transpose(0, 2, 1)).reshape(kv_heads, group, tokens, length)
+    scores *= np.float32(1 / math.sqrt(dim))
+    if tokens > 1:
+        scores[:, :, np.arange(length)[None, :] > pos + np.arange(tokens)[:, None]] = -np.inf
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    weights /= weights.sum(axis=-1, keepdims=True)
+    out = weights.reshape(kv_heads, group * tokens, length) @ v_cache[:, :length]
+    return out.reshape(kv_heads, group, tokens, dim).transpose(2, 0, 1, 3).reshape(tokens, heads, dim)
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 11.2"):
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((5, 9, 64), dtype=np.float32)
+    k_cache, v_cache = rng.standard_normal((2, 3, 32, 64), dtype=np.float32)
+    got = causal_attention(q, k_cache, v_cache, pos=7)  # 5 new tokens at positions 7..11 see keys 0..11
+    tq, tk, tv = torch.from_numpy(q).transpose(0, 1), torch.from_numpy(k_cache[:, :12]), torch.from_numpy(v_cache[:, :12])
+    mask = torch.arange(12)[None, :] <= 7 + torch.arange(5)[:, None]
+    want = torch.nn.functional.scaled_dot_product_attention(tq[None], tk[None], tv[None], attn_mask=mask, enable_gqa=True)
+    assert got.shape == (5, 9, 64), f"expected (5, 9, 64), got {got.shape}"
+    assert np.abs(got - want[0].transpose(0, 1).numpy()).max() < 1e-5, "differs from torch's scaled_dot_product_attention"
+    one = causal_attention(q[:1], k_cache, v_cache, pos=20)  # decoding: one query sees keys 0..20
+    want1 = torch.nn.functional.scaled_dot_product_attention(tq[None, :, :1], torch.from_numpy(k_cache[None, :, :21]),
+                                                             torch.from_numpy(v_cache[None, :, :21]), enable_gqa=True)
+    assert np.abs(one - want1[0].transpose(0, 1).numpy()).max() < 1e-5, "decode step (T = 1) is wrong"
+
+# %% [markdown]
+# ### Decoding: one query, a numba kernel
+#
+# A prompt's attention is a few large matrix products, which BLAS does well. Decoding has one
+# query per head and a dozen small numpy calls would cost more than the arithmetic, so the
+# one-token case is a single numba loop: for each head, scores against the cached keys, a softmax,
+# the weighted sum of values. `attention` picks the path by the number of new tokens.
+
+# %%
+#| export llm.ops
+@njit(fastmath=True, cache=True)
+def _attention_one(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int, out: np.ndarray) -> None:
+    heads, dim = q.shape
+    group, scale = heads // k_cache.shape[0], np.float32(1.0 / math.sqrt(dim))
+    scores = np.empty(pos + 1, np.float32)
+    for h in range(heads):
+        keys, values = k_cache[h // group], v_cache[h // group]
+        for j in range(pos + 1):
+            total = np.float32(0.0)
+            for i in range(dim):
+                total += q[h, i] * keys[j, i]
+            scores[j] = total * scale
+        scores = np.exp(scores - scores.max())
+        scores /= scores.sum()
+        for i in range(dim):
+            total = np.float32(0.0)
+            for j in range(pos + 1):
+                total += scores[j] * values[j, i]
+            out[h, i] = total
+
+
+def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int) -> np.ndarray:
+    """Causal attention of T new queries (T, H, d) over the KV cache: numba for one token, BLAS for more."""
+    if q.shape[0] != 1:
+        return causal_attention(q, k_cache, v_cache, pos)
+    out = np.empty_like(q)
+    _attention_one(q[0], k_cache, v_cache, pos, out[0])
+    return out
+
+
+# %%
+rng = np.random.default_rng(4)
+q1, caches = rng.standard_normal((1, 9, 64), dtype=np.float32), rng.standard_normal((2, 3, 40, 64), dtype=np.float32)
+print("one-token kernel vs the exercise:",
+      agreement(kuiper.llm.ops.attention(q1, *caches, 30), kuiper.llm.ops.causal_attention(q1, *caches, 30), 1e-5))
+
+# %% [markdown]
+# ## The model
+#
+# `Block` holds one layer's weights. Two products are fused at load time so each is one pass over
+# memory: q, k and v become one `(576 + 192 + 192) × 576` matrix, gate and up one `3072 × 576`.
+# `Llama.forward(ids, pos)` runs T tokens that start at position `pos`: the whole prompt at once
+# (**prefill**, matrix-matrix products), then one token at a time (**decode**), each call adding
+# its keys and values to the cache. Every array operation goes through `self.ops`.
+
+# %%
+#| export llm.model
+from kuiper.llm import ops as cpu_ops
+
+
+@dataclass
+class Block:
+    """One transformer layer's weights, with q|k|v and gate|up fused into single matrices."""
+
+    attn_norm: np.ndarray
+    wqkv: np.ndarray
+    wo: np.ndarray
+    ffn_norm: np.ndarray
+    w_gate_up: np.ndarray
+    w_down: np.ndarray
+    bqkv: np.ndarray | None = None
+    q_norm: np.ndarray | None = None
+    k_norm: np.ndarray | None = None
+
+
+class Llama:
+    """A Llama-family decoder (Llama 2/3, SmolLM2, Qwen2/2.5/3): weights, RoPE tables and the KV cache."""
+
+    def __init__(self, config: Config, embed: np.ndarray, blocks: list[Block], norm: np.ndarray,
+                 head: np.ndarray, max_seq_len: int = 2048, rope_factors: np.ndarray | None = None) -> None:
+        self.config, self.embed, self.blocks, self.norm, self.head = config, embed, blocks, norm, head
+        self.max_seq_len = min(max_seq_len, config.context_length)
+        self.cos, self.sin = cpu_ops.rope_tables(config.head_dim, config.rope_theta, self.max_seq_len,
+                                                 config.rope_scaling, rope_factors)
+        shape = (config.n_layers, config.n_kv_heads, self.max_seq_len, config.head_dim)
+        self.k_cache, self.v_cache = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        self.ops = cpu_ops
+
+    def forward(self, ids: np.ndarray, pos: int, all_logits: bool = False) -> np.ndarray:
+        """Logits (1, V) for the last of the T tokens `ids` at positions pos…pos+T-1 (all T rows if asked)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if pos + len(ids) > self.max_seq_len:
+            raise ShapeError(f"{pos} cached + {len(ids)} new tokens exceed the context of {self.max_seq_len}")
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise ShapeError(f"token ids must lie in 0..{self.config.vocab_size - 1}, got {ids.min()}..{ids.max()}")
+        ops, eps = self.ops, self.config.norm_eps
+        x = ops.embedding(self.embed, ids)
+        cos, sin = self.cos[pos:pos + len(ids)], self.sin[pos:pos + len(ids)]
+        for layer, block in enumerate(self.blocks):
+            x = x + self.attend(layer, block, ops.rmsnorm(x, block.attn_norm, eps), pos, cos, sin)
+            x = x + ops.matmul(ops.swiglu(ops.matmul(ops.rmsnorm(x, block.ffn_norm, eps), block.w_gate_up)), block.w_down)
+        return ops.matmul(ops.rmsnorm(x if all_logits else x[-1:], self.norm, eps), self.head)
+
+    def attend(self, layer: int, block: Block, h: np.ndarray, pos: int, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        """Self-attention of the normalised tokens h (T, D): project, rotate, cache, attend, project back."""
+        c, ops, tokens = self.config, self.ops, len(h)
+        qkv = ops.matmul(h, block.wqkv)
+        if block.bqkv is not None:
+            qkv = qkv + block.bqkv
+        q_size, kv_size = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+        q = qkv[:, :q_size].reshape(tokens, c.n_heads, c.head_dim)
+        k = qkv[:, q_size:q_size + kv_size].reshape(tokens, c.n_kv_heads, c.head_dim)
+        v = qkv[:, q_size + kv_size:].reshape(tokens, c.n_kv_heads, c.head_dim)
+        if block.q_norm is not None:
+            q = ops.rmsnorm(q.reshape(-1, c.head_dim), block.q_norm, c.norm_eps).reshape(q.shape)
+            k = ops.rmsnorm(k.reshape(-1, c.head_dim), block.k_norm, c.norm_eps).reshape(k.shape)
+        self.k_cache[layer, :, pos:pos + tokens] = ops.rope(k, cos, sin).transpose(1, 0, 2)
+        self.v_cache[layer, :, pos:pos + tokens] = v.transpose(1, 0, 2)
+        out = ops.attention(ops.rope(q, cos, sin), self.k_cache[layer], self.v_cache[layer], pos)
+        return ops.matmul(out.reshape(tokens, q_size), block.wo)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights read to produce one token (the embedding table only once, for the head)."""
+        arrays = [self.head, self.norm] + [a for b in self.blocks for a in vars(b).values() if a is not None]
+        return sum(a.nbytes for a in arrays)
+
+
+# %% [markdown]
+# ### Loading weights into the model
+#
+# The two file layouts name the same tensors differently; one table per layout maps our names to
+# theirs, and one function builds the `Llama` from either. GGUF's `llama` tensors store the rows
+# of q and k with RoPE's pairs interleaved (llama.cpp's converter permutes them for its rotation
+# kernel), so `unpermute` puts them back in rotate-half order. Fused matrices are the one copy the
+# loader makes; float32 tensors that need no fusing stay memory-mapped views of the file.
+
+# %%
+#| export llm.model
+from kuiper.llm.gguf import GGUFFile
+from kuiper.llm.safetensors import SafetensorsFile, load_config
+from kuiper.llm.tokenizer import BPETokenizer, Tokenizer, load_tokenizer
+
+GGUF_NAMES = {"attn_norm": "attn_norm.weight", "wq": "attn_q.weight", "wk": "attn_k.weight", "wv": "attn_v.weight",
+              "bq": "attn_q.bias", "bk": "attn_k.bias", "bv": "attn_v.bias", "q_norm": "attn_q_norm.weight",
+              "k_norm": "attn_k_norm.weight", "wo": "attn_output.weight", "ffn_norm": "ffn_norm.weight",
+              "gate": "ffn_gate.weight", "up": "ffn_up.weight", "down": "ffn_down.weight",
+              "embed": "token_embd.weight", "norm": "output_norm.weight", "head": "output.weight"}
+HF_NAMES = {"attn_norm": "input_layernorm.weight", "wq": "self_attn.q_proj.weight", "wk": "self_attn.k_proj.weight",
+            "wv": "self_attn.v_proj.weight", "bq": "self_attn.q_proj.bias", "bk": "self_attn.k_proj.bias",
+            "bv": "self_attn.v_proj.bias", "q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight",
+            "wo": "self_attn.o_proj.weight", "ffn_norm": "post_attention_layernorm.weight",
+            "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight", "down": "mlp.down_proj.weight",
+            "embed": "model.embed_tokens.weight", "norm": "model.norm.weight", "head": "lm_head.weight"}
+
+
+def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
+    """GGUF llama q/k rows, RoPE pairs interleaved per head, back in rotate-half order."""
+    return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def build_block(config: Config, get: Any, interleaved: bool) -> Block:
+    """One layer's weights from `get(name)` in our names, fused and in rotate-half order."""
+    q, k = get("wq"), get("wk")
+    if interleaved:
+        q, k = unpermute(q, config.n_heads), unpermute(k, config.n_kv_heads)
+    return Block(attn_norm=get("attn_norm"), wqkv=np.concatenate([q, k, get("wv")]),
+                 wo=np.ascontiguousarray(get("wo")), ffn_norm=get("ffn_norm"),
+                 w_gate_up=np.concatenate([get("gate"), get("up")]), w_down=np.ascontiguousarray(get("down")),
+                 bqkv=np.concatenate([get("bq"), get("bk"), get("bv")]) if config.qkv_bias else None,
+                 q_norm=get("q_norm") if config.qk_norm else None, k_norm=get("k_norm") if config.qk_norm else None)
+
+
+def model_from_gguf(file: GGUFFile, max_seq_len: int = 2048) -> Llama:
+    """The Llama stored in an open GGUF file, dequantized to float32."""
+    config = config_from_gguf(file.metadata)
+    blocks = [build_block(config, lambda name: file.tensor(f"blk.{i}.{GGUF_NAMES[name]}"), config.arch == "llama")
+              for i in range(config.n_layers)]
+    embed = file.tensor("token_embd.weight")
+    head = file.tensor("output.weight") if "output.weight" in file.tensors else embed
+    factors = file.tensor("rope_freqs.weight") if "rope_freqs.weight" in file.tensors else None
+    return Llama(config, embed, blocks, file.tensor("output_norm.weight"), head, max_seq_len, factors)
+
+
+def model_from_hf(folder: Path, max_seq_len: int = 2048) -> Llama:
+    """The Llama in a Hugging Face folder: config.json and model.safetensors."""
+    config = config_from_hf(load_config(folder / "config.json"))
+    weights = SafetensorsFile(folder / "model.safetensors")
+    blocks = [build_block(config, lambda name: weights.tensor(f"model.layers.{i}.{HF_NAMES[name]}"), False)
+              for i in range(config.n_layers)]
+    embed = weights.tensor(HF_NAMES["embed"])
+    head = weights.tensor(HF_NAMES["head"]) if HF_NAMES["head"] in weights.tensors else embed
+    return Llama(config, embed, blocks, weights.tensor(HF_NAMES["norm"]), head, max_seq_len)
+
+
+def load(path: str | Path, max_seq_len: int = 2048) -> tuple[Llama, Tokenizer | None]:
+    """A model and its tokenizer from a .gguf file or a Hugging Face folder (tokenizer.json if present)."""
+    path = Path(path)
+    if path.suffix == ".gguf":
+        file = GGUFFile(path)
+        return model_from_gguf(file, max_seq_len), load_tokenizer(file.metadata)
+    folder = path.parent if path.name == "config.json" else path
+    if not (folder / "config.json").is_file():
+        raise KuiperError(f"{path}: not a .gguf file or a Hugging Face folder with config.json and model.safetensors")
+    return model_from_hf(folder, max_seq_len), hf_tokenizer(folder)
+
+
+def hf_tokenizer(folder: Path) -> Tokenizer | None:
+    """The tokenizer of a Hugging Face folder (tokenizer.json, with tokenizer_config.json's EOS and chat template)."""
+    if not (folder / "tokenizer.json").is_file():
+        return None
+    settings = load_config(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
+    eos = settings.get("eos_token")
+    tokenizer = BPETokenizer.from_tokenizer_json(folder / "tokenizer.json", eos=eos.get("content") if isinstance(eos, dict) else eos)
+    tokenizer.chat_template = settings.get("chat_template") or ""
+    return tokenizer
+
+
+# %%
+model, tokenizer = kuiper.llm.model.load(SMOLLM2)
+print(f"{config.n_layers} blocks, {model.weight_bytes / 2**20:.0f} MiB of float32 weights read per token")
+
+# %% [markdown]
+# ### Exact against transformers
+#
+# transformers reads the same GGUF file with its own code (the `gguf` package dequantizes, and
+# transformers undoes the q/k permutation itself) into `LlamaForCausalLM`. Same weights, same
+# tokens: the logits of every position must agree to 1e-3, and greedy decoding must pick the same
+# tokens. That is the test that says the engine is right.
+
+# %%
+from transformers import AutoModelForCausalLM
+
+reference = AutoModelForCausalLM.from_pretrained(SMOLLM2.parent, gguf_file=SMOLLM2.name, dtype=torch.float32).eval()
+for prompt in ["The capital of France is", "def fibonacci(n):\n    ", "Once upon a time, in a land far away,"]:
+    ids = tokenizer.encode(prompt)
+    with torch.no_grad():
+        want = reference(torch.tensor([ids])).logits[0].numpy()
+    got = model.forward(np.array(ids), 0, all_logits=True)
+    print(f"{prompt!r:45} {len(ids):2} tokens  max |Δlogit| < 1e-3: {np.abs(got - want).max() < 1e-3}")
+
+# %% [markdown]
+# ## Choosing the next token
+#
+# The model gives a score (logit) to each of the 49,152 tokens. **Greedy** decoding takes the
+# largest: deterministic, good for facts, prone to loops in long text. **Sampling** draws from
+# the softmax instead, shaped by a few knobs, applied in this order (as transformers does):
+#
+# - *repetition penalty* $r$: a token already seen has its logit divided by $r$ if positive,
+#   multiplied by $r$ if negative — less likely either way;
+# - *temperature* $T$: logits ÷ T; below 1 sharpens the distribution, above 1 flattens it;
+# - *top-k*: keep only the k most likely tokens;
+# - *top-p* (nucleus): keep the smallest set of most likely tokens whose probabilities add up to p.
+#
+# The picture shows the distribution after "The capital of France is" and what each knob keeps.
+
+# %%
+logits = model.forward(np.array(tokenizer.encode("The capital of France is")), 0)[0]
+order = np.argsort(logits)[::-1][:12]
+fig, axes = plt.subplots(1, 2, figsize=(10, 3), sharey=True)
+for ax, temperature in zip(axes, (1.0, 0.5)):
+    p = np.exp((logits - logits.max()) / temperature)
+    p /= p.sum()
+    ax.bar(range(12), p[order], color=["tab:blue" if c <= 0.9 else "#bbb" for c in np.cumsum(p[order]) - p[order]])
+    ax.set_xticks(range(12), [repr(tokenizer.decode([int(t)])) for t in order], rotation=60, fontsize=8)
+    ax.set_title(f"temperature {temperature}: blue = kept by top-p 0.9")
+axes[0].set_ylabel("probability")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Exercise 11.3 — top-p (nucleus) filtering
+#
+# Sort the probabilities from largest to smallest and keep a token while the mass **before** it
+# is still below `p` (so the most likely token is always kept); zero the rest and renormalise.
+
+# %%
+#| export llm.sample
+from collections.abc import Sequence
+
+import numpy as np
+
+
+#| exercise: keep the most likely tokens while the mass before each is < p, zero the rest, renormalise
+def top_p_filter(probs: np.ndarray, p: float) -> np.ndarray:
+    """The nucleus of a distribution: its most likely tokens whose total reaches p, renormalised."""
+    ### BEGIN SOLUTION
+    order = np.argsort(probs)[::-1]
+    before = np.cumsum(probs[order]) - probs[order]
+    kept = np.zeros_like(probs)
+    keep = order[before < p]
+    kept[keep] = probs[keep]
+    return kept / kept.sum()
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 11.3"):
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    got = top_p_filter(np.array([0.1, 0.5, 0.15, 0.25]), 0.7)
+    assert np.allclose(got, [0, 0.5 / 0.75, 0, 0.25 / 0.75]), f"keep 0.5 and 0.25 (mass before 0.25 is 0.5 < 0.7): {got}"
+    assert np.allclose(top_p_filter(np.array([0.9, 0.1]), 0.5), [1, 0]), "the most likely token is always kept"
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    want = TopPLogitsWarper(0.9)(None, torch.from_numpy(np.log(probs))[None])[0].isfinite().numpy()
+    assert ((top_p_filter(probs, 0.9) > 0) == want).all(), "keeps a different set of tokens than transformers"
+
+# %% [markdown]
+# The `Sampler` puts the knobs together. It owns a seeded random generator, so the same seed
+# gives the same text every run; temperature 0 means greedy.
+
+# %%
+#| export llm.sample
+class Sampler:
+    """Picks the next token: greedy at temperature 0, else repetition penalty, temperature, top-k, top-p."""
+
+    def __init__(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 repetition_penalty: float = 1.0, seed: int | None = None) -> None:
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.repetition_penalty = repetition_penalty
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
+        """The next token id for logits (V,) after the tokens in `history`."""
+        logits = np.array(logits.get() if hasattr(logits, "get") else logits, dtype=np.float64)  # cupy: to the CPU
+        if self.repetition_penalty != 1.0 and len(history):
+            seen = np.unique(np.asarray(history))
+            logits[seen] = np.where(logits[seen] > 0, logits[seen] / self.repetition_penalty,
+                                    logits[seen] * self.repetition_penalty)
+        if self.temperature <= 0:
+            return int(np.argmax(logits))
+        logits /= self.temperature
+        if 0 < self.top_k < len(logits):
+            logits[logits < np.partition(logits, -self.top_k)[-self.top_k]] = -np.inf
+        probs = np.exp(logits - logits.max())
+        probs = top_p_filter(probs / probs.sum(), self.top_p) if self.top_p < 1.0 else probs / probs.sum()
+        return int(min(np.searchsorted(np.cumsum(probs), self.rng.random()), len(probs) - 1))
+
+
+# %%
+sampler = kuiper.llm.sample.Sampler(temperature=0.8, top_p=0.9, seed=0)
+print("greedy:", repr(tokenizer.decode([kuiper.llm.sample.Sampler()(logits)])))
+print("sampled, seed 0:", [repr(tokenizer.decode([sampler(logits)])) for _ in range(6)])
+
+# %% [markdown]
+# ## Exercise 11.4 — the generation loop
+#
+# Generation is prefill once, then decode one token at a time:
+#
+# 1. run the whole prompt through `model.forward(prompt, pos)` — its keys and values fill the
+#    cache from position `pos`;
+# 2. pick a token from the last row of logits, `yield` it, and stop if it is a stop token;
+# 3. otherwise run **only that token** at the next position: the cache already holds everything
+#    before it. Repeat until `max_tokens`.
+#
+# `Stats` records how long prefill and decode took (only the model and sampler, not the time the
+# caller spends printing), and the next free cache position, so a chat can continue from there.
+
+# %%
+#| export llm.generate
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from kuiper.llm.model import Llama
+from kuiper.llm.sample import Sampler
+
+
+@dataclass
+class Stats:
+    """Token counts and seconds of one generation, and the next free position in the KV cache."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    position: int = 0
+
+    @property
+    def prefill_rate(self) -> float:
+        """Prompt tokens per second."""
+        return self.prompt_tokens / max(self.prefill_seconds, 1e-9)
+
+    @property
+    def decode_rate(self) -> float:
+        """Generated tokens per second (each decode step makes one)."""
+        return max(self.new_tokens - 1, 0) / max(self.decode_seconds, 1e-9)
+
+    def __str__(self) -> str:
+        return (f"prefill: {self.prompt_tokens} tokens, {self.prefill_rate:.1f} tok/s; "
+                f"decode: {self.new_tokens} tokens, {self.decode_rate:.1f} tok/s")
+
+
+# %%
+#| export llm.generate
+#| exercise: prefill the prompt at `pos`, then sample, yield, stop on a stop id, else forward the one new token at the next position
+def generate(model: Llama, prompt: Sequence[int], sampler: Sampler, max_tokens: int,
+             stop: Sequence[int] = (), pos: int = 0, stats: Stats | None = None) -> Iterator[int]:
+    """Yield up to `max_tokens` new token ids after `prompt`, whose first token goes to cache position `pos`."""
+    stats = Stats() if stats is None else stats
+    ### BEGIN SOLUTION
+    start = time.perf_counter()
+    logits = model.forward(np.asarray(prompt), pos)
+    history = list(prompt)
+    token = sampler(logits[-1], history)
+    stats.prompt_tokens, stats.prefill_seconds, stats.position = len(prompt), time.perf_counter() - start, pos + len(prompt)
+    for count in range(max_tokens):
+        stats.new_tokens += 1
+        yield token
+        if token in stop or count == max_tokens - 1:
+            return
+        start = time.perf_counter()
+        history.append(token)
+        logits = model.forward(np.array([token]), stats.position)
+        stats.position += 1
+        token = sampler(logits[-1], history)
+        stats.decode_seconds += time.perf_counter() - start
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 11.4"):
+    ids = tokenizer.encode("The capital of France is")
+    stats = kuiper.llm.generate.Stats()
+    got = list(generate(model, ids, kuiper.llm.sample.Sampler(), 12, stats=stats))
+    want = reference.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
+    assert got == want, f"greedy tokens differ from transformers: {tokenizer.decode(got)!r} vs {tokenizer.decode(want)!r}"
+    assert stats.prompt_tokens == len(ids) and stats.new_tokens == 12 and stats.position == len(ids) + 11, f"{stats}"
+    assert list(generate(model, ids, kuiper.llm.sample.Sampler(), 12, stop=[got[0]])) == got[:1], "stop at a stop token"
+    print(repr(tokenizer.decode(got)))
+
+# %% [markdown]
+# ## A conversation
+#
+# A chat model was trained on conversations written in its **chat template**; SmolLM2's is
+# ChatML, with a default system message. `Chat` keeps the messages, renders the whole
+# conversation each turn, and runs only the tokens that are not in the KV cache yet: the cache
+# still holds every earlier turn, so a long conversation costs no more per turn than a short one.
+# `StreamDecoder` turns tokens into text as they come, holding back bytes of a character that is
+# split over two tokens (an emoji often is).
+
+# %%
+#| export llm.generate
+from kuiper.llm.tokenizer import StreamDecoder, Tokenizer, chat_prompt
+
+
+class Chat:
+    """A conversation with a chat model that reuses the KV cache of earlier turns."""
+
+    def __init__(self, model: Llama, tokenizer: Tokenizer, sampler: Sampler, max_tokens: int = 256) -> None:
+        self.model, self.tokenizer, self.sampler, self.max_tokens = model, tokenizer, sampler, max_tokens
+        self.messages: list[dict[str, str]] = []
+        self.cached: list[int] = []
+
+    def say(self, text: str, stats: Stats | None = None) -> Iterator[str]:
+        """Add a user message and stream the reply's text; the reply joins the conversation."""
+        self.messages.append({"role": "user", "content": text})
+        ids = self.tokenizer.encode(chat_prompt(self.messages, self.tokenizer.chat_template))
+        same = next((i for i, (a, b) in enumerate(zip(ids, self.cached)) if a != b), min(len(ids), len(self.cached)))
+        same = min(same, len(ids) - 1)
+        stats = Stats() if stats is None else stats
+        reply, decoder, stop = [], StreamDecoder(self.tokenizer), self.tokenizer.eos_ids
+        for token in generate(self.model, ids[same:], self.sampler, self.max_tokens, stop, same, stats):
+            reply.append(token)
+            if token not in stop:
+                yield decoder.push(token)
+        yield decoder.flush()
+        self.cached = (ids + reply)[:stats.position]
+        self.messages.append({"role": "assistant", "content": self.tokenizer.decode(t for t in reply if t not in stop)})
+
+
+# %%
+chat = kuiper.llm.generate.Chat(model, tokenizer, kuiper.llm.sample.Sampler(), max_tokens=48)
+for question in ["What is the capital of France?", "And of Italy?"]:
+    stats = kuiper.llm.generate.Stats()
+    print(f"> {question}\n" + "".join(chat.say(question, stats)))
+    print(f"  (ran {stats.prompt_tokens} new prompt tokens; {stats.position} in the cache)")
+
+# %% [markdown]
+# The same from a terminal — `kuiper chat` for a conversation, `kuiper generate` for one answer,
+# streamed, with the speed at the end:
+#
+# ```
+# kuiper generate data/models/smollm2-135m-instruct-q4_1.gguf --prompt "What is the capital of France?"
+# kuiper chat data/models/smollm2-135m-instruct-q4_1.gguf
+# ```
+#
+# Sampling makes each run different unless it is seeded; the cell below is seeded, so it prints
+# the same story every time.
+
+# %%
+sampler = kuiper.llm.sample.Sampler(temperature=0.7, top_p=0.9, repetition_penalty=1.1, seed=42)
+ids = tokenizer.encode(chat_prompt([{"role": "user", "content": "Write one sentence about the sea."}],
+                                   tokenizer.chat_template))
+story = kuiper.llm.generate.generate(model, ids, sampler, 40, stop=tokenizer.eos_ids)
+print(tokenizer.decode(t for t in story if t not in tokenizer.eos_ids))
+
+# %% [markdown]
+# ## How fast, and how fast it could be
+#
+# Decoding one token reads every weight once: for SmolLM2 in float32 that is about 540 MB. No
+# engine can decode faster than **memory bandwidth ÷ bytes per token**; `kuiper bench` measures
+# the bandwidth of this machine and prints that bound beside the rates. It times kuiper and
+# transformers in one process with the same threads (and llama.cpp on the same GGUF files when
+# `llama-cpp-python` is installed). Prefill is different: a whole prompt reuses every weight for
+# all its tokens, so it is bound by arithmetic, and BLAS's matrix-matrix product does it.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from kuiper.bench import bench_llm, format_llm_rows
+
+print(format_llm_rows(bench_llm(SMOLLM2, prompt_tokens=32, decode_tokens=32, llama_cpp=False)))
+
+# %% [markdown]
+# ## What you built
+#
+# - `kuiper.llm.gguf` and `kuiper.llm.safetensors`: memory-mapped weight files, dequantized by numba.
+# - `kuiper.llm.tokenizer`: byte-level BPE and SentencePiece, identical ids to the reference libraries.
+# - `kuiper.llm.model`: one `Llama` class for every Llama-family model, exact to transformers.
+# - `kuiper.llm.sample` and `kuiper.llm.generate`: sampling, streaming generation, a chat with a KV cache.
+#
+# Lesson 12 runs Qwen2.5 and Qwen3 with the same class: two switches in `Config` and a new tokenizer.
