@@ -1,5 +1,8 @@
 """The course site builds offline and every page reads well in a real browser, all local.
 
+The browser tests (slow) build the site once and open every page in Debian's chromium; the fast
+tests check the gathered copy that tools/site.py makes for readers.
+
 Each lesson page is checked for what readers must not see (authoring directives, local paths,
 stderr streams, solutions left open, code running out of its column) and for the link to its
 student workbook; the landing page for its links to every lesson. Screenshots of the landing page
@@ -28,7 +31,6 @@ LESSONS = site.lesson_names()
 LOCAL_PATH = re.compile(r"/(?:work|root|home|tmp)/")
 DIRECTIVE_LINE = re.compile(r"^\s*#\|", re.M)
 LAPTOP = {"width": 1366, "height": 768}
-pytestmark = pytest.mark.slow
 
 # Everything a check needs from one page, gathered in the browser in one call.
 PAGE_FACTS = """() => {
@@ -131,6 +133,7 @@ def assert_clean(facts: dict, where: str) -> None:
     assert facts["page_width"] <= LAPTOP["width"], f"{where}: the page scrolls sideways ({facts['page_width']} px)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LESSONS)
 def test_lesson_page_reads_clean(served, browser, shots, name):
     shot = shots / f"{name}.png" if name == LESSONS[0] else None
@@ -151,6 +154,7 @@ def test_lesson_page_reads_clean(served, browser, shots, name):
     assert len(blanked) == exercises, f"{where}: the download is not the student workbook ({blanked})"
 
 
+@pytest.mark.slow
 def test_landing_page(served, browser, shots):
     facts, _ = visit(browser, f"{served}/index.html", shots / "index.png")
 
@@ -167,12 +171,14 @@ def test_landing_page(served, browser, shots):
         assert heading in facts["text"], f"index.html lacks the section {heading!r}"
 
 
+@pytest.mark.slow
 def test_authors_page(served, browser):
     facts, _ = visit(browser, f"{served}/AUTHORS.html")
     assert "For course authors" in facts["title"]
     assert "tools/train_yolo.py" in facts["text"]
 
 
+@pytest.mark.slow
 def test_lesson_page_renders_offline(served, browser):
     page = browser.new_page(viewport=LAPTOP)
     requested = []
@@ -193,3 +199,45 @@ def test_lesson_page_renders_offline(served, browser):
     assert any("/_static/mathjax/" in url for url in requested), "MathJax came from the site itself"
     outside = [url for url in requested if not url.startswith(served)]
     assert not outside, f"the page asked for resources off this machine: {outside}"
+
+
+# ---- the gathered copy, without a browser ------------------------------------------------------
+
+def test_reader_notebook_hides_the_authoring_machinery():
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Lesson 99 — Demo\n\nText."),
+        nbformat.v4.new_code_cell("#| default_exp demo"),
+        nbformat.v4.new_code_cell("#| export\n#| exercise: add\ndef f(a, b):\n    ### BEGIN SOLUTION\n"
+                                  "    return a + b\n    ### END SOLUTION", outputs=[
+            nbformat.v4.new_output("stream", name="stderr", text="100%|#####| 3/3\n"),
+            nbformat.v4.new_output("stream", name="stdout", text="saved /tmp/x.gguf\nkept\n"),
+            nbformat.v4.new_output("execute_result", data={"text/plain": "'/root/a'\n3"})]),
+        nbformat.v4.new_code_cell("print(1)", outputs=[nbformat.v4.new_output("stream", name="stderr", text="w")]),
+    ])
+    out = site.reader_notebook(nb, "99_demo")
+
+    assert [c.cell_type for c in out.cells] == ["markdown", "code", "code"], "the emptied default_exp cell is gone"
+    title, exercise, plain = out.cells
+    assert title.source.startswith("# Lesson 99 — Demo\n") and 'href="../workbooks/99_demo.ipynb" download' in title.source
+    assert exercise.source == "def f(a, b):\n    return a + b"
+    assert exercise.metadata.tags == ["hide-input"] and exercise.metadata.mystnb["code_prompt_show"] == "Show the solution"
+    assert [o.get("text") or o.data["text/plain"] for o in exercise.outputs] == ["kept\n", "3"]
+    assert plain.outputs == [] and "tags" not in plain.metadata
+    assert nb.cells[2].source.startswith("#| export"), "the executed notebook itself is left alone"
+
+
+def test_front_page_skips_author_parts_and_links_only_present_lessons():
+    readme = ("# Course\n\n| [01 A](solutions/01_a.ipynb) | [01_a](notebooks/01_a.ipynb) |\n"
+              "| [02 B](solutions/02_b.ipynb) | [02_b](notebooks/02_b.ipynb) |\n"
+              "<!-- site: skip -->\n## Build the site\nmake site\n<!-- site: end -->\nEnd.\n")
+    page = site.front_page(readme, ["01_a"], {"01_a"})
+
+    assert "[01 A](solutions/01_a.ipynb)" in page and '<a class="kuiper-workbook" href="workbooks/01_a.ipynb" download>01_a</a>' in page
+    assert "| 02 B | 02_b |" in page, "links to lessons not present become plain text"
+    assert "make site" not in page and page.endswith("End.\n")
+
+
+def test_toc_lists_the_lessons_present_in_order():
+    chapters = site.toc(["01_a", "03_c"])["parts"][0]["chapters"]
+    assert chapters == [{"file": "solutions/01_a"}, {"file": "solutions/03_c"}]
+    assert site.lesson_names() == sorted(p.stem for p in (ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))

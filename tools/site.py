@@ -6,7 +6,7 @@ The book's sources are gathered into site/_build/src, a build artifact made for 
 - AUTHORS.md is a page of its own;
 - each executed lesson from solutions/ (the outputs nbval checks) with the authoring machinery
   taken out: `#|` directive and `### BEGIN/END SOLUTION` lines removed, stderr streams (progress
-  bars, warnings) and output lines that name a local path dropped, exercise solutions folded behind
+  bars, warnings), tracebacks, widgets and output lines that name a local path dropped, exercise solutions folded behind
   a "Show the solution" toggle, and a link to download the student workbook at the top;
 - the table of contents, generated from the lessons present, so a new or renamed lesson appears
   without editing anything.
@@ -32,6 +32,7 @@ from tools.sync import BEGIN, DIRECTIVE, END  # noqa: E402
 LOCAL_PATH = re.compile(r"/(?:work|root|home|tmp)/")
 SKIP = re.compile(r"<!-- site: skip -->.*?<!-- site: end -->\n?", re.S)
 LINK = re.compile(r"\[([^\]]+)\]\((solutions|notebooks)/(\d\d_\w+)\.ipynb\)")
+WIDGET = "application/vnd.jupyter.widget-view+json"
 WORKBOOKS = "workbooks"   # the student workbooks, served at <site>/workbooks/NN_topic.ipynb
 
 
@@ -68,7 +69,7 @@ def reader_source(source: str) -> str:
 
 
 def reader_outputs(outputs: list) -> list:
-    """Outputs without stderr streams, and text outputs without lines that name a local path."""
+    """Outputs without stderr streams, tracebacks or widgets, and without text lines naming a local path."""
     kept = []
     for out in outputs:
         if out.output_type == "stream":
@@ -77,8 +78,8 @@ def reader_outputs(outputs: list) -> list:
             out.text = "".join(line for line in out.text.splitlines(keepends=True) if not LOCAL_PATH.search(line))
             if not out.text.strip():
                 continue
-        elif out.output_type == "error":
-            continue
+        elif out.output_type == "error" or WIDGET in out.get("data", {}):
+            continue   # tracebacks name local files; a widget here is a progress bar
         elif "text/plain" in out.get("data", {}) and LOCAL_PATH.search(out.data["text/plain"]):
             lines = out.data["text/plain"].splitlines(keepends=True)
             out.data["text/plain"] = "".join(line for line in lines if not LOCAL_PATH.search(line))
