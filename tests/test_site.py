@@ -195,7 +195,8 @@ def test_lesson_page_renders_offline(served, browser):
     assert "PASS Exercise 1.6" in text, "a stored code output is on the page"
     assert figures >= 2, f"expected the lesson's 2 figures to load, {figures} did"
     assert math >= 2, f"expected MathJax to render the lesson's formulas, found {math}"
-    assert all(f"Exercise 1.{n}" in contents for n in range(1, 7)), f"an exercise is missing from the contents: {contents}"
+    missing = [n for n in range(1, 7) if f"Exercise 1.{n}" not in contents]
+    assert not missing, f"exercises 1.{missing} are missing from the page contents: {contents}"
     assert any("/_static/mathjax/" in url for url in requested), "MathJax came from the site itself"
     outside = [url for url in requested if not url.startswith(served)]
     assert not outside, f"the page asked for resources off this machine: {outside}"
@@ -218,9 +219,11 @@ def test_reader_notebook_hides_the_authoring_machinery():
 
     assert [c.cell_type for c in out.cells] == ["markdown", "code", "code"], "the emptied default_exp cell is gone"
     title, exercise, plain = out.cells
-    assert title.source.startswith("# Lesson 99 — Demo\n") and 'href="../workbooks/99_demo.ipynb" download' in title.source
+    assert title.source.startswith("# Lesson 99 — Demo\n")
+    assert 'href="../workbooks/99_demo.ipynb" download' in title.source
     assert exercise.source == "def f(a, b):\n    return a + b"
-    assert exercise.metadata.tags == ["hide-input"] and exercise.metadata.mystnb["code_prompt_show"] == "Show the solution"
+    assert exercise.metadata.tags == ["hide-input"]
+    assert exercise.metadata.mystnb["code_prompt_show"] == "Show the solution"
     assert [o.get("text") or o.data["text/plain"] for o in exercise.outputs] == ["kept\n", "3"]
     assert plain.outputs == [] and "tags" not in plain.metadata
     assert nb.cells[2].source.startswith("#| export"), "the executed notebook itself is left alone"
@@ -232,7 +235,8 @@ def test_front_page_skips_author_parts_and_links_only_present_lessons():
               "<!-- site: skip -->\n## Build the site\nmake site\n<!-- site: end -->\nEnd.\n")
     page = site.front_page(readme, ["01_a"], {"01_a"})
 
-    assert "[01 A](solutions/01_a.ipynb)" in page and '<a class="kuiper-workbook" href="workbooks/01_a.ipynb" download>01_a</a>' in page
+    assert "[01 A](solutions/01_a.ipynb)" in page
+    assert '<a class="kuiper-workbook" href="workbooks/01_a.ipynb" download>01_a</a>' in page
     assert "| 02 B | 02_b |" in page, "links to lessons not present become plain text"
     assert "make site" not in page and page.endswith("End.\n")
 
