@@ -119,7 +119,7 @@ def toc(names: list[str]) -> dict:
     """The book's table of contents: the front page, every lesson present, the authors' page."""
     return {"format": "jb-book", "root": "index", "parts": [
         {"caption": "Lessons", "chapters": [{"file": f"solutions/{name}"} for name in names]},
-        {"caption": "For course authors", "chapters": [{"file": "AUTHORS"}]},
+        {"caption": "Making the course", "chapters": [{"file": "AUTHORS"}]},
     ]}
 
 
