@@ -484,7 +484,9 @@ print(f"ReLU on {x.size:,} elements: Python loop {loop_s * 1e3:.1f} ms, "
       f"whole array {array_s * 1e3:.3f} ms ({loop_s / array_s:.0f}x faster)")
 
 # %% [markdown]
-# **Exercise 1.5**: write `transform(fn)`. Call `fn` once on the array, check it returned an array of the same
+# ## Exercise 1.5 — transform
+#
+# Write `transform(fn)`. Call `fn` once on the array, check it returned an array of the same
 # shape (a `ShapeError` naming both shapes otherwise), and return a new tensor of the input's
 # dtype on the same device.
 
