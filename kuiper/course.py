@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import reprlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,7 +61,7 @@ def check(name: str) -> Iterator[None]:
     except AssertionError as err:
         print(f"FAIL {name}: {err or 'an assertion failed'}")
     except Exception as err:  # a student's bug of any kind is reported, not raised
-        print(f"FAIL {name}: {type(err).__name__}: {err}")
+        print(f"FAIL {name}: expected no error, got {type(err).__name__}: {err}")
     else:
         print(f"PASS {name}")
 
@@ -73,3 +74,33 @@ def agreement(got: Any, want: Any, tolerance: float = 1e-5) -> str:
         return f"shapes differ: {got.shape} vs {want.shape}"
     error = np.abs(got - want).max() / max(np.abs(want).max(), 1e-12)
     return f"error / scale < {tolerance:g}" if error < tolerance else f"error / scale {error:.1e} > {tolerance:g}"
+
+
+def raises(error: type[Exception], call: Callable[..., Any], *args: Any, **kwargs: Any) -> Exception:
+    """Call `call(*args, **kwargs)` inside a check and return the `error` it raises.
+
+    Raises AssertionError saying what was expected and what came instead (a result or another error);
+    NotImplementedError passes through, so an unfinished exercise still reads as TODO.
+    """
+    try:
+        got = call(*args, **kwargs)
+    except error as err:
+        return err
+    except NotImplementedError:
+        raise
+    except Exception as err:
+        raise AssertionError(f"{_call_text(call, args)}: expected {error.__name__}, "
+                             f"got {type(err).__name__}: {err}") from err
+    raise AssertionError(f"{_call_text(call, args)}: expected {error.__name__}, got {_short(got)}")
+
+
+def _short(value: Any) -> str:
+    """A one-line description: the shape of an array-like, else a repr cut to 60 characters."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and not isinstance(value, type):
+        return f"{type(value).__name__} of shape {tuple(shape)}"
+    return reprlib.repr(value)
+
+
+def _call_text(call: Callable[..., Any], args: tuple[Any, ...]) -> str:
+    return f"{getattr(call, '__name__', 'the call')}({', '.join(_short(a) for a in args)})"

@@ -30,6 +30,7 @@
 # | 1.4 | `pad` each side of the rows and columns |
 # | 1.5 | `transform` every element with a function |
 # | 1.6 | the broadcasting rule, `broadcast_shapes` |
+# | 1.7 | element-wise arithmetic `+ - * /` on two tensors or a tensor and a number |
 #
 # Each exercise is followed by a check cell that prints `PASS` when your code is right.
 
@@ -42,7 +43,7 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-from kuiper.course import check, patch_to
+from kuiper.course import check, patch_to, raises
 
 # %% [markdown]
 # ## Errors that say what was expected
@@ -261,7 +262,8 @@ def channels(self) -> int:
 
 # %%
 with check("Exercise 1.1"):
-    for shape, expected in [((8, 3, 224, 224), (3, 224, 224)), ((4, 5), (1, 4, 5)), ((10,), (1, 1, 10))]:
+    for shape, expected in [((8, 3, 224, 224), (3, 224, 224)), ((2, 4, 5), (2, 4, 5)), ((4, 5), (1, 4, 5)),
+                            ((10,), (1, 1, 10)), ((), (1, 1, 1))]:
         t = Tensor.zeros(*shape)
         got = (t.channels, t.rows, t.cols)
         assert got == expected, f"shape {shape}: expected (channels, rows, cols) = {expected}, got {got}"
@@ -326,15 +328,18 @@ def fill(self, values: object, row_major: bool = True) -> Tensor:
 # %%
 with check("Exercise 1.2"):
     t = Tensor.zeros(2, 3)
-    assert t.fill(range(6)) is t, "fill should return the tensor itself"
-    assert t.numpy().tolist() == [[0, 1, 2], [3, 4, 5]], f"row-major fill gave {t.numpy().tolist()}"
-    t.fill(range(6), row_major=False)
-    assert t.numpy().tolist() == [[0, 2, 4], [1, 3, 5]], f"column-major fill gave {t.numpy().tolist()}"
-    try:
-        t.fill(range(5))
-        raise AssertionError("fill with 5 values for 6 elements should raise ShapeError")
-    except ShapeError as err:
-        assert "6" in str(err) and "5" in str(err), f"the message should say 6 expected, 5 given: {err}"
+    assert t.fill(range(6)) is t, "expected fill to return the tensor itself"
+    got = t.numpy().tolist()
+    assert got == [[0, 1, 2], [3, 4, 5]], f"row-major fill: expected [[0, 1, 2], [3, 4, 5]], got {got}"
+    got = t.fill(range(6), row_major=False).numpy().tolist()
+    assert got == [[0, 2, 4], [1, 3, 5]], f"column-major fill: expected [[0, 2, 4], [1, 3, 5]], got {got}"
+    cube = Tensor.zeros(2, 3, 4).fill(range(24), row_major=False).numpy()
+    want = np.arange(24).reshape(2, 3, 4, order="F")
+    assert np.array_equal(cube, want), f"column-major fill of 2 × 3 × 4: expected\n{want}\ngot\n{cube}"
+    for count in (5, 7):
+        err = raises(ShapeError, t.fill, range(count))
+        assert "6" in str(err) and str(count) in str(err), \
+                f"expected the message to say 6 needed, {count} given; got: {err}"
 
 # %% [markdown]
 # ## Exercise 1.3 — reshape and flatten
@@ -387,12 +392,16 @@ def flatten(self, row_major: bool = True) -> Tensor:
 # %%
 with check("Exercise 1.3"):
     t = Tensor(np.arange(6).reshape(2, 3))
-    assert t.reshape(3, 2).numpy().tolist() == [[0, 1], [2, 3], [4, 5]], "row-major reshape"
+    got = t.reshape(3, 2).numpy().tolist()
+    assert got == [[0, 1], [2, 3], [4, 5]], f"row-major reshape: expected [[0, 1], [2, 3], [4, 5]], got {got}"
     got = t.reshape(3, -1, row_major=False).numpy().tolist()
-    assert got == [[0, 4], [3, 2], [1, 5]], f"column-major reshape gave {got}"
+    assert got == [[0, 4], [3, 2], [1, 5]], f"column-major reshape: expected [[0, 4], [3, 2], [1, 5]], got {got}"
     big = Tensor.randn(2, 3, 4, seed=0)
-    assert np.array_equal(big.reshape(4, 6, row_major=False).numpy(), big.numpy().reshape(4, 6, order="F"))
-    assert t.flatten(row_major=False).numpy().tolist() == [0, 3, 1, 4, 2, 5], "column-major flatten"
+    for shape in [(4, 6), (3, 2, 4), (24,)]:
+        for row_major, order in [(True, "C"), (False, "F")]:
+            got, want = big.reshape(*shape, row_major=row_major).numpy(), big.numpy().reshape(shape, order=order)
+            assert np.array_equal(got, want), \
+                f"reshape{shape} row_major={row_major}: expected\n{want}\ngot\n{got}"
 
 # %% [markdown]
 # A size mismatch is caught before numpy sees it, and the message names both shapes:
@@ -420,11 +429,11 @@ except ShapeError as err:
 @patch_to(Tensor)
 def pad(self, top: int, bottom: int, left: int, right: int, value: float = 0.0) -> Tensor:
     """A copy with a border of `value` around the last two dimensions."""
+    ### BEGIN SOLUTION
     if min(top, bottom, left, right) < 0:
         raise ShapeError(f"padding must be >= 0, got top={top} bottom={bottom} left={left} right={right}")
     if self.ndim < 2:
         raise ShapeError(f"pad needs at least 2 dimensions (rows, cols), got shape {self.shape}")
-    ### BEGIN SOLUTION
     shape = self.shape[:-2] + (self.rows + top + bottom, self.cols + left + right)
     out = Tensor.full(shape, value, dtype=self.dtype, device=self.device)
     out.data[..., top:top + self.rows, left:left + self.cols] = self.data
@@ -434,12 +443,17 @@ def pad(self, top: int, bottom: int, left: int, right: int, value: float = 0.0) 
 
 # %%
 with check("Exercise 1.4"):
-    t = Tensor.ones(2, 2, 3)
-    p = t.pad(1, 2, 0, 1, value=-1)
-    assert p.shape == (2, 5, 4), f"expected shape (2, 5, 4), got {p.shape}"
-    expected = np.pad(t.numpy(), ((0, 0), (1, 2), (0, 1)), constant_values=-1)
-    assert np.array_equal(p.numpy(), expected), f"channel 0 came out as\n{p.numpy()[0]}"
-    assert np.array_equal(t.numpy(), np.ones((2, 2, 3))), "pad must not change the input"
+    t = Tensor(np.arange(1, 13).reshape(2, 2, 3))
+    for top, bottom, left, right in [(1, 2, 3, 1), (0, 0, 2, 0), (2, 0, 0, 1), (0, 1, 1, 3)]:
+        p = t.pad(top, bottom, left, right, value=-1)
+        want = np.pad(t.numpy(), ((0, 0), (top, bottom), (left, right)), constant_values=-1)
+        assert p.shape == want.shape, f"pad{(top, bottom, left, right)}: expected shape {want.shape}, got {p.shape}"
+        assert np.array_equal(p.numpy(), want), \
+            f"pad{(top, bottom, left, right)}: expected channel 0\n{want[0]}\ngot\n{p.numpy()[0]}"
+    assert np.array_equal(t.numpy(), np.arange(1, 13).reshape(2, 2, 3)), "expected the input unchanged, pad wrote into it"
+    for bad in [(-1, 0, 0, 0), (0, 0, 0, -2), (0, 0, -1, 0)]:
+        raises(ShapeError, t.pad, *bad)
+    raises(ShapeError, Tensor.ones(3).pad, 1, 1, 1, 1)
 
 # %%
 image = Tensor.rand(6, 6, seed=1)
@@ -508,13 +522,13 @@ def transform(self, fn) -> Tensor:
 with check("Exercise 1.5"):
     t = Tensor([[-1.0, 2.0], [3.0, -4.0]])
     r = t.transform(lambda a: np.maximum(a, 0))
-    assert r.numpy().tolist() == [[0, 2], [3, 0]], f"ReLU gave {r.numpy().tolist()}"
-    assert r.dtype == np.float32 and t.numpy()[0, 0] == -1, "keep the dtype and leave the input alone"
-    try:
-        t.transform(np.ravel)
-        raise AssertionError("a function that changes the shape should raise ShapeError")
-    except ShapeError:
-        pass
+    assert r.numpy().tolist() == [[0, 2], [3, 0]], f"ReLU: expected [[0, 2], [3, 0]], got {r.numpy().tolist()}"
+    assert r.dtype == np.float32, f"expected dtype float32, got {r.dtype}"
+    assert t.numpy().tolist() == [[-1, 2], [3, -4]], f"expected the input unchanged, got {t.numpy().tolist()}"
+    half = Tensor([1, 2, 3], dtype="float16").transform(lambda a: a.astype(np.float64) * 2.5)
+    assert half.dtype == np.float16, f"a float16 tensor: expected float16 out, got {half.dtype}"
+    err = raises(ShapeError, t.transform, np.ravel)
+    assert "(2, 2)" in str(err) and "(4,)" in str(err), f"expected the message to name (2, 2) and (4,), got: {err}"
 
 # %% [markdown]
 # ## Indexing and copies
@@ -598,26 +612,32 @@ with check("Exercise 1.6"):
     cases = [((8, 64, 56, 56), (64, 1, 1)), ((3, 1), (1, 4)), ((), (5,)), ((1,), (0,)), ((2, 1, 3), (4, 1))]
     for a, b in cases:
         got, want = broadcast_shapes(a, b), np.broadcast_shapes(a, b)
-        assert got == want, f"broadcast_shapes({a}, {b}) gave {got}, numpy says {want}"
-    try:
-        broadcast_shapes((2, 3), (4, 3))
-        raise AssertionError("(2, 3) with (4, 3) should raise ShapeError")
-    except ShapeError as err:
-        assert "(2, 3)" in str(err) and "(4, 3)" in str(err), f"name both shapes: {err}"
+        assert got == want, f"broadcast_shapes({a}, {b}): expected {want}, got {got}"
+        assert broadcast_shapes(b, a) == want, f"broadcast_shapes({b}, {a}): expected {want}, got {broadcast_shapes(b, a)}"
+    for a, b in [((2, 3), (4, 3)), ((3,), (4,)), ((2, 1), (8, 4, 3))]:
+        err = raises(ShapeError, broadcast_shapes, a, b)
+        assert str(a) in str(err) and str(b) in str(err), f"expected the message to name {a} and {b}, got: {err}"
 
 # %% [markdown]
-# With the rule in hand, the arithmetic operators check shapes with `broadcast_shapes` (so a
-# mismatch reads as our error) and let numpy do the work. A Python number takes the tensor's dtype.
+# ## Exercise 1.7 — element-wise arithmetic
+#
+# With the rule in hand, every arithmetic operator goes through one function, `_elementwise`:
+# turn a Python number `b` into a tensor of `a`'s dtype on `a`'s device, refuse operands on
+# different devices (`DeviceError` naming both), check the shapes with `broadcast_shapes` (so a
+# mismatch reads as our error, not numpy's), and let numpy's `op` do the work on the arrays.
 
 # %%
 #| export
+#| exercise: `op(a, b)` on the arrays: a number becomes a tensor of a's dtype; DeviceError, ShapeError on mismatch
 def _elementwise(a: Tensor, b: object, op) -> Tensor:
     """`op(a, b)` element by element with broadcasting; `b` may be a tensor or a number."""
+    ### BEGIN SOLUTION
     b = b if isinstance(b, Tensor) else Tensor(b, dtype=a.dtype, device=a.device)
     if a.device != b.device:
         raise DeviceError(f"operands are on different devices: {a.device!r} and {b.device!r}")
     broadcast_shapes(a.shape, b.shape)
     return Tensor(op(a.data, b.data), device=a.device)
+    ### END SOLUTION
 
 
 @patch_to(Tensor)
@@ -654,6 +674,23 @@ def __rmul__(self, other: object) -> Tensor:
 def __neg__(self) -> Tensor:
     return Tensor(-self.data, device=self.device)
 
+
+# %%
+with check("Exercise 1.7"):
+    a, b = Tensor.randn(2, 3, 4, seed=0), Tensor.randn(3, 1, seed=1)
+    for op in (np.add, np.subtract, np.multiply, np.divide):
+        got, want = _elementwise(a, b, op), op(a.numpy(), b.numpy())
+        assert got.shape == want.shape, f"{op.__name__}: expected shape {want.shape}, got {got.shape}"
+        assert np.allclose(got.numpy(), want), f"{op.__name__}: expected\n{want[0]}\ngot\n{got.numpy()[0]}"
+    half = _elementwise(Tensor([1, 2], dtype="float16"), 3, np.multiply)
+    assert half.dtype == np.float16, f"float16 tensor * 3: expected dtype float16, got {half.dtype}"
+    assert half.numpy().tolist() == [3, 6], f"float16 tensor * 3: expected [3, 6], got {half.numpy().tolist()}"
+    err = raises(ShapeError, _elementwise, Tensor.ones(2, 3), Tensor.ones(3, 3), np.add)
+    assert "(2, 3)" in str(err) and "(3, 3)" in str(err), f"expected the message to name both shapes, got: {err}"
+    other = Tensor.ones(3)
+    other.device = "gpu0"  # pretend: only the name is compared
+    err = raises(DeviceError, _elementwise, Tensor.ones(3), other, np.add)
+    assert "gpu0" in str(err), f"expected the message to name the device 'gpu0', got: {err}"
 
 # %%
 features = Tensor.ones(2, 3, 4, 4)

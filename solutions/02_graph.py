@@ -24,6 +24,7 @@
 # | 2.2 | parse an operand annotation such as `(1,3,?,224)f32` |
 # | 2.3 | topological order by Kahn's algorithm, with cycle detection |
 # | 2.4 | liveness: after which operator each tensor can be freed |
+# | 2.5 | the bytes alive, each shared buffer counted once |
 
 # %%
 #| default_exp pnnx
@@ -36,7 +37,7 @@ from collections import Counter
 import matplotlib.pyplot as plt
 import numpy as np
 
-from kuiper.course import DATA, agreement, check
+from kuiper.course import DATA, agreement, check, raises
 from kuiper.errors import KuiperError
 from kuiper.tensor import Tensor
 
@@ -194,13 +195,9 @@ with check("Exercise 2.2"):
              "()i64": ((), "int64"), "(1,3,?,?)f16": ((1, 3, -1, -1), "float16")}
     for text, want in cases.items():
         got = parse_annotation(text)
-        assert got == want, f"parse_annotation({text!r}) gave {got}, expected {want}"
-    for bad in ["(1,3)c64", "1,3f32", "(1;3)f32"]:
-        try:
-            parse_annotation(bad)
-            raise AssertionError(f"parse_annotation({bad!r}) should raise PnnxError")
-        except PnnxError:
-            pass
+        assert got == want, f"parse_annotation({text!r}): expected {want}, got {got}"
+    for bad in ["(1,3)c64", "1,3f32", "(1;3)f32", "(1,3)", "(1,a)f32"]:
+        raises(PnnxError, parse_annotation, bad)
 
 # %% [markdown]
 # ## Operators and operands
@@ -519,14 +516,20 @@ with check("Exercise 2.3"):
     ops = load_pnnx(DATA / "tiny.pnnx.param").operators
     shuffled = [ops[i] for i in (5, 0, 8, 3, 1, 6, 2, 4, 7)]
     order = topological_order(shuffled)
-    assert is_topological(order) and len(order) == len(ops), [op.name for op in order]
-    assert topological_order(ops) == ops, "a file already in order should come back unchanged"
-    cyclic = [Operator("t", "a", ["y"], ["x"]), Operator("t", "b", ["x"], ["y"])]
-    try:
-        topological_order(cyclic)
-        raise AssertionError("a cycle should raise GraphError")
-    except GraphError as err:
-        assert "'a'" in str(err) and "'b'" in str(err), f"name the operators on the cycle: {err}"
+    names = [op.name for op in order]
+    assert len(order) == len(ops), f"expected all {len(ops)} operators, got {len(order)}: {names}"
+    assert is_topological(order), f"expected each operator after the producers of its inputs, got {names}"
+    got = [op.name for op in topological_order(ops)]
+    assert got == [op.name for op in ops], f"a file already in order: expected {[op.name for op in ops]}, got {got}"
+    # two independent branches: ties go to the earlier line in the file
+    free = [Operator("t", "in", [], ["i"]), Operator("t", "b", ["i"], ["y"]), Operator("t", "a", ["i"], ["x"]),
+            Operator("t", "c", ["x", "y"], ["z"])]
+    got = [op.name for op in topological_order([free[i] for i in (0, 3, 1, 2)])]
+    assert got == ["in", "b", "a", "c"], f"ties in file order: expected ['in', 'b', 'a', 'c'], got {got}"
+    cyclic = [Operator("t", "in", [], ["i"]), Operator("t", "a", ["i", "y"], ["x"]), Operator("t", "b", ["x"], ["y"])]
+    err = raises(GraphError, topological_order, cyclic)
+    assert "'a'" in str(err) and "'b'" in str(err) and "'in'" not in str(err), \
+        f"expected the message to name 'a' and 'b' (not 'in'), got: {err}"
 
 # %% [markdown]
 # For comparison, the depth-first version:
@@ -653,17 +656,43 @@ with check("Exercise 2.4"):
 #| export graph
 Layer = Callable[..., "Tensor | tuple[Tensor, ...]"]
 
+# %% [markdown]
+# ## Exercise 2.5 — the bytes alive
+#
+# To report the peak memory of a run, `forward` adds up the bytes of the operands alive after
+# each operator. A `flatten` or a slice returns a **view**: it shares the memory of the array it
+# came from (`array.base`), so count each owner of memory once, and count the whole owner even
+# when only a view of it is alive, since the view keeps all of it in memory. An owner that is not
+# a numpy array (the `bytes` under `np.frombuffer`) has no `nbytes`: count the view's bytes then.
 
+# %%
+#| export graph
+#| exercise: the bytes held by the operands, each owner of memory (array.base) counted once and whole
 def live_bytes(values: dict[str, Tensor]) -> int:
     """Bytes held by the live operands, counting memory shared by views once."""
+    ### BEGIN SOLUTION
     owners = {}
     for tensor in values.values():
         array = tensor.numpy()
         owner = array if array.base is None else array.base
         owners[id(owner)] = getattr(owner, "nbytes", array.nbytes)
     return sum(owners.values())
+    ### END SOLUTION
 
 
+# %%
+with check("Exercise 2.5"):
+    big = np.zeros((4, 8), np.float32)  # 128 bytes
+    cases = [({"a": Tensor(big)}, 128), ({"a": Tensor(big), "b": Tensor(big[1:3]), "c": Tensor(big.reshape(-1))}, 128),
+             ({"v": Tensor(big[:1])}, 128), ({"a": Tensor(big), "b": Tensor(np.ones(3, np.float32))}, 140),
+             ({"raw": Tensor(np.frombuffer(bytes(40), np.float32))}, 40), ({}, 0)]
+    for values, want in cases:
+        got = live_bytes(values)
+        shapes = {name: t.shape for name, t in values.items()}
+        assert got == want, f"operands {shapes}: expected {want} bytes, got {got}"
+
+# %%
+#| export graph
 class RuntimeGraph:
     """A PNNX model ready to run: operators in topological order, each with its layer."""
 

@@ -20,9 +20,11 @@
 #
 # | exercise | what |
 # |---|---|
-# | 3.1 | `register`: a class decorator that files a layer under one or more type names |
-# | 3.2 | `create_layer`: build the layer for an operator, or say what is missing |
-# | 3.3 | your own ReLU, registered over the built-in one, used by a loaded model |
+# | 3.1 | `Layer.param`: a parameter of the expected type, or an error naming it |
+# | 3.2 | `Layer.weight`: a loaded weight of the expected shape, or an error naming it |
+# | 3.3 | `register`: a class decorator that files a layer under one or more type names |
+# | 3.4 | `create_layer`: build the layer for an operator, or say what is missing |
+# | 3.5 | your own ReLU, registered over the built-in one, used by a loaded model |
 
 # %%
 #| default_exp registry
@@ -30,7 +32,7 @@
 # %%
 import numpy as np
 
-from kuiper.course import DATA, agreement, check
+from kuiper.course import DATA, agreement, check, patch_to, raises
 from kuiper.errors import KuiperError
 from kuiper.pnnx import Attribute, Operator, load_pnnx
 from kuiper.tensor import Tensor
@@ -51,9 +53,9 @@ class LayerError(KuiperError, ValueError):
 # ## The `Layer` base class
 #
 # A layer is made once from its `Operator` and called many times on tensors. The base class keeps
-# the operator (for error messages) and offers two checked accessors a layer's constructor uses:
-# `param` for a parameter of the expected type, `weight` for a loaded weight of the expected
-# shape. `bool` is a subclass of `int` in Python, so a check for `int` has to refuse it by hand.
+# the operator (for error messages) and offers two checked accessors a layer's constructor uses,
+# which you write next: `param` for a parameter of the expected type, `weight` for a loaded weight
+# of the expected shape.
 
 # %%
 #| export layer
@@ -81,32 +83,99 @@ class Layer:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.op.where()})"
 
-    def param(self, key: str, kind: type | tuple[type, ...] = object, default: object = REQUIRED) -> object:
-        """Parameter `key`, checked to be of `kind`; LayerError if it is missing or of another type."""
-        if key not in self.op.params:
-            if default is REQUIRED:
-                raise LayerError(f"{self.op.where()}: missing parameter {key!r}")
-            return default
-        value = self.op.params[key]
-        wrong_bool = isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
-        if not isinstance(value, kind) or wrong_bool:
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise LayerError(f"{self.op.where()}: parameter {key!r} should be {names}, got {value!r}")
-        return value
 
-    def weight(self, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        """Weight `key` with its data loaded; LayerError if it is missing or not of `shape`."""
-        attr = self.op.attrs.get(key)
-        if attr is None or attr.data is None:
-            raise LayerError(f"{self.op.where()}: missing weight {key!r}")
-        if shape is not None and attr.data.shape != tuple(shape):
-            raise LayerError(f"{self.op.where()}: weight {key!r} should have shape {tuple(shape)}, "
-                             f"got {attr.data.shape}")
-        return attr.data
+# %% [markdown]
+# ## Exercise 3.1 — a checked parameter
+#
+# `self.param("kernel_size", tuple)` returns the operator's parameter `kernel_size` when it is of
+# the expected kind (a type or a tuple of types, as `isinstance` takes them). A missing parameter
+# returns `default` when one is given and is otherwise a `LayerError`; a parameter of another type
+# is always a `LayerError`. Every message starts with `self.op.where()` and names the key; a wrong
+# type also names the expected type and the value found. One trap: `bool` is a subclass of `int`
+# in Python, so `isinstance(True, int)` holds: refuse a bool unless `bool` itself is asked for.
+
+# %%
+#| export layer
+#| exercise: op.params[key] if it is of `kind` (a bool only when bool is asked for), else `default` or LayerError
+@patch_to(Layer)
+def param(self, key: str, kind: type | tuple[type, ...] = object, default: object = REQUIRED) -> object:
+    """Parameter `key`, checked to be of `kind`; LayerError if it is missing or of another type."""
+    ### BEGIN SOLUTION
+    if key not in self.op.params:
+        if default is REQUIRED:
+            raise LayerError(f"{self.op.where()}: missing parameter {key!r}")
+        return default
+    value = self.op.params[key]
+    wrong_bool = isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
+    if not isinstance(value, kind) or wrong_bool:
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise LayerError(f"{self.op.where()}: parameter {key!r} should be {names}, got {value!r}")
+    return value
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 3.1"):
+    op = Operator("test.Op", "op", ["0"], ["1"], line=3,
+                  params={"k": 3, "flag": True, "size": (3, 3), "eps": 0.5, "mode": "zeros"})
+    layer = Layer(op)
+    for args, want in [(("k", int), 3), (("flag", bool), True), (("size", tuple), (3, 3)), (("eps", float), 0.5),
+                       (("k", (int, float)), 3), (("mode",), "zeros"), (("absent", int, 7), 7), (("k", int, 7), 3),
+                       (("absent", int, None), None)]:
+        got = layer.param(*args)
+        assert got == want and type(got) is type(want), f"param{args}: expected {want!r}, got {got!r}"
+    for args, words in [(("absent", int), ["absent", "line 3"]), (("eps", int), ["eps", "int", "0.5", "line 3"]),
+                        (("flag", int), ["flag", "int", "True"]), (("flag", (int, float)), ["flag", "True"]),
+                        (("size", int, 1), ["size", "(3, 3)"])]:
+        err = raises(LayerError, layer.param, *args)
+        missing = [w for w in words if w not in str(err)]
+        assert not missing, f"param{args}: expected the message to name {missing}, got: {err}"
+
+# %% [markdown]
+# ## Exercise 3.2 — a checked weight
+#
+# `self.weight("weight", (64, 3, 7, 7))` returns the loaded array of the operator's weight
+# `weight`. A weight that is absent, or whose data was not loaded (`attr.data is None`), is a
+# `LayerError`; so is one whose shape differs from `shape` (any sequence of ints; `None` accepts
+# every shape): the message names the operator (`self.op.where()`), the key and both shapes.
+
+# %%
+#| export layer
+#| exercise: op.attrs[key].data; LayerError when absent, not loaded, or not of `shape` (naming both shapes)
+@patch_to(Layer)
+def weight(self, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Weight `key` with its data loaded; LayerError if it is missing or not of `shape`."""
+    ### BEGIN SOLUTION
+    attr = self.op.attrs.get(key)
+    if attr is None or attr.data is None:
+        raise LayerError(f"{self.op.where()}: missing weight {key!r}")
+    if shape is not None and attr.data.shape != tuple(shape):
+        raise LayerError(f"{self.op.where()}: weight {key!r} should have shape {tuple(shape)}, "
+                         f"got {attr.data.shape}")
+    return attr.data
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 3.2"):
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    op = Operator("test.Op", "fc", ["0"], ["1"], line=5,
+                  attrs={"weight": Attribute((2, 3), "float32", w), "bias": Attribute((2,), "float32")})
+    layer = Layer(op)
+    for shape in [(2, 3), [2, 3], None]:
+        got = layer.weight("weight", shape)
+        assert got is w, f"weight('weight', {shape}): expected the loaded (2, 3) array itself, got {got!r}"
+    err = raises(LayerError, layer.weight, "weight", (3, 2))
+    assert all(s in str(err) for s in ("(3, 2)", "(2, 3)", "line 5")), \
+        f"expected the message to name both shapes and line 5, got: {err}"
+    raises(LayerError, layer.weight, "weight", (6,))
+    for key in ("bias", "running_mean"):
+        err = raises(LayerError, layer.weight, key)
+        assert key in str(err) and "line 5" in str(err), f"weight({key!r}): expected the message to name it and line 5, got: {err}"
 
 
 # %% [markdown]
-# ## Exercise 3.1 — registering layers
+# ## Exercise 3.3 — registering layers
 #
 # `register("nn.ReLU", "F.relu")` is a class decorator: it files the class in `LAYERS` under every
 # name it is given (PNNX spells the same operation differently depending on how the model was
@@ -142,18 +211,28 @@ def register(*types: str) -> Callable[[type[Layer]], type[Layer]]:
 
 
 # %%
-with check("Exercise 3.1"):
-    @register("test.Twice", "test.Double")
+with check("Exercise 3.3"):
     class Twice(Layer):
         def forward(self, x):
             return x * 2
 
-    assert isinstance(Twice, type) and issubclass(Twice, Layer), "register must return the class itself"
-    assert LAYERS["test.Twice"] is Twice and LAYERS["test.Double"] is Twice, "file it under every name"
-    del LAYERS["test.Twice"], LAYERS["test.Double"]
+    class Thrice(Layer):
+        pass
+
+    try:
+        got = register("test.Twice", "test.Double")(Twice)
+        assert got is Twice, f"expected register(...)(Twice) to return the class Twice, got {got!r}"
+        for name in ("test.Twice", "test.Double"):
+            assert LAYERS.get(name) is Twice, f"LAYERS[{name!r}]: expected Twice, got {LAYERS.get(name)!r}"
+        register("test.Double")(Thrice)
+        got = LAYERS["test.Double"], LAYERS["test.Twice"]
+        assert got == (Thrice, Twice), f"after registering Thrice for test.Double: expected (Thrice, Twice), got {got}"
+    finally:
+        for name in ("test.Twice", "test.Double"):
+            LAYERS.pop(name, None)
 
 # %% [markdown]
-# ## Exercise 3.2 — creating a layer
+# ## Exercise 3.4 — creating a layer
 #
 # `create_layer(op)` looks the operator's type up and builds the layer. An unknown type is the
 # most common error a student meets ("my model uses `nn.GELU`"), so make it helpful: name the
@@ -176,24 +255,23 @@ def create_layer(op: Operator) -> Layer:
 
 
 # %%
-with check("Exercise 3.2"):
-    @register("test.ReLU")
+with check("Exercise 3.4"):
     class TestReLU(Layer):
         pass
 
-    op = Operator("test.ReLU", "act", ["0"], ["1"], line=4)
-    assert isinstance(create_layer(op), TestReLU) and create_layer(op).op is op, "build LAYERS[op.type](op)"
+    LAYERS["test.ReLU"] = TestReLU
     try:
-        create_layer(Operator("nn.GELU", "gelu", ["0"], ["1"], line=7))
-        raise AssertionError("an unknown type should raise LayerError")
-    except LayerError as err:
-        assert "nn.GELU" in str(err) and "line 7" in str(err), f"name the type and the line: {err}"
-    try:
-        create_layer(Operator("test.Relu", "act", ["0"], ["1"], line=4))
-        raise AssertionError("an unknown type should raise LayerError")
-    except LayerError as err:
-        assert "test.ReLU" in str(err), f"suggest the close name test.ReLU: {err}"
-    del LAYERS["test.ReLU"]
+        op = Operator("test.ReLU", "act", ["0"], ["1"], line=4)
+        got = create_layer(op)
+        assert isinstance(got, TestReLU) and got.op is op, f"expected TestReLU built from {op.where()}, got {got!r}"
+        err = raises(LayerError, create_layer, Operator("nn.GELU", "gelu", ["0"], ["1"], line=7))
+        assert "nn.GELU" in str(err) and "line 7" in str(err), f"expected the message to name nn.GELU and line 7, got: {err}"
+        err = raises(LayerError, create_layer, Operator("test.Relu", "act", ["0"], ["1"], line=4))
+        assert "test.ReLU" in str(err), f"expected the message to suggest the close name test.ReLU, got: {err}"
+        err = raises(LayerError, create_layer, Operator("zzz.Unheard", "u", ["0"], ["1"], line=2))
+        assert "did you mean" not in str(err), f"no registered name is close to zzz.Unheard: expected no suggestion, got: {err}"
+    finally:
+        LAYERS.pop("test.ReLU", None)
 
 # %% [markdown]
 # `load` is the package's front door: read the files, build a layer per operator, order them.
@@ -321,7 +399,7 @@ except LayerError as err:
     print("LayerError:", err)
 
 # %% [markdown]
-# ## Exercise 3.3 — override a built-in layer
+# ## Exercise 3.5 — override a built-in layer
 #
 # The registry is open: registering a type again replaces its layer for every graph built after.
 # Write `MyReLU`, a layer that computes ReLU **and counts its calls** in `self.calls`, register it
@@ -346,14 +424,19 @@ class MyReLU(Layer):
 
 
 # %%
-with check("Exercise 3.3"):
+with check("Exercise 3.5"):
     graph = load(DATA / "tiny.pnnx.param")
     layer = graph.layers["act"]
-    assert type(layer).__name__ == "MyReLU", f"the act operator runs {layer!r}, expected your MyReLU"
+    mine = globals().get("MyReLU")  # the class this notebook defined last, not an older registration
+    assert mine is not None and type(layer) is mine, f"the act operator: expected your MyReLU, got {layer!r}"
     got = graph(np.load(DATA / "tiny.input.npy"))
     graph(np.load(DATA / "tiny.input.npy"))
-    assert layer.calls == 2, f"two forward passes should count 2 calls, counted {layer.calls}"
-    assert np.allclose(got, np.load(DATA / "tiny.output.npy"), atol=1e-5), "the output should still match PyTorch"
+    assert layer.calls == 2, f"two forward passes: expected 2 calls, counted {layer.calls}"
+    want = np.load(DATA / "tiny.output.npy")
+    assert np.allclose(got, want, atol=1e-5), f"the model's output: expected PyTorch's, {agreement(got, want)}"
+    x = Tensor([[-2.0, 0.0, 3.5]])
+    got = layer(x).numpy().tolist()
+    assert got == [[0.0, 0.0, 3.5]], f"MyReLU on [[-2, 0, 3.5]]: expected [[0, 0, 3.5]], got {got}"
 
 # %% [markdown]
 # Put the built-in layer back, so the rest of the course runs the package's own ReLU:

@@ -21,7 +21,13 @@
 # |---|---|
 # | 4.1 | the output size of a convolution or pooling window |
 # | 4.2 | im2col: unfold every receptive field into a column (numba) |
-# | 4.3 | max pooling with padding, dilation and `ceil_mode` (numba) |
+# | 4.3 | the direct depthwise convolution kernel (numba) |
+# | 4.4 | col2im: scatter columns back into an image, for the transposed convolution (numba) |
+# | 4.5 | max pooling with padding, dilation and `ceil_mode` (numba) |
+# | 4.6 | average pooling: `count_include_pad`, `ceil_mode`, `divisor_override` (numba) |
+# | 4.7 | adaptive average pooling to any output size (numba) |
+# | 4.8 | the activation kernels ReLU6, SiLU and Hardswish (numba) |
+# | 4.9 | resizing one axis: nearest and bilinear, with either `align_corners` |
 
 # %%
 #| default_exp layers.conv
@@ -34,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kuiper.course import agreement, check
+from kuiper.course import agreement, check, raises
 from kuiper.pnnx import Attribute, Operator
 from kuiper.tensor import Tensor
 
@@ -110,11 +116,12 @@ def out_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation
 # %%
 with check("Exercise 4.1"):
     cases = [(224, 7, 2, 3, 1, False), (112, 3, 2, 1, 1, False), (5, 2, 2, 0, 1, True), (6, 3, 2, 1, 1, True),
-             (8, 3, 3, 1, 2, True), (7, 3, 1, 0, 1, False), (10, 4, 3, 2, 1, True)]
+             (8, 3, 3, 1, 2, True), (7, 3, 1, 0, 1, False), (10, 4, 3, 2, 1, True), (9, 3, 2, 0, 2, False),
+             (6, 2, 2, 1, 1, True), (13, 3, 2, 1, 3, True)]
     for size, k, s, p, d, ceil in cases:
         want = F.max_pool2d(torch.zeros(1, 1, size, size), k, s, p, d, ceil_mode=ceil).shape[-1]
         got = out_size(size, k, s, p, d, ceil)
-        assert got == want, f"out_size{(size, k, s, p, d, ceil)} = {got}, PyTorch says {want}"
+        assert got == want, f"out_size{(size, k, s, p, d, ceil)}: expected {want} (PyTorch), got {got}"
 
 # %% [markdown]
 # ## im2col: convolution as one matrix multiply
@@ -203,15 +210,24 @@ def im2col(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
 
 # %%
 with check("Exercise 4.2"):
-    for shape, k, s, p in [((2, 3, 9, 9), 3, 2, 1), ((1, 4, 6, 7), 1, 1, 0), ((3, 2, 5, 5), 5, 1, 2)]:
+    # torch's F.unfold is im2col with the same row order (channel, kernel row, kernel column)
+    for shape, (kh, kw), (sh, sw), (ph, pw), (dh, dw) in [
+            ((2, 3, 9, 9), (3, 3), (2, 2), (1, 1), (1, 1)), ((1, 4, 6, 7), (1, 1), (1, 1), (0, 0), (1, 1)),
+            ((3, 2, 5, 5), (5, 5), (1, 1), (2, 2), (1, 1)), ((1, 2, 9, 11), (2, 3), (1, 2), (1, 2), (2, 1)),
+            ((1, 3, 10, 8), (3, 3), (2, 1), (0, 1), (2, 2))]:
         x = rng.standard_normal(shape, dtype=np.float32)
-        w = rng.standard_normal((6, shape[1], k, k), dtype=np.float32)
-        b = rng.standard_normal(6, dtype=np.float32)
-        got = conv2d_im2col(x, w, b, s, p)
-        want = F.conv2d(*map(torch.from_numpy, (x, w, b)), stride=s, padding=p).numpy()
-        assert got.shape == want.shape, f"{shape} k={k}: shape {got.shape}, expected {want.shape}"
-        err = np.abs(got - want).max() / np.abs(want).max()
-        assert err < 1e-5, f"{shape} k={k} s={s} p={p}: relative error {err:.1e}"
+        oh = (shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        ow = (shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        got = np.full((shape[0], shape[1] * kh * kw, oh * ow), np.nan, np.float32)
+        im2col(x, got, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+        want = F.unfold(torch.from_numpy(x), (kh, kw), (dh, dw), (ph, pw), (sh, sw)).numpy()
+        where = f"x {shape}, kernel {(kh, kw)}, stride {(sh, sw)}, padding {(ph, pw)}, dilation {(dh, dw)}"
+        bad = np.argwhere(~(got == want))
+        assert not bad.size, (f"{where}: expected cols{tuple(map(int, bad[0]))} = {want[tuple(map(int, bad[0]))]:.4f} (F.unfold), "
+                              f"got {got[tuple(map(int, bad[0]))]:.4f}; {len(bad)} of {got.size} differ")
+    x, w, b = (rng.standard_normal(s, dtype=np.float32) for s in [(2, 3, 9, 9), (6, 3, 3, 3), (6,)])
+    got, want = conv2d_im2col(x, w, b, 2, 1), F.conv2d(*map(torch.from_numpy, (x, w, b)), stride=2, padding=1).numpy()
+    assert np.abs(got - want).max() < 1e-4, f"im2col + GEMM: expected F.conv2d's output, {agreement(got, want)}"
 
 # %% [markdown]
 # ## Making im2col fast
@@ -288,9 +304,18 @@ with check("im2col_image agrees with your im2col"):
 # it walks each output row once per window tap, using the same $[x_{lo}, x_{hi})$ range as
 # `im2col_image` so that the inner loop has no bounds test.
 # (A channel multiplier $m$ — output channel $k$ reading input channel $k / m$ — comes free.)
+#
+# ## Exercise 4.3 — the depthwise kernel
+#
+# Write it: for each (image, output channel) in parallel and each output row, start the row at 0
+# (`out` arrives uninitialised), then for every tap $(i, j)$ of the window whose input row
+# $y s_h - p_h + i d_h$ lies inside the image, add `w[k, 0, i, j]` times the input row shifted by
+# $j d_w - p_w$, over the outputs $[x_{lo}, x_{hi})$ whose input column lies inside (compute them
+# as `im2col_image` does). There is no bias here: the layer adds it.
 
 # %%
 #| export
+#| exercise: out[n, k] = sum over taps (i, j) of w[k, 0, i, j] times x[n, k // m] shifted; rows start at 0
 @njit(parallel=True, cache=True)
 def depthwise_conv(x, w, out, sh, sw, ph, pw, dh, dw):
     """out[n, k] = w[k] ⋆ x[n, k // m]: each output channel reads one input channel.
@@ -300,6 +325,7 @@ def depthwise_conv(x, w, out, sh, sw, ph, pw, dh, dw):
     n_batch, channels, height, width = x.shape
     _, k_out, oh, ow = out.shape
     kh, kw = w.shape[2], w.shape[3]
+    ### BEGIN SOLUTION
     multiplier = k_out // channels
     for nk in prange(n_batch * k_out):
         n, k = nk // k_out, nk % k_out
@@ -319,6 +345,22 @@ def depthwise_conv(x, w, out, sh, sw, ph, pw, dh, dw):
                     weight = w[k, 0, i, j]
                     for x_ in range(x_lo, x_hi):
                         row[x_] += weight * source[x_ * sw + shift]
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 4.3"):
+    for shape, k_out, (kh, kw), (sh, sw), (ph, pw), (dh, dw) in [
+            ((2, 4, 9, 9), 4, (3, 3), (1, 1), (1, 1), (1, 1)), ((1, 3, 10, 11), 3, (3, 3), (2, 2), (1, 1), (1, 1)),
+            ((1, 2, 8, 9), 4, (3, 5), (1, 2), (2, 1), (2, 1)), ((1, 3, 7, 7), 6, (5, 5), (2, 1), (2, 2), (1, 2))]:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        w = rng.standard_normal((k_out, 1, kh, kw), dtype=np.float32)
+        want = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), None, (sh, sw), (ph, pw), (dh, dw),
+                        groups=shape[1]).numpy()
+        got = np.full(want.shape, np.nan, np.float32)
+        depthwise_conv(x, w, got, sh, sw, ph, pw, dh, dw)
+        where = f"x {shape}, {k_out} outputs, kernel {(kh, kw)}, stride {(sh, sw)}, padding {(ph, pw)}, dilation {(dh, dw)}"
+        assert np.allclose(got, want, atol=1e-4), f"{where}: expected F.conv2d's output, {agreement(got, want)}"
 
 
 # %% [markdown]
@@ -523,13 +565,22 @@ plt.show()
 # a weighted copy of the kernel into the output. It is the reverse of im2col: one matrix multiply
 # makes all the kernel copies, $(C_{out} K_h K_w) \times C_{in}$ times $C_{in} \times (H W)$, and
 # **col2im** adds each column back into the output at its window position.
+#
+# ## Exercise 4.4 — col2im
+#
+# Write im2col's reverse: column `y * width + x` of row `(k * kh + i) * kw + j` belongs at output
+# position $(y s_h - p_h + i d_h,\; x s_w - p_w + j d_w)$ of channel $k$; **add** it there
+# (windows overlap when the stride is smaller than the kernel) and skip positions that fall outside
+# the output. Parallel over (image, channel), so no two threads add into the same place.
 
 # %%
 #| export
+#| exercise: add cols[n, (k*kh+i)*kw+j, y*width+x] into out[n, k, y*sh-ph+i*dh, x*sw-pw+j*dw] when inside
 @njit(parallel=True, cache=True)
 def col2im(cols, out, kh, kw, sh, sw, ph, pw, dh, dw, height, width):
     """Add each column of cols (N, K*kh*kw, H*W) into out (N, K, OH, OW) at its window: im2col's reverse."""
     n_batch, k_out, oh, ow = out.shape
+    ### BEGIN SOLUTION
     for nk in prange(n_batch * k_out):
         n, k = nk // k_out, nk % k_out
         for i in range(kh):
@@ -542,8 +593,27 @@ def col2im(cols, out, kh, kw, sh, sw, ph, pw, dh, dw, height, width):
                             ox = x_ * sw - pw + j * dw
                             if 0 <= ox < ow:
                                 out[n, k, oy, ox] += cols[n, row, y * width + x_]
+    ### END SOLUTION
 
 
+# %%
+with check("Exercise 4.4"):
+    # torch's F.fold is col2im: it sums each column into its window
+    for n_batch, k_out, (height, width), (kh, kw), (sh, sw), (ph, pw), (dh, dw) in [
+            (2, 3, (4, 5), (3, 3), (2, 2), (1, 1), (1, 1)), (1, 2, (5, 4), (2, 3), (1, 2), (0, 1), (1, 1)),
+            (1, 2, (3, 6), (3, 2), (2, 1), (1, 0), (2, 1)), (1, 1, (4, 4), (4, 4), (2, 2), (1, 1), (1, 1))]:
+        oh = (height - 1) * sh - 2 * ph + dh * (kh - 1) + 1
+        ow = (width - 1) * sw - 2 * pw + dw * (kw - 1) + 1
+        cols = rng.standard_normal((n_batch, k_out * kh * kw, height * width), dtype=np.float32)
+        want = F.fold(torch.from_numpy(cols), (oh, ow), (kh, kw), (dh, dw), (ph, pw), (sh, sw)).numpy() + 1
+        got = np.ones((n_batch, k_out, oh, ow), np.float32)
+        col2im(cols, got, kh, kw, sh, sw, ph, pw, dh, dw, height, width)
+        where = f"input {(height, width)}, kernel {(kh, kw)}, stride {(sh, sw)}, padding {(ph, pw)}, dilation {(dh, dw)}"
+        assert np.allclose(got, want, atol=1e-5), f"{where}: expected 1 + F.fold's sums, {agreement(got, want)}"
+
+
+# %%
+#| export
 @register("nn.ConvTranspose2d")
 class ConvTranspose2d(ConvLayer):
     """Transposed 2-d convolution: a GEMM makes every kernel copy, col2im adds them into place."""
@@ -573,7 +643,7 @@ class ConvTranspose2d(ConvLayer):
 
 
 # %% [markdown]
-# ## Exercise 4.3 — max pooling
+# ## Exercise 4.5 — max pooling
 #
 # Max pooling keeps the largest value in each window. Padding counts as $-\infty$ (it never wins),
 # and `ceil_mode` may add a last window that hangs over the edge — `out_size` already knows how
@@ -617,16 +687,20 @@ def max_pool(x, out, kh, kw, sh, sw, ph, pw, dh, dw):
 
 
 # %%
-with check("Exercise 4.3"):
+with check("Exercise 4.5"):
     for shape, k, s, p, d, ceil in [((2, 3, 8, 8), 2, 2, 0, 1, False), ((1, 2, 7, 9), 3, 2, 1, 1, True),
-                                    ((1, 1, 10, 10), 3, 3, 1, 2, True), ((2, 4, 6, 5), (2, 3), (1, 2), 1, 1, False)]:
-        x = rng.standard_normal(shape, dtype=np.float32)
+                                    ((1, 1, 10, 10), 3, 3, 1, 2, True), ((2, 4, 6, 5), (2, 3), (1, 2), 1, 1, False),
+                                    ((1, 2, 9, 7), 3, 2, 1, 2, False)]:
+        x = rng.standard_normal(shape, dtype=np.float32) - 2  # mostly negative: a padded 0 must never win
         (kh, kw), (sh, sw) = pair(k, "k", None), pair(s, "s", None)
         out = np.empty((shape[0], shape[1], out_size(shape[2], kh, sh, p, d, ceil),
                         out_size(shape[3], kw, sw, p, d, ceil)), np.float32)
         max_pool(x, out, kh, kw, sh, sw, p, p, d, d)
         want = F.max_pool2d(torch.from_numpy(x), k, s, p, d, ceil_mode=ceil).numpy()
-        assert out.shape == want.shape and np.array_equal(out, want), f"max_pool{(shape, k, s, p, d, ceil)} differs"
+        assert out.shape == want.shape, f"max_pool{(shape, k, s, p, d, ceil)}: expected shape {want.shape}, got {out.shape}"
+        bad = np.argwhere(out != want)
+        assert not bad.size, (f"max_pool{(shape, k, s, p, d, ceil)}: expected out{tuple(map(int, bad[0]))} = "
+                              f"{want[tuple(map(int, bad[0]))]:.4f} (PyTorch), got {out[tuple(map(int, bad[0]))]:.4f}")
 
 # %% [markdown]
 # Max pooling halves ResNet's resolution after its first convolution; the picture shows a 2×2,
@@ -692,11 +766,24 @@ class MaxPool2d(Layer):
         return Tensor(out, device=x.device)
 
 
+# %% [markdown]
+# ## Exercise 4.6 — average pooling
+#
+# The mean over each window, PyTorch's way. The window at output $(y, x)$ starts at
+# $(y s_h - p_h, x s_w - p_w)$ and is cut at the end of the right/bottom **padding** (a `ceil_mode`
+# window never reaches past it). Sum the inputs that lie inside the image. Then divide by
+# `divisor` when it is positive (`divisor_override`); otherwise by the area of the cut window
+# including padding when `count_include_pad`, or by the number of inputs inside when not.
+
+# %%
+#| export layers.pooling
+#| exercise: mean over each window cut at the padding's end; divide by divisor, the padded area, or the inside count
 @njit(parallel=True, cache=True)
 def avg_pool(x, out, kh, kw, sh, sw, ph, pw, count_include_pad, divisor):
     """Mean over each window, PyTorch's way: the divisor counts padding only if asked, never beyond it."""
     n_batch, channels, height, width = x.shape
     oh, ow = out.shape[2], out.shape[3]
+    ### BEGIN SOLUTION
     for nc in prange(n_batch * channels):
         n, c = nc // channels, nc % channels
         for y in range(oh):
@@ -713,8 +800,28 @@ def avg_pool(x, out, kh, kw, sh, sw, ph, pw, count_include_pad, divisor):
                 area = padded_area if count_include_pad else (min(y1, height) - max(y0, 0)) * (
                     min(x1, width) - max(x0, 0))
                 out[n, c, y, x_] = total / (divisor if divisor > 0 else area)
+    ### END SOLUTION
 
 
+# %%
+with check("Exercise 4.6"):
+    for shape, k, s, p, ceil, include, divisor in [
+            ((2, 3, 8, 8), 2, 2, 0, False, True, None), ((1, 2, 7, 9), 3, 2, 1, True, True, None),
+            ((1, 2, 7, 9), 3, 2, 1, True, False, None), ((1, 1, 10, 9), (3, 2), (3, 2), (1, 1), True, False, None),
+            ((1, 2, 6, 6), 3, 2, 1, False, True, 4), ((1, 1, 5, 5), 2, 2, 1, True, True, None),
+            ((1, 2, 6, 6), 3, 2, 1, True, True, None)]:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        (kh, kw), (sh, sw), (ph, pw) = (pair(v, "v", None) for v in (k, s, p))
+        want = F.avg_pool2d(torch.from_numpy(x), k, s, p, ceil, include, divisor).numpy()
+        got = np.full(want.shape, np.nan, np.float32)
+        avg_pool(x, got, kh, kw, sh, sw, ph, pw, include, divisor or 0)
+        where = f"x {shape}, kernel {k}, stride {s}, padding {p}, ceil_mode={ceil}, count_include_pad={include}, divisor={divisor}"
+        bad = np.argwhere(~np.isclose(got, want, atol=1e-5))
+        assert not bad.size, f"{where}: expected out{tuple(map(int, bad[0]))} = {want[tuple(map(int, bad[0]))]:.4f} (PyTorch), got {got[tuple(map(int, bad[0]))]:.4f}"
+
+
+# %%
+#| export layers.pooling
 @register("nn.AvgPool2d", "F.avg_pool2d")
 class AvgPool2d(Layer):
     """Mean of each window."""
@@ -736,11 +843,22 @@ class AvgPool2d(Layer):
         return Tensor(out, device=x.device)
 
 
+# %% [markdown]
+# ## Exercise 4.7 — adaptive average pooling
+#
+# `nn.AdaptiveAvgPool2d` is told the output size $O$, not a window: output row $i$ averages the
+# input rows $\lfloor iH/O \rfloor$ up to (not including) $\lceil (i+1)H/O \rceil$, and the same for
+# columns. The windows overlap when $O$ does not divide $H$, and $O > H$ works too.
+
+# %%
+#| export layers.pooling
+#| exercise: out[n, c, i, j] = mean of x over rows floor(iH/O)..ceil((i+1)H/O) and the same for columns
 @njit(parallel=True, cache=True)
 def adaptive_avg_pool(x, out):
     """out[.., i, j] = mean of x over rows floor(iH/O)..ceil((i+1)H/O) and the same for columns."""
     n_batch, channels, height, width = x.shape
     oh, ow = out.shape[2], out.shape[3]
+    ### BEGIN SOLUTION
     for nc in prange(n_batch * channels):
         n, c = nc // channels, nc % channels
         for i in range(oh):
@@ -752,8 +870,23 @@ def adaptive_avg_pool(x, out):
                     for ix in range(x0, x1):
                         total += x[n, c, iy, ix]
                 out[n, c, i, j] = total / ((y1 - y0) * (x1 - x0))
+    ### END SOLUTION
 
 
+# %%
+with check("Exercise 4.7"):
+    for shape, size in [((2, 3, 8, 8), (4, 4)), ((1, 2, 7, 9), (3, 4)), ((1, 2, 5, 6), (7, 4)), ((1, 1, 10, 3), (3, 1))]:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        want = F.adaptive_avg_pool2d(torch.from_numpy(x), size).numpy()
+        got = np.full(want.shape, np.nan, np.float32)
+        adaptive_avg_pool(x, got)
+        bad = np.argwhere(~np.isclose(got, want, atol=1e-5))
+        assert not bad.size, (f"x {shape} to {size}: expected out{tuple(map(int, bad[0]))} = {want[tuple(map(int, bad[0]))]:.4f} (PyTorch), "
+                              f"got {got[tuple(map(int, bad[0]))]:.4f}")
+
+
+# %%
+#| export layers.pooling
 @register("nn.AdaptiveAvgPool2d", "F.adaptive_avg_pool2d")
 class AdaptiveAvgPool2d(Layer):
     """Average pooling to a fixed output size (None keeps that input dimension)."""
@@ -808,32 +941,65 @@ class Elementwise(Layer):
         return Tensor(self.fn(x.numpy()), device=x.device)
 
 
+# %% [markdown]
+# ## Exercise 4.8 — activation kernels
+#
+# Write the three loops. Each walks the flat views of `x` and `out` once, in parallel with
+# `prange`, and writes one float32 result per element: ReLU6 is $\min(\max(v, 0), 6)$, SiLU is
+# $v / (1 + e^{-v})$, Hardswish is $v \cdot \text{clip}(v/6 + \tfrac12, 0, 1)$. Keep the constants
+# float32 (`np.float32(6.0)`), so numba does not compute in double precision.
+
+# %%
+#| export layers.activation
+#| exercise: one prange loop each over the flat arrays: ReLU6, SiLU = v / (1 + e^-v), Hardswish = v * clip(v/6 + 1/2, 0, 1)
 @njit(parallel=True, cache=True)
 def relu6_kernel(x, out):
     """out = min(max(x, 0), 6), element by element."""
     flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    ### BEGIN SOLUTION
     for i in prange(flat_in.size):
         flat_out[i] = min(max(flat_in[i], np.float32(0.0)), np.float32(6.0))
+    ### END SOLUTION
 
 
 @njit(parallel=True, cache=True)
 def silu_kernel(x, out):
     """out = x · sigmoid(x) = x / (1 + e^-x), element by element."""
     flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    ### BEGIN SOLUTION
     for i in prange(flat_in.size):
         v = flat_in[i]
         flat_out[i] = v / (np.float32(1.0) + np.exp(-v))
+    ### END SOLUTION
 
 
 @njit(parallel=True, cache=True)
 def hardswish_kernel(x, out):
     """out = x · clip(x / 6 + 1/2, 0, 1), element by element."""
     flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    ### BEGIN SOLUTION
     for i in prange(flat_in.size):
         v = flat_in[i]
         flat_out[i] = v * min(max(v / np.float32(6.0) + np.float32(0.5), np.float32(0.0)), np.float32(1.0))
+    ### END SOLUTION
 
 
+# %%
+with check("Exercise 4.8"):
+    x = np.concatenate([np.linspace(-10, 10, 80, dtype=np.float32), rng.standard_normal(1000, dtype=np.float32) * 4])
+    x = x.reshape(1, 1, 3, -1)
+    for kernel, torch_fn in [(relu6_kernel, F.relu6), (silu_kernel, F.silu), (hardswish_kernel, F.hardswish)]:
+        want = torch_fn(torch.from_numpy(x)).numpy()
+        got = np.full_like(x, np.nan)
+        kernel(x, got)
+        bad = np.argwhere(~np.isclose(got, want, atol=1e-5, rtol=1e-5))
+        assert not bad.size, (f"{kernel.__name__}: at x = {x[tuple(map(int, bad[0]))]:.4f} expected {want[tuple(map(int, bad[0]))]:.5f} "
+                              f"(PyTorch), got {got[tuple(map(int, bad[0]))]:.5f}")
+    assert got.dtype == np.float32, f"expected float32 out, got {got.dtype}"
+
+
+# %%
+#| export layers.activation
 def elementwise(kernel):
     """A layer's `fn` running the numba `kernel(x, out)` into a new float32 array."""
 
@@ -970,9 +1136,18 @@ class BatchNorm(Layer):
 # `align_corners=False` pixels are squares whose centres line up, $\text{src} = (o + \tfrac12)s - \tfrac12$
 # (clamped at 0); with `align_corners=True` the corner pixels line up,
 # $\text{src} = o\,(\text{in}-1)/(\text{out}-1)$.
+#
+# ## Exercise 4.9 — resizing one axis
+#
+# Write `source_coords` by these formulas (an output of one position reads source 0 when the
+# corners line up), and `resize_axis`: **nearest** takes index $\lfloor o \cdot \text{step} \rfloor$
+# (clamped to the last index); **linear** blends `low` $= \lfloor\text{src}\rfloor$ and `high` $=$
+# `low` $+ 1$ (both clamped to the last index) with weights $1 - f$ and $f$, $f = \text{src} -
+# \text{low}$, broadcast along `axis`. `np.take(x, index, axis=axis)` gathers along one axis.
 
 # %%
 #| export layers.resize
+#| exercise: source coordinate per output (either align_corners); nearest or linear gather along `axis`
 import math
 
 import numpy as np
@@ -985,16 +1160,19 @@ from kuiper.tensor import Tensor
 
 def source_coords(size_in: int, size_out: int, scale: float | None, align_corners: bool) -> np.ndarray:
     """Source coordinate (float) of each output position along one axis."""
+    ### BEGIN SOLUTION
     out = np.arange(size_out, dtype=np.float64)
     if align_corners:
         return out * ((size_in - 1) / (size_out - 1) if size_out > 1 else 0.0)
     step = 1 / scale if scale else size_in / size_out
     return np.maximum((out + 0.5) * step - 0.5, 0.0)
+    ### END SOLUTION
 
 
 def resize_axis(x: np.ndarray, axis: int, size_out: int, scale: float | None, mode: str,
                 align_corners: bool) -> np.ndarray:
     """Resize one axis of x by nearest or linear interpolation."""
+    ### BEGIN SOLUTION
     size_in = x.shape[axis]
     if mode == "nearest":
         step = 1 / scale if scale else size_in / size_out
@@ -1007,8 +1185,30 @@ def resize_axis(x: np.ndarray, axis: int, size_out: int, scale: float | None, mo
     shape[axis] = size_out
     weight = (src - low).astype(np.float32).reshape(shape)
     return np.take(x, low, axis=axis) * (1 - weight) + np.take(x, high, axis=axis) * weight
+    ### END SOLUTION
 
 
+# %%
+with check("Exercise 4.9"):
+    x = rng.standard_normal((1, 2, 5, 4), dtype=np.float32)
+    for mode, size, scale, corners in [("nearest", (10, 8), 2.0, False), ("nearest", (7, 3), None, False),
+                                       ("bilinear", (10, 8), 2.0, False), ("bilinear", (9, 6), None, False),
+                                       ("bilinear", (9, 6), None, True), ("bilinear", (3, 1), None, True),
+                                       ("bilinear", (15, 12), 3.0, False)]:
+        options = dict(scale_factor=scale) if scale else dict(size=size)
+        if mode == "bilinear":
+            options["align_corners"] = corners
+        want = F.interpolate(torch.from_numpy(x), mode=mode, **options).numpy()
+        got = x
+        for axis, n in [(2, size[0]), (3, size[1])]:
+            got = resize_axis(got, axis, n, scale, mode, corners)
+        where = f"{mode} {x.shape[2:]} -> {size}, scale {scale}, align_corners={corners}"
+        assert got.shape == want.shape, f"{where}: expected shape {want.shape}, got {got.shape}"
+        assert np.allclose(got, want, atol=1e-5), f"{where}: expected F.interpolate's output, {agreement(got, want)}"
+
+
+# %%
+#| export layers.resize
 @register("nn.Upsample", "F.interpolate", "F.upsample", "F.upsample_nearest", "F.upsample_bilinear")
 class Upsample(Layer):
     """Resize the last two dimensions: nearest, or bilinear with either align_corners."""

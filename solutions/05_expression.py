@@ -27,8 +27,9 @@
 # |---|---|
 # | 5.1 | the tokenizer: text → tokens, with the column of each |
 # | 5.2 | the recursive-descent parser: tokens → syntax tree |
-# | 5.3 | reverse-Polish order: the tree flattened for a stack machine |
-# | 5.4 | the stack machine that evaluates it over tensors |
+# | 5.3 | `parse`: one expression that uses the whole text |
+# | 5.4 | reverse-Polish order: the tree flattened for a stack machine |
+# | 5.5 | the stack machine that evaluates it over tensors |
 
 # %%
 #| default_exp expression
@@ -37,7 +38,7 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-from kuiper.course import agreement, check, patch_to
+from kuiper.course import agreement, check, patch_to, raises
 from kuiper.errors import KuiperError
 
 # %% [markdown]
@@ -140,11 +141,14 @@ with check("Exercise 5.1"):
             ("punct", "(", 11), ("input", "@1", 12), ("punct", ",", 14), ("number", "-2.5e+00", 15),
             ("punct", ")", 23), ("punct", ")", 24)]
     assert got == want, f"expected {want},\ngot      {got}"
-    try:
-        tokenize("add(@0,#1)")
-        raise AssertionError("'#' should raise ExpressionError")
-    except ExpressionError as err:
-        assert "column 7" in str(err), f"say where: {err}"
+    got = [(t.kind, t.text, t.column) for t in tokenize("  [ -1 ,size(@12,0)]")]
+    want = [("punct", "[", 2), ("number", "-1", 4), ("punct", ",", 7), ("name", "size", 8), ("punct", "(", 12),
+            ("input", "@12", 13), ("punct", ",", 16), ("number", "0", 17), ("punct", ")", 18), ("punct", "]", 19)]
+    assert got == want, f"expected {want},\ngot      {got}"
+    assert tokenize("   ") == [], f"only spaces: expected no tokens, got {tokenize('   ')}"
+    for bad, column in [("add(@0,#1)", 7), ("@0 + @1", 3), ("$", 0)]:
+        err = raises(ExpressionError, tokenize, bad)
+        assert f"column {column}" in str(err), f"{bad!r}: expected the message to say column {column}, got: {err}"
 
 # %% [markdown]
 # ## The syntax tree
@@ -190,7 +194,7 @@ class ListOf:
 # `expr` calls the `expr` function: the recursion in the grammar becomes recursion in the code.
 # `Parser` keeps the tokens and a position; `peek` looks at the current token, `take(kind, text)`
 # consumes it if it is what the grammar expects and raises an `ExpressionError` with its column
-# otherwise, and `parse` runs `expr` once over the whole text. Write `expr`: look at the current token and build an `Input`, a `Number`, a `Call`
+# otherwise, and `parse` (the next exercise) runs `expr` once over the whole text. Write `expr`: look at the current token and build an `Input`, a `Number`, a `Call`
 # (check the name is in `FUNCTIONS` and has the right number of arguments) or a `ListOf`.
 
 # %%
@@ -230,17 +234,6 @@ class Parser:
 
 # %%
 #| export
-def parse(text: str) -> Input | Number | Call | ListOf:
-    """The syntax tree of a whole expression string; ExpressionError (with the column) if it is malformed."""
-    parser = Parser(text)
-    tree = parser.expr()
-    if parser.peek() is not None:
-        raise parser.fail(f"unexpected {parser.peek().text!r} after the expression")
-    return tree
-
-
-# %%
-#| export
 #| exercise: parse one expr at self.pos: Input, Number, Call (known name, right arity) or ListOf
 @patch_to(Parser)
 def expr(self) -> Input | Number | Call | ListOf:
@@ -276,16 +269,45 @@ def expr(self) -> Input | Number | Call | ListOf:
 
 # %%
 with check("Exercise 5.2"):
-    tree = parse("add(@0,mul(@1,2.000000e+00))")
-    want = Call("add", (Input(0), Call("mul", (Input(1), Number(2.0)))))
-    assert tree == want, f"expected {want}, got {tree}"
-    assert parse("[@0,-1]") == ListOf((Input(0), Number(-1))), parse("[@0,-1]")
-    for bad, column in [("add(@0)", 0), ("foo(@0)", 0), ("add(@0,@1", 9), ("add(@0,@1))", 10)]:
-        try:
-            parse(bad)
-            raise AssertionError(f"{bad!r} should raise ExpressionError")
-        except ExpressionError as err:
-            assert f"column {column}:" in str(err), f"{bad!r}: expected the error at column {column}: {err}"
+    for text, want in [("add(@0,mul(@1,2.000000e+00))", Call("add", (Input(0), Call("mul", (Input(1), Number(2.0)))))),
+                       ("[@0,-1]", ListOf((Input(0), Number(-1)))), ("sqrt(@12)", Call("sqrt", (Input(12),))),
+                       ("[size(@0,2),[1,2.5]]", ListOf((Call("size", (Input(0), Number(2))),
+                                                         ListOf((Number(1), Number(2.5))))))]:
+        got = Parser(text).expr()
+        assert repr(got) == repr(want), f"{text!r}: expected {want}, got {got}"  # repr tells 2 from 2.0
+    for bad, column in [("add(@0)", 0), ("foo(@0)", 0), ("add(@0,@1", 9), ("sqrt(@0,@1)", 0), ("[@0,)", 4), (")", 0)]:
+        err = raises(ExpressionError, Parser(bad).expr)
+        assert f"column {column}:" in str(err), f"{bad!r}: expected the error at column {column}, got: {err}"
+
+# %% [markdown]
+# ## Exercise 5.3 — the whole text
+#
+# `parse(text)` is the parser's front door: parse one `expr` from the start, and then the text
+# must be used up. A token left over (`add(@0,@1))`) is an `ExpressionError` at its column,
+# which `Parser.fail` builds for you.
+
+# %%
+#| export
+#| exercise: Parser(text).expr(), then ExpressionError (via parser.fail) if a token is left over
+def parse(text: str) -> Input | Number | Call | ListOf:
+    """The syntax tree of a whole expression string; ExpressionError (with the column) if it is malformed."""
+    ### BEGIN SOLUTION
+    parser = Parser(text)
+    tree = parser.expr()
+    if parser.peek() is not None:
+        raise parser.fail(f"unexpected {parser.peek().text!r} after the expression")
+    return tree
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 5.3"):
+    for text, want in [("add(@0,@1)", Call("add", (Input(0), Input(1)))), ("[@0,-1]", ListOf((Input(0), Number(-1))))]:
+        got = parse(text)
+        assert got == want, f"parse({text!r}): expected {want}, got {got}"
+    for bad, column in [("add(@0,@1))", 10), ("@0 @1", 3), ("", 0), ("[1,2] 3", 6)]:
+        err = raises(ExpressionError, parse, bad)
+        assert f"column {column}:" in str(err), f"parse({bad!r}): expected the error at column {column}, got: {err}"
 
 # %% [markdown]
 # (`@patch_to(Parser)` adds `expr` to the class defined above; in `kuiper/expression.py` it sits
@@ -326,7 +348,7 @@ ax.axis("off")
 plt.show()
 
 # %% [markdown]
-# ## Exercise 5.3 — reverse-Polish order
+# ## Exercise 5.4 — reverse-Polish order
 #
 # Reading the tree **children first, then the node** (post-order) gives reverse-Polish notation:
 # `@0 @1 sqrt add @2 3 sub mul`. It needs no brackets, and a machine can run it left to right
@@ -345,13 +367,17 @@ def to_rpn(tree: Input | Number | Call | ListOf) -> list:
 
 
 # %%
-with check("Exercise 5.3"):
-    got = " ".join(label(node) for node in to_rpn(parse(expression)))
-    assert got == "@0 @1 sqrt add @2 3 sub mul", f"got {got!r}"
-    assert [label(n) for n in to_rpn(parse("[@1,2]"))] == ["@1", "2", "list/2"]
+with check("Exercise 5.4"):
+    tree = Call("mul", (Call("add", (Input(0), Call("sqrt", (Input(1),)))), Call("sub", (Input(2), Number(3)))))
+    got = " ".join(label(node) for node in to_rpn(tree))
+    assert got == "@0 @1 sqrt add @2 3 sub mul", f"expected '@0 @1 sqrt add @2 3 sub mul', got {got!r}"
+    got = [label(n) for n in to_rpn(ListOf((Input(1), ListOf((Number(2), Number(5))), Number(4))))]
+    assert got == ["@1", "2", "5", "list/2", "4", "list/3"], f"expected ['@1', '2', '5', 'list/2', '4', 'list/3'], got {got}"
+    got = to_rpn(Input(0))
+    assert got == [Input(0)], f"a single input: expected [Input(index=0)], got {got}"
 
 # %% [markdown]
-# ## Exercise 5.4 — the stack machine
+# ## Exercise 5.5 — the stack machine
 #
 # Run the program: an `Input` pushes that input array, a `Number` pushes its value, a `Call` pops
 # as many values as it takes arguments (the last popped is the first argument), applies its
@@ -381,14 +407,23 @@ def evaluate(program: list, inputs: list) -> object:
 
 
 # %%
-with check("Exercise 5.4"):
+with check("Exercise 5.5"):
+    # the programs written out by hand, so that this check runs only your stack machine
     a, b = np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1.0, 4.0, 9.0], np.float32)
-    got = evaluate(to_rpn(parse("mul(add(@0,sqrt(@1)),sub(@0,3))")), [a, b])
+    x0, x1, three = Input(0), Input(1), Number(3)
+    root, plus, minus = Call("sqrt", (x1,)), Call("add", (x0, Call("sqrt", (x1,)))), Call("sub", (x0, three))
+    got = evaluate([x0, x1, root, plus, x0, three, minus, Call("mul", (plus, minus))], [a, b])
     want = (a + np.sqrt(b)) * (a - 3)
-    assert isinstance(got, np.ndarray) and np.allclose(got, want), f"expected\n{want}\ngot\n{got}"
-    assert got.dtype == np.float32, f"stay in float32, got {got.dtype}"
-    assert evaluate(to_rpn(parse("[size(@0,1),-1]")), [a]) == [3, -1]
-    assert np.allclose(evaluate(to_rpn(parse("rsub(@0,1)")), [a]), 1 - a), "rsub(a, b) is b - a"
+    assert isinstance(got, np.ndarray) and np.allclose(got, want), f"mul(add(@0,sqrt(@1)),sub(@0,3)): expected\n{want}\ngot\n{got}"
+    assert got.dtype == np.float32, f"expected float32, got {got.dtype}"
+    size = Call("size", (x0, Number(1)))
+    got = evaluate([x0, Number(1), size, Number(-1), ListOf((size, Number(-1)))], [a])
+    assert got == [3, -1], f"[size(@0,1),-1]: expected [3, -1], got {got!r}"
+    for text, program, want in [("rsub(@0,1)", [x0, Number(1), Call("rsub", (x0, Number(1)))], 1 - a),
+                                ("sub(@1,@0)", [x1, x0, Call("sub", (x1, x0))], b - a),
+                                ("div(@0,@1)", [x0, x1, Call("div", (x0, x1))], a / b), ("@1", [x1], b)]:
+        got = evaluate(program, [a, b])
+        assert np.allclose(got, want), f"{text}: expected\n{want}\ngot\n{got}"
 
 # %% [markdown]
 # Watching the stack makes the order visible:

@@ -20,8 +20,10 @@
 # | exercise | what |
 # |---|---|
 # | 6.1 | preprocessing: resize, centre-crop and normalise like torchvision |
-# | 6.2 | softmax and top-k |
-# | 6.3 | a residual block, wired by hand from the graph's own layers |
+# | 6.2 | softmax that never overflows |
+# | 6.3 | top-k: the k most likely classes |
+# | 6.4 | `classify`: images in, probabilities out, in batches |
+# | 6.5 | a residual block, wired by hand from the graph's own layers |
 
 # %%
 #| default_exp vision.classify
@@ -34,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 import kuiper
-from kuiper.course import DATA, agreement, check
+from kuiper.course import DATA, agreement, check, raises
 from kuiper.errors import KuiperError
 from kuiper.tensor import Tensor
 
@@ -125,25 +127,35 @@ def preprocess(image: Image.Image, size: int = 224, resize: int = 256) -> np.nda
 
 # %%
 with check("Exercise 6.1"):
+    from kuiper.vision.classify import preprocess as reference_preprocess
+
     x = preprocess(load_image(DATA / "images" / "grace_hopper.jpg"))
     assert x.shape == (3, 224, 224) and x.dtype == np.float32, f"expected (3, 224, 224) float32, got {x.shape} {x.dtype}"
-    reference = np.load(MODELS / "mobilenet_v2.input.npy")[0]  # torchvision-style preprocessing by tools/zoo.py
-    assert np.abs(x - reference).max() < 1e-5, f"differs from the reference by {np.abs(x - reference).max():.2e}"
+    want = np.load(MODELS / "mobilenet_v2.input.npy")[0]  # torchvision's preprocessing, saved by tools/zoo.py
+    assert np.abs(x - want).max() < 1e-5, f"expected torchvision's input, differs by {np.abs(x - want).max():.2e}"
     tall = preprocess(Image.new("RGB", (300, 500), (255, 0, 0)), size=100, resize=120)
-    assert tall.shape == (3, 100, 100) and np.allclose(tall[0], (1 - 0.485) / 0.229), "pure red, normalised"
+    red = np.array([(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225], np.float32)
+    assert tall.shape == (3, 100, 100), f"a 300 × 500 image: expected (3, 100, 100), got {tall.shape}"
+    assert np.allclose(tall[:, 50, 50], red), f"pure red: expected {red} per channel, got {tall[:, 50, 50]}"
+    noise = np.random.default_rng(0).integers(0, 256, (203, 301, 3), dtype=np.uint8)  # odd margins both ways
+    for (w, h), size, resize in [((301, 203), 64, 75), ((203, 301), 50, 61), ((90, 90), 32, 37)]:
+        image = Image.fromarray(noise[:h, :w])
+        got, want = preprocess(image, size, resize), reference_preprocess(image, size, resize)
+        assert got.shape == want.shape, f"a {w} × {h} image, size {size}, resize {resize}: expected {want.shape}, got {got.shape}"
+        assert np.abs(got - want).max() < 1e-5, (f"a {w} × {h} image, size {size}, resize {resize}: expected the "
+                                                 f"reference's pixels, differs by {np.abs(got - want).max():.2f}")
 
 # %% [markdown]
-# ## Exercise 6.2 — softmax and top-k
+# ## Exercise 6.2 — softmax
 #
 # The network's 1000 outputs are *logits*; softmax turns them into probabilities,
 # $p_i = e^{z_i - m} / \sum_j e^{z_j - m}$ with $m = \max_j z_j$ (subtracting the maximum
-# changes nothing mathematically and keeps `exp` from overflowing). `top_k` returns the indices
-# of the `k` largest values, largest first, and the values; `np.argpartition` finds them without
-# sorting all 1000.
+# changes nothing mathematically and keeps `exp` from overflowing). Work along the last axis, so
+# that a batch of logits `(N, 1000)` gives one distribution per image.
 
 # %%
 #| export
-#| exercise: a numerically safe softmax over the last axis, and the k largest entries (indices, values), largest first
+#| exercise: a numerically safe softmax over the last axis: exp(z - max) / sum, any number of leading axes
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Probabilities from logits along the last axis; never overflows."""
     ### BEGIN SOLUTION
@@ -152,6 +164,30 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     ### END SOLUTION
 
 
+# %%
+with check("Exercise 6.2"):
+    p = softmax(np.array([[1.0, 2.0, 3.0], [1000.0, 1000.0, 0.0]], np.float32))
+    assert np.isfinite(p).all(), f"logits of 1000: expected finite probabilities, got {p.tolist()}"
+    assert np.allclose(p[0], [0.09003057, 0.24472847, 0.66524096]), f"[1, 2, 3]: expected [0.090, 0.245, 0.665], got {p[0]}"
+    assert np.allclose(p[1], [0.5, 0.5, 0.0]), f"[1000, 1000, 0]: expected [0.5, 0.5, 0], got {p[1]}"
+    logits = np.random.default_rng(0).standard_normal((2, 3, 5)).astype(np.float32) * 10
+    want = np.exp(logits.astype(np.float64)) / np.exp(logits.astype(np.float64)).sum(-1, keepdims=True)
+    got = softmax(logits)
+    assert got.shape == want.shape and np.allclose(got, want, atol=1e-6), \
+        f"(2, 3, 5) logits: expected softmax over the last axis, {agreement(got, want)}"
+    one = softmax(np.array([-5.0, 0.0, 5.0], np.float32))
+    assert np.allclose(one.sum(), 1) and one.shape == (3,), f"a 1-d vector: expected 3 probabilities summing to 1, got {one}"
+
+# %% [markdown]
+# ## Exercise 6.3 — top-k
+#
+# `top_k` returns the indices of the `k` largest values, largest first, and the values; asking
+# for more than there are returns them all. `np.argpartition` finds the `k` largest without
+# sorting all 1000 entries; then sort only those.
+
+# %%
+#| export
+#| exercise: the indices and values of the k largest entries (all of them when k > size), largest first
 def top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices and values of the k largest entries of a 1-d array, largest first."""
     ### BEGIN SOLUTION
@@ -163,42 +199,88 @@ def top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # %%
-with check("Exercise 6.2"):
-    p = softmax(np.array([[1.0, 2.0, 3.0], [1000.0, 1000.0, 0.0]], np.float32))
-    assert np.allclose(p.sum(axis=-1), 1) and np.isfinite(p).all(), f"rows must sum to 1 without overflow: {p}"
-    assert np.allclose(p[0], [0.09003057, 0.24472847, 0.66524096]) and np.allclose(p[1, :2], 0.5)
-    index, value = top_k(np.array([0.1, 0.5, 0.05, 0.3, 0.05]), 3)
-    assert index.tolist() == [1, 3, 0] and np.allclose(value, [0.5, 0.3, 0.1]), f"got {index}, {value}"
+with check("Exercise 6.3"):
+    values = np.array([0.1, 0.5, 0.05, 0.3, 0.05, 0.7, 0.2])
+    for k, want in [(3, [5, 1, 3]), (1, [5]), (7, [5, 1, 3, 6, 0]), (10, [5, 1, 3, 6, 0])]:
+        index, value = top_k(values, k)
+        got = index.tolist()[:len(want)]
+        assert got == want and len(index) == min(k, values.size), f"top_k(k={k}): expected indices {want}..., got {index.tolist()}"
+        assert np.allclose(value, values[index]), f"top_k(k={k}): expected the values {values[index]}, got {value}"
+    probs = np.random.default_rng(1).random(1000)
+    index, _ = top_k(probs, 5)
+    assert index.tolist() == np.argsort(-probs)[:5].tolist(), \
+        f"1000 values: expected {np.argsort(-probs)[:5].tolist()}, got {index.tolist()}"
 
 # %% [markdown]
-# ## Classifying a batch
+# ## Exercise 6.4 — classifying a batch
 #
 # `classify` prepares every image for the graph's input size, runs them through the graph in
 # batches and returns the probabilities. The input size comes from the `pnnx.Input` annotation,
-# so an image model of another size works too, and a model that does not take images says so.
+# so an image model of another size works too, and a model that does not take images says so:
+#
+# 1. `input_size`: the shape of the operand the single `pnnx.Input` writes must be `(N, 3, S, S)`;
+#    return `S`, or raise `ShapeError` naming the model file and the shape;
+# 2. `classify`: preprocess each image for side `S`, resizing its shorter side to
+#    `round(S · 256 / 224)` (the ImageNet ratio), stack them, run the graph on `batch` images at a
+#    time (the last batch may be smaller), and softmax the concatenated logits.
 
 # %%
 #| export
+#| exercise: input_size: S of an (N, 3, S, S) input, else ShapeError; classify: preprocess, run in batches, softmax
 def input_size(graph: RuntimeGraph) -> int:
     """The square image side an image model expects; ShapeError if its input is not (N, 3, S, S)."""
+    ### BEGIN SOLUTION
     shape = graph.model.operands[graph.inputs[0].outputs[0]].shape
     if len(graph.inputs) != 1 or len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
         raise ShapeError(f"{graph.model.path.name} takes input of shape {shape}, not one (N, 3, S, S) image batch")
     return shape[2]
+    ### END SOLUTION
 
 
 def classify(graph: RuntimeGraph, paths: list[str | Path], batch: int = 8) -> np.ndarray:
     """Class probabilities (len(paths), classes) for the images at `paths`, `batch` at a time."""
+    ### BEGIN SOLUTION
     size = input_size(graph)
     images = np.stack([preprocess(load_image(p), size, round(size * 256 / 224)) for p in paths])
     logits = [graph(images[i:i + batch]) for i in range(0, len(images), batch)]
     return softmax(np.concatenate(logits))
+    ### END SOLUTION
 
 
 def read_labels(path: str | Path) -> list[str]:
     """One class name per line."""
     return Path(path).read_text().splitlines()
 
+
+# %%
+with check("Exercise 6.4"):
+    from types import SimpleNamespace
+
+    from kuiper.vision.classify import preprocess as reference_preprocess
+
+    class FakeGraph:
+        """Stands in for a RuntimeGraph with input (1, 3, S, S): logits are each image's channel means."""
+
+        def __init__(self, shape):
+            self.inputs = [SimpleNamespace(outputs=["in"])]
+            self.model = SimpleNamespace(operands={"in": SimpleNamespace(shape=shape)}, path=Path("fake.pnnx.param"))
+            self.batches = []
+
+        def __call__(self, x):
+            self.batches.append(x.shape)
+            return x.mean(axis=(2, 3)) * 4
+
+    fake = FakeGraph((1, 3, 40, 40))
+    got = classify(fake, IMAGES, batch=2)
+    shapes = [tuple(s) for s in fake.batches]
+    assert shapes == [(2, 3, 40, 40), (1, 3, 40, 40)], f"3 images in batches of 2 at side 40: expected [(2, 3, 40, 40), (1, 3, 40, 40)], got {shapes}"
+    logits = np.stack([reference_preprocess(load_image(p), 40, 46).mean(axis=(1, 2)) * 4 for p in IMAGES])
+    want = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    assert got.shape == want.shape and np.allclose(got, want, atol=1e-5), f"expected probabilities\n{want}\ngot\n{got}"
+    for shape in [(1, 1, 40, 40), (1, 3, 40, 48), (1, 3, 40)]:
+        err = raises(ShapeError, classify, FakeGraph(shape), IMAGES[:1])
+        assert "fake.pnnx.param" in str(err) and str(shape) in str(err), \
+            f"input {shape}: expected a message naming fake.pnnx.param and {shape}, got: {err}"
 
 # %%
 graph = kuiper.load(MODELS / "mobilenet_v2.pnnx.param")
@@ -258,7 +340,7 @@ fig.suptitle(f"{first.name} ({first.type}) on {IMAGES[0].name}: 16 of {maps.shap
 plt.show()
 
 # %% [markdown]
-# ## Exercise 6.3 — a residual block
+# ## Exercise 6.5 — a residual block
 #
 # ResNet is built from *basic blocks*: two 3×3 convolutions with a ReLU between, whose output is
 # **added** to the block's input (the *shortcut*) before a final ReLU. When the block halves the
@@ -286,16 +368,21 @@ def basic_block(x: Tensor, conv1, conv2, relu, downsample=None) -> Tensor:
 
 
 # %%
-with check("Exercise 6.3"):
+with check("Exercise 6.5"):
     x = np.load(MODELS / "resnet18.input.npy")
     resnet(x, keep={"13", "19"})  # the input and the output of layer2.0, the first block that downsamples
     block_in, block_out = resnet.kept["13"], resnet.kept["19"]
     layers = resnet.layers
     got = basic_block(block_in, layers["convbn2d_5"], layers["convbn2d_6"], layers["layer2.0.relu"],
                       downsample=layers["convbn2d_7"])
-    assert got.shape == block_out.shape, f"shape {got.shape}, expected {block_out.shape}"
+    assert got.shape == block_out.shape, f"layer2.0: expected shape {block_out.shape}, got {got.shape}"
     error = np.abs(got.numpy() - block_out.numpy()).max()
-    assert error < 1e-5, f"differs from the graph's layer2.0 output by {error:.2e}"
+    assert error < 1e-5, f"layer2.0: expected the graph's output, differs by {error:.2e}"
+    t = Tensor(np.linspace(-3, 3, 8, dtype=np.float32).reshape(1, 2, 2, 2))
+    half, relu = (lambda v: v * 0.5), (lambda v: Tensor(np.maximum(v.numpy(), 0)))
+    got = basic_block(t, half, lambda v: v * -2.0, relu).numpy()
+    want = np.maximum(-2.0 * np.maximum(0.5 * t.numpy(), 0) + t.numpy(), 0)
+    assert np.allclose(got, want), f"no downsample, conv1 = x/2, conv2 = -2x: expected {want.ravel()}, got {got.ravel()}"
 
 # %% [markdown]
 # ## Where the time goes

@@ -21,8 +21,10 @@
 # | exercise | what |
 # |---|---|
 # | 7.1 | letterbox: resize keeping the aspect ratio, pad to a square |
-# | 7.2 | the IoU of every pair of boxes, vectorised |
-# | 7.3 | greedy non-maximum suppression |
+# | 7.2 | boxes from centre and size to corners |
+# | 7.3 | the IoU of every pair of boxes, vectorised |
+# | 7.4 | greedy non-maximum suppression |
+# | 7.5 | from raw rows to detections: scores, class-aware NMS, boxes mapped back to the photo |
 
 # %%
 #| default_exp vision.detect
@@ -34,7 +36,7 @@ import torch
 from PIL import Image
 
 import kuiper
-from kuiper.course import DATA, agreement, check
+from kuiper.course import DATA, agreement, check, raises
 from kuiper.vision.classify import load_image
 
 MODELS = DATA / "models"
@@ -78,10 +80,21 @@ def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, float, tuple[i
 
 # %%
 with check("Exercise 7.1"):
+    from kuiper.vision.detect import letterbox as reference_letterbox
+
     x, scale, pad = letterbox(Image.new("RGB", (400, 300), (255, 0, 0)), 640)
-    assert x.shape == (3, 640, 640) and x.dtype == np.float32, f"got {x.shape} {x.dtype}"
-    assert scale == 1.6 and pad == (0, 80), f"scale 1.6 and padding (0, 80) expected, got {scale}, {pad}"
-    assert np.allclose(x[:, 100, 100], [1, 0, 0]) and np.allclose(x[:, 10, 10], 114 / 255), "red inside, grey bars"
+    assert x.shape == (3, 640, 640) and x.dtype == np.float32, f"expected (3, 640, 640) float32, got {x.shape} {x.dtype}"
+    assert scale == 1.6 and tuple(pad) == (0, 80), f"a 400 × 300 image: expected scale 1.6, padding (0, 80), got {scale}, {pad}"
+    assert np.allclose(x[:, 100, 100], [1, 0, 0]), f"inside the photo: expected red [1, 0, 0], got {x[:, 100, 100]}"
+    assert np.allclose(x[:, 10, 10], 114 / 255), f"in the bars: expected grey {114 / 255:.3f}, got {x[:, 10, 10]}"
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (117, 203, 3), dtype=np.uint8))
+    for image, size in [(noise, 256), (noise.transpose(Image.Transpose.TRANSPOSE), 320), (noise, 100)]:
+        got, want = letterbox(image, size), reference_letterbox(image, size)
+        where = f"a {image.size[0]} × {image.size[1]} image into {size}"
+        assert np.isclose(got[1], want[1]) and tuple(got[2]) == tuple(want[2]), \
+            f"{where}: expected scale {want[1]:.4f}, padding {want[2]}, got {got[1]:.4f}, {got[2]}"
+        assert got[0].shape == want[0].shape and np.abs(got[0] - want[0]).max() < 1e-6, \
+            f"{where}: expected the reference's pixels, {agreement(got[0], want[0])}"
 
 # %%
 photo = load_image(DATA / "images" / "coffee.jpg")
@@ -139,21 +152,42 @@ raw = yolo(x)
 print(raw.shape, "vs PyTorch:", agreement(raw, want, 1e-4))
 
 # %% [markdown]
-# ## Exercise 7.2 — intersection over union
+# ## Exercise 7.2 — from centre and size to corners
+#
+# The head predicts a box as its centre and size $(c_x, c_y, w, h)$; IoU and drawing want its
+# corners $(x_1, y_1, x_2, y_2) = (c_x - w/2,\ c_y - h/2,\ c_x + w/2,\ c_y + h/2)$. Convert the last
+# axis, whatever the leading axes are (one image's `(N, 4)` or a batch's `(B, N, 4)`).
+
+# %%
+#| export
+#| exercise: (cx, cy, w, h) on the last axis to (cx - w/2, cy - h/2, cx + w/2, cy + h/2), any leading axes
+def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """Centre-size boxes (cx, cy, w, h) as corners (x1, y1, x2, y2)."""
+    ### BEGIN SOLUTION
+    centre, half = boxes[..., :2], boxes[..., 2:4] / 2
+    return np.concatenate([centre - half, centre + half], axis=-1)
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 7.2"):
+    got = xywh_to_xyxy(np.array([[50, 40, 20, 10], [5, 5, 10, 30]], np.float32))
+    want = np.array([[40, 35, 60, 45], [0, -10, 10, 20]], np.float32)
+    assert got.shape == want.shape and np.allclose(got, want), f"expected\n{want}\ngot\n{got}"
+    batch = np.random.default_rng(0).uniform(1, 50, (2, 3, 4)).astype(np.float32)
+    got = xywh_to_xyxy(batch)
+    want = np.concatenate([batch[..., :2] - batch[..., 2:] / 2, batch[..., :2] + batch[..., 2:] / 2], axis=-1)
+    assert got.shape == (2, 3, 4) and np.allclose(got, want), f"a (2, 3, 4) batch: expected\n{want[1]}\ngot\n{got[-1]}"
+
+
+# %% [markdown]
+# ## Exercise 7.3 — intersection over union
 #
 # Two boxes overlap by their IoU, the area of their intersection over the area of their union. For
 # boxes as corners $(x_1, y_1, x_2, y_2)$, the intersection is
 # $\max(0, \min(x_2, x_2') - \max(x_1, x_1')) \cdot \max(0, \min(y_2, y_2') - \max(y_1, y_1'))$.
 # Compute the IoU of **every** box in `a` (N × 4) with every box in `b` (M × 4) at once: add axes
 # so numpy broadcasts `a[:, None]` against `b[None, :]` into an N × M result, with no Python loop.
-
-# %%
-#| export
-def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
-    """Centre-size boxes (cx, cy, w, h) as corners (x1, y1, x2, y2)."""
-    centre, half = boxes[..., :2], boxes[..., 2:4] / 2
-    return np.concatenate([centre - half, centre + half], axis=-1)
-
 
 # %%
 #| export
@@ -171,15 +205,27 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # %%
-with check("Exercise 7.2"):
+with check("Exercise 7.3"):
     a = np.array([[0, 0, 10, 10], [5, 5, 15, 15]], np.float32)
-    b = np.array([[0, 0, 10, 10], [10, 10, 20, 20], [5, 0, 15, 10]], np.float32)
+    b = np.array([[0, 0, 10, 10], [10, 10, 20, 20], [5, 0, 15, 10], [20, 30, 30, 40]], np.float32)
     got = box_iou(a, b)
-    want = np.array([[1, 0, 50 / 150], [25 / 175, 25 / 175, 50 / 150]])
-    assert got.shape == (2, 3) and np.allclose(got, want), f"expected\n{want}\ngot\n{got}"
+    want = np.array([[1, 0, 50 / 150, 0], [25 / 175, 25 / 175, 50 / 150, 0]])
+    assert got.shape == want.shape and np.allclose(got, want), f"expected\n{want}\ngot\n{got}"
+    g = np.random.default_rng(0)
+    corners = g.uniform(0, 50, (7, 2))
+    boxes = np.concatenate([corners, corners + g.uniform(1, 30, (7, 2))], axis=1)
+
+    def one_iou(p, q):
+        w = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
+        h = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
+        return w * h / ((p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - w * h)
+
+    want = np.array([[one_iou(p, q) for q in boxes[4:]] for p in boxes[:4]])
+    got = box_iou(boxes[:4], boxes[4:])
+    assert got.shape == (4, 3) and np.allclose(got, want), f"4 × 3 random boxes: expected\n{want.round(4)}\ngot\n{np.round(got, 4)}"
 
 # %% [markdown]
-# ## Exercise 7.3 — non-maximum suppression
+# ## Exercise 7.4 — non-maximum suppression
 #
 # A real object lights up several neighbouring cells and anchors, so the raw output holds many
 # boxes per object. **Greedy NMS** keeps the best one and drops its near-duplicates: sort by score;
@@ -204,12 +250,20 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
 
 
 # %%
-with check("Exercise 7.3"):
+with check("Exercise 7.4"):
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 9, 10], [21, 19, 30, 31]], np.float32)
     scores = np.array([0.9, 0.8, 0.7, 0.95, 0.6], np.float32)
     got = nms(boxes, scores, 0.5)
     assert got.tolist() == [3, 2], f"expected [3, 2] (box 3 beats 0 and 1; box 2 beats 4), got {got.tolist()}"
-    assert nms(boxes[:0], scores[:0], 0.5).tolist() == []
+    got = nms(boxes, scores, 0.95)
+    assert got.tolist() == [3, 0, 1, 2, 4], f"threshold 0.95: expected all five, best first [3, 0, 1, 2, 4], got {got.tolist()}"
+    got = nms(boxes[:0], scores[:0], 0.5)
+    assert got.tolist() == [], f"no boxes: expected [], got {got.tolist()}"
+    halves = np.array([[0, 0, 10, 10], [0, 0, 10, 5], [40, 0, 50, 10]], np.float32)  # IoU(0, 1) is exactly 0.5
+    got = nms(halves, np.array([0.5, 0.5, 0.5], np.float32), 0.5)
+    assert got.tolist() == [0, 1, 2], f"IoU equal to the threshold and tied scores: expected [0, 1, 2] (keep, file order), got {got.tolist()}"
+    got = nms(halves, np.array([0.5, 0.5, 0.5], np.float32), 0.4)
+    assert got.tolist() == [0, 2], f"IoU 0.5 above threshold 0.4, tied scores: expected [0, 2], got {got.tolist()}"
 
 # %% [markdown]
 # ## From raw rows to detections
@@ -222,11 +276,18 @@ with check("Exercise 7.3"):
 #    each class's boxes by a large offset proportional to the class number, so boxes of different
 #    classes never overlap, and run one NMS over all of them;
 # 4. map the boxes back through the letterbox to the original photo and clip them to it.
+#
+# ## Exercise 7.5 — from rows to detections
+#
+# Write steps 1–3 in `postprocess` (keep at most `max_det` detections, best first) and step 4 in
+# `unletterbox`: undo the padding, then the scale, and clip x to `[0, width]`, y to `[0, height]`.
 
 # %%
 #| export
+#| exercise: postprocess: objectness and score filters, class-offset NMS, max_det; unletterbox: subtract pad, divide by scale, clip
 def postprocess(rows: np.ndarray, conf: float = 0.25, iou: float = 0.45, max_det: int = 300) -> np.ndarray:
     """Detections (K, 6) = x1, y1, x2, y2, score, class from one image's raw rows (N, 5 + classes)."""
+    ### BEGIN SOLUTION
     rows = rows[rows[:, 4] > conf]
     classes = rows[:, 5:].argmax(axis=1)
     scores = rows[:, 4] * rows[np.arange(len(rows)), 5 + classes]
@@ -235,14 +296,17 @@ def postprocess(rows: np.ndarray, conf: float = 0.25, iou: float = 0.45, max_det
     offset = classes[:, None] * (boxes.max(initial=0) + 1)
     kept = nms(boxes + offset, scores, iou)[:max_det]
     return np.concatenate([boxes[kept], scores[kept, None], classes[kept, None]], axis=1).astype(np.float32)
+    ### END SOLUTION
 
 
 def unletterbox(detections: np.ndarray, scale: float, pad: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
     """Boxes from the letterboxed square back to the original image of `size` (width, height)."""
+    ### BEGIN SOLUTION
     out = detections.copy()
     out[:, [0, 2]] = np.clip((out[:, [0, 2]] - pad[0]) / scale, 0, size[0])
     out[:, [1, 3]] = np.clip((out[:, [1, 3]] - pad[1]) / scale, 0, size[1])
     return out
+    ### END SOLUTION
 
 
 def detect(graph: RuntimeGraph, paths: list[str | Path], conf: float = 0.25, iou: float = 0.45,
@@ -277,6 +341,28 @@ def draw_detections(image: Image.Image, detections: np.ndarray, labels: list[str
         pen.rectangle(pen.textbbox((x1, y1), text), fill=colour)
         pen.text((x1, y1), text, fill=(255, 255, 255))
     return out
+
+
+# %%
+with check("Exercise 7.5"):
+    #            cx  cy   w   h  obj  class 0, 1, 2
+    rows = np.array([[50, 50, 20, 20, 0.9, 0.9, 0.1, 0.0],   # class 0, score 0.81
+                     [52, 50, 20, 20, 0.9, 0.1, 0.8, 0.1],   # class 1 over box 0: a different class, kept
+                     [51, 51, 20, 20, 0.8, 0.7, 0.2, 0.1],   # class 0 over box 0: suppressed
+                     [150, 80, 30, 10, 0.2, 1.0, 0.0, 0.0],  # objectness below conf
+                     [100, 100, 10, 10, 0.5, 0.3, 0.3, 0.4],  # score 0.5 * 0.4 = 0.2, below conf
+                     [200, 30, 40, 20, 0.6, 0.0, 0.1, 0.9]], np.float32)  # class 2, score 0.54
+    got = postprocess(rows, conf=0.25, iou=0.45)
+    want = np.array([[40, 40, 60, 60, 0.81, 0], [42, 40, 62, 60, 0.72, 1], [180, 20, 220, 40, 0.54, 2]], np.float32)
+    assert got.shape == want.shape and np.allclose(got, want), f"expected\n{want}\ngot\n{got}"
+    got = postprocess(rows, conf=0.25, iou=0.45, max_det=2)
+    assert got.shape == (2, 6) and np.allclose(got, want[:2]), f"max_det=2: expected the two best\n{want[:2]}\ngot\n{got}"
+    boxes = np.array([[0, 80, 640, 560, 0.9, 1], [-10, 60, 100, 600, 0.5, 0]], np.float32)
+    got = unletterbox(boxes, 1.6, (0, 80), (400, 300))
+    want = np.array([[0, 0, 400, 300, 0.9, 1], [0, 0, 62.5, 300, 0.5, 0]], np.float32)
+    assert np.allclose(got, want), f"scale 1.6, pad (0, 80), photo 400 × 300: expected\n{want}\ngot\n{got}"
+    got = unletterbox(np.array([[20, 10, 60, 50, 0.7, 3]], np.float32), 0.5, (10, 0), (200, 100))
+    assert np.allclose(got, [[20, 20, 100, 100, 0.7, 3]]), f"scale 0.5, pad (10, 0): expected [[20, 20, 100, 100, 0.7, 3]], got {got}"
 
 
 # %% [markdown]

@@ -1,0 +1,60 @@
+"""Typical bugs planted into lesson 04's exercises: each must make its check print FAIL."""
+
+BUGS = {
+    "4.1": [
+        ("if ceil_mode and (out - 1) * stride >= size + padding:", "if False:",
+         "ceil_mode keeps a last window that starts inside the padding"),
+        ("dilation * (kernel - 1) - 1", "(kernel - 1) - 1", "dilation ignored"),
+        ("-(-span // stride) if ceil_mode else span // stride", "span // stride", "ceil_mode ignored"),
+    ],
+    "4.2": [
+        ("row = (c * kh + i) * kw + j", "row = (c * kw + j) * kh + i", "rows ordered (c, j, i), not as W.reshape(K, -1)"),
+        ("iy = y * sh - ph + i * dh", "iy = y * sh - ph + i", "dilation ignored along rows"),
+        ("ix = x_ * sw - pw + j * dw", "ix = x_ * sh - pw + j * dw", "the row stride used for columns"),
+        ("if inside and 0 <= ix < width else 0.0", "if inside and 0 <= ix else 0.0",
+         "no bound check on the right edge: reads the next row"),
+    ],
+    "4.3": [
+        ("            row[:] = 0.0\n", "", "the output row is not zeroed first"),
+        ("        c = k // multiplier\n", "        c = k % channels\n", "channel multiplier: the wrong input channel"),
+        ("                iy = y * sh - ph + i * dh\n", "                iy = y * sh - ph + i\n", "dilation ignored along rows"),
+    ],
+    "4.4": [
+        ("out[n, k, oy, ox] += cols", "out[n, k, oy, ox] = cols", "overlapping windows overwrite instead of adding"),
+        ("oy = y * sh - ph + i * dh", "oy = y * sh + ph + i * dh", "padding added instead of subtracted"),
+        ("ox = x_ * sw - pw + j * dw", "ox = x_ * sh - pw + j * dw", "the row stride used for columns"),
+    ],
+    "4.5": [
+        ("best = -np.inf", "best = 0.0", "padding counts as 0, which beats negative inputs"),
+        ("iy = y * sh - ph + i * dh", "iy = y * sh - ph + i", "dilation ignored along rows"),
+        ("if 0 <= ix < width and x[n, c, iy, ix] > best:", "if 0 <= ix and x[n, c, iy, ix] > best:",
+         "no bound check on the right edge"),
+    ],
+    "4.6": [
+        ("area = padded_area if count_include_pad else", "area = padded_area if True else",
+         "count_include_pad=False ignored"),
+        ("y1 = min(y0 + kh, height + ph)", "y1 = y0 + kh", "a ceil_mode window reaches past the padding"),
+        ("total / (divisor if divisor > 0 else area)", "total / area", "divisor_override ignored"),
+    ],
+    "4.7": [
+        ("y0, y1 = (i * height) // oh, -(-((i + 1) * height) // oh)", "y0, y1 = (i * height) // oh, ((i + 1) * height) // oh",
+         "the window end rounded down, not up"),
+        ("x0, x1 = (j * width) // ow, -(-((j + 1) * width) // ow)", "x0, x1 = (j * width) // oh, -(-((j + 1) * width) // oh)",
+         "columns divided by the output height"),
+        ("total / ((y1 - y0) * (x1 - x0))", "total / ((y1 - y0) * (y1 - y0))", "divides by a square window"),
+    ],
+    "4.8": [
+        ("min(max(flat_in[i], np.float32(0.0)), np.float32(6.0))", "max(flat_in[i], np.float32(0.0))",
+         "ReLU6 not clipped at 6"),
+        ("v / (np.float32(1.0) + np.exp(-v))", "v / (np.float32(1.0) + np.exp(v))", "SiLU with e^v instead of e^-v"),
+        ("v / np.float32(6.0) + np.float32(0.5)", "v / np.float32(6.0)", "Hardswish without the + 1/2"),
+    ],
+    "4.9": [
+        ("return np.maximum((out + 0.5) * step - 0.5, 0.0)", "return (out + 0.5) * step - 0.5",
+         "no clamp at 0: the first output reads index -1, the last element"),
+        ("return np.maximum((out + 0.5) * step - 0.5, 0.0)", "return out * step",
+         "half-pixel centres ignored when align_corners=False"),
+        ("np.take(x, low, axis=axis) * (1 - weight) + np.take(x, high, axis=axis) * weight",
+         "np.take(x, low, axis=axis) * weight + np.take(x, high, axis=axis) * (1 - weight)", "blend weights swapped"),
+    ],
+}

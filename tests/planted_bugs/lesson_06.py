@@ -1,0 +1,35 @@
+"""Typical bugs planted into lesson 06's exercises: each must make its check print FAIL."""
+
+BUGS = {
+    "6.1": [
+        ("top, left = round((new[1] - size) / 2), round((new[0] - size) / 2)",
+         "top, left = (new[1] - size) // 2, (new[0] - size) // 2", "the crop offset truncated instead of rounded"),
+        ("    if width <= height:\n", "    if width >= height:\n", "the longer side resized to `resize`"),
+        ("((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)", "((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 1, 0)",
+         "rows and columns swapped when moving channels first"),
+        ("image = image.resize(new, Image.BILINEAR)", "image = image.resize(new, Image.NEAREST)", "nearest instead of bilinear"),
+    ],
+    "6.2": [
+        ("np.exp(logits - logits.max(axis=-1, keepdims=True))", "np.exp(logits)", "no shift by the maximum: overflows"),
+        ("shifted / shifted.sum(axis=-1, keepdims=True)", "shifted / shifted.sum()", "normalised over the whole batch"),
+        ("logits.max(axis=-1, keepdims=True)", "logits.max()", "shifted by the batch maximum: rows of small logits underflow"),
+    ],
+    "6.3": [
+        ("best = best[np.argsort(values[best])[::-1]]", "best = best[np.argsort(values[best])]", "smallest first"),
+        ("    k = min(k, values.size)\n", "", "k larger than the size is not handled"),
+        ("best = best[np.argsort(values[best])[::-1]]", "best = np.sort(best)", "the k largest sorted by index, not by value"),
+    ],
+    "6.4": [
+        ("for i in range(0, len(images), batch)]", "for i in range(0, len(images) - 1, batch)]", "the last partial batch is dropped"),
+        ("round(size * 256 / 224)", "size", "the shorter side resized to the crop size"),
+        ("    return softmax(np.concatenate(logits))", "    return np.concatenate(logits)", "logits returned, not probabilities"),
+        ("or shape[1] != 3 or", "or", "a one-channel input is accepted"),
+    ],
+    "6.5": [
+        ("return relu(conv2(relu(conv1(x))) + shortcut)", "return relu(conv2(relu(conv1(x)))) + shortcut",
+         "the final ReLU before the addition"),
+        ("shortcut = downsample(x) if downsample is not None else x", "shortcut = x", "downsample ignored"),
+        ("return relu(conv2(relu(conv1(x))) + shortcut)", "return relu(conv2(conv1(x)) + shortcut)",
+         "no ReLU between the convolutions"),
+    ],
+}
