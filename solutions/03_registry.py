@@ -52,8 +52,10 @@ class LayerError(KuiperError, ValueError):
 #
 # A layer is made once from its `Operator` and called many times on tensors. The base class keeps
 # the operator (for error messages) and offers two checked accessors a layer's constructor uses:
-# `param` for a parameter of the expected type, `weight` for a loaded weight of the expected
-# shape. `bool` is a subclass of `int` in Python, so a check for `int` has to refuse it by hand.
+# `param` for a parameter of the expected type (and, given `minimum`, range: a stride of 0 must
+# fail when the model loads, not halfway through the first forward pass), `weight` for a loaded
+# weight of the expected shape. `bool` is a subclass of `int` in Python, so a check for `int` has
+# to refuse it by hand.
 
 # %%
 #| export layer
@@ -81,8 +83,10 @@ class Layer:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.op.where()})"
 
-    def param(self, key: str, kind: type | tuple[type, ...] = object, default: object = REQUIRED) -> object:
-        """Parameter `key`, checked to be of `kind`; LayerError if it is missing or of another type."""
+    def param(self, key: str, kind: type | tuple[type, ...] = object, default: object = REQUIRED,
+              minimum: float | None = None) -> object:
+        """Parameter `key`, checked to be of `kind` and, for a number, at least `minimum`;
+        LayerError if it is missing, of another type or out of range (NaN included)."""
         if key not in self.op.params:
             if default is REQUIRED:
                 raise LayerError(f"{self.op.where()}: missing parameter {key!r}")
@@ -92,6 +96,8 @@ class Layer:
         if not isinstance(value, kind) or wrong_bool:
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             raise LayerError(f"{self.op.where()}: parameter {key!r} should be {names}, got {value!r}")
+        if minimum is not None and isinstance(value, (int, float)) and not value >= minimum:
+            raise LayerError(f"{self.op.where()}: parameter {key!r} should be at least {minimum}, got {value!r}")
         return value
 
     def weight(self, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -249,7 +255,7 @@ class Linear(Layer):
 
     def __init__(self, op):
         super().__init__(op)
-        n_in, n_out = self.param("in_features", int), self.param("out_features", int)
+        n_in, n_out = self.param("in_features", int, minimum=1), self.param("out_features", int, minimum=1)
         self.weight_t = self.weight("weight", (n_out, n_in)).T
         self.bias = self.weight("bias", (n_out,)) if self.param("bias", bool) else None
 
