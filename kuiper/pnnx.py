@@ -229,8 +229,8 @@ def entry_offset(archive: mmap.mmap, info: zipfile.ZipInfo, where: str) -> int:
     """Where the stored bytes of a zip entry begin, after its local header, name and extra field;
     PnnxError (prefixed by `where`) unless the local header agrees with the central directory."""
     start = info.header_offset
-    if start + LOCAL_HEADER.size > len(archive):
-        raise PnnxError(f"{where}: its local header at byte {start} lies past the end of the file")
+    if not 0 <= start <= len(archive) - LOCAL_HEADER.size:
+        raise PnnxError(f"{where}: its local header at byte {start} lies outside the file")
     signature, _, _, method, _, _, _, _, _, name_length, extra_length = LOCAL_HEADER.unpack_from(archive, start)
     name = archive[start + LOCAL_HEADER.size:start + LOCAL_HEADER.size + name_length]
     if signature != b"PK\x03\x04" or method != info.compress_type or name != info.orig_filename.encode():

@@ -41,6 +41,7 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageError(f"{path}: no such file")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on damage it repairs (corrupt EXIF data)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size
