@@ -213,3 +213,10 @@ def test_a_free_size_model_runs_at_the_default_size(tmp_path, capsys):
     assert json.loads(free_out)[0]["top"] == json.loads(fixed_out)[0]["top"]
     assert cli.main(["run", str(MOBILENET), IMAGES[0], "--size", "160"]) == 1
     assert "takes 224 × 224 images, not 160" in capsys.readouterr().err
+
+
+def test_a_chat_line_that_is_not_utf8_is_asked_again():
+    done = kuiper("chat", SMOLLM, "--max-tokens", "4", input=b"caf\xe9\nHi\n\n")
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
+    assert b"not UTF-8 text: b'caf\\xe9': type the line again" in done.stderr
+    assert done.stderr.count(b"decode:") == 1  # the second line got its answer
