@@ -6,7 +6,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
 
-from kuiper.errors import GraphError, ShapeError
+from kuiper.errors import GraphError, KuiperError, ShapeError
 from kuiper.pnnx import Operator, PnnxGraph
 from kuiper.tensor import Tensor
 
@@ -76,6 +76,18 @@ def live_bytes(values: dict[str, Tensor]) -> int:
     return sum(owners.values())
 
 
+def run_layer(layer: Layer, op: Operator, inputs: list[Tensor]) -> object:
+    """layer(*inputs); a plain Python or numpy error becomes a GraphError naming the operator, so that
+    a parameter no constructor checked (an axis out of range) still says where it went wrong."""
+    try:
+        return layer(*inputs)
+    except KuiperError:
+        raise
+    except (ValueError, IndexError, TypeError, ZeroDivisionError, ArithmeticError) as err:
+        raise GraphError(f"{op.where()} failed on inputs of shape "
+                         f"{[tuple(x.shape) for x in inputs]}: {type(err).__name__}: {err}") from err
+
+
 class RuntimeGraph:
     """A PNNX model ready to run: operators in topological order, each with its layer."""
 
@@ -84,6 +96,8 @@ class RuntimeGraph:
         self.order = topological_order(model.operators)
         self.inputs = [op for op in model.operators if op.type == "pnnx.Input"]
         self.outputs = [op for op in model.operators if op.type == "pnnx.Output"]
+        if not self.outputs:
+            raise GraphError(f"{model.path.name} has no pnnx.Output operator: the graph returns nothing")
         self.layers = {op.name: make_layer(op) for op in self.order if op.type not in IO_TYPES}
         self.frees = last_uses(self.order)
         self.timings: list[tuple[str, str, float]] = []
@@ -116,7 +130,7 @@ class RuntimeGraph:
             if op.type in IO_TYPES:
                 continue
             start = time.perf_counter()
-            result = self.layers[op.name](*(values[name] for name in op.inputs))
+            result = run_layer(self.layers[op.name], op, [values[name] for name in op.inputs])
             self.timings.append((op.name, op.type, time.perf_counter() - start))
             results = result if isinstance(result, tuple) else (result,)
             if len(results) != len(op.outputs):

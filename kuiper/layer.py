@@ -26,8 +26,10 @@ class Layer:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.op.where()})"
 
-    def param(self, key: str, kind: type | tuple[type, ...] = object, default: object = REQUIRED) -> object:
-        """Parameter `key`, checked to be of `kind`; LayerError if it is missing or of another type."""
+    def param(self, key: str, kind: type | tuple[type, ...] = object, default: object = REQUIRED,
+              minimum: float | None = None) -> object:
+        """Parameter `key`, checked to be of `kind` and, for a number, at least `minimum`;
+        LayerError if it is missing, of another type or out of range (NaN included)."""
         if key not in self.op.params:
             if default is REQUIRED:
                 raise LayerError(f"{self.op.where()}: missing parameter {key!r}")
@@ -37,6 +39,8 @@ class Layer:
         if not isinstance(value, kind) or wrong_bool:
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             raise LayerError(f"{self.op.where()}: parameter {key!r} should be {names}, got {value!r}")
+        if minimum is not None and isinstance(value, (int, float)) and not value >= minimum:
+            raise LayerError(f"{self.op.where()}: parameter {key!r} should be at least {minimum}, got {value!r}")
         return value
 
     def weight(self, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:

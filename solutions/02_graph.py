@@ -87,9 +87,12 @@ class GraphError(KuiperError):
 
 # %%
 #| export
+import math
 import mmap
 import re
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +117,12 @@ from kuiper.errors import PnnxError
 #
 # Split a list only at commas that are not inside brackets, so that `[int(size(@0,2)),2]` keeps
 # its first item whole; `split_top_level` does that for you.
+#
+# Two traps of a strict reader. Python's `int()` and `float()` accept more than PNNX writes —
+# `int("١٢")` is 12 (Arabic-Indic digits), `int("1_000")` is 1000 — so a number is what the
+# regular expressions `INT` and `FLOAT` below match, ASCII digits only. And a value nested a
+# million brackets deep would exhaust Python's recursion: refuse nesting deeper than `MAX_DEPTH`
+# with a `PnnxError`.
 
 # %%
 #| export
@@ -131,21 +140,31 @@ def split_top_level(text: str) -> list[str]:
 
 # %%
 #| export
-#| exercise: turn one parameter's text into None, a bool, a tuple, an int, a float or the string
-def parse_value(text: str) -> object:
-    """A PNNX parameter value as Python: None, bool, int, float, str, or a tuple of these."""
+INT = re.compile(r"[-+]?[0-9]{1,18}")
+FLOAT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?(?:inf|nan)")
+MAX_DEPTH = 16  # brackets inside brackets; PNNX itself writes at most 2
+
+
+# %%
+#| export
+#| exercise: None, a bool, a tuple (PnnxError past MAX_DEPTH), an int (INT), a float (FLOAT) or the string
+def parse_value(text: str, depth: int = 0) -> object:
+    """A PNNX parameter value as Python: None, bool, int, float, str, or a tuple of these.
+
+    Raises PnnxError when brackets nest deeper than MAX_DEPTH."""
     ### BEGIN SOLUTION
     if text in ("None", "()", "[]"):
         return None
     if text in ("True", "False"):
         return text == "True"
     if text[:1] in "([" and text[-1:] in ")]":
-        return tuple(parse_value(item) for item in split_top_level(text[1:-1]))
-    for number in (int, float):
-        try:
-            return number(text)
-        except ValueError:
-            pass
+        if depth >= MAX_DEPTH:
+            raise PnnxError(f"a value nests brackets deeper than {MAX_DEPTH}: {text[:40]!r}...")
+        return tuple(parse_value(item, depth + 1) for item in split_top_level(text[1:-1]))
+    if INT.fullmatch(text):
+        return int(text)
+    if FLOAT.fullmatch(text):
+        return float(text)
     return text
     ### END SOLUTION
 
@@ -154,10 +173,16 @@ def parse_value(text: str) -> object:
 with check("Exercise 2.1"):
     cases = {"None": None, "()": None, "True": True, "False": False, "48": 48, "-1": -1,
              "1.000000e-05": 1e-05, "(3,3)": (3, 3), "(1.5,2)": (1.5, 2), "zeros": "zeros",
-             "add(@0,mul(@0,2))": "add(@0,mul(@0,2))", "[int(size(@0,2)),2]": ("int(size(@0,2))", 2)}
+             "add(@0,mul(@0,2))": "add(@0,mul(@0,2))", "[int(size(@0,2)),2]": ("int(size(@0,2))", 2),
+             "١٢": "١٢", "1_000": "1_000"}
     for text, want in cases.items():
         got = parse_value(text)
         assert got == want and type(got) is type(want), f"parse_value({text!r}) gave {got!r}, expected {want!r}"
+    try:
+        parse_value("(" * 100_000 + ")" * 100_000)
+        raise AssertionError("100,000 nested brackets should raise PnnxError")
+    except PnnxError:
+        pass
 
 # %% [markdown]
 # ## Exercise 2.2 — operand annotations
@@ -178,13 +203,13 @@ PNNX_DTYPES = {"f32": "float32", "f64": "float64", "f16": "float16", "i64": "int
 def parse_annotation(text: str) -> tuple[tuple[int, ...], str]:
     """'(1,3,?,224)f32' -> ((1, 3, -1, 224), 'float32'); `?` (unknown size) becomes -1."""
     ### BEGIN SOLUTION
-    match = re.fullmatch(r"\(([0-9?,]*)\)(\w+)", text)
+    match = re.fullmatch(r"\(((?:[0-9]{1,18}|\?)(?:,(?:[0-9]{1,18}|\?))*)?\)(\w+)", text)
     if match is None:
         raise PnnxError(f"expected an annotation like (1,3,224,224)f32, found {text!r}")
     dims, kind = match.groups()
     if kind not in PNNX_DTYPES:
         raise PnnxError(f"unknown element type {kind!r} in {text!r}: expected one of {', '.join(PNNX_DTYPES)}")
-    shape = tuple(-1 if d == "?" else int(d) for d in dims.split(",") if d)
+    shape = tuple(-1 if d == "?" else int(d) for d in (dims or "").split(",") if d)
     return shape, PNNX_DTYPES[kind]
     ### END SOLUTION
 
@@ -262,11 +287,15 @@ class PnnxGraph:
 
 # %%
 #| export
+COUNT = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() also accepts '²' and '١'
+IO_ARITY = {"pnnx.Input": (0, 1), "pnnx.Output": (1, 0)}  # (inputs, outputs) of the graph's ends
+
+
 def parse_operator(line: str, number: int, path: Path) -> Operator:
     """Parse one operator line; PnnxError names `path:number` and what is wrong."""
     where = f"{path.name}:{number}"
     tokens = line.split()
-    if len(tokens) < 4 or not (tokens[2].isdigit() and tokens[3].isdigit()):
+    if len(tokens) < 4 or not (COUNT.fullmatch(tokens[2]) and COUNT.fullmatch(tokens[3])):
         raise PnnxError(f"{where}: expected 'type name #inputs #outputs ...', found {line.strip()!r}")
     kind, name, n_in, n_out = tokens[0], tokens[1], int(tokens[2]), int(tokens[3])
     names = tokens[4:4 + n_in + n_out]
@@ -274,6 +303,9 @@ def parse_operator(line: str, number: int, path: Path) -> Operator:
         raise PnnxError(f"{where}: {kind} {name!r} declares {n_in} inputs and {n_out} outputs "
                         f"but lists {sum('=' not in n for n in names)} operands")
     op = Operator(kind, name, names[:n_in], names[n_in:], line=number)
+    if kind in IO_ARITY and (n_in, n_out) != IO_ARITY[kind]:
+        raise PnnxError(f"{where}: {kind} {name!r} has {n_in} inputs and {n_out} outputs, "
+                        f"expected {IO_ARITY[kind][0]} and {IO_ARITY[kind][1]}")
     for token in tokens[4 + n_in + n_out:]:
         key, equals, value = token.partition("=")
         if not equals or len(key) < 1 or not value:
@@ -306,19 +338,35 @@ op
 # %%
 #| export
 MAGIC = "7767517"
+MAX_PARAM_BYTES = 64 * 2**20  # the largest .param file read; a big LLM's is under 1 MB
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file; PnnxError naming the file and line of a byte that is not UTF-8."""
+    if not path.is_file():
+        raise PnnxError(f"{path}: no such file")
+    if path.stat().st_size > MAX_PARAM_BYTES:
+        raise PnnxError(f"{path}: {path.stat().st_size} bytes, more than the {MAX_PARAM_BYTES} a .param file may have")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise PnnxError(f"{path.name}:{line}: byte 0x{raw[err.start]:02x} is not UTF-8 text") from None
+    return [line.removesuffix("\r") for line in text.split("\n")]
 
 
 def read_param(path: str | Path) -> PnnxGraph:
     """Parse a .pnnx.param file into operators and operands, checking its structure."""
     path = Path(path)
-    if not path.is_file():
-        raise PnnxError(f"{path}: no such file")
-    lines = path.read_text().splitlines()
+    lines = read_lines(path)
+    if lines[-1:] == [""]:
+        lines.pop()
     if not lines or lines[0].strip() != MAGIC:
         found = lines[0].strip() if lines else "an empty file"
         raise PnnxError(f"{path.name}:1: expected the PNNX magic number {MAGIC}, found {found!r}")
     counts = lines[1].split() if len(lines) > 1 else []
-    if len(counts) != 2 or not all(c.isdigit() for c in counts):
+    if len(counts) != 2 or not all(COUNT.fullmatch(c) for c in counts):
         raise PnnxError(f"{path.name}:2: expected '<operator count> <operand count>', found {' '.join(counts)!r}")
     operators = [parse_operator(line, n, path) for n, line in enumerate(lines[2:], 3) if line.strip()]
     operands = link_operands(operators, path)
@@ -340,7 +388,12 @@ def read_param(path: str | Path) -> PnnxGraph:
 def link_operands(operators: list[Operator], path: Path) -> dict[str, Operand]:
     """Every operand with its producer and consumers; PnnxError on use before production."""
     operands: dict[str, Operand] = {}
+    lines: dict[str, int] = {}
     for op in operators:
+        if op.name in lines:
+            raise PnnxError(f"{path.name}:{op.line}: operator name {op.name!r} is used again "
+                            f"(first on line {lines[op.name]})")
+        lines[op.name] = op.line
         for name in op.inputs:
             if name not in operands:
                 raise PnnxError(f"{path.name}:{op.line}: {op.type} {op.name!r} reads operand {name!r} "
@@ -368,23 +421,64 @@ print(len(graph.operators), "operators;", graph.operands["6"])
 # lies: loading a 500 MB model then costs no copy, and the operating system pages weights in as
 # layers touch them. An entry's data starts after its 30-byte local header, file name and extra
 # field.
+#
+# A damaged archive must not load as shifted or garbled weights, so each entry is checked
+# against the archive's central directory before numpy sees it: the local header's signature,
+# compression method, name and lengths, and the CRC-32 of the bytes themselves. (One extra-field
+# length off by one would otherwise shift every weight by a byte, silently.)
 
 # %%
 #| export
-def entry_offset(archive: mmap.mmap, info: zipfile.ZipInfo) -> int:
-    """Where the stored bytes of a zip entry begin: after its local header, name and extra field."""
-    name_length, extra_length = np.frombuffer(archive, "<u2", 2, info.header_offset + 26)
-    return info.header_offset + 30 + int(name_length) + int(extra_length)
+LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # signature, version, flags, method, time, date, crc, sizes, lengths
+COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+DEFLATE_MAX_RATIO = 1032  # deflate's best case: 258 bytes from a 2-bit code (RFC 1951)
+
+
+def entry_offset(archive: mmap.mmap, info: zipfile.ZipInfo, where: str) -> int:
+    """Where the stored bytes of a zip entry begin, after its local header, name and extra field;
+    PnnxError (prefixed by `where`) unless the local header agrees with the central directory."""
+    start = info.header_offset
+    if not 0 <= start <= len(archive) - LOCAL_HEADER.size:
+        raise PnnxError(f"{where}: its local header at byte {start} lies outside the file")
+    signature, _, _, method, _, _, _, _, _, name_length, extra_length = LOCAL_HEADER.unpack_from(archive, start)
+    name = archive[start + LOCAL_HEADER.size:start + LOCAL_HEADER.size + name_length]
+    if signature != b"PK\x03\x04" or method != info.compress_type or name != info.orig_filename.encode():
+        raise PnnxError(f"{where}: its local header at byte {start} does not match the central directory")
+    offset = start + LOCAL_HEADER.size + name_length + extra_length
+    if offset + info.compress_size > len(archive):
+        raise PnnxError(f"{where}: its {info.compress_size} bytes at byte {offset} run past the end of the file")
+    return offset
+
+
+def entry_data(archive: mmap.mmap, path: Path, info: zipfile.ZipInfo, where: str) -> memoryview | bytes:
+    """The checked bytes of one zip entry: a view of the mapped file when stored, else inflated."""
+    if info.compress_type not in COMPRESSIONS:
+        raise PnnxError(f"{where}: compression method {info.compress_type} is not supported (stored, deflate)")
+    offset = entry_offset(archive, info, where)
+    if info.compress_type == zipfile.ZIP_STORED:
+        data = memoryview(archive)[offset:offset + info.file_size]
+        if info.compress_size != info.file_size or zlib.crc32(data) != info.CRC:
+            raise PnnxError(f"{where}: its bytes are damaged (CRC-32 or size differs from the central directory)")
+        return data
+    if info.file_size > DEFLATE_MAX_RATIO * info.compress_size + 64:
+        raise PnnxError(f"{where}: {info.compress_size} deflated bytes cannot hold the {info.file_size} it claims")
+    try:
+        with zipfile.ZipFile(path) as zipped:
+            return zipped.read(info)
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise PnnxError(f"{where}: cannot inflate ({err})") from None
 
 
 def read_bin(graph: PnnxGraph, path: str | Path) -> None:
-    """Attach every operator's weights from the .pnnx.bin zip, memory-mapped; PnnxError if one is missing."""
+    """Attach every operator's weights from the .pnnx.bin zip, memory-mapped and checked;
+    PnnxError if a weight is missing, of the wrong size or damaged."""
     path = Path(path)
     try:
         with open(path, "rb") as file:
             archive = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-        entries = {info.filename: info for info in zipfile.ZipFile(path).infolist()}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        with zipfile.ZipFile(path) as zipped:
+            entries = {info.filename: info for info in zipped.infolist()}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise PnnxError(f"{path}: cannot read the weights archive ({err})") from None
     for op in graph.operators:
         for key, attr in op.attrs.items():
@@ -392,15 +486,12 @@ def read_bin(graph: PnnxGraph, path: str | Path) -> None:
             if entry not in entries:
                 raise PnnxError(f"{path.name}: no weight {entry!r} for {op.where()} of {graph.path.name}")
             info, dtype = entries[entry], np.dtype(attr.dtype)
-            expected = int(np.prod(attr.shape)) * dtype.itemsize
+            expected = math.prod(attr.shape) * dtype.itemsize
             if info.file_size != expected:
                 raise PnnxError(f"{path.name}: weight {entry!r} has {info.file_size} bytes, expected {expected} "
                                 f"for shape {attr.shape} {attr.dtype} ({op.where()} of {graph.path.name})")
-            if info.compress_type == zipfile.ZIP_STORED:
-                flat = np.frombuffer(archive, dtype, expected // dtype.itemsize, entry_offset(archive, info))
-            else:
-                flat = np.frombuffer(zipfile.ZipFile(path).read(entry), dtype)
-            attr.data = flat.reshape(attr.shape)
+            data = entry_data(archive, path, info, f"{path.name}: weight {entry!r}")
+            attr.data = np.frombuffer(data, dtype).reshape(attr.shape)
 
 
 def load_pnnx(param: str | Path) -> PnnxGraph:
@@ -442,7 +533,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
 
-from kuiper.errors import GraphError, ShapeError
+from kuiper.errors import GraphError, KuiperError, ShapeError
 from kuiper.pnnx import Operator, PnnxGraph
 from kuiper.tensor import Tensor
 
@@ -693,6 +784,18 @@ with check("Exercise 2.5"):
 
 # %%
 #| export graph
+def run_layer(layer: Layer, op: Operator, inputs: list[Tensor]) -> object:
+    """layer(*inputs); a plain Python or numpy error becomes a GraphError naming the operator, so that
+    a parameter no constructor checked (an axis out of range) still says where it went wrong."""
+    try:
+        return layer(*inputs)
+    except KuiperError:
+        raise
+    except (ValueError, IndexError, TypeError, ZeroDivisionError, ArithmeticError) as err:
+        raise GraphError(f"{op.where()} failed on inputs of shape "
+                         f"{[tuple(x.shape) for x in inputs]}: {type(err).__name__}: {err}") from err
+
+
 class RuntimeGraph:
     """A PNNX model ready to run: operators in topological order, each with its layer."""
 
@@ -701,6 +804,8 @@ class RuntimeGraph:
         self.order = topological_order(model.operators)
         self.inputs = [op for op in model.operators if op.type == "pnnx.Input"]
         self.outputs = [op for op in model.operators if op.type == "pnnx.Output"]
+        if not self.outputs:
+            raise GraphError(f"{model.path.name} has no pnnx.Output operator: the graph returns nothing")
         self.layers = {op.name: make_layer(op) for op in self.order if op.type not in IO_TYPES}
         self.frees = last_uses(self.order)
         self.timings: list[tuple[str, str, float]] = []
@@ -733,7 +838,7 @@ class RuntimeGraph:
             if op.type in IO_TYPES:
                 continue
             start = time.perf_counter()
-            result = self.layers[op.name](*(values[name] for name in op.inputs))
+            result = run_layer(self.layers[op.name], op, [values[name] for name in op.inputs])
             self.timings.append((op.name, op.type, time.perf_counter() - start))
             results = result if isinstance(result, tuple) else (result,)
             if len(results) != len(op.outputs):

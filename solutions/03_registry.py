@@ -54,8 +54,9 @@ class LayerError(KuiperError, ValueError):
 #
 # A layer is made once from its `Operator` and called many times on tensors. The base class keeps
 # the operator (for error messages) and offers two checked accessors a layer's constructor uses,
-# which you write next: `param` for a parameter of the expected type, `weight` for a loaded weight
-# of the expected shape.
+# which you write next: `param` for a parameter of the expected type (and, given `minimum`, range:
+# a stride of 0 must fail when the model loads, not halfway through the first forward pass),
+# `weight` for a loaded weight of the expected shape.
 
 # %%
 #| export layer
@@ -96,10 +97,12 @@ class Layer:
 
 # %%
 #| export layer
-#| exercise: op.params[key] if it is of `kind` (a bool only when bool is asked for), else `default` or LayerError
+#| exercise: op.params[key] if it is of `kind` (a bool only when bool is asked for) and >= minimum, else `default` or LayerError
 @patch_to(Layer)
-def param(self, key: str, kind: type | tuple[type, ...] = object, default: object = REQUIRED) -> object:
-    """Parameter `key`, checked to be of `kind`; LayerError if it is missing or of another type."""
+def param(self, key: str, kind: type | tuple[type, ...] = object, default: object = REQUIRED,
+          minimum: float | None = None) -> object:
+    """Parameter `key`, checked to be of `kind` and, for a number, at least `minimum`;
+    LayerError if it is missing, of another type or out of range (NaN included)."""
     ### BEGIN SOLUTION
     if key not in self.op.params:
         if default is REQUIRED:
@@ -110,6 +113,8 @@ def param(self, key: str, kind: type | tuple[type, ...] = object, default: objec
     if not isinstance(value, kind) or wrong_bool:
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise LayerError(f"{self.op.where()}: parameter {key!r} should be {names}, got {value!r}")
+    if minimum is not None and isinstance(value, (int, float)) and not value >= minimum:
+        raise LayerError(f"{self.op.where()}: parameter {key!r} should be at least {minimum}, got {value!r}")
     return value
     ### END SOLUTION
 
@@ -130,6 +135,10 @@ with check("Exercise 3.1"):
         err = raises(LayerError, layer.param, *args)
         missing = [w for w in words if w not in str(err)]
         assert not missing, f"param{args}: expected the message to name {missing}, got: {err}"
+    got = layer.param("k", int, minimum=3)
+    assert got == 3, f"param('k', int, minimum=3) with k = 3: expected 3, got {got!r}"
+    err = raises(LayerError, layer.param, "k", int, minimum=4)
+    assert "at least 4" in str(err) and "3" in str(err), f"expected the message to say 'at least 4' and name 3, got: {err}"
 
 # %% [markdown]
 # ## Exercise 3.2 — a checked weight
@@ -327,7 +336,7 @@ class Linear(Layer):
 
     def __init__(self, op):
         super().__init__(op)
-        n_in, n_out = self.param("in_features", int), self.param("out_features", int)
+        n_in, n_out = self.param("in_features", int, minimum=1), self.param("out_features", int, minimum=1)
         self.weight_t = self.weight("weight", (n_out, n_in)).T
         self.bias = self.weight("bias", (n_out,)) if self.param("bias", bool) else None
 

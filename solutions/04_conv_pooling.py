@@ -168,6 +168,9 @@ plt.show()
 
 # %%
 #| export
+import math
+import threading
+
 import numpy as np
 from numba import njit, prange
 
@@ -238,7 +241,9 @@ with check("Exercise 4.2"):
 # 1. **One image at a time.** The column matrix of one image (up to a few MB) stays in cache
 #    between being written and being multiplied; a whole batch's does not.
 # 2. **Reuse one buffer.** A fresh multi-megabyte array costs a page fault per 4 KB the first time
-#    it is touched; `scratch` hands out the same memory on every call.
+#    it is touched; `scratch` hands out the same memory on every call. One buffer **per thread**:
+#    the layers of a graph run one after another, but two graphs run in two threads at once would
+#    otherwise write their columns into the same memory and get each other's results.
 # 3. **No test per element.** For kernel column $j$ the output columns whose input lies inside
 #    the image are one contiguous range $[x_{lo}, x_{hi})$, so the row is zeros, a straight copy
 #    (a slice when the stride is 1), and zeros again.
@@ -269,19 +274,17 @@ def im2col_image(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
             line[x_hi:] = 0.0
 
 
-_scratch = np.empty(0, np.float32)
+_scratch = threading.local()
 
 
 def scratch(shape: tuple[int, ...]) -> np.ndarray:
-    """A float32 work array of `shape`, always the same memory (grown when too small).
-
-    Layers run one after another, so one buffer serves them all; two graphs running in parallel
-    threads would need one each."""
-    global _scratch
-    size = int(np.prod(shape))
-    if _scratch.size < size:
-        _scratch = np.empty(size, np.float32)
-    return _scratch[:size].reshape(shape)
+    """A float32 work array of `shape`: the same memory on every call from one thread (grown when
+    too small), another for each thread, so that graphs run in parallel threads never share it."""
+    size = math.prod(shape)
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.size < size:
+        buffer = _scratch.buffer = np.empty(size, np.float32)
+    return buffer[:size].reshape(shape)
 
 
 # %%
@@ -398,11 +401,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # %%
 #| export
-def pair(value: object, name: str, op) -> tuple[int, int]:
-    """A PNNX int or (int, int) parameter as a pair; LayerError otherwise."""
+def pair(value: object, name: str, op, minimum: int = 0) -> tuple[int, int]:
+    """A PNNX int or (int, int) parameter as a pair of ints >= `minimum`; LayerError otherwise."""
     pair_ = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if not (isinstance(pair_, tuple) and len(pair_) == 2 and all(isinstance(v, int) for v in pair_)):
+    if not (isinstance(pair_, tuple) and len(pair_) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in pair_)):
         raise LayerError(f"{op.where()}: {name} should be an int or a pair of ints, got {value!r}")
+    if min(pair_) < minimum:
+        raise LayerError(f"{op.where()}: {name} should be at least {minimum}, got {value!r}")
     return pair_
 
 
@@ -426,14 +432,14 @@ class ConvLayer(Layer):
 
     def __init__(self, op):
         super().__init__(op)
-        self.c_in, self.c_out = self.param("in_channels", int), self.param("out_channels", int)
-        self.groups = self.param("groups", int, 1)
+        self.c_in, self.c_out = self.param("in_channels", int, minimum=1), self.param("out_channels", int, minimum=1)
+        self.groups = self.param("groups", int, 1, minimum=1)
         if self.c_in % self.groups or self.c_out % self.groups:
             raise LayerError(f"{op.where()}: groups={self.groups} must divide in_channels={self.c_in} "
                              f"and out_channels={self.c_out}")
-        self.kernel = pair(self.param("kernel_size"), "kernel_size", op)
-        self.stride = pair(self.param("stride", object, 1), "stride", op)
-        self.dilation = pair(self.param("dilation", object, 1), "dilation", op)
+        self.kernel = pair(self.param("kernel_size"), "kernel_size", op, minimum=1)
+        self.stride = pair(self.param("stride", object, 1), "stride", op, minimum=1)
+        self.dilation = pair(self.param("dilation", object, 1), "dilation", op, minimum=1)
         self.bias = self.weight("bias", (self.c_out,)) if self.param("bias", bool, False) else None
 
     def input(self, x: Tensor) -> np.ndarray:
@@ -730,11 +736,11 @@ plt.show()
 #| export layers.pooling
 def pool_params(layer: Layer) -> tuple:
     """kernel, stride (defaults to kernel), padding and dilation pairs of a pooling operator."""
-    kernel = pair(layer.param("kernel_size"), "kernel_size", layer.op)
+    kernel = pair(layer.param("kernel_size"), "kernel_size", layer.op, minimum=1)
     stride = layer.param("stride", object, None)
-    stride = kernel if stride in (None, ()) else pair(stride, "stride", layer.op)
+    stride = kernel if stride in (None, ()) else pair(stride, "stride", layer.op, minimum=1)
     return (kernel, stride, pair(layer.param("padding", object, 0), "padding", layer.op),
-            pair(layer.param("dilation", object, 1), "dilation", layer.op))
+            pair(layer.param("dilation", object, 1), "dilation", layer.op, minimum=1))
 
 
 def as_nchw(layer: Layer, x: Tensor) -> np.ndarray:
@@ -831,7 +837,7 @@ class AvgPool2d(Layer):
         self.kernel, self.stride, self.padding, _ = pool_params(self)
         self.ceil_mode = self.param("ceil_mode", bool, False)
         self.count_include_pad = self.param("count_include_pad", bool, True)
-        self.divisor = self.param("divisor_override", (int, type(None)), None) or 0
+        self.divisor = self.param("divisor_override", (int, type(None)), None, minimum=1) or 0
 
     def forward(self, x: Tensor) -> Tensor:
         data = as_nchw(self, x)
@@ -895,8 +901,8 @@ class AdaptiveAvgPool2d(Layer):
         super().__init__(op)
         size = self.param("output_size", (int, tuple))
         self.size = (size, size) if isinstance(size, int) else size
-        if len(self.size) != 2:
-            raise LayerError(f"{op.where()}: output_size should be an int or a pair, got {size!r}")
+        if len(self.size) != 2 or not all(s is None or (type(s) is int and s >= 1) for s in self.size):
+            raise LayerError(f"{op.where()}: output_size should be an int >= 1 or a pair of them, got {size!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         data = as_nchw(self, x)
@@ -1110,9 +1116,9 @@ class BatchNorm(Layer):
 
     def __init__(self, op):
         super().__init__(op)
-        n = self.param("num_features", int)
+        n = self.param("num_features", int, minimum=1)
         mean, var = self.weight("running_mean", (n,)), self.weight("running_var", (n,))
-        scale = 1 / np.sqrt(var + np.float32(self.param("eps", float, 1e-5)))
+        scale = 1 / np.sqrt(var + np.float32(self.param("eps", float, 1e-5, minimum=0)))
         if self.param("affine", bool, True):
             scale = scale * self.weight("weight", (n,))
             shift = self.weight("bias", (n,)) - mean * scale
@@ -1209,6 +1215,9 @@ with check("Exercise 4.9"):
 
 # %%
 #| export layers.resize
+MAX_SCALE = 1024  # a larger factor is a damaged file, not a model
+
+
 @register("nn.Upsample", "F.interpolate", "F.upsample", "F.upsample_nearest", "F.upsample_bilinear")
 class Upsample(Layer):
     """Resize the last two dimensions: nearest, or bilinear with either align_corners."""
@@ -1221,22 +1230,30 @@ class Upsample(Layer):
         if self.mode not in ("nearest", "bilinear"):
             raise LayerError(f"{op.where()}: mode {self.mode!r} is not supported (nearest, bilinear)")
         self.align_corners = bool(self.param("align_corners", (bool, type(None)), False))
-        self.size = self.param("size", (int, tuple, type(None)), None)
+        size = self.param("size", (int, tuple, type(None)), None)
         scale = self.param("scale_factor", (int, float, tuple, type(None)), None)
+        self.size = (size, size) if isinstance(size, int) else size
         self.scale = (scale, scale) if isinstance(scale, (int, float)) else scale
         if self.size is None and self.scale is None:
             raise LayerError(f"{op.where()}: needs size or scale_factor")
+        if self.size is not None and not (len(self.size) == 2 and all(type(s) is int and s >= 1 for s in self.size)):
+            raise LayerError(f"{op.where()}: size should be an int >= 1 or a pair of them, got {size!r}")
+        if self.size is None and not (len(self.scale) == 2 and all(
+                type(s) in (int, float) and 0 < s < MAX_SCALE for s in self.scale)):
+            raise LayerError(f"{op.where()}: scale_factor should be a number in (0, {MAX_SCALE}) or a pair, "
+                             f"got {scale!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         data = x.numpy()
         if data.ndim != 4:
             raise ShapeError(f"{self.op.where()}: expected input (N, C, H, W), got {data.shape}")
         if self.size is not None:
-            size = (self.size, self.size) if isinstance(self.size, int) else self.size
-            scales = (None, None)
+            size, scales = self.size, (None, None)
         else:
             size = tuple(math.floor(d * s) for d, s in zip(data.shape[2:], self.scale))
             scales = tuple(float(s) for s in self.scale)
+        if min(size) < 1:
+            raise ShapeError(f"{self.op.where()}: scale_factor {self.scale} makes {data.shape} empty: {size}")
         for axis, (n, s) in enumerate(zip(size, scales), start=2):
             data = resize_axis(data, axis, n, s, self.mode, self.align_corners)
         return Tensor(np.ascontiguousarray(data, dtype=np.float32), device=x.device)
@@ -1303,11 +1320,13 @@ class Split(Layer):
         super().__init__(op)
         self.dim = self.param("dim", int, 0)
         if op.type.endswith("chunk"):
-            self.chunks, self.sizes = self.param("chunks", int), None
+            self.chunks, self.sizes = self.param("chunks", int, minimum=1), None
         else:
             key = "indices" if op.type == "torch.tensor_split" else (
                 "split_size_or_sections" if "split_size_or_sections" in op.params else "split_size")
-            self.chunks, self.sizes = None, self.param(key, (int, tuple))
+            self.chunks, self.sizes = None, self.param(key, (int, tuple), minimum=1)
+            if isinstance(self.sizes, tuple) and key != "indices" and not all(type(n) is int and n >= 0 for n in self.sizes):
+                raise LayerError(f"{op.where()}: {key} should be ints >= 0, got {self.sizes!r}")
         self.tensor_split = op.type == "torch.tensor_split"
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
@@ -1336,6 +1355,8 @@ class Slice(Layer):
         else:
             self.dims, self.starts = (self.param("dim", int),), (self.param("start", int, 0),)
             self.ends, self.steps = (self.param("end", int),), (self.param("step", int, 1),)
+        if not all(type(step) is int and step >= 1 for step in self.steps):
+            raise LayerError(f"{op.where()}: every step should be an int >= 1, got {self.steps!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         index = [slice(None)] * x.ndim

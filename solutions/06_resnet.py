@@ -58,10 +58,19 @@ for ax, path in zip(axes, IMAGES):
 plt.show()
 
 # %% [markdown]
-# ## Reading images, with errors that say which file
+# ## Reading images as people have them, with errors that say which file
 #
 # A missing path or a file that is not an image is the user's most likely mistake; it gets an
-# `ImageError` naming the file.
+# `ImageError` naming the file. The images that do open come in many forms, and a model wants
+# one: 8-bit RGB, upright. `load_image` (used by classification and detection alike) therefore
+#
+# * turns the photo upright as its EXIF orientation tag says (phones store it sideways);
+# * scales 16-bit and 32-bit integer images from 0–65535 and float images from 0–1 (clipped) to
+#   0–255 — Pillow's own conversion would clip a 16-bit image to white and a float one to black;
+# * composites transparent images (RGBA, LA, palette with transparency) on **white**, and converts
+#   grayscale, palette, CMYK and the rest to RGB;
+# * refuses, before decoding a single pixel, an image of more than `MAX_PIXELS` pixels: a small
+#   compressed file can claim a gigapixel size (a *decompression bomb*).
 
 # %%
 #| export errors
@@ -71,27 +80,54 @@ class ImageError(KuiperError, ValueError):
 
 # %%
 #| export
+import struct
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from kuiper.errors import ImageError, ShapeError
+from kuiper.errors import ImageError, KuiperError, ShapeError
 from kuiper.graph import RuntimeGraph
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+MAX_PIXELS = 64_000_000  # 8000 × 8000: a larger image is refused before it is decoded
+WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+# What a broken file makes Pillow's decoders raise: none of it may escape as anything but ImageError.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError,
+                 ZeroDivisionError, MemoryError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow image as 8-bit RGB: wide modes (WIDE_MODES: 16/32-bit integer from 0-65535, float
+    from 0-1) scaled to 0-255 and clipped, transparency composited on white."""
+    if image.mode in WIDE_MODES:
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64)) * (255 / WIDE_MODES[image.mode])
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert("RGB")
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """The image at `path` as RGB; ImageError if it is missing or not an image."""
+    """The image at `path` as upright 8-bit RGB (see to_rgb); ImageError naming the file if it is
+    missing, not an image, damaged, or larger than MAX_PIXELS (checked before decoding)."""
+    if not Path(path).is_file():
+        raise ImageError(f"{path}: no such file")
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise ImageError(f"{path}: not an image that can be read ({err})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on damage it repairs (corrupt EXIF data)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if not 0 < width * height <= MAX_PIXELS:
+                    raise ImageError(f"{path}: {width} × {height} pixels, expected 1 to {MAX_PIXELS:,}")
+                return to_rgb(ImageOps.exif_transpose(image))
+    except DECODE_ERRORS as err:
+        raise ImageError(f"{path}: not an image that can be read ({type(err).__name__}: {err})") from None
 
 
 # %% [markdown]
@@ -216,40 +252,92 @@ with check("Exercise 6.3"):
 #
 # `classify` prepares every image for the graph's input size, runs them through the graph in
 # batches and returns the probabilities. The input size comes from the `pnnx.Input` annotation,
-# so an image model of another size works too, and a model that does not take images says so:
+# so an image model of another size works too, and a model that does not take images says so.
+# A model exported with a free size, `(1,3,?,?)`, runs at the size asked for, or at a default
+# (224 for classification, 640 for detection).
+#
+# One unreadable photo among a hundred should not cost the other 99 their answers: given a dict
+# `errors`, `classify` files each bad image's `ImageError` there under its index and goes on.
+# And an image so long and thin that resizing its short side to 256 would make it enormous (a
+# 20000 × 1 strip would become 5,120,000 × 256) is refused before resizing.
+
 #
 # 1. `input_size`: the shape of the operand the single `pnnx.Input` writes must be `(N, 3, S, S)`;
-#    return `S`, or raise `ShapeError` naming the model file and the shape;
-# 2. `classify`: preprocess each image for side `S`, resizing its shorter side to
-#    `round(S · 256 / 224)` (the ImageNet ratio), stack them, run the graph on `batch` images at a
-#    time (the last batch may be smaller), and softmax the concatenated logits.
+#    return `S` (for a free size, `requested` or else `default`), or raise `ShapeError` naming the
+#    model file and the shape, or the two sizes when `requested` differs from a fixed `S`;
+# 2. `classify`: prepare each image for side `S` (`prepare` resizes its shorter side to
+#    `round(S · 256 / 224)`, the ImageNet ratio), run the graph on `batch` images at a time (the
+#    last batch may be smaller; `in_batches` gives them to you, skipping unreadable images into
+#    `errors`), and softmax the concatenated logits.
 
 # %%
 #| export
-#| exercise: input_size: S of an (N, 3, S, S) input, else ShapeError; classify: preprocess, run in batches, softmax
-def input_size(graph: RuntimeGraph) -> int:
-    """The square image side an image model expects; ShapeError if its input is not (N, 3, S, S)."""
+#| exercise: input_size: S of an (N, 3, S, S) input (free size: requested or default), else ShapeError; classify: run in batches, softmax
+def input_size(graph: RuntimeGraph, requested: int | None = None, default: int = 224) -> int:
+    """The square image side an image model takes: its (N, 3, S, S) input's S, or for a free size
+    (N, 3, ?, ?) `requested` or else `default`. ShapeError for another input, or a fixed S that
+    differs from `requested`."""
     ### BEGIN SOLUTION
-    shape = graph.model.operands[graph.inputs[0].outputs[0]].shape
+    shape = graph.model.operands[graph.inputs[0].outputs[0]].shape or ()
     if len(graph.inputs) != 1 or len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
         raise ShapeError(f"{graph.model.path.name} takes input of shape {shape}, not one (N, 3, S, S) image batch")
+    if shape[2] == -1:
+        return requested or default
+    if requested not in (None, shape[2]):
+        raise ShapeError(f"{graph.model.path.name} takes {shape[2]} × {shape[2]} images, not {requested}")
     return shape[2]
     ### END SOLUTION
 
 
-def classify(graph: RuntimeGraph, paths: list[str | Path], batch: int = 8) -> np.ndarray:
-    """Class probabilities (len(paths), classes) for the images at `paths`, `batch` at a time."""
+def prepare(path: str | Path, size: int) -> np.ndarray:
+    """The image at `path` as the (3, size, size) input of an ImageNet model; ImageError naming the
+    file if it cannot be read or its aspect ratio would resize it past MAX_PIXELS."""
+    image, resize = load_image(path), round(size * 256 / 224)
+    width, height = image.size
+    if resize * resize * max(width, height) > MAX_PIXELS * min(width, height):
+        raise ImageError(f"{path}: {width} × {height} is too long and thin to resize to a {resize}-pixel short side")
+    return preprocess(image, size, resize)
+
+
+def in_batches(paths: list[str | Path], batch: int, load: Callable[[str | Path], object],
+               errors: dict[int, ImageError] | None):
+    """(indices, loaded items) per `batch` paths; a path whose `load` raises ImageError is filed in
+    `errors` under its index and skipped (raised when `errors` is None)."""
+    for start in range(0, len(paths), batch):
+        indices, items = [], []
+        for index in range(start, min(start + batch, len(paths))):
+            try:
+                items.append(load(paths[index]))
+                indices.append(index)
+            except ImageError as err:
+                if errors is None:
+                    raise
+                errors[index] = err
+        if items:
+            yield indices, items
+
+
+def classify(graph: RuntimeGraph, paths: list[str | Path], batch: int = 8, size: int | None = None,
+             errors: dict[int, ImageError] | None = None) -> np.ndarray:
+    """Class probabilities (images read, classes) for the images at `paths`, `batch` at a time.
+
+    `size` is for models of free input size (default 224). With `errors` a dict, unreadable images
+    are filed there by index and left out of the result; otherwise their ImageError is raised."""
     ### BEGIN SOLUTION
-    size = input_size(graph)
-    images = np.stack([preprocess(load_image(p), size, round(size * 256 / 224)) for p in paths])
-    logits = [graph(images[i:i + batch]) for i in range(0, len(images), batch)]
+    side = input_size(graph, size, 224)
+    logits = [graph(np.stack(images)) for _, images in in_batches(paths, batch, lambda p: prepare(p, side), errors)]
+    if not logits:
+        return np.zeros((0, 0), np.float32)
     return softmax(np.concatenate(logits))
     ### END SOLUTION
 
 
 def read_labels(path: str | Path) -> list[str]:
-    """One class name per line."""
-    return Path(path).read_text().splitlines()
+    """One class name per line; KuiperError naming the file if it is missing or not UTF-8 text."""
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise KuiperError(f"{path}: cannot read the class names ({err.strerror if isinstance(err, OSError) else err})") from None
 
 
 # %%

@@ -46,8 +46,8 @@ MODELS = DATA / "models"
 #
 # The network takes a square, say 640 × 640. Stretching a 4:3 photo to a square would squash every
 # object, so YOLOv5 *letterboxes*: scale by $r = \min(640/w,\ 640/h)$ so the longer side fits,
-# round the new size, and centre it on a grey (114) canvas. The left and top padding are
-# `(640 - new_w) // 2` and `(640 - new_h) // 2`. Return the image as float32 `(3, size, size)` in
+# round the new size (but never below 1 pixel: a 1600 × 1 strip would round to 0), and centre it
+# on a grey (114) canvas. The left and top padding are `(640 - new_w) // 2` and `(640 - new_h) // 2`. Return the image as float32 `(3, size, size)` in
 # 0–1, with `r` and the `(left, top)` padding: they are needed to map boxes back.
 
 # %%
@@ -57,20 +57,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from kuiper.errors import ShapeError
+from kuiper.errors import ImageError, ShapeError
 from kuiper.graph import RuntimeGraph
-from kuiper.vision.classify import input_size, load_image
+from kuiper.vision.classify import in_batches, input_size, load_image
 
 # %%
 #| export
-#| exercise: scale by min(size/w, size/h), round, paste centred on a (114,114,114) square; return (3,S,S) 0-1, r, (left, top)
+#| exercise: scale by min(size/w, size/h), round (at least 1), paste centred on a (114,114,114) square; return (3,S,S) 0-1, r, (left, top)
 def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, float, tuple[int, int]]:
     """The image scaled to fit a size × size grey square, as float32 (3, size, size) in 0–1,
     with the scale and the (left, top) padding used."""
     ### BEGIN SOLUTION
     width, height = image.size
     scale = min(size / width, size / height)
-    new = (round(width * scale), round(height * scale))
+    new = (max(1, round(width * scale)), max(1, round(height * scale)))
     left, top = (size - new[0]) // 2, (size - new[1]) // 2
     canvas = Image.new("RGB", (size, size), (114, 114, 114))
     canvas.paste(image.resize(new, Image.BILINEAR), (left, top))
@@ -95,6 +95,9 @@ with check("Exercise 7.1"):
             f"{where}: expected scale {want[1]:.4f}, padding {want[2]}, got {got[1]:.4f}, {got[2]}"
         assert got[0].shape == want[0].shape and np.abs(got[0] - want[0]).max() < 1e-6, \
             f"{where}: expected the reference's pixels, {agreement(got[0], want[0])}"
+    x, scale, pad = letterbox(Image.new("RGB", (1600, 1), (255, 0, 0)), 640)
+    assert tuple(pad) == (0, 319) and np.allclose(x[:, 319, 5], [1, 0, 0]), \
+        f"a 1600 × 1 strip: expected padding (0, 319) and one red row kept, got padding {pad}"
 
 # %%
 photo = load_image(DATA / "images" / "coffee.jpg")
@@ -188,19 +191,25 @@ with check("Exercise 7.2"):
 # $\max(0, \min(x_2, x_2') - \max(x_1, x_1')) \cdot \max(0, \min(y_2, y_2') - \max(y_1, y_1'))$.
 # Compute the IoU of **every** box in `a` (N × 4) with every box in `b` (M × 4) at once: add axes
 # so numpy broadcasts `a[:, None]` against `b[None, :]` into an N × M result, with no Python loop.
+#
+# Degenerate boxes happen (a detector can predict a zero width): give an area of at least 0, and
+# an IoU of **0** where the union is empty, rather than numpy's `0 / 0 = nan` — `np.divide` with
+# `where=` does it without a warning.
 
 # %%
 #| export
-#| exercise: IoU of every box of a (N,4) with every box of b (M,4), as an N x M array, by broadcasting
+#| exercise: IoU of every box of a (N,4) with every box of b (M,4), as an N x M array, by broadcasting; 0 where the union is empty
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection over union of each box in `a` with each box in `b` (corner format)."""
+    """Intersection over union (N, M) of each box in `a` (N, 4) with each box in `b` (M, 4), corner
+    format; 0 where the union is empty (two zero-area boxes)."""
     ### BEGIN SOLUTION
     top_left = np.maximum(a[:, None, :2], b[None, :, :2])
     bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
-    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
-    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
+    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(axis=1)
+    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros(union.shape, np.result_type(union, np.float32)), where=union > 0)
     ### END SOLUTION
 
 
@@ -223,14 +232,17 @@ with check("Exercise 7.3"):
     want = np.array([[one_iou(p, q) for q in boxes[4:]] for p in boxes[:4]])
     got = box_iou(boxes[:4], boxes[4:])
     assert got.shape == (4, 3) and np.allclose(got, want), f"4 × 3 random boxes: expected\n{want.round(4)}\ngot\n{np.round(got, 4)}"
+    flat = np.array([[5, 5, 5, 5], [5, 5, 5, 9]], np.float32)
+    got = box_iou(flat, flat)
+    assert got.tolist() == [[0, 0], [0, 0]], f"zero-area boxes: expected IoU 0 everywhere (no 0/0), got {got.tolist()}"
 
 # %% [markdown]
 # ## Exercise 7.4 — non-maximum suppression
 #
 # A real object lights up several neighbouring cells and anchors, so the raw output holds many
 # boxes per object. **Greedy NMS** keeps the best one and drops its near-duplicates: sort by score;
-# take the best remaining box; drop every remaining box whose IoU with it exceeds the threshold;
-# repeat until none remain. Each step is one vectorised `box_iou` of the kept box against the rest.
+# take the best remaining box; drop every remaining box whose IoU with it **exceeds** the threshold
+# (torchvision's rule: IoU equal to the threshold survives); repeat until none remain. Each step is one vectorised `box_iou` of the kept box against the rest.
 # Return the indices of the kept boxes, best first.
 
 # %%
@@ -244,7 +256,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     while order.size:
         best, order = order[0], order[1:]
         keep.append(best)
-        order = order[box_iou(boxes[best][None], boxes[order])[0] <= iou_threshold]
+        order = order[~(box_iou(boxes[best][None], boxes[order])[0] > iou_threshold)]
     return np.array(keep, dtype=np.int64)
     ### END SOLUTION
 
@@ -264,6 +276,9 @@ with check("Exercise 7.4"):
     assert got.tolist() == [0, 1, 2], f"IoU equal to the threshold and tied scores: expected [0, 1, 2] (keep, file order), got {got.tolist()}"
     got = nms(halves, np.array([0.5, 0.5, 0.5], np.float32), 0.4)
     assert got.tolist() == [0, 2], f"IoU 0.5 above threshold 0.4, tied scores: expected [0, 2], got {got.tolist()}"
+    flat = np.array([[0, 0, 10, 10], [5, 5, 5, 5], [5, 5, 5, 5]], np.float32)
+    got = nms(flat, np.array([0.9, 0.8, 0.7], np.float32), 0.5)
+    assert got.tolist() == [0, 1, 2], f"zero-area boxes overlap nothing (IoU 0): expected [0, 1, 2], got {got.tolist()}"
 
 # %% [markdown]
 # ## From raw rows to detections
@@ -310,12 +325,14 @@ def unletterbox(detections: np.ndarray, scale: float, pad: tuple[int, int], size
 
 
 def detect(graph: RuntimeGraph, paths: list[str | Path], conf: float = 0.25, iou: float = 0.45,
-           batch: int = 8) -> list[np.ndarray]:
-    """Detections (x1, y1, x2, y2, score, class) in original-image pixels, one array per image."""
-    size, results = input_size(graph), []
-    for start in range(0, len(paths), batch):
-        images = [load_image(p) for p in paths[start:start + batch]]
-        boxed = [letterbox(image, size) for image in images]
+           batch: int = 8, size: int | None = None, errors: dict[int, ImageError] | None = None) -> list[np.ndarray]:
+    """Detections (K, 6) = x1, y1, x2, y2, score, class in original-image pixels, one array per image read.
+
+    `size` is for models of free input size (default 640). With `errors` a dict, unreadable images
+    are filed there by index and left out of the result; otherwise their ImageError is raised."""
+    side, results = input_size(graph, size, 640), []
+    for _, images in in_batches(paths, batch, load_image, errors):
+        boxed = [letterbox(image, side) for image in images]
         rows = graph(np.stack([b[0] for b in boxed]))
         if rows.ndim != 3 or rows.shape[2] < 6:
             raise ShapeError(f"{graph.model.path.name} outputs {rows.shape}, not YOLO rows (N, boxes, 5 + classes)")
@@ -371,7 +388,7 @@ with check("Exercise 7.5"):
 
 # %%
 def reference_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou: float) -> list[int]:
-    """Per-class greedy NMS, the slow obvious way."""
+    """Per-class greedy NMS, the slow obvious way, with torchvision's rule: suppress where IoU > iou."""
     keep = []
     for c in classes.unique():
         idx = torch.nonzero(classes == c).flatten()
@@ -383,7 +400,7 @@ def reference_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tens
             rb = torch.minimum(boxes[idx[0], 2:], boxes[rest, 2:])
             inter = (rb - lt).clamp(min=0).prod(1)
             area = lambda b: (b[..., 2:] - b[..., :2]).prod(-1)  # noqa: E731
-            idx = rest[inter / (area(boxes[idx[0]]) + area(boxes[rest]) - inter) <= iou]
+            idx = rest[~(inter / (area(boxes[idx[0]]) + area(boxes[rest]) - inter) > iou)]
     return sorted(keep, key=lambda i: -float(scores[i]))
 
 

@@ -36,7 +36,7 @@ def reference_nms(boxes, scores, iou):
         rb = torch.minimum(boxes[best, 2:], boxes[order, 2:])
         inter = (rb - lt).clamp(min=0).prod(1)
         union = (boxes[best, 2:] - boxes[best, :2]).prod() + (boxes[order, 2:] - boxes[order, :2]).prod(1) - inter
-        order = [i for i, o in zip(order, (inter / union).tolist()) if o <= iou]
+        order = [i for i, o in zip(order, (inter / union).tolist()) if not o > iou]  # torchvision: NaN survives
     return keep
 
 
@@ -47,6 +47,23 @@ def test_nms_matches_a_reference(seed):
     boxes = np.concatenate([corner, corner + g.uniform(5, 120, (200, 2))], axis=1).astype(np.float32)
     scores = g.random(200).astype(np.float32)
     assert nms(boxes, scores, 0.45).tolist() == reference_nms(boxes, scores, 0.45)
+
+
+def test_nms_keeps_zero_area_boxes_like_torchvision():
+    boxes = np.array([[0, 0, 10, 10], [5, 5, 5, 5], [5, 5, 5, 5], [3, 3, 3, 8], [1, 1, 10, 10]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5], np.float32)
+    with np.errstate(invalid="ignore"):
+        want = reference_nms(boxes, scores, 0.45)
+    assert want == [0, 1, 2, 3]
+    assert nms(boxes, scores, 0.45).tolist() == want
+    assert box_iou(boxes[1:3], boxes[1:3]).tolist() == [[0, 0], [0, 0]]
+
+
+def test_nms_suppresses_only_above_the_threshold():
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 5]], np.float32)  # IoU exactly 0.5
+    scores = np.array([0.9, 0.8], np.float32)
+    assert nms(boxes, scores, 0.5).tolist() == [0, 1] == reference_nms(boxes, scores, 0.5)
+    assert nms(boxes, scores, 0.49).tolist() == [0] == reference_nms(boxes, scores, 0.49)
 
 
 def test_box_iou_matches_the_definition():
@@ -65,6 +82,12 @@ def test_postprocess_is_class_aware_and_maps_back():
     back = unletterbox(found, scale=0.5, pad=(10, 20), size=(400, 300))
     assert np.allclose(back[1, :4], [(80 - 10) / 0.5, (80 - 20) / 0.5, (120 - 10) / 0.5, (120 - 20) / 0.5])
     assert back[:, [0, 2]].max() <= 400 and back[:, [1, 3]].max() <= 300
+
+
+def test_letterbox_never_rounds_a_side_to_zero():
+    x, scale, pad = letterbox(Image.new("RGB", (1600, 1), (255, 0, 0)), 640)
+    assert scale == pytest.approx(0.4) and pad == (0, 319)
+    assert np.allclose(x[:, 319, ::100], [[1], [0], [0]]) and np.allclose(x[:, 318, 0], 114 / 255)
 
 
 def test_letterbox_keeps_aspect_and_centres():

@@ -199,11 +199,47 @@ def test_shape_operators():
     ("nn.Upsample", dict(mode="bicubic", scale_factor=2.0), {}, "mode 'bicubic' is not supported"),
     ("nn.MaxPool2d", dict(kernel_size=(2, 2), return_indices=True), {}, "return_indices=True is not supported"),
     ("nn.Softmax", {}, {}, "missing parameter 'dim'"),
+    ("nn.Conv2d", dict(in_channels=3, out_channels=4, kernel_size=(3, 3), stride=(0, 1), bias=False),
+     dict(weight=np.zeros((4, 3, 3, 3), np.float32)), r"stride should be at least 1, got \(0, 1\)"),
+    ("nn.Conv2d", dict(in_channels=3, out_channels=4, kernel_size=(0, 0), bias=False),
+     dict(weight=np.zeros((4, 3, 0, 0), np.float32)), r"kernel_size should be at least 1"),
+    ("nn.Conv2d", dict(in_channels=3, out_channels=4, kernel_size=3, groups=0, bias=False),
+     dict(weight=np.zeros((4, 3, 3, 3), np.float32)), r"parameter 'groups' should be at least 1, got 0"),
+    ("nn.Conv2d", dict(in_channels=3, out_channels=4, kernel_size=3, dilation=0, bias=False),
+     dict(weight=np.zeros((4, 3, 3, 3), np.float32)), r"dilation should be at least 1, got 0"),
+    ("nn.Conv2d", dict(in_channels=3, out_channels=4, kernel_size=3, padding=(-1, 0), bias=False),
+     dict(weight=np.zeros((4, 3, 3, 3), np.float32)), r"padding should be at least 0"),
+    ("nn.MaxPool2d", dict(kernel_size=(2, 2), stride=(0, 0)), {}, r"stride should be at least 1"),
+    ("nn.AvgPool2d", dict(kernel_size=0), {}, r"kernel_size should be at least 1"),
+    ("nn.AdaptiveAvgPool2d", dict(output_size=(0, 3)), {}, r"output_size should be an int >= 1"),
+    ("torch.chunk", dict(chunks=0, dim=1), {}, r"parameter 'chunks' should be at least 1, got 0"),
+    ("torch.split", dict(split_size_or_sections=0, dim=1), {}, r"'split_size_or_sections' should be at least 1"),
+    ("Tensor.slice", dict(dim=1, start=0, end=4, step=0), {}, r"every step should be an int >= 1"),
+    ("nn.Upsample", dict(mode="nearest", scale_factor=0.0), {}, r"scale_factor should be a number in \(0, 1024\)"),
+    ("nn.Upsample", dict(mode="nearest", size=(0, 4)), {}, r"size should be an int >= 1"),
+    ("nn.BatchNorm2d", dict(num_features=0), {}, r"'num_features' should be at least 1"),
+    ("nn.Linear", dict(in_features=float("nan"), out_features=3, bias=False), {}, r"'in_features' should be int"),
 ])
 def test_bad_parameters_name_the_layer(kind, params, weights, message):
     with pytest.raises(LayerError, match=message) as caught:
         make(kind, params, weights, line=17)
     assert "(line 17)" in str(caught.value)
+
+
+def test_an_axis_out_of_range_is_a_graph_error_naming_the_operator(tmp_path):
+    from pathlib import Path
+
+    import kuiper
+    from kuiper.errors import GraphError
+
+    tiny = Path(__file__).resolve().parents[1] / "data" / "tiny.pnnx.param"
+    param = tmp_path / "axis.pnnx.param"
+    param.write_text(tiny.read_text().replace("torch.cat_0              2 1 3 5 6 dim=1", "torch.cat_0              2 1 3 5 6 dim=5"))
+    (tmp_path / "axis.pnnx.bin").symlink_to(tiny.with_suffix(".bin"))
+    graph = kuiper.load(param)
+    with pytest.raises(GraphError, match=r"torch\.cat 'torch\.cat_0' \(line 9\) failed on inputs of shape "
+                                         r"\[\(1, 16\), \(1, 16\)\]: AxisError"):
+        graph(np.zeros((1, 3, 4, 4), np.float32))
 
 
 def test_wrong_input_channels_is_a_shape_error():

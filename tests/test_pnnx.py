@@ -1,6 +1,7 @@
 """kuiper.pnnx on real PNNX files and on corrupted copies: every bad file gets a PnnxError that says where."""
 
 import shutil
+import struct
 import zipfile
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def corrupt(tmp_path: Path, edit=None, bin_edit=None) -> Path:
     """A copy of the tiny model with `edit` applied to the .param lines and `bin_edit` to the .bin."""
     param, binary = tmp_path / "bad.pnnx.param", tmp_path / "bad.pnnx.bin"
     lines = TINY.read_text().splitlines()
-    param.write_text("\n".join(edit(lines) if edit else lines) + "\n")
+    param.write_bytes(("\n".join(edit(lines) if edit else lines) + "\n").encode("utf-8", "surrogateescape"))
     shutil.copy(TINY.with_suffix(".bin"), binary)
     if bin_edit:
         bin_edit(binary)
@@ -92,7 +93,59 @@ def rewrite_zip(skip: str = "", resize: str = ""):
     return edit
 
 
+def patch_entry(entry: str, offset: int, value: bytes | None = None, data_byte: int | None = None):
+    """Overwrite bytes of `entry`'s local header at `offset` with `value`, or flip one byte of its data."""
+    def edit(path: Path):
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo(entry)
+        raw = bytearray(path.read_bytes())
+        start = info.header_offset
+        if value is not None:
+            raw[start + offset:start + offset + len(value)] = value
+        else:
+            name_length, extra_length = struct.unpack_from("<2H", raw, start + 26)
+            raw[start + 30 + name_length + extra_length + data_byte] ^= 0x40
+        path.write_bytes(bytes(raw))
+    return edit
+
+
+def extra_length_plus_one(path: Path):
+    """The off-by-one that used to shift every weight of 'left.weight' by a byte."""
+    with zipfile.ZipFile(path) as archive:
+        start = archive.getinfo("left.weight").header_offset
+    raw = bytearray(path.read_bytes())
+    (extra,) = struct.unpack_from("<H", raw, start + 28)
+    raw[start + 28:start + 30] = struct.pack("<H", extra + 1)
+    path.write_bytes(bytes(raw))
+
+
 CORRUPTIONS = {
+    "not UTF-8": (dict(edit=replace_line(6, "act", "a\udcffct")), r"bad\.pnnx\.param:6: byte 0xff is not UTF-8 text"),
+    "Unicode digits in the counts": (dict(edit=replace_line(2, "9 8", "٩ ٨")),
+                                     r":2: expected '<operator count> <operand count>', found '٩ ٨'"),
+    "Unicode digits in an operator": (dict(edit=replace_line(5, " 1 1 1 2 ", " ١ 1 1 2 ")),
+                                      r":5: expected 'type name #inputs #outputs \.\.\.'"),
+    "superscript digit": (dict(edit=replace_line(5, " 1 1 1 2 ", " ² 1 1 2 ")), r":5: expected 'type name"),
+    "deeply nested value": (dict(edit=replace_line(5, "bias=True", "bias=" + "(" * 50_000 + ")" * 50_000)),
+                            r":5: nn\.Linear 'left': a value nests brackets deeper than 16"),
+    "huge number": (dict(edit=replace_line(5, "@weight=(16,48)f32", "@weight=(16," + "9" * 5000 + ")f32")),
+                    r":5: nn\.Linear 'left': expected an annotation like"),
+    "input with an input": (dict(edit=replace_line(3, "0 1 0", "1 1 0 0")),
+                            r":3: pnnx\.Input 'pnnx_input_0' has 1 inputs and 1 outputs, expected 0 and 1"),
+    "output with an output": (dict(edit=lambda lines: lines[:-1] + [lines[-1].replace(" 1 0 7", " 1 1 7 8")]),
+                              r"pnnx\.Output 'pnnx_output_0' has 1 inputs and 1 outputs, expected 1 and 0"),
+    "operator name twice": (dict(edit=replace_line(7, "right", "left")),
+                            r":7: operator name 'left' is used again \(first on line 5\)"),
+    "extra-field length off by one": (dict(bin_edit=extra_length_plus_one),
+                                      r"weight 'left\.weight': its bytes are damaged"),
+    "data byte flipped": (dict(bin_edit=patch_entry("head.weight", 0, data_byte=17)),
+                          r"weight 'head\.weight': its bytes are damaged"),
+    "local header signature": (dict(bin_edit=patch_entry("left.bias", 0, b"PK\x05\x06")),
+                               r"weight 'left\.bias': its local header at byte \d+ does not match"),
+    "local header method": (dict(bin_edit=patch_entry("left.bias", 8, struct.pack("<H", 8))),
+                            r"weight 'left\.bias': its local header at byte \d+ does not match"),
+    "local header name": (dict(bin_edit=patch_entry("left.bias", 30, b"r")),
+                          r"weight 'left\.bias': its local header at byte \d+ does not match"),
     "bad magic": (dict(edit=replace_line(1, "7767517", "7767518")),
                   r"bad\.pnnx\.param:1: expected the PNNX magic number 7767517, found '7767518'"),
     "count mismatch": (dict(edit=replace_line(2, "9 8", "10 8")),
@@ -128,6 +181,25 @@ def test_corrupted_files_say_what_and_where(tmp_path, case):
     with pytest.raises(PnnxError, match=message) as caught:
         load_pnnx(corrupt(tmp_path, **changes))
     assert isinstance(caught.value, KuiperError)
+
+
+def test_a_shifted_weight_would_have_loaded_silently(tmp_path):
+    """The damage the CRC check catches: the same bytes, one later, still 'fit' the weight's size."""
+    param = corrupt(tmp_path, bin_edit=extra_length_plus_one)
+    with zipfile.ZipFile(param.with_suffix(".bin")) as archive:
+        info = archive.getinfo("left.weight")
+    assert info.file_size == 16 * 48 * 4  # the central directory still agrees with the .param file
+
+
+def test_a_deflated_weights_archive_loads_and_is_checked(tmp_path):
+    param = corrupt(tmp_path)
+    with zipfile.ZipFile(TINY.with_suffix(".bin")) as archive:
+        entries = {info.filename: archive.read(info) for info in archive.infolist()}
+    with zipfile.ZipFile(param.with_suffix(".bin"), "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    graph = load_pnnx(param)
+    assert np.array_equal(graph.operators[2].attrs["weight"].data, load_pnnx(TINY).operators[2].attrs["weight"].data)
 
 
 def test_missing_param_file(tmp_path):

@@ -1,7 +1,9 @@
 # Generated from solutions/04_conv_pooling.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
+import math
 import os
+import threading
 
 import numpy as np
 from numba import njit, prange
@@ -46,19 +48,17 @@ def im2col_image(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
             line[x_hi:] = 0.0
 
 
-_scratch = np.empty(0, np.float32)
+_scratch = threading.local()
 
 
 def scratch(shape: tuple[int, ...]) -> np.ndarray:
-    """A float32 work array of `shape`, always the same memory (grown when too small).
-
-    Layers run one after another, so one buffer serves them all; two graphs running in parallel
-    threads would need one each."""
-    global _scratch
-    size = int(np.prod(shape))
-    if _scratch.size < size:
-        _scratch = np.empty(size, np.float32)
-    return _scratch[:size].reshape(shape)
+    """A float32 work array of `shape`: the same memory on every call from one thread (grown when
+    too small), another for each thread, so that graphs run in parallel threads never share it."""
+    size = math.prod(shape)
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.size < size:
+        buffer = _scratch.buffer = np.empty(size, np.float32)
+    return buffer[:size].reshape(shape)
 
 
 @njit(parallel=True, cache=True)
@@ -94,11 +94,14 @@ def depthwise_conv(x, w, out, sh, sw, ph, pw, dh, dw):
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def pair(value: object, name: str, op) -> tuple[int, int]:
-    """A PNNX int or (int, int) parameter as a pair; LayerError otherwise."""
+def pair(value: object, name: str, op, minimum: int = 0) -> tuple[int, int]:
+    """A PNNX int or (int, int) parameter as a pair of ints >= `minimum`; LayerError otherwise."""
     pair_ = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if not (isinstance(pair_, tuple) and len(pair_) == 2 and all(isinstance(v, int) for v in pair_)):
+    if not (isinstance(pair_, tuple) and len(pair_) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in pair_)):
         raise LayerError(f"{op.where()}: {name} should be an int or a pair of ints, got {value!r}")
+    if min(pair_) < minimum:
+        raise LayerError(f"{op.where()}: {name} should be at least {minimum}, got {value!r}")
     return pair_
 
 
@@ -122,14 +125,14 @@ class ConvLayer(Layer):
 
     def __init__(self, op):
         super().__init__(op)
-        self.c_in, self.c_out = self.param("in_channels", int), self.param("out_channels", int)
-        self.groups = self.param("groups", int, 1)
+        self.c_in, self.c_out = self.param("in_channels", int, minimum=1), self.param("out_channels", int, minimum=1)
+        self.groups = self.param("groups", int, 1, minimum=1)
         if self.c_in % self.groups or self.c_out % self.groups:
             raise LayerError(f"{op.where()}: groups={self.groups} must divide in_channels={self.c_in} "
                              f"and out_channels={self.c_out}")
-        self.kernel = pair(self.param("kernel_size"), "kernel_size", op)
-        self.stride = pair(self.param("stride", object, 1), "stride", op)
-        self.dilation = pair(self.param("dilation", object, 1), "dilation", op)
+        self.kernel = pair(self.param("kernel_size"), "kernel_size", op, minimum=1)
+        self.stride = pair(self.param("stride", object, 1), "stride", op, minimum=1)
+        self.dilation = pair(self.param("dilation", object, 1), "dilation", op, minimum=1)
         self.bias = self.weight("bias", (self.c_out,)) if self.param("bias", bool, False) else None
 
     def input(self, x: Tensor) -> np.ndarray:

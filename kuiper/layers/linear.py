@@ -12,7 +12,7 @@ class Linear(Layer):
 
     def __init__(self, op):
         super().__init__(op)
-        n_in, n_out = self.param("in_features", int), self.param("out_features", int)
+        n_in, n_out = self.param("in_features", int, minimum=1), self.param("out_features", int, minimum=1)
         self.weight_t = self.weight("weight", (n_out, n_in)).T
         self.bias = self.weight("bias", (n_out,)) if self.param("bias", bool) else None
 

@@ -14,9 +14,9 @@ class BatchNorm(Layer):
 
     def __init__(self, op):
         super().__init__(op)
-        n = self.param("num_features", int)
+        n = self.param("num_features", int, minimum=1)
         mean, var = self.weight("running_mean", (n,)), self.weight("running_var", (n,))
-        scale = 1 / np.sqrt(var + np.float32(self.param("eps", float, 1e-5)))
+        scale = 1 / np.sqrt(var + np.float32(self.param("eps", float, 1e-5, minimum=0)))
         if self.param("affine", bool, True):
             scale = scale * self.weight("weight", (n,))
             shift = self.weight("bias", (n,)) - mean * scale

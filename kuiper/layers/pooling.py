@@ -33,11 +33,11 @@ def max_pool(x, out, kh, kw, sh, sw, ph, pw, dh, dw):
 
 def pool_params(layer: Layer) -> tuple:
     """kernel, stride (defaults to kernel), padding and dilation pairs of a pooling operator."""
-    kernel = pair(layer.param("kernel_size"), "kernel_size", layer.op)
+    kernel = pair(layer.param("kernel_size"), "kernel_size", layer.op, minimum=1)
     stride = layer.param("stride", object, None)
-    stride = kernel if stride in (None, ()) else pair(stride, "stride", layer.op)
+    stride = kernel if stride in (None, ()) else pair(stride, "stride", layer.op, minimum=1)
     return (kernel, stride, pair(layer.param("padding", object, 0), "padding", layer.op),
-            pair(layer.param("dilation", object, 1), "dilation", layer.op))
+            pair(layer.param("dilation", object, 1), "dilation", layer.op, minimum=1))
 
 
 def as_nchw(layer: Layer, x: Tensor) -> np.ndarray:
@@ -101,7 +101,7 @@ class AvgPool2d(Layer):
         self.kernel, self.stride, self.padding, _ = pool_params(self)
         self.ceil_mode = self.param("ceil_mode", bool, False)
         self.count_include_pad = self.param("count_include_pad", bool, True)
-        self.divisor = self.param("divisor_override", (int, type(None)), None) or 0
+        self.divisor = self.param("divisor_override", (int, type(None)), None, minimum=1) or 0
 
     def forward(self, x: Tensor) -> Tensor:
         data = as_nchw(self, x)
@@ -139,8 +139,8 @@ class AdaptiveAvgPool2d(Layer):
         super().__init__(op)
         size = self.param("output_size", (int, tuple))
         self.size = (size, size) if isinstance(size, int) else size
-        if len(self.size) != 2:
-            raise LayerError(f"{op.where()}: output_size should be an int or a pair, got {size!r}")
+        if len(self.size) != 2 or not all(s is None or (type(s) is int and s >= 1) for s in self.size):
+            raise LayerError(f"{op.where()}: output_size should be an int >= 1 or a pair of them, got {size!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         data = as_nchw(self, x)

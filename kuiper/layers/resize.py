@@ -37,6 +37,9 @@ def resize_axis(x: np.ndarray, axis: int, size_out: int, scale: float | None, mo
     return np.take(x, low, axis=axis) * (1 - weight) + np.take(x, high, axis=axis) * weight
 
 
+MAX_SCALE = 1024  # a larger factor is a damaged file, not a model
+
+
 @register("nn.Upsample", "F.interpolate", "F.upsample", "F.upsample_nearest", "F.upsample_bilinear")
 class Upsample(Layer):
     """Resize the last two dimensions: nearest, or bilinear with either align_corners."""
@@ -49,22 +52,30 @@ class Upsample(Layer):
         if self.mode not in ("nearest", "bilinear"):
             raise LayerError(f"{op.where()}: mode {self.mode!r} is not supported (nearest, bilinear)")
         self.align_corners = bool(self.param("align_corners", (bool, type(None)), False))
-        self.size = self.param("size", (int, tuple, type(None)), None)
+        size = self.param("size", (int, tuple, type(None)), None)
         scale = self.param("scale_factor", (int, float, tuple, type(None)), None)
+        self.size = (size, size) if isinstance(size, int) else size
         self.scale = (scale, scale) if isinstance(scale, (int, float)) else scale
         if self.size is None and self.scale is None:
             raise LayerError(f"{op.where()}: needs size or scale_factor")
+        if self.size is not None and not (len(self.size) == 2 and all(type(s) is int and s >= 1 for s in self.size)):
+            raise LayerError(f"{op.where()}: size should be an int >= 1 or a pair of them, got {size!r}")
+        if self.size is None and not (len(self.scale) == 2 and all(
+                type(s) in (int, float) and 0 < s < MAX_SCALE for s in self.scale)):
+            raise LayerError(f"{op.where()}: scale_factor should be a number in (0, {MAX_SCALE}) or a pair, "
+                             f"got {scale!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         data = x.numpy()
         if data.ndim != 4:
             raise ShapeError(f"{self.op.where()}: expected input (N, C, H, W), got {data.shape}")
         if self.size is not None:
-            size = (self.size, self.size) if isinstance(self.size, int) else self.size
-            scales = (None, None)
+            size, scales = self.size, (None, None)
         else:
             size = tuple(math.floor(d * s) for d, s in zip(data.shape[2:], self.scale))
             scales = tuple(float(s) for s in self.scale)
+        if min(size) < 1:
+            raise ShapeError(f"{self.op.where()}: scale_factor {self.scale} makes {data.shape} empty: {size}")
         for axis, (n, s) in enumerate(zip(size, scales), start=2):
             data = resize_axis(data, axis, n, s, self.mode, self.align_corners)
         return Tensor(np.ascontiguousarray(data, dtype=np.float32), device=x.device)

@@ -87,11 +87,13 @@ class Split(Layer):
         super().__init__(op)
         self.dim = self.param("dim", int, 0)
         if op.type.endswith("chunk"):
-            self.chunks, self.sizes = self.param("chunks", int), None
+            self.chunks, self.sizes = self.param("chunks", int, minimum=1), None
         else:
             key = "indices" if op.type == "torch.tensor_split" else (
                 "split_size_or_sections" if "split_size_or_sections" in op.params else "split_size")
-            self.chunks, self.sizes = None, self.param(key, (int, tuple))
+            self.chunks, self.sizes = None, self.param(key, (int, tuple), minimum=1)
+            if isinstance(self.sizes, tuple) and key != "indices" and not all(type(n) is int and n >= 0 for n in self.sizes):
+                raise LayerError(f"{op.where()}: {key} should be ints >= 0, got {self.sizes!r}")
         self.tensor_split = op.type == "torch.tensor_split"
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
@@ -120,6 +122,8 @@ class Slice(Layer):
         else:
             self.dims, self.starts = (self.param("dim", int),), (self.param("start", int, 0),)
             self.ends, self.steps = (self.param("end", int),), (self.param("step", int, 1),)
+        if not all(type(step) is int and step >= 1 for step in self.steps):
+            raise LayerError(f"{op.where()}: every step should be an int >= 1, got {self.steps!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         index = [slice(None)] * x.ndim

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from kuiper.errors import ShapeError
+from kuiper.errors import ImageError, ShapeError
 from kuiper.graph import RuntimeGraph
-from kuiper.vision.classify import input_size, load_image
+from kuiper.vision.classify import in_batches, input_size, load_image
 
 
 def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, float, tuple[int, int]]:
@@ -16,7 +16,7 @@ def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, float, tuple[i
     with the scale and the (left, top) padding used."""
     width, height = image.size
     scale = min(size / width, size / height)
-    new = (round(width * scale), round(height * scale))
+    new = (max(1, round(width * scale)), max(1, round(height * scale)))
     left, top = (size - new[0]) // 2, (size - new[1]) // 2
     canvas = Image.new("RGB", (size, size), (114, 114, 114))
     canvas.paste(image.resize(new, Image.BILINEAR), (left, top))
@@ -30,13 +30,15 @@ def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection over union of each box in `a` with each box in `b` (corner format)."""
+    """Intersection over union (N, M) of each box in `a` (N, 4) with each box in `b` (M, 4), corner
+    format; 0 where the union is empty (two zero-area boxes)."""
     top_left = np.maximum(a[:, None, :2], b[None, :, :2])
     bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
-    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
-    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
+    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(axis=1)
+    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros(union.shape, np.result_type(union, np.float32)), where=union > 0)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -46,7 +48,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     while order.size:
         best, order = order[0], order[1:]
         keep.append(best)
-        order = order[box_iou(boxes[best][None], boxes[order])[0] <= iou_threshold]
+        order = order[~(box_iou(boxes[best][None], boxes[order])[0] > iou_threshold)]
     return np.array(keep, dtype=np.int64)
 
 
@@ -71,12 +73,14 @@ def unletterbox(detections: np.ndarray, scale: float, pad: tuple[int, int], size
 
 
 def detect(graph: RuntimeGraph, paths: list[str | Path], conf: float = 0.25, iou: float = 0.45,
-           batch: int = 8) -> list[np.ndarray]:
-    """Detections (x1, y1, x2, y2, score, class) in original-image pixels, one array per image."""
-    size, results = input_size(graph), []
-    for start in range(0, len(paths), batch):
-        images = [load_image(p) for p in paths[start:start + batch]]
-        boxed = [letterbox(image, size) for image in images]
+           batch: int = 8, size: int | None = None, errors: dict[int, ImageError] | None = None) -> list[np.ndarray]:
+    """Detections (K, 6) = x1, y1, x2, y2, score, class in original-image pixels, one array per image read.
+
+    `size` is for models of free input size (default 640). With `errors` a dict, unreadable images
+    are filed there by index and left out of the result; otherwise their ImageError is raised."""
+    side, results = input_size(graph, size, 640), []
+    for _, images in in_batches(paths, batch, load_image, errors):
+        boxed = [letterbox(image, side) for image in images]
         rows = graph(np.stack([b[0] for b in boxed]))
         if rows.ndim != 3 or rows.shape[2] < 6:
             raise ShapeError(f"{graph.model.path.name} outputs {rows.shape}, not YOLO rows (N, boxes, 5 + classes)")
