@@ -74,11 +74,39 @@ def check(name: str) -> Iterator[None]:
     except AssertionError as err:
         print(f"FAIL {name}: {err or 'an assertion failed'}")
     except Exception as err:  # a student's bug of any kind is reported, not raised
-        print(f"FAIL {name}: {type(err).__name__}: {err}")
+        print(f"FAIL {name}: expected no error, got {type(err).__name__}: {err}")
     else:
         print(f"PASS {name}")
     finally:
         _CHECKING.reset(token)
+
+
+class Raised:
+    """What `raises` caught: `.error` is the exception, once the `with` block has ended."""
+
+    error: BaseException | None = None
+
+
+@contextmanager
+def raises(error: type[BaseException], what: str) -> Iterator[Raised]:
+    """In a check: the block must raise `error`; AssertionError saying expected vs got otherwise.
+
+        with raises(ShapeError, "fill with 5 values for 6 elements") as caught:
+            t.fill(range(5))
+        assert "6" in str(caught.error), ...
+
+    NotImplementedError passes through (the check reports TODO)."""
+    caught = Raised()
+    try:
+        yield caught
+    except NotImplementedError:
+        raise
+    except error as err:
+        caught.error = err
+        return
+    except Exception as err:
+        raise AssertionError(f"{what}: expected {error.__name__}, got {type(err).__name__}: {err}") from None
+    raise AssertionError(f"{what}: expected {error.__name__}, nothing was raised")
 
 
 def exercise(label: str) -> Callable[[F], F]:

@@ -24,7 +24,7 @@ from kuiper.exercises import EXERCISES
 
 VERDICT = re.compile(r"^(PASS|FAIL|TODO) Exercise (\d+\.\d+)(?::\s*(.*))?$")
 #: A package test file says which lesson it tests with a module-level `LESSON = NN`.
-LESSON_LINE = re.compile(r"^LESSON\s*=\s*(\d+)\s*$", re.MULTILINE)
+LESSON_LINE = re.compile(r"^LESSON\s*=\s*(\d+)\b", re.MULTILINE)
 
 
 @dataclass

@@ -36,7 +36,7 @@ from collections import Counter
 import matplotlib.pyplot as plt
 import numpy as np
 
-from kuiper.course import DATA, agreement, check
+from kuiper.course import DATA, agreement, check, raises
 from kuiper.errors import KuiperError
 from kuiper.tensor import Tensor
 
@@ -196,11 +196,8 @@ with check("Exercise 2.2"):
         got = parse_annotation(text)
         assert got == want, f"parse_annotation({text!r}) gave {got}, expected {want}"
     for bad in ["(1,3)c64", "1,3f32", "(1;3)f32"]:
-        try:
+        with raises(PnnxError, f"parse_annotation({bad!r})"):
             parse_annotation(bad)
-            raise AssertionError(f"parse_annotation({bad!r}) should raise PnnxError")
-        except PnnxError:
-            pass
 
 # %% [markdown]
 # ## Operators and operands
@@ -519,14 +516,16 @@ with check("Exercise 2.3"):
     ops = load_pnnx(DATA / "tiny.pnnx.param").operators
     shuffled = [ops[i] for i in (5, 0, 8, 3, 1, 6, 2, 4, 7)]
     order = topological_order(shuffled)
-    assert is_topological(order) and len(order) == len(ops), [op.name for op in order]
-    assert topological_order(ops) == ops, "a file already in order should come back unchanged"
+    got = [op.name for op in order]
+    assert is_topological(order) and len(order) == len(ops), \
+        f"expected every operator after the producers of its inputs, got {got}"
+    got, want = [op.name for op in topological_order(ops)], [op.name for op in ops]
+    assert got == want, f"a file already in order: expected it unchanged, {want}, got {got}"
     cyclic = [Operator("t", "a", ["y"], ["x"]), Operator("t", "b", ["x"], ["y"])]
-    try:
+    with raises(GraphError, "a cycle between 'a' and 'b'") as caught:
         topological_order(cyclic)
-        raise AssertionError("a cycle should raise GraphError")
-    except GraphError as err:
-        assert "'a'" in str(err) and "'b'" in str(err), f"name the operators on the cycle: {err}"
+    assert "'a'" in str(caught.error) and "'b'" in str(caught.error), \
+        f"expected the message to name the operators on the cycle, 'a' and 'b', got: {caught.error}"
 
 # %% [markdown]
 # For comparison, the depth-first version:

@@ -49,9 +49,11 @@ def test_every_exercise_is_announced_and_followed_by_its_check(lesson):
 def test_workbook_keeps_signatures_and_hides_solutions(lesson):
     solution = sync.read_lesson(lesson)
     student = nbformat.read(lesson.workbook, as_version=4)
-    assert len(student.cells) == len(solution.cells)
+    kept = [c for c in solution.cells if c.cell_type != "code" or sync.strip_directives(c.source).strip()]
+    assert len(student.cells) == len(kept), "only code cells that are empty without their directives go"
+    by_label = {c.metadata.get("kuiper", {}).get("exercise"): c for c in student.cells}
     for index, label, _ in sync.exercises(solution, lesson.number):
-        source = student.cells[index].source
+        source = by_label[label].source
         assert f'raise NotImplementedError("Exercise {label}: ' in source
         given = sync.blank_solution(solution.cells[index].source, "").splitlines()
         for line in given:
@@ -116,5 +118,12 @@ def test_export_routes_cells_and_blanks_exercises(tmp_path):
     assert "def twice(x):\n    \"\"\"2x.\"\"\"\n    return 2 * x\n" in things
     assert "class Oops" in modules[tmp_path / "kuiper" / "errors.py"]
     student = sync.workbook(sync.read_lesson(sync.Lesson(source)), 9)
-    assert student.cells[2].source == ('def twice(x):\n    """2x."""\n'
-                                       '    raise NotImplementedError("Exercise 9.1: return twice x")')
+    assert len(student.cells) == 4, "the default_exp cell is empty once its directive is gone: dropped"
+    assert student.cells[1].source == ('from kuiper.course import exercise\n\n\n@exercise("9.1")\ndef twice(x):\n'
+                                       '    """2x."""\n    raise NotImplementedError("Exercise 9.1: return twice x")')
+    assert student.cells[1].metadata["kuiper"] == {"exercise": "9.1"}
+    assert sync.student_bodies(student) == {"9.1": student.cells[1].source.split("\n", 4)[4]}
+    index = modules[tmp_path / "kuiper" / "exercises.py"]
+    assert "'9.1': {'lesson': '09_things', 'what': 'return twice x', 'module': 'kuiper.things'" in index
+    assert sync.build_modules(tmp_path, {"9.1": "def twice(x):\n    return x + x"})[
+        tmp_path / "kuiper" / "things.py"].endswith("def twice(x):\n    return x + x\n")
