@@ -109,19 +109,24 @@ def test_files(lesson: int) -> list[Path]:
 
 
 def run_tests(lesson: int, folder: Path, timeout: int = 1800) -> dict | None:
-    """Run the lesson's package tests on the student build of `folder`: {'passed', 'failed', 'summary'}."""
+    """Run the lesson's package tests on the student build of `folder` in which only this lesson's
+    exercises are the student's (the others the reference's): {'passed', 'failed', 'summary'}."""
     files = test_files(lesson)
     if not files:
         return None
-    env = os.environ | workspace.quiet_environment() | {"KUIPER_BUILD": "student",
-                                                         "KUIPER_WORKSPACE": str(folder)}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:nbval", "-m", "not slow",
-               "-o", "addopts=-p no:cacheprovider", *map(str, files)]
+    env = os.environ | workspace.quiet_environment() | {
+        "KUIPER_BUILD": "student", "KUIPER_WORKSPACE": str(folder), "KUIPER_BUILD_LESSONS": str(lesson)}
+    command = [sys.executable, "-m", "pytest", "-q", "--tb=line", "-p", "no:xdist", "-p", "no:nbval",
+               "-m", "not slow", "-o", "addopts=-p no:cacheprovider", *map(str, files)]
     try:
         run = subprocess.run(command, cwd=workspace.ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"passed": 0, "failed": 0, "summary": f"timed out after {timeout} s"}
-    summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr.strip()[-200:]
+    lines = run.stdout.strip().splitlines()
+    summary = lines[-1] if lines else run.stderr.strip()[-200:]
+    first = next((line for line in lines if re.match(r"^(/|E\s|\S+\.py:\d+:)", line)), None)
+    if first and run.returncode:
+        summary += f" (first: {first.removeprefix('E').strip()[:300]})"
     count = {kind: int(m[1]) if (m := re.search(rf"(\d+) {kind}", summary)) else 0 for kind in ("passed", "failed")}
     count["failed"] += int(m[1]) if (m := re.search(r"(\d+) errors?", summary)) else 0
     return count | {"summary": summary}
@@ -138,13 +143,12 @@ def grade(folder: Path, lessons: list[int] | None = None, tests: bool = True,
         if missing:
             raise KuiperError(f"{folder}: no workbook for lesson {', '.join(f'{n:02d}' for n in sorted(missing))}")
         found = {n: found[n] for n in lessons}
-    if tests:
-        workspace.student_build(folder)  # build once, before the test runs share it
     grades = []
     for number, path in sorted(found.items()):
         lines, error = run_workbook(path, timeout)
         grade_ = LessonGrade(number, path.name, parse_verdicts(lines, number), error)
         if tests:
+            workspace.student_build(folder, quiet=True, lessons={number})  # once, before the test files share it
             grade_.tests = run_tests(number, folder)
         grades.append(grade_)
     return grades

@@ -30,6 +30,7 @@ from types import ModuleType
 
 PACKAGE = Path(__file__).resolve().parent
 MARKER = "STUDENT_BUILD"
+KEEP_BUILDS = 8  # the most recently used student builds kept in <workspace>/.build
 #: The repository: this package's parent, or for a student build the repository it was built from.
 ROOT = (Path(json.loads((PACKAGE / MARKER).read_text())["root"]) if (PACKAGE / MARKER).exists()
         else PACKAGE.parent)
@@ -159,18 +160,32 @@ def _digest(bodies: dict[str, str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def student_build(folder: Path | None = None, quiet: bool = False) -> Path:
+def build_lessons() -> set[int] | None:
+    """The lessons whose exercises a student build takes from the workspace: $KUIPER_BUILD_LESSONS
+    (comma-separated numbers; `kuiper grade` sets it to the lesson it tests), else all (None)."""
+    value = os.environ.get("KUIPER_BUILD_LESSONS", "").strip()
+    try:
+        return {int(n) for n in value.split(",")} if value else None
+    except ValueError:
+        raise WorkspaceError(f"KUIPER_BUILD_LESSONS={value!r}: expected lesson numbers like 4 or 1,2,3") from None
+
+
+def student_build(folder: Path | None = None, quiet: bool = False, lessons: set[int] | None = None) -> Path:
     """The student build of the workspace `folder`, built if it is not current: its package folder.
 
+    `lessons`: only these lessons' exercises are the student's, the others the reference's (None: all).
     Built in a temporary folder and renamed into place, so concurrent runs never see half a build."""
     folder = (folder or workspace_dir()).resolve()
     bodies, warnings = student_bodies(folder)
+    if lessons is not None:
+        bodies = {label: code for label, code in bodies.items() if int(label.split(".")[0]) in lessons}
     if not quiet:
         for warning in warnings:
             print(f"kuiper: {warning}", file=sys.stderr)
     builds = folder / ".build"
     final = builds / _digest(bodies)
     if (final / "kuiper" / MARKER).exists():
+        final.touch()  # recently used: kept by the clean-up below
         return final / "kuiper"
     builds.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=builds, prefix=".tmp-"))
@@ -191,9 +206,11 @@ def student_build(folder: Path | None = None, quiet: bool = False) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in builds.iterdir():
-        if old != final and not old.name.startswith(".") and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
+    final.touch()
+    kept = sorted((p for p in builds.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in kept[KEEP_BUILDS:]:
+        shutil.rmtree(old, ignore_errors=True)
     return final / "kuiper"
 
 
@@ -202,7 +219,7 @@ def use_student_build() -> None:
 
     Forgets the reference's kuiper modules imported so far, then executes the student build's
     package as `sys.modules['kuiper']`; the import statement that started it returns that module."""
-    package = student_build()
+    package = student_build(lessons=build_lessons())
     for name in [n for n in sys.modules if n == "kuiper" or n.startswith("kuiper.")]:
         del sys.modules[name]
     spec = importlib.util.spec_from_file_location("kuiper", package / "__init__.py",
