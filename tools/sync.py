@@ -12,6 +12,13 @@ Directives (nbdev-style comment lines at the top of a code cell):
                                `### END SOLUTION`; the workbook gets a NotImplementedError there
 A function decorated `@patch_to(Cls)` in an export cell becomes a method inside `class Cls`
 of the generated module, so a lesson can grow a class one cell at a time.
+
+The workbook's exercise cells also get `@exercise("N.M")` (kuiper.course.exercise) above each
+function, and their label in the cell metadata; kuiper/exercises.py, generated too, says where each
+exercise's reference lives. So a check judges only its own exercise, and a demo cell that calls an
+unsolved exercise runs the reference. `build_modules(root, bodies)` with a student's exercise cells
+(`student_bodies`) is the student build (kuiper/workspace.py). Sync never reads or writes the
+student's workspace. See AUTHORING.md.
 """
 
 from __future__ import annotations
