@@ -300,3 +300,16 @@ def test_a_student_who_solved_everything_grades_all_pass(tmp_path, lesson):
     (result,) = grade.grade(tmp_path, [lesson.number], tests=False)
     assert [(r.label, r.status) for r in result.results] == [(r.label, "PASS") for r in result.results], \
         [(r.label, r.message) for r in result.results if r.status != "PASS"]
+
+
+def test_kuiper_lab_creates_resets_and_says_so(tmp_path):
+    created = cli(["lab", "--workspace", str(tmp_path)])
+    assert created.stdout == f"{tmp_path}: {len(LESSONS)} new workbook(s), 0 kept as they were\n"
+    again = cli(["lab", "create", "--workspace", str(tmp_path)])
+    assert again.stdout == f"{tmp_path}: 0 new workbook(s), {len(LESSONS)} kept as they were\n"
+    reset = json.loads(cli(["lab", "reset", "1", "--workspace", str(tmp_path), "--json"]).stdout)
+    assert reset["workbook"] == str(tmp_path / LESSONS[0].workbook.name)
+    assert Path(reset["backup"]).name.startswith(f"{LESSONS[0].workbook.name}.bak-")
+    missing = cli(["lab", "reset", "--workspace", str(tmp_path)])
+    assert (missing.returncode, missing.stderr) == (1, "kuiper: error: kuiper lab reset needs the lesson number: "
+                                                      "kuiper lab reset 04\n")
