@@ -38,8 +38,10 @@ check: models  ## fail if any generated file is out of date
 site: models  ## render the lessons to static HTML in site/_build/html
 	$(BIN)/python tools/site.py
 
-lab: setup  ## open the student workbook
-	$(BIN)/jupyter lab notebooks/
+# The workspace ($KUIPER_WORKSPACE, default workspace/) is the student's: created once, never overwritten.
+lab: setup  ## copy the workbooks you do not have yet into workspace/, then open it in JupyterLab
+	$(BIN)/kuiper lab create
+	$(BIN)/jupyter lab "$${KUIPER_WORKSPACE:-workspace}"
 
 clean:
 	rm -rf site/_build .pytest_cache

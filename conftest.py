@@ -1,10 +1,16 @@
 """Repository-wide pytest set-up: nbval compares stdout and rich outputs, not stderr; hypothesis
-draws the same examples on every CI run, so a red CI is a real regression, not a new random draw."""
+draws the same examples on every CI run, so a red CI is a real regression, not a new random draw;
+lesson kernels get the quiet environment tools/sync.py executes them with (no progress bars)."""
 
 import os
 
 from hypothesis import settings
 from nbval.plugin import IPyNbCell
+
+from tools.sync import QUIET
+
+for _name, _value in QUIET.items():
+    os.environ.setdefault(_name, _value)
 
 settings.register_profile("ci", derandomize=True, deadline=None)
 if os.environ.get("CI"):

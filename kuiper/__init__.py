@@ -1,4 +1,16 @@
-"""kuiper: a deep-learning inference engine built one lesson at a time (see the course README)."""
+"""kuiper: a deep-learning inference engine built one lesson at a time (see the course README).
+
+KUIPER_BUILD=student makes `import kuiper` give the student's own build instead (kuiper/workspace.py).
+"""
+
+import os as _os
+
+if _os.environ.get("KUIPER_BUILD") == "student":
+    from kuiper import workspace as _workspace
+
+    if not _workspace.is_student_build():
+        _workspace.use_student_build()  # sys.modules["kuiper"] is now the student build
+
 
 from kuiper.errors import DeviceError, DTypeError, GraphError, KuiperError, LayerError, PnnxError, ShapeError
 from kuiper.graph import RuntimeGraph

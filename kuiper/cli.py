@@ -19,6 +19,7 @@ from typing import NoReturn
 
 import kuiper
 from kuiper import bench as benchmarks
+from kuiper import workspace
 from kuiper.errors import KuiperError, ShapeError
 from kuiper.files import atomic_write, same_file
 from kuiper.registry import load
@@ -310,6 +311,37 @@ def quantize_file(args: argparse.Namespace) -> dict:
     return result
 
 
+def lab(args: argparse.Namespace) -> dict:
+    """The student's workspace: create it (never overwriting a file), reset one lesson, or build the package."""
+    folder = args.workspace or workspace.workspace_dir()
+    if args.action == "reset":
+        if args.lesson is None:
+            raise KuiperError("kuiper lab reset needs the lesson number: kuiper lab reset 04")
+        try:
+            target, backup = workspace.reset(args.lesson, folder)
+        except workspace.WorkspaceError as err:
+            raise KuiperError(str(err)) from None
+        if not args.json:
+            print(f"restored {target}" + (f" (your old workbook is {backup.name})" if backup else ""))
+        return {"workbook": str(target), "backup": str(backup) if backup else None}
+    if args.action == "build":
+        package = workspace.student_build(folder)
+        if not args.json:
+            print(f"your build: {package} (use it with KUIPER_BUILD=student)")
+        return {"build": str(package)}
+    written = workspace.create(folder)
+    if not args.json:
+        print(f"{folder}: {len(written)} new workbook(s), {len(workspace.workbooks(folder)) - len(written)} kept as they were")
+    return {"workspace": str(folder), "created": [str(p) for p in written]}
+
+
+def grade_workbooks(args: argparse.Namespace) -> object:
+    """Run workbooks headlessly and report PASS / FAIL / TODO per exercise (kuiper/grade.py)."""
+    from kuiper import grade
+
+    return grade.main(args)
+
+
 def add_int8(parser: argparse.ArgumentParser) -> None:
     """--int8 GROUP: quantize the linear weights to int8 after loading."""
     parser.add_argument("--int8", type=integer(1), choices=(32, 64, 128), metavar="GROUP",
@@ -410,6 +442,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weights per scale; GGUF's Q8_0 has 32 (64 and 128: use --int8 at run time)")
     shrink.add_argument("--json", action="store_true", help="print machine-readable JSON")
     shrink.set_defaults(func=quantize_file)
+    workbook = commands.add_parser("lab", help="your workspace: create it, reset a lesson's workbook, build your package")
+    workbook.add_argument("action", nargs="?", choices=["create", "reset", "build"], default="create",
+                          help="create (default: copy the workbooks you do not have yet, never overwriting), "
+                               "reset NN (restore one lesson, keeping a .bak copy), build (your package)")
+    workbook.add_argument("lesson", nargs="?", type=int, help="the lesson to reset")
+    workbook.add_argument("--workspace", type=Path, help="the workspace folder (default $KUIPER_WORKSPACE or workspace/)")
+    workbook.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    workbook.set_defaults(func=lab)
+    marks = commands.add_parser("grade", help="run workbooks headlessly: PASS / FAIL / TODO per exercise")
+    marks.add_argument("--lesson", type=int, action="append", metavar="NN", help="grade only this lesson (repeatable)")
+    marks.add_argument("--workspace", type=Path, help="the workspace to grade (default $KUIPER_WORKSPACE or workspace/)")
+    marks.add_argument("--class", dest="class_dir", type=Path, metavar="DIR",
+                       help="grade every DIR/<student>/NN_*.ipynb into one CSV gradebook")
+    marks.add_argument("--out", type=Path, help="the gradebook to write with --class (default DIR/gradebook.csv)")
+    marks.add_argument("--tests", action="store_true", help="with --class: also run the package tests per student")
+    marks.add_argument("--no-tests", action="store_true", help="skip the lesson's package tests on your build")
+    marks.add_argument("--timeout", type=int, default=600, help="seconds per notebook cell (default 600)")
+    marks.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    marks.set_defaults(func=grade_workbooks)
     return parser
 
 
@@ -442,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except MemoryError:
         print("kuiper: error: out of memory", file=sys.stderr)
+        return 1
+    except NotImplementedError as err:  # the student build reached an exercise not solved yet
+        print(workspace.unsolved_message(err), file=sys.stderr)
         return 1
     except Exception as err:  # a bug in kuiper: still one line, with the type to report it by
         print(f"kuiper: error: {type(err).__name__}: {one_line(err)} (this is a bug in kuiper)", file=sys.stderr)

@@ -12,6 +12,8 @@ from kuiper.layers.expression import Expression
 from kuiper.pnnx import Operator
 from kuiper.tensor import Tensor
 
+LESSON = 5  # kuiper grade runs this file on the student build of lesson 05
+
 
 def run(text: str, *inputs: np.ndarray):
     return evaluate(to_rpn(parse(text)), list(inputs))

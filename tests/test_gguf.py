@@ -12,6 +12,8 @@ from kuiper.course import DATA
 from kuiper.errors import GGUFError, KuiperError
 from kuiper.llm.gguf import GGML_TYPES, GGUFFile, dequantize_q4_1, dequantize_q8_0, half_to_float
 
+LESSON = 9  # kuiper grade runs this file on the student build of lesson 09
+
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType
 

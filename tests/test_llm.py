@@ -18,6 +18,8 @@ from kuiper.llm.generate import Chat, Stats, generate  # noqa: E402
 from kuiper.llm.model import config_from_hf, load  # noqa: E402
 from kuiper.llm.sample import Sampler, top_p_filter  # noqa: E402
 
+LESSON = 11  # kuiper grade runs this file on the student build of lesson 11
+
 SMOLLM2 = Path(__file__).resolve().parents[1] / "data" / "models" / "smollm2-135m-instruct-q4_1.gguf"
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    if n < 2:", "Photosynthesis is the process by which",
            "<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n"]

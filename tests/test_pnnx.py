@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from kuiper.errors import KuiperError, PnnxError
 from kuiper.pnnx import load_pnnx, parse_annotation, parse_value, read_param, split_top_level
 
+LESSON = 2  # kuiper grade runs this file on the student build of lesson 02
+
 DATA = Path(__file__).resolve().parents[1] / "data"
 TINY = DATA / "tiny.pnnx.param"
 

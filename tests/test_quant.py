@@ -19,6 +19,8 @@ from kuiper.quant import (
     to_q8_0,
 )
 
+LESSON = 14  # kuiper grade runs this file on the student build of lesson 14
+
 gguf = pytest.importorskip("gguf")
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
 

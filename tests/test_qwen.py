@@ -16,6 +16,8 @@ from kuiper.llm.model import load  # noqa: E402
 from kuiper.llm.sample import Sampler  # noqa: E402
 from kuiper.llm.tokenizer import chat_prompt  # noqa: E402
 
+LESSON = 12  # kuiper grade runs this file on the student build of lesson 12
+
 MODELS = Path(__file__).resolve().parents[1] / "data" / "models"
 NAMES = ["qwen2.5-tiny", "qwen3-tiny"]
 TEXTS = ["Hello, world! It's 2024.", "通义千问是阿里云研发的大语言模型。", "def f(x):\n    return x ** 2  # 🙂",

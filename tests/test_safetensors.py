@@ -11,6 +11,8 @@ import pytest
 from kuiper.errors import KuiperError, SafetensorsError
 from kuiper.llm.safetensors import SafetensorsFile, load_config, save_safetensors
 
+LESSON = 9  # kuiper grade runs this file on the student build of lesson 09
+
 st_numpy = pytest.importorskip("safetensors.numpy")
 safe_open = pytest.importorskip("safetensors").safe_open
 

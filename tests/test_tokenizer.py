@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tools import smollm2_tokenizer  # noqa: E402
 
+LESSON = 10  # kuiper grade runs this file on the student build of lesson 10
+
 CORPUS = [
     "Hello world",
     ("The quick brown fox jumps over the lazy dog. It's a beautiful day, isn't it? We'll see; they've gone, "

@@ -12,6 +12,13 @@ Directives (nbdev-style comment lines at the top of a code cell):
                                `### END SOLUTION`; the workbook gets a NotImplementedError there
 A function decorated `@patch_to(Cls)` in an export cell becomes a method inside `class Cls`
 of the generated module, so a lesson can grow a class one cell at a time.
+
+The workbook's exercise cells also get `@exercise("N.M")` (kuiper.course.exercise) above each
+function, and their label in the cell metadata; kuiper/exercises.py, generated too, says where each
+exercise's reference lives. So a check judges only its own exercise, and a demo cell that calls an
+unsolved exercise runs the reference. `build_modules(root, bodies)` with a student's exercise cells
+(`student_bodies`) is the student build (kuiper/workspace.py). Sync never reads or writes the
+student's workspace. See AUTHORING.md.
 """
 
 from __future__ import annotations
@@ -84,10 +91,15 @@ def read_lesson(lesson: Lesson) -> nbformat.NotebookNode:
 
 # ---- export: lesson cells -> kuiper modules -------------------------------------------------
 
-def export_cells(nb: nbformat.NotebookNode, where: str) -> list[tuple[str, str]]:
-    """(module, code) for each export cell, in order; module is dotted under kuiper."""
+def export_cells(nb: nbformat.NotebookNode, where: str, number: int = 0,
+                 bodies: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(module, code) for each export cell, in order; module is dotted under kuiper.
+
+    `bodies` maps exercise labels ('2.1') to a student's code for that exercise cell: the student
+    build takes it in place of the solution's cell."""
+    labels = {i: label for i, label, _ in exercises(nb, number)}
     default, cells = None, []
-    for cell in nb.cells:
+    for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
         found = directives(cell.source)
@@ -97,8 +109,7 @@ def export_cells(nb: nbformat.NotebookNode, where: str) -> list[tuple[str, str]]
         module = found["export"] or default
         if module is None:
             raise SystemExit(f"{where}: an export cell comes before any `#| default_exp`")
-        code = "\n".join(line for line in strip_directives(cell.source).splitlines()
-                         if line.strip() not in (BEGIN, END))
+        code = bodies[labels[i]] if bodies is not None and labels.get(i) in bodies else solution_code(cell.source)
         cells.append((module, code))
     return cells
 
@@ -189,22 +200,32 @@ def _insert_method(chunks: list[list[str]], class_end: dict[str, tuple[int, int]
             class_end[other] = (c, line + len(block))
 
 
-def build_modules(root: Path = ROOT) -> dict[Path, str]:
-    """The text of every generated module, keyed by its path."""
+def build_modules(root: Path = ROOT, bodies: dict[str, str] | None = None,
+                  package: Path | None = None) -> dict[Path, str]:
+    """The text of every generated module, keyed by its path under `package` (default root/kuiper).
+
+    With `bodies` (exercise label -> a student's cell, see `export_cells`) this is a student build."""
+    package = package or root / PACKAGE
     sources: dict[str, list[str]] = {}
     cells: dict[str, list[str]] = {}
+    index: dict[str, dict] = {}
     for lesson in lessons(root):
         rel = lesson.source.relative_to(root).as_posix()
-        for module, code in export_cells(read_lesson(lesson), rel):
+        nb = read_lesson(lesson)
+        index.update(exercise_index(nb, lesson.number, lesson.source.stem))
+        for module, code in export_cells(nb, rel, lesson.number, bodies):
             cells.setdefault(module, []).append(code)
             if rel not in sources.setdefault(module, []):
                 sources[module].append(rel)
     modules = {}
     for module, codes in cells.items():
-        path = root / PACKAGE / Path(*module.split(".")).with_suffix(".py")
+        path = package / Path(*module.split(".")).with_suffix(".py")
         body = assemble(codes, f"{PACKAGE}.{module}")
         body = ("\n\n" if body.startswith(("class ", "def ", "@")) else "\n") + body
         modules[path] = HEADER.format(sources=", ".join(sources[module])) + PRELUDE + body
+    with_exercises = sorted({f"solutions/{entry['lesson']}.py" for entry in index.values()})
+    modules[package / "exercises.py"] = (HEADER.format(sources=", ".join(with_exercises))
+                                         + format_index(index))
     return modules
 
 
@@ -225,6 +246,113 @@ def exercises(nb: nbformat.NotebookNode, number: int) -> list[tuple[int, str, st
     return found
 
 
+JIT = ("njit", "jit", "numba.njit", "numba.jit", "cuda.jit", "vectorize", "guvectorize")
+WRAP_IMPORT = "from kuiper.course import exercise"
+WRAP_LINE = re.compile(r'^\s*@exercise\("(\d+\.\d+)"\)\s*$')
+
+
+def _decorator(node: ast.expr) -> str:
+    """A decorator's name without its arguments: 'njit', 'cuda.jit', 'patch_to'."""
+    return ast.unparse(node.func if isinstance(node, ast.Call) else node)
+
+
+def _jit_callees(nb: nbformat.NotebookNode) -> set[str]:
+    """Names read inside the lesson's jit-compiled functions: such functions must stay plain jit
+    functions (numba cannot call a Python wrapper from nopython code)."""
+    names: set[str] = set()
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        try:
+            tree = ast.parse("\n".join(line for line in cell.source.splitlines()
+                                       if not line.lstrip().startswith(("%", "!"))))
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and any(_decorator(d) in JIT for d in node.decorator_list):
+                names |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} - {node.name}
+    return names
+
+
+def exercise_functions(source: str, jit_callees: set[str] = frozenset()) -> list[tuple[ast.FunctionDef, str, bool]]:
+    """(def node, qualified name, wrapped) for each top-level function of an exercise cell.
+
+    Qualified: 'Tensor.pad' for `@patch_to(Tensor) def pad`. Wrapped: the workbook decorates it with
+    `@exercise("N.M")`; CUDA kernels and jit functions that other jit code calls are left plain."""
+    tree = ast.parse("\n".join(line for line in strip_directives(source).splitlines()
+                               if line.strip() not in (BEGIN, END)))
+    found = []
+    for node in tree.body:
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        decorators = [_decorator(d) for d in node.decorator_list]
+        owner = next((ast.unparse(d.args[0]) for d in node.decorator_list
+                      if _decorator(d) == "patch_to" and isinstance(d, ast.Call) and d.args), None)
+        jit = any(d in JIT for d in decorators)
+        wrapped = not any(d.startswith("cuda.") for d in decorators) and not (jit and node.name in jit_callees)
+        found.append((node, f"{owner}.{node.name}" if owner else node.name, wrapped))
+    return found
+
+
+def exercise_index(nb: nbformat.NotebookNode, number: int, stem: str = "") -> dict[str, dict]:
+    """Where each exercise's reference lives: label -> lesson, what to do, module, names, wrapped names.
+
+    Only exported exercises have a reference in the package (module None otherwise)."""
+    index, default = {}, None
+    labels = {i: (label, what) for i, label, what in exercises(nb, number)}
+    callees = _jit_callees(nb)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        found = directives(cell.source)
+        default = found.get("default_exp", default)
+        if i not in labels:
+            continue
+        label, what = labels[i]
+        functions = exercise_functions(cell.source, callees)
+        module = f"{PACKAGE}.{found['export'] or default}" if "export" in found else None
+        index[label] = {"lesson": stem, "what": what, "module": module,
+                        "names": [name for _, name, _ in functions],
+                        "wrapped": [name for _, name, wrapped in functions if wrapped and module]}
+    return index
+
+
+def format_index(index: dict[str, dict]) -> str:
+    """The text of kuiper/exercises.py: one line per exercise."""
+    lines = "".join(f"    {label!r}: {entry!r},\n" for label, entry in index.items())
+    return ('"""Every exercise of the course: label -> its lesson, what to do, the module and names of its\n'
+            'reference, and the names the workbook wraps with `kuiper.course.exercise`."""\n\n'
+            f"EXERCISES: dict[str, dict] = {{\n{lines}}}\n")
+
+
+def wrap_exercise(source: str, label: str, wrapped: list[str]) -> str:
+    """The workbook's exercise cell: `@exercise("N.M")` above each wrapped function (right above its
+    `def`, or above a jit decorator so numba compiles the plain function), and its import."""
+    if not wrapped:
+        return source
+    lines = source.splitlines()
+    at = []
+    for node, name, _ in exercise_functions(source):
+        if name in wrapped:
+            jit = any(_decorator(d) in JIT for d in node.decorator_list)
+            line = min(d.lineno for d in node.decorator_list) if jit else node.lineno
+            at.append((line - 1, " " * node.col_offset))
+    for line, indent in sorted(at, reverse=True):
+        lines.insert(line, f'{indent}@exercise("{label}")')
+    return "\n".join([WRAP_IMPORT, "", "", *lines])
+
+
+def unwrap_exercise(source: str) -> str:
+    """A workbook exercise cell without what `wrap_exercise` added: the code the student wrote."""
+    return "\n".join(line for line in source.splitlines()
+                     if line.strip() != WRAP_IMPORT and not WRAP_LINE.match(line)).strip("\n")
+
+
+def solution_code(source: str) -> str:
+    """An exercise cell's code with its solution in place: directives and BEGIN/END lines gone."""
+    return "\n".join(line for line in strip_directives(source).splitlines() if line.strip() not in (BEGIN, END))
+
+
 def blank_solution(source: str, label: str) -> str:
     """Replace each BEGIN..END SOLUTION block by a NotImplementedError naming the exercise."""
     out, inside = [], False
@@ -240,18 +368,49 @@ def blank_solution(source: str, label: str) -> str:
     return "\n".join(out)
 
 
-def workbook(executed: nbformat.NotebookNode, number: int) -> nbformat.NotebookNode:
-    """The student notebook: exercises blanked, build directives gone, every output cleared."""
+def workbook(executed: nbformat.NotebookNode, number: int, solved: bool = False) -> nbformat.NotebookNode:
+    """The student notebook: exercises blanked and wrapped with `@exercise("N.M")` (see
+    kuiper.course.exercise), build directives gone, empty code cells dropped, every output cleared.
+    Each exercise cell carries its label in its metadata: {"kuiper": {"exercise": "N.M"}}.
+    `solved`: keep the solutions in the exercise cells (a student who solved everything, for tests)."""
     nb = copy.deepcopy(executed)
-    labels = {i: f"Exercise {n}: {what}" for i, n, what in exercises(nb, number)}
+    found = exercises(nb, number)
+    labels = {i: (n, f"Exercise {n}: {what}") for i, n, what in found}
+    index = exercise_index(nb, number)
+    cells = []
     for i, cell in enumerate(nb.cells):
-        if cell.cell_type != "code":
-            continue
-        cell.source = blank_solution(cell.source, labels[i]) if i in labels else strip_directives(cell.source)
-        cell.outputs, cell.execution_count = [], None
+        if cell.cell_type == "code":
+            if i in labels:
+                label, message = labels[i]
+                body = solution_code(cell.source) if solved else blank_solution(cell.source, message)
+                cell.source = wrap_exercise(body, label, index[label]["wrapped"])
+                cell.metadata[PACKAGE] = {"exercise": label}
+            else:
+                cell.source = strip_directives(cell.source)
+            cell.outputs, cell.execution_count = [], None
+            if not cell.source.strip():
+                continue
+        cells.append(cell)
+    nb.cells = cells
     nb.metadata.pop("jupytext", None)
     nb.metadata.pop(PACKAGE, None)
     return nb
+
+
+def student_bodies(nb: nbformat.NotebookNode) -> dict[str, str]:
+    """Exercise label -> the student's code in a workbook, found by the cell's metadata label, else
+    by its `@exercise("N.M")` line or its `NotImplementedError("Exercise N.M: ...")`."""
+    bodies = {}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        label = cell.metadata.get(PACKAGE, {}).get("exercise")
+        if label is None:
+            match = re.search(r'@exercise\("(\d+\.\d+)"\)|NotImplementedError\("Exercise (\d+\.\d+):', cell.source)
+            label = match and (match[1] or match[2])
+        if label and label not in bodies:
+            bodies[label] = unwrap_exercise(cell.source)
+    return bodies
 
 
 # ---- executed solutions ---------------------------------------------------------------------
@@ -271,11 +430,18 @@ def same_inputs(a: nbformat.NotebookNode, b: nbformat.NotebookNode) -> bool:
     return [(c.cell_type, c.source) for c in a.cells] == [(c.cell_type, c.source) for c in b.cells]
 
 
+#: The environment of every lesson kernel (set here and in conftest.py, so nbval sees the same):
+#: no progress bars or library warnings in stored outputs.
+QUIET = {"PYTHONHASHSEED": "0", "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+         "TRANSFORMERS_VERBOSITY": "error", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "PYTHONWARNINGS": "ignore"}
+
+
 def execute(nb: nbformat.NotebookNode, cwd: Path) -> nbformat.NotebookNode:
     """Run every cell in a fresh kernel of this environment, as nbval will."""
     from nbclient import NotebookClient
 
-    os.environ.setdefault("PYTHONHASHSEED", "0")
+    for name, value in QUIET.items():
+        os.environ.setdefault(name, value)
     os.environ["KUIPER_LONG"] = "1"  # stored outputs include the benchmarks a student runs only when asked
     client = NotebookClient(nb, timeout=1800, kernel_name="python3", record_timing=False,
                             resources={"metadata": {"path": str(cwd)}})
