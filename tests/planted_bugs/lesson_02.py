@@ -3,14 +3,14 @@
 BUGS = {
     '2.1': [
         ('if text in ("None", "()", "[]"):', 'if text == "None":', '() and [] are not read as None'),
-        ('for number in (int, float):', 'for number in (float, int):', 'tries float first: 48 becomes 48.0'),
+        ('    if INT.fullmatch(text):\n        return int(text)\n    if FLOAT.fullmatch(text):\n        return float(text)', '    if FLOAT.fullmatch(text):\n        return float(text)\n    if INT.fullmatch(text):\n        return int(text)', 'tries float first: 48 becomes 48.0'),
         ('split_top_level(text[1:-1])', 'text[1:-1].split(",")', 'splits at commas inside nested brackets'),
         ('return text == "True"', 'return bool(text)', "'False' becomes True"),
     ],
     '2.2': [
         ('-1 if d == "?" else int(d)', '0 if d == "?" else int(d)', 'an unknown size ? becomes 0, not -1'),
         ('if kind not in PNNX_DTYPES:', 'if kind is None:', 'an unknown element type is not a PnnxError'),
-        ('for d in dims.split(",") if d)', 'for d in dims.split(","))', 'a scalar () fails on the empty string'),
+        ('for d in (dims or "").split(",") if d)', 'for d in (dims or "").split(","))', 'a scalar () fails on the empty string'),
     ],
     '2.3': [
         ('heapq.heappop(ready)', 'ready.pop()', 'a stack, not a heap of file positions: ties leave file order'),

@@ -20,8 +20,10 @@ BUGS = {
         ("best = best[np.argsort(values[best])[::-1]]", "best = np.sort(best)", "the k largest sorted by index, not by value"),
     ],
     "6.4": [
-        ("for i in range(0, len(images), batch)]", "for i in range(0, len(images) - 1, batch)]", "the last partial batch is dropped"),
-        ("round(size * 256 / 224)", "size", "the shorter side resized to the crop size"),
+        ("in_batches(paths, batch,", "in_batches(paths[:-1], batch,", "the last image is dropped"),
+        ("side = input_size(graph, size, 224)", "side = input_size(graph, None, 224)", "the requested size is ignored"),
+        ("    if shape[2] == -1:\n        return requested or default", "    if shape[2] == -1:\n        return default",
+         "a free-size model ignores the requested size"),
         ("    return softmax(np.concatenate(logits))", "    return np.concatenate(logits)", "logits returned, not probabilities"),
         ("or shape[1] != 3 or", "or", "a one-channel input is accepted"),
     ],

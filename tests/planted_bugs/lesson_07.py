@@ -6,8 +6,10 @@ BUGS = {
          "scaled so the shorter side fits: the photo is cut off"),
         ("left, top = (size - new[0]) // 2, (size - new[1]) // 2", "left, top = (size - new[1]) // 2, (size - new[0]) // 2",
          "left and top padding swapped"),
-        ("new = (round(width * scale), round(height * scale))", "new = (int(width * scale), int(height * scale))",
-         "the new size truncated instead of rounded"),
+        ("new = (max(1, round(width * scale)), max(1, round(height * scale)))",
+         "new = (max(1, int(width * scale)), max(1, int(height * scale)))", "the new size truncated instead of rounded"),
+        ("new = (max(1, round(width * scale)), max(1, round(height * scale)))",
+         "new = (round(width * scale), round(height * scale))", "a thin strip rounds a side to 0 pixels"),
         (".transpose(2, 0, 1) / 255", ".transpose(2, 0, 1)", "pixels left in 0-255"),
     ],
     "7.2": [
@@ -25,11 +27,11 @@ BUGS = {
     ],
     "7.4": [
         ('order = np.argsort(-scores, kind="stable")', 'order = np.argsort(scores, kind="stable")', "worst first"),
-        ("[0] <= iou_threshold]", "[0] < iou_threshold]", "a box whose IoU equals the threshold is dropped"),
+        ("[0] > iou_threshold)]", "[0] >= iou_threshold)]", "a box whose IoU equals the threshold is dropped"),
         ('order = np.argsort(-scores, kind="stable")', 'order = np.argsort(scores, kind="stable")[::-1]',
          "ascending order reversed: tied scores come in reverse file order"),
-        ("        order = order[box_iou(boxes[best][None], boxes[order])[0] <= iou_threshold]\n",
-         "        order = order[box_iou(boxes[keep[0]][None], boxes[order])[0] <= iou_threshold]\n",
+        ("order = order[~(box_iou(boxes[best][None], boxes[order])[0] > iou_threshold)]",
+         "order = order[~(box_iou(boxes[keep[0]][None], boxes[order])[0] > iou_threshold)]",
          "suppresses only against the first kept box"),
     ],
     "7.5": [
