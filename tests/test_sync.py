@@ -65,7 +65,17 @@ def test_workbook_keeps_signatures_and_hides_solutions(lesson):
             assert c.outputs == [] and c.execution_count is None
 
 
-@pytest.mark.parametrize("lesson", LESSONS, ids=lambda lesson: lesson.source.stem)
+# Lessons whose untouched workbook does not yet run to the end with every check TODO, and why: the
+# lesson's author fixes the lesson (see AUTHORING.md), then removes it here (strict: a fixed lesson fails).
+RUN_ALL_NOT_YET = {
+    3: "Exercise 3.3 is a class in a cell that is not exported: no reference, and its check FAILs untouched",
+    8: "the untouched workbook does not yet run clean (lesson 08 is being split into 09-11 by the lead)",
+}
+
+
+@pytest.mark.parametrize("lesson", [
+    pytest.param(lesson, marks=pytest.mark.xfail(strict=True, reason=RUN_ALL_NOT_YET[lesson.number]))
+    if lesson.number in RUN_ALL_NOT_YET else lesson for lesson in LESSONS], ids=lambda lesson: lesson.source.stem)
 def test_workbook_runs_to_the_end_with_every_check_todo(lesson):
     """Run All on the workbook as handed out: no cell stops it (demo cells fall back to the reference)
     and every check says TODO, naming its own exercise."""
