@@ -19,7 +19,7 @@ EXERCISES: dict[str, dict] = {
     '3.2': {'lesson': '03_registry', 'what': 'op.attrs[key].data; LayerError when absent, not loaded, or not of `shape` (naming both shapes)', 'module': 'kuiper.layer', 'names': ['Layer.weight'], 'wrapped': ['Layer.weight']},
     '3.3': {'lesson': '03_registry', 'what': 'return a class decorator that stores the class in LAYERS under each of `types`', 'module': 'kuiper.registry', 'names': ['register'], 'wrapped': ['register']},
     '3.4': {'lesson': '03_registry', 'what': 'build LAYERS[op.type](op); LayerError naming the type, op.where() and close registered names', 'module': 'kuiper.registry', 'names': ['create_layer'], 'wrapped': ['create_layer']},
-    '3.5': {'lesson': '03_registry', 'what': 'a Layer subclass computing max(x, 0) that counts its forward calls, registered for nn.ReLU', 'module': None, 'names': [], 'wrapped': []},
+    '3.5': {'lesson': '03_registry', 'what': 'MyReLU, registered for nn.ReLU: start its call count at 0, and make forward count the call and compute max(x, 0)', 'module': None, 'names': [], 'wrapped': []},
     '4.1': {'lesson': '04_conv_pooling', 'what': 'the number of window positions along one axis; round up in ceil_mode (dropping a window that starts in the padding)', 'module': 'kuiper.layers.conv', 'names': ['out_size'], 'wrapped': ['out_size']},
     '4.2': {'lesson': '04_conv_pooling', 'what': 'fill cols (N, C*kh*kw, oh*ow) from x (N, C, H, W); zero where the window leaves the image', 'module': None, 'names': ['im2col'], 'wrapped': []},
     '4.3': {'lesson': '04_conv_pooling', 'what': 'out[n, k] = sum over taps (i, j) of w[k, 0, i, j] times x[n, k // m] shifted; rows start at 0', 'module': 'kuiper.layers.conv', 'names': ['depthwise_conv'], 'wrapped': ['depthwise_conv']},

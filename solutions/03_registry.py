@@ -411,25 +411,27 @@ except LayerError as err:
 # ## Exercise 3.5 — override a built-in layer
 #
 # The registry is open: registering a type again replaces its layer for every graph built after.
-# Write `MyReLU`, a layer that computes ReLU **and counts its calls** in `self.calls`, register it
-# for `nn.ReLU`, and load the tiny model again: its `act` operator now runs your code. (Only
+# Fill in `MyReLU`, a layer that computes ReLU **and counts its calls** in `self.calls`: it is
+# registered for `nn.ReLU`, so loading the tiny model again makes its `act` operator run your code. (Only
 # `nn.ReLU` changes: the model's other ReLU is spelled `F.relu`.)
 
 # %%
-#| exercise: a Layer subclass computing max(x, 0) that counts its forward calls, registered for nn.ReLU
-### BEGIN SOLUTION
+#| exercise: MyReLU, registered for nn.ReLU: start its call count at 0, and make forward count the call and compute max(x, 0)
 @register("nn.ReLU")
 class MyReLU(Layer):
     """ReLU that counts how often it runs."""
 
     def __init__(self, op):
         super().__init__(op)
+        ### BEGIN SOLUTION
         self.calls = 0
+        ### END SOLUTION
 
     def forward(self, x: Tensor) -> Tensor:
+        ### BEGIN SOLUTION
         self.calls += 1
         return Tensor(np.maximum(x.numpy(), 0))
-### END SOLUTION
+        ### END SOLUTION
 
 
 # %%

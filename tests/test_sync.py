@@ -68,8 +68,6 @@ def test_workbook_keeps_signatures_and_hides_solutions(lesson):
 # Lessons whose untouched workbook does not yet run to the end with every check TODO: (why, strict).
 # The lesson's author fixes the lesson (see AUTHORING.md), then removes it here; strict: a fixed lesson fails.
 RUN_ALL_NOT_YET = {
-    3: ("Exercise 3.3 is a class in a cell that is not exported: no reference, and Run All stops at it", True),
-    8: ("its bench_llm cell ran past the 600 s cell limit on a shared 2-core machine (lesson 08 is being split)", False),
 }
 
 

@@ -33,6 +33,6 @@ BUGS = {
     "3.5": [
         ("        self.calls += 1\n", "", "calls are not counted"),
         ("np.maximum(x.numpy(), 0)", "np.abs(x.numpy())", "abs instead of max(x, 0)"),
-        ('@register("nn.ReLU")\nclass MyReLU', 'class MyReLU', "not registered, so the model runs the built-in ReLU"),
+        ("        self.calls = 0\n", "        self.calls = 1\n", "the count starts at 1"),
     ],
 }
