@@ -109,11 +109,6 @@ def group_dot(x, q, scale):
     return acc * scale
 
 
-ROWS_PER_BLOCK = 16
-BLAS_TOKENS = 16
-BLAS_ROWS = 256
-
-
 @njit(parallel=True, fastmath=True, cache=True)
 def qmatvec_kernel(x, q, scales, out):
     """out[n] = Σ_g scales[n, g] * (x_g · q[n, g]): x (K,) float32, q (N, K) int8, scales (N, G)."""
@@ -128,6 +123,9 @@ def qmatvec_kernel(x, q, scales, out):
         out[n] = total
 
 
+ROWS_PER_BLOCK = 16
+
+
 @njit(fastmath=True, cache=True)
 def widen_row(q, scales, out):
     """out (K,) float32 = the int8 row q (K,) times the scale of each group."""
@@ -136,15 +134,6 @@ def widen_row(q, scales, out):
         start = g * group
         for j in range(group):  # range(start, start + group) would not vectorize
             out[start + j] = np.float32(q[start + j]) * scales[g]
-
-
-@njit(fastmath=True, cache=True)
-def widen_rows(q, scales, out):
-    """out (n, K) float32 = the int8 rows q (n, K) times their scales (n, G).
-
-    One thread: OpenBLAS's threads, about to multiply the block, would fight numba's for the cores."""
-    for n in range(q.shape[0]):
-        widen_row(q[n], scales[n], out[n])
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -166,6 +155,19 @@ def qmatmul_kernel(x, q, scales, out):
                 for j in range(k):
                     acc += xt[j] * wr[j]
                 out[t, first + r] = acc
+
+
+BLAS_TOKENS = 16
+BLAS_ROWS = 256
+
+
+@njit(fastmath=True, cache=True)
+def widen_rows(q, scales, out):
+    """out (n, K) float32 = the int8 rows q (n, K) times their scales (n, G).
+
+    One thread: OpenBLAS's threads, about to multiply the block, would fight numba's for the cores."""
+    for n in range(q.shape[0]):
+        widen_row(q[n], scales[n], out[n])
 
 
 def qmatvec(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:

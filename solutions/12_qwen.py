@@ -11,8 +11,13 @@
 # %% [markdown]
 # # Lesson 12 — Qwen2.5 and Qwen3: what changes from Llama
 #
-# KuiperLLama runs Qwen2.5 beside Llama, and so will `kuiper` — with the same `Llama` class from
-# lesson 11, not a copy. Qwen2.5 and Qwen3 are Llama-family decoders: RMSNorm, RoPE, grouped-query
+# **What you will build.** KuiperLLama runs Qwen2.5 beside Llama, and so will `kuiper` — with the
+# same `Llama` class from lesson 11, not a copy: the q, k, v bias of Qwen2.5, the QK-norm of Qwen3,
+# and Qwen's tokenizer read from its tiktoken file, exact to transformers and to `tiktoken`.
+#
+# **Prerequisites.** Lessons 09 (GGUF and safetensors), 10 (byte-level BPE) and 11 (the Llama model).
+# **Time:** about 60 minutes.
+# Qwen2.5 and Qwen3 are Llama-family decoders: RMSNorm, RoPE, grouped-query
 # attention, SwiGLU, a KV cache. What differs fits in a table:
 #
 # | | Llama (SmolLM2-135M) | Qwen2.5 (0.5B) | Qwen3 (0.6B) |
@@ -40,24 +45,26 @@
 # |---|---|
 # | 12.1 | the q, k, v projections with Qwen2's bias |
 # | 12.2 | QK-norm: an RMSNorm on every query and key head |
-# | 12.3 | BPE by rank, as tiktoken does it |
+# | 12.3 | read a tiktoken file: base64 token bytes and ranks |
+# | 12.4 | BPE by rank, as tiktoken does it |
+# | 12.5 | the merges hidden in a list of ranks |
 
 # %%
 #| default_exp llm.tokenizer
 
 # %%
+import dataclasses
 import inspect
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
-from transformers import AutoModelForCausalLM
+from safetensors import safe_open
 
 import kuiper.llm.generate
 import kuiper.llm.model
 import kuiper.llm.ops
 import kuiper.llm.sample
-from kuiper.course import DATA, agreement, check, package_file
+from kuiper.course import DATA, LONG, check, package_file
 from kuiper.llm.model import config_from_gguf, config_from_hf, load
 from kuiper.llm.gguf import GGUFFile
 from kuiper.llm.safetensors import load_config
@@ -91,8 +98,8 @@ print("\nthe GGUF copies read the same:",
 # Qwen2 adds a learned bias to the three attention projections (and to no other linear layer).
 # Lesson 11's `Block` stores q, k and v fused: `wqkv` is `(H·d + 2·KV·d, D)` and `bqkv` the
 # matching `(H·d + 2·KV·d,)`. Project the normalised tokens `h` (T, D), add the bias, and split
-# the result into q (T, H, d), k and v (T, KV, d). Then check against transformers' own
-# `q_proj`, `k_proj` and `v_proj` of the first layer.
+# the result into q (T, H, d), k and v (T, KV, d). The check computes transformers' `q_proj`,
+# `k_proj` and `v_proj` of the first layer from the tensors of the safetensors file itself.
 
 # %%
 #| exercise: qkv = h @ wqkv.T + bqkv, split at H*d and H*d + KV*d, reshape to heads
@@ -111,18 +118,27 @@ def project_qkv(h: np.ndarray, block: kuiper.llm.model.Block, config: kuiper.llm
 
 
 # %%
+def hf_tensor(folder, name: str) -> np.ndarray:
+    """One tensor of a Hugging Face folder's model.safetensors, read with the `safetensors` package."""
+    with safe_open(folder / "model.safetensors", "np") as file:
+        return file.get_tensor(name)
+
+
 qwen2, _ = load(QWEN2, max_seq_len=128)
-qwen2_reference = AutoModelForCausalLM.from_pretrained(QWEN2, dtype=torch.float32).eval()
 h = np.random.default_rng(0).standard_normal((5, 896), dtype=np.float32)
 
 with check("Exercise 12.1"):
-    q, k, v = project_qkv(h, qwen2.blocks[0], qwen2.config)
-    attn = qwen2_reference.model.layers[0].self_attn
-    with torch.no_grad():
-        want = [proj(torch.from_numpy(h)).numpy() for proj in (attn.q_proj, attn.k_proj, attn.v_proj)]
-    assert q.shape == (5, 14, 64) and k.shape == v.shape == (5, 2, 64), f"shapes {q.shape}, {k.shape}, {v.shape}"
-    for name, got, ref in zip("qkv", (q, k, v), want):
-        assert np.abs(got.reshape(5, -1) - ref).max() < 1e-4, f"{name} differs from transformers' {name}_proj"
+    # transformers starts biases at 0, so the random file's are all 0: add a random one to see it used
+    extra = np.random.default_rng(3).standard_normal(qwen2.blocks[0].bqkv.shape).astype(np.float32)
+    block = dataclasses.replace(qwen2.blocks[0], bqkv=qwen2.blocks[0].bqkv + extra)
+    q, k, v = project_qkv(h, block, qwen2.config)
+    assert q.shape == (5, 14, 64) and k.shape == v.shape == (5, 2, 64), \
+        f"expected q (5, 14, 64), k and v (5, 2, 64), got {q.shape}, {k.shape}, {v.shape}"
+    for name, got, extra_bias in zip("qkv", (q, k, v), np.split(extra, [14 * 64, 16 * 64])):
+        prefix = f"model.layers.0.self_attn.{name}_proj"
+        want = h @ hf_tensor(QWEN2, f"{prefix}.weight").T + hf_tensor(QWEN2, f"{prefix}.bias") + extra_bias
+        error = np.abs(got.reshape(5, -1) - want).max()
+        assert error < 1e-4, f"{name}: expected transformers' {name}_proj(h), got a max |Δ| of {error:.3g}"
 
 # %% [markdown]
 # ## Exercise 12.2 — QK-norm
@@ -130,7 +146,7 @@ with check("Exercise 12.1"):
 # Qwen3 drops the bias and instead normalises every query head and every key head with its own
 # RMSNorm (one gain vector of length d shared by all heads), **before** RoPE. Large attention
 # logits are what make training unstable; normalising q and k bounds them. Write it with lesson
-# 08's `rmsnorm` on the heads laid out as rows: `(T, H, d)` → `(T·H, d)` and back.
+# 11's `rmsnorm` on the heads laid out as rows: `(T, H, d)` → `(T·H, d)` and back.
 
 # %%
 #| exercise: reshape (T, H, d) -> (T*H, d), kuiper.llm.ops.rmsnorm with the (d,) gain, reshape back
@@ -142,17 +158,24 @@ def qk_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 
 
 # %%
-qwen3, _ = load(QWEN3, max_seq_len=128)
-qwen3_reference = AutoModelForCausalLM.from_pretrained(QWEN3, dtype=torch.float32).eval()
+def qwen3_rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """transformers' Qwen3RMSNorm over the last axis, in numpy: x / sqrt(mean(x²) + eps) * weight."""
+    return x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + eps) * weight
+
+
+qwen3, qwen3_tokenizer = load(QWEN3, max_seq_len=128)
 
 with check("Exercise 12.2"):
     x = np.random.default_rng(1).standard_normal((4, 16, 128), dtype=np.float32) * 3
-    block, attn = qwen3.blocks[0], qwen3_reference.model.layers[0].self_attn
-    with torch.no_grad():
-        want_q, want_k = attn.q_norm(torch.from_numpy(x)).numpy(), attn.k_norm(torch.from_numpy(x[:, :8])).numpy()
-    got_q, got_k = qk_norm(x, block.q_norm, qwen3.config.norm_eps), qk_norm(x[:, :8], block.k_norm, qwen3.config.norm_eps)
-    assert got_q.shape == x.shape, f"expected {x.shape}, got {got_q.shape}"
-    assert np.abs(got_q - want_q).max() < 1e-4 and np.abs(got_k - want_k).max() < 1e-4, "differs from Qwen3RMSNorm"
+    x[:, 3] *= 50  # one head much larger: each head has its own root mean square
+    eps = qwen3.config.norm_eps
+    for name, heads in [("q_norm", x), ("k_norm", x[:, :8])]:
+        # the random file's gains are all 1 (transformers' start): vary them to see them used
+        weight = hf_tensor(QWEN3, f"model.layers.0.self_attn.{name}.weight") + np.linspace(-0.5, 0.5, 128, dtype=np.float32)
+        got, want = qk_norm(heads, weight, eps), qwen3_rmsnorm(heads, weight, eps)
+        assert got.shape == heads.shape, f"{name}: expected shape {heads.shape}, got {got.shape}"
+        error = np.abs(got - want).max()
+        assert error < 1e-4, f"{name}: expected Qwen3RMSNorm of each head, got a max |Δ| of {error:.3g}"
 
 # %% [markdown]
 # Both switches are already in lesson 11's `Llama.attend` — two `if`s, off for Llama:
@@ -163,13 +186,18 @@ print(inspect.getsource(kuiper.llm.model.Llama.attend))
 # %% [markdown]
 # ## Exact against transformers, from both file layouts
 #
-# Same weights, same tokens, logits of every position; then twenty greedy tokens. The GGUF copies
+# Same weights, same tokens, logits of every position; then twenty greedy tokens. (Loading
+# transformers and running it takes a while, so this cell runs when asked, `KUIPER_LONG=1`; the
+# output below is the stored one. `tests/test_qwen.py` runs the same comparison.) The GGUF copies
 # are read by lesson 09's reader: `qwen2` and `qwen3` tensors are not permuted, so the loader
 # leaves their rows alone.
 
 # %%
+# NBVAL_SKIP
 def greedy_reference(reference, prompt: list[int], n: int) -> list[int]:
     """n greedy tokens from a transformers model, never stopping early."""
+    import torch
+
     tokens = []
     with torch.no_grad():
         for _ in range(n):
@@ -177,17 +205,28 @@ def greedy_reference(reference, prompt: list[int], n: int) -> list[int]:
     return tokens
 
 
-ids = np.random.default_rng(2).integers(0, 151643, 48)
-for name, reference, model_path in [("Qwen2.5", qwen2_reference, QWEN2), ("Qwen3", qwen3_reference, QWEN3)]:
-    with torch.no_grad():
-        want = reference(torch.from_numpy(ids)[None]).logits[0].numpy()
-    greedy = greedy_reference(reference, ids[:8].tolist(), 20)
-    for layout, path in [("safetensors", model_path), ("GGUF", MODELS / f"{model_path.name}.gguf")]:
-        model, _ = load(path, max_seq_len=128)
-        logits = model.forward(ids, 0, all_logits=True)
-        tokens = list(kuiper.llm.generate.generate(model, ids[:8].tolist(), kuiper.llm.sample.Sampler(), 20))
-        print(f"{name:8} {layout:12} max |Δlogit| < 1e-3: {np.abs(logits - want).max() < 1e-3}   "
-              f"20 greedy tokens identical: {tokens == greedy}")
+if LONG:  # loads transformers and runs it 42 times: runs when asked (KUIPER_LONG=1)
+    import warnings
+
+    warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's complaint inside Jupyter
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+    ids = np.random.default_rng(2).integers(0, 151643, 48)
+    for name, model_path in [("Qwen2.5", QWEN2), ("Qwen3", QWEN3)]:
+        reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+        with torch.no_grad():
+            want = reference(torch.from_numpy(ids)[None]).logits[0].numpy()
+        greedy = greedy_reference(reference, ids[:8].tolist(), 20)
+        for layout, path in [("safetensors", model_path), ("GGUF", MODELS / f"{model_path.name}.gguf")]:
+            model, _ = load(path, max_seq_len=128)
+            logits = model.forward(ids, 0, all_logits=True)
+            tokens = list(kuiper.llm.generate.generate(model, ids[:8].tolist(), kuiper.llm.sample.Sampler(), 20))
+            print(f"{name:8} {layout:12} max |Δlogit| < 1e-3: {np.abs(logits - want).max() < 1e-3}   "
+                  f"20 greedy tokens identical: {tokens == greedy}")
 
 # %% [markdown]
 # ## Qwen's tokenizer: BPE from a list of ranks
@@ -206,6 +245,14 @@ for name, reference, model_path in [("Qwen2.5", qwen2_reference, QWEN2), ("Qwen3
 # * **The file format.** Qwen publishes its vocabulary the way OpenAI's `tiktoken` library does:
 #   `qwen.tiktoken` has one line per token, the token's bytes in base64 and then its **rank**.
 #   There is no list of merges.
+#
+# ## Exercise 12.3 — read a tiktoken file
+#
+# Read the file as ASCII, line by line (`enumerate(..., 1)` gives the line numbers). Split each
+# line into its two fields, decode the first with `base64.b64decode(token, validate=True)` and
+# store `{token bytes: int(rank)}`. A line that does not have exactly two fields, or whose base64
+# or rank does not parse, raises `TokenizerError` naming the file and the line, with what was
+# expected and the line itself (all three failures are `ValueError`s, so one `except` covers them).
 
 # %%
 from kuiper.course import patch_to
@@ -224,6 +271,7 @@ print(*QWEN_TIKTOKEN.read_text().splitlines()[:3], "…", *QWEN_TIKTOKEN.read_te
 
 # %%
 #| export llm.tokenizer
+#| exercise: for each numbered line: token, rank = line.split(); ranks[base64.b64decode(token, validate=True)] = int(rank); a ValueError becomes a TokenizerError naming path:line
 import base64
 from pathlib import Path
 
@@ -232,6 +280,7 @@ from kuiper.errors import TokenizerError
 
 def read_tiktoken(path: str | Path) -> dict[bytes, int]:
     """{token bytes: rank} from a tiktoken file: one line per token, its bytes in base64 and its rank."""
+    ### BEGIN SOLUTION
     ranks = {}
     for number, line in enumerate(Path(path).read_text(encoding="ascii").splitlines(), 1):
         try:
@@ -240,7 +289,31 @@ def read_tiktoken(path: str | Path) -> dict[bytes, int]:
         except ValueError:
             raise TokenizerError(f"{path}:{number}: expected 'base64-token rank', got {line[:60]!r}") from None
     return ranks
+    ### END SOLUTION
 
+
+# %%
+import tempfile
+
+import tiktoken
+import tiktoken.load
+
+with check("Exercise 12.3"):
+    got, want = read_tiktoken(QWEN_TIKTOKEN), tiktoken.load.load_tiktoken_bpe(str(QWEN_TIKTOKEN))
+    assert len(got) == len(want), f"expected {len(want):,} tokens, got {len(got):,}"
+    wrong = [token for token, rank in want.items() if got.get(token) != rank]
+    assert not wrong, f"token {wrong[0]!r}: expected rank {want[wrong[0]]}, got {got.get(wrong[0])}"
+    with tempfile.TemporaryDirectory() as folder:
+        for bad, what in [("aGk= 0\nd29ybGQ=\n", "a line without a rank"), ("aGk= 0\nd29y!bGQ= 1\n", "bad base64"),
+                          ("aGk= 0\nd29ybGQ= one\n", "a rank that is not a number")]:
+            path = Path(folder) / "bad.tiktoken"
+            path.write_text(bad)
+            try:
+                read_tiktoken(path)
+            except TokenizerError as err:
+                assert f"{path}:2" in str(err), f"{what}: expected the message to name {path}:2, got {err}"
+            else:
+                raise AssertionError(f"{what} on line 2: expected a TokenizerError, got none")
 
 # %%
 ranks = read_tiktoken(QWEN_TIKTOKEN)
@@ -269,7 +342,7 @@ QWEN2_SPECIAL_TOKENS = {token: 151643 + i for i, token in enumerate([
     "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"])}
 
 # %% [markdown]
-# ## Exercise 12.3 — BPE by rank, as tiktoken does it
+# ## Exercise 12.4 — BPE by rank, as tiktoken does it
 #
 # With only token ranks, the merge rule reads: among the adjacent pairs whose **concatenation is a
 # token**, join the one whose concatenation has the lowest rank, the leftmost if two tie. Stop
@@ -299,19 +372,21 @@ def bpe_by_rank(piece: bytes, ranks: dict[bytes, int]) -> list[bytes]:
 
 
 # %%
-import tiktoken
-import tiktoken.load
-
+tiktoken_ranks = tiktoken.load.load_tiktoken_bpe(str(QWEN_TIKTOKEN))
 qwen_reference = tiktoken.Encoding(name="qwen", pat_str=QWEN2_PATTERN, special_tokens=QWEN2_SPECIAL_TOKENS,
-                                   mergeable_ranks=tiktoken.load.load_tiktoken_bpe(str(QWEN_TIKTOKEN)))
-with check("Exercise 12.3"):
-    assert bpe_by_rank(b"abc", {b"a": 0, b"b": 1, b"c": 2, b"bc": 3, b"ab": 4}) == [b"a", b"bc"], "lowest rank first"
-    assert bpe_by_rank(b"", {}) == [], "nothing to merge in an empty piece"
+                                   mergeable_ranks=tiktoken_ranks)
+with check("Exercise 12.4"):
+    toy = {b"a": 0, b"b": 1, b"c": 2, b"bc": 3, b"ab": 4, b"abc": 5}
+    for piece, want in [(b"abc", [b"abc"]), (b"abcb", [b"abc", b"b"]), (b"cab", [b"c", b"ab"]), (b"a", [b"a"])]:
+        got = bpe_by_rank(piece, toy)
+        assert got == want, f"{piece!r} with ranks {toy}: expected {want}, got {got}"
+    got = bpe_by_rank(b"", {})
+    assert got == [], f"an empty piece: expected [], got {got}"
     for word in [" tokenization", "Kuiper", " 通义千问", " Ångström", "_initialize", " ЧАСТЬ"]:
         assert len(pretokenize(word, [QWEN2_PATTERN])) == 1, f"{word!r} should be one pre-token"
         want = [qwen_reference.decode_single_token_bytes(id) for id in qwen_reference.encode_ordinary(word)]
-        got = bpe_by_rank(word.encode(), ranks)
-        assert got == want, f"{word!r}: {got}, tiktoken says {want}"
+        got = bpe_by_rank(word.encode(), tiktoken_ranks)
+        assert got == want, f"{word!r}: expected tiktoken's {want}, got {got}"
 
 # %% [markdown]
 # ## Merges are ranks of pairs
@@ -334,14 +409,30 @@ print("id of the merged token - merge rank:", offsets)
 # of it into two tokens $a + b$, and each such pair gets rank $r$. With these pairs, the merge
 # loop of lesson 10 (which looks up *pairs*) does exactly what `bpe_by_rank` does (which looks up
 # *concatenations*), so one `BPETokenizer` class serves both kinds of file.
+#
+# ## Exercise 12.5 — the merges hidden in a list of ranks
+#
+# For every token of two bytes or more and every split point `i` from 1 to `len(token) - 1`: when
+# both halves `token[:i]` and `token[i:]` are tokens, the pair `(token[:i], token[i:])` is a merge
+# with the token's rank. One dict comprehension does it.
 
 # %%
 #| export llm.tokenizer
+#| exercise: {(token[:i], token[i:]): rank for every token, every split i in 1..len-1 whose two halves are both tokens}
 def merges_from_ranks(ranks: dict[bytes, int]) -> dict[tuple[bytes, bytes], int]:
     """The merges hidden in tiktoken ranks: each split of a token into two tokens, at the token's rank."""
+    ### BEGIN SOLUTION
     return {(token[:i], token[i:]): rank for token, rank in ranks.items() for i in range(1, len(token))
             if token[:i] in ranks and token[i:] in ranks}
+    ### END SOLUTION
 
+
+# %%
+with check("Exercise 12.5"):
+    toy = {b"a": 0, b"b": 1, b"c": 2, b"ab": 3, b"bc": 4, b"abc": 5, b"xbc": 6, b"abcab": 7}
+    want = {(b"a", b"b"): 3, (b"b", b"c"): 4, (b"a", b"bc"): 5, (b"ab", b"c"): 5, (b"abc", b"ab"): 7}
+    got = merges_from_ranks(toy)
+    assert got == want, f"ranks {toy}: expected {want}, got {got}"
 
 # %%
 derived = merges_from_ranks(smollm2.vocab)  # {token bytes: id}: SmolLM2's ids are its ranks
@@ -457,9 +548,12 @@ plt.show()
 # ```
 # kuiper generate data/models/qwen3-tiny.gguf --prompt "你好" --max-tokens 8
 # ```
+#
+# Here with the Qwen3 model and tokenizer that `load` read from the Hugging Face folder for
+# Exercise 12.2:
 
 # %%
-model, tokenizer = load(MODELS / "qwen3-tiny.gguf", max_seq_len=128)
+model, tokenizer = qwen3, qwen3_tokenizer
 prompt = chat_prompt([{"role": "user", "content": "你好，请介绍一下你自己。"}], tokenizer.chat_template)
 print(prompt)
 ids = tokenizer.encode(prompt)

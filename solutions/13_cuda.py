@@ -17,6 +17,13 @@
 # which is why inference engines live on the GPU, and why this lesson writes **kernels**: functions
 # that thousands of GPU threads run at once.
 #
+# **What you will build.** `kuiper.cuda`: numba.cuda kernels for every operator of the Llama model
+# (and of the CNNs), a GPU backend that runs lesson 11's model unchanged with `.to("cuda")`, and
+# two CUDA C kernels with float4 loads and warp shuffles.
+#
+# **Prerequisites.** Lessons 04 (im2col convolution) and 11 (the Llama model and its operators);
+# no GPU needed. **Time:** about 90 minutes.
+#
 # We write them in Python with **numba.cuda** (KuiperLLama writes the same kernels in CUDA C++),
 # and two of them in **CUDA C**, where vector loads and warp shuffles are easier to show. On a
 # machine without an NVIDIA GPU — like the one that built this page — numba's **CUDA simulator**
@@ -29,6 +36,10 @@
 # | 13.2 | RMSNorm: a block-wide tree reduction in shared memory |
 # | 13.3 | softmax: two reductions per row, a max and a sum |
 # | 13.4 | the matrix-vector product of LLM decoding: one block per output, coalesced loads |
+# | 13.5 | RoPE: one thread per rotated pair |
+# | 13.6 | argmax: a reduction that carries an index, the first maximum on ties |
+# | 13.7 | attention over the KV cache: one block per head and token, three passes |
+# | 13.8 | im2col for convolutions: one thread per entry of the column matrix |
 
 # %%
 #| default_exp cuda.kernels
@@ -74,6 +85,14 @@ rng = np.random.default_rng(0)
 def dev(array: np.ndarray):
     """A numpy array copied to DEVICE: a cupy array on a GPU, itself for the simulator."""
     return to_device(array, DEVICE)
+
+
+def launch(kernel, grid, threads, *args) -> None:
+    """kernel[grid, threads](*args) in a check: an index out of bounds (the simulator catches it) fails the check."""
+    try:
+        kernel[grid, threads](*args)
+    except IndexError as err:
+        raise AssertionError(f"expected every thread to stay inside its arrays, got IndexError {err}") from None
 
 # %% [markdown]
 # ## The CUDA execution model
@@ -203,9 +222,10 @@ with check("Exercise 13.1"):
     a, b = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
     a_dev, b_dev = dev(a), dev(b)
     out_dev = array_module(a_dev).zeros_like(a_dev)
-    vector_add[blocks_for(n, threads), threads](a_dev, b_dev, out_dev)
+    launch(vector_add, blocks_for(n, threads), threads, a_dev, b_dev, out_dev)
     out = to_device(out_dev, "cpu")
-    assert np.array_equal(out, a + b), f"wrong sums at {np.flatnonzero(out != a + b)[:5]}"
+    bad = np.flatnonzero(out != a + b)
+    assert not bad.size, f"expected {a[bad[0]] + b[bad[0]]:.4f} at {bad[0]}, got {out[bad[0]]:.4f} ({bad.size} wrong sums)"
     print(f"{blocks_for(n, threads)} blocks × {threads} threads added {n} numbers")
 
 # %% [markdown]
@@ -315,9 +335,11 @@ with check("Exercise 13.2"):
     x, weight = rng.standard_normal((3, 40)).astype(np.float32), rng.standard_normal(40).astype(np.float32)
     x_dev = dev(x)
     out_dev = array_module(x_dev).zeros_like(x_dev)
-    rmsnorm_kernel[3, 16](x_dev, dev(weight), np.float32(1e-5), out_dev)
-    print("3 blocks × 16 threads:", agreement(to_device(out_dev, "cpu"), rmsnorm_reference(x, weight, 1e-5)))
-    assert np.allclose(to_device(out_dev, "cpu"), rmsnorm_reference(x, weight, 1e-5), rtol=1e-5, atol=1e-6)
+    launch(rmsnorm_kernel, 3, 16, x_dev, dev(weight), np.float32(1e-5), out_dev)
+    out, want = to_device(out_dev, "cpu"), rmsnorm_reference(x, weight, 1e-5)
+    print("3 blocks × 16 threads:", agreement(out, want))
+    bad = np.argwhere(~np.isclose(out, want, rtol=1e-5, atol=1e-6))
+    assert not bad.size, f"expected {want[tuple(bad[0])]:.5f} at {tuple(bad[0].tolist())}, got {out[tuple(bad[0])]:.5f}"
 
 # %% [markdown]
 # The scalar `eps` went in as `np.float32(1e-5)`: a Python float would make numba compile the
@@ -393,14 +415,14 @@ def softmax_reference(x):
 
 with check("Exercise 13.3"):
     x = (rng.standard_normal((4, 37)) * 5).astype(np.float32)
-    x[1, 3] = 80  # exp(80) overflows float32: the max subtraction must save it
+    x[1, 3] = 100  # exp(100) overflows float32: the max subtraction must save it
     x_dev = dev(x)
     out_dev = array_module(x_dev).zeros_like(x_dev)
-    softmax_kernel[4, 16](x_dev, out_dev)
-    out = to_device(out_dev, "cpu")
-    print("4 rows of 37:", agreement(out, softmax_reference(x)))
-    assert np.allclose(out, softmax_reference(x), rtol=1e-5, atol=1e-7)
-    assert np.allclose(out.sum(-1), 1, atol=1e-5), "each row should sum to 1"
+    launch(softmax_kernel, 4, 16, x_dev, out_dev)
+    out, want = to_device(out_dev, "cpu"), softmax_reference(x)
+    print("4 rows of 37:", agreement(out, want))
+    bad = np.argwhere(~np.isclose(out, want, rtol=1e-5, atol=1e-7))
+    assert not bad.size, f"expected {want[tuple(bad[0])]:.6f} at {tuple(bad[0].tolist())}, got {out[tuple(bad[0])]:.6f}"
 
 # %% [markdown]
 # ## Exercise 13.4 — the matrix-vector product
@@ -440,9 +462,11 @@ with check("Exercise 13.4"):
     x, w = rng.standard_normal((2, 50)).astype(np.float32), rng.standard_normal((6, 50)).astype(np.float32)
     x_dev, w_dev = dev(x), dev(w)
     out_dev = array_module(x_dev).zeros((2, 6), np.float32)
-    matvec_kernel[(6, 2), 16](x_dev, w_dev, out_dev)
-    print("(2, 50) @ (6, 50).T:", agreement(to_device(out_dev, "cpu"), x @ w.T))
-    assert np.allclose(to_device(out_dev, "cpu"), x @ w.T, rtol=1e-5, atol=1e-5)
+    launch(matvec_kernel, (6, 2), 16, x_dev, w_dev, out_dev)
+    out, want = to_device(out_dev, "cpu"), x @ w.T
+    print("(2, 50) @ (6, 50).T:", agreement(out, want))
+    bad = np.argwhere(~np.isclose(out, want, rtol=1e-5, atol=1e-5))
+    assert not bad.size, f"expected {want[tuple(bad[0])]:.5f} at (t, n) {tuple(bad[0].tolist())}, got {out[tuple(bad[0])]:.5f}"
 
 # %% [markdown]
 # One block per output is simple and reads $W$ well, but a block of 256 threads for a row of
@@ -454,17 +478,22 @@ with check("Exercise 13.4"):
 #
 # Everything else a Llama layer does is element-wise or a reduction like the ones above.
 #
+# ## Exercise 13.5 — RoPE
+#
 # **RoPE** rotates the pairs $(x_i, x_{i+hd/2})$ of every head by the angle of its position
-# (lesson 11): one thread per pair, consecutive threads on consecutive $i$ so reads coalesce.
-# **SwiGLU** is $\text{silu}(g) \cdot u$ for the two halves of the gate-up projection, one thread
-# per output. The **embedding** lookup copies row `ids[t]` of the table: block row `t` of the grid
-# copies token `t`, its threads neighbouring columns.
+# (lesson 11): $x_i' = x_i \cos - x_{i+hd/2} \sin$, $x_{i+hd/2}' = x_{i+hd/2} \cos + x_i \sin$,
+# with the `cos`, `sin` of token `t` and frequency `i`. One thread per pair: thread `idx` of the
+# 1-d grid takes token `t = idx // (H·hd/2)`, head `h = idx // (hd/2) % H` and `i = idx % (hd/2)`,
+# so consecutive threads work on consecutive `i` and their reads coalesce. Threads past the
+# `T·H·hd/2` pairs do nothing.
 
 # %%
 #| export
+#| exercise: idx = cuda.grid(1); if idx < T*H*half: t, h, i from idx; out[t, h, i] = x1*c - x2*s; out[t, h, i + half] = x2*c + x1*s
 @cuda.jit
 def rope_kernel(x, cos, sin, out):
     """Rotate-half RoPE of x (T, H, hd) with cos, sin (T, hd/2): one thread per (t, h, i < hd/2) pair."""
+    ### BEGIN SOLUTION
     idx = cuda.grid(1)
     n_tokens, n_heads, head_dim = x.shape
     half = head_dim // 2
@@ -473,8 +502,33 @@ def rope_kernel(x, cos, sin, out):
         x1, x2, c, s = x[t, h, i], x[t, h, i + half], cos[t, i], sin[t, i]
         out[t, h, i] = x1 * c - x2 * s
         out[t, h, i + half] = x2 * c + x1 * s
+    ### END SOLUTION
 
 
+# %%
+def reference_rope(x, cos, sin):
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1)
+
+
+with check("Exercise 13.5"):
+    x = rng.standard_normal((3, 2, 8)).astype(np.float32)
+    angles = (np.arange(4, 7)[:, None] * 0.3 ** np.arange(4)).astype(np.float32)
+    out = np.full_like(x, np.nan)
+    launch(rope_kernel, 4, 8, x, np.cos(angles), np.sin(angles), out)  # 32 threads for 24 pairs
+    want = reference_rope(x, np.cos(angles), np.sin(angles))
+    bad = np.argwhere(~np.isclose(out, want, rtol=1e-5, atol=1e-6))
+    assert not bad.size, f"expected {want[tuple(bad[0])]:.5f} at (t, h, d) {tuple(bad[0].tolist())}, got {out[tuple(bad[0])]:.5f}"
+
+# %% [markdown]
+# **SwiGLU** is $\text{silu}(g) \cdot u$ for the two halves of the gate-up projection, one thread
+# per output. The **embedding** lookup copies row `ids[t]` of the table: block row `t` of the grid
+# copies token `t`, its threads neighbouring columns.
+
+# %%
+#| export
 @cuda.jit
 def swiglu_kernel(gate_up, out):
     """out[t, f] = silu(gate_up[t, f]) * gate_up[t, F + f] for out (T, F): one thread per output."""
@@ -496,19 +550,26 @@ def embedding_kernel(table, ids, out):
 
 
 # %% [markdown]
+# ## Exercise 13.6 — argmax
+#
 # **Argmax** (greedy sampling) is a reduction that carries an index along with the value: two
 # shared arrays, and at each step of the tree the larger value wins, the smaller index on a tie —
 # `np.argmax`'s rule, the first maximum. The vocabulary fits one block: 256 threads scanning
-# 128,000 logits is 500 each.
+# 128,000 logits is 500 each. Each thread first finds the best of its own elements
+# `tid, tid + blockDim, …` (a thread with none keeps `-inf` and the index `x.size`, which loses
+# every tie), then the tree of `block_sum` with the comparison in place of `+`; thread 0 writes
+# the winning index to `out[0]`.
 
 # %%
 #| export
+#| exercise: each thread: best (value, index) of x[tid::blockDim]; tree over shared best[]/where[]: larger value wins, smaller index on ties; thread 0 writes where[0]
 from numba import int32
 
 
 @cuda.jit
 def argmax_kernel(x, out):
     """out[0] = the index of the largest of x (n,), the first on ties: one block of threads."""
+    ### BEGIN SOLUTION
     tid, step = cuda.threadIdx.x, cuda.blockDim.x
     best = cuda.shared.array(BLOCK, float32)
     where = cuda.shared.array(BLOCK, int32)
@@ -528,10 +589,21 @@ def argmax_kernel(x, out):
         stride //= 2
     if tid == 0:
         out[0] = where[0]
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 13.6"):
+    for n, threads, top in [(50, 16, [7, 31, 44]), (50, 16, [35, 19, 3]), (50, 16, [13]), (50, 16, [49]), (5, 8, [2]), (40, 8, [39, 3])]:
+        x = rng.standard_normal(n).astype(np.float32)
+        x[top] = 9  # ties: the first index wins
+        out = np.full(1, -1, np.int64)
+        launch(argmax_kernel, 1, threads, x, out)
+        assert out[0] == min(top), f"{n} logits, maximum at {top}, {threads} threads: expected {min(top)}, got {out[0]}"
 
 
 # %% [markdown]
-# ### Attention over the KV cache
+# ## Exercise 13.7 — attention over the KV cache
 #
 # Query token `t` (at absolute position `pos + t`) of head `h` attends to the keys `0 .. pos + t`
 # of its KV head `h // (H / KV)` (grouped-query attention: several query heads share one KV
@@ -550,10 +622,12 @@ def argmax_kernel(x, out):
 
 # %%
 #| export
+#| exercise: block (h, t): kv = h // (H // KV); scores of keys 0..pos+t with block_max; exp and block_sum; then thread tid sums p_j v[j, d] for d = tid, tid + blockDim, ...
 @cuda.jit
 def attention_kernel(q, k_cache, v_cache, pos, scores, out):
     """Causal GQA attention of q (T, H, hd) over caches (KV, S, hd) for positions pos..pos+T-1;
     scores (T, H, >= pos+T) is scratch. One block per (head, token): grid (H, T)."""
+    ### BEGIN SOLUTION
     h, t, tid, step = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x, cuda.blockDim.x
     head_dim = q.shape[2]
     kv = h // (q.shape[1] // k_cache.shape[0])
@@ -581,6 +655,32 @@ def attention_kernel(q, k_cache, v_cache, pos, scores, out):
         for j in range(n_keys):
             acc += scores[t, h, j] * v_cache[kv, j, d]
         out[t, h, d] = acc / total
+    ### END SOLUTION
+
+
+# %%
+def reference_attention(q, k_cache, v_cache, pos):
+    n_tokens, n_heads, head_dim = q.shape
+    group = n_heads // k_cache.shape[0]
+    out = np.empty_like(q)
+    for t in range(n_tokens):
+        for h in range(n_heads):
+            k, v = k_cache[h // group, :pos + t + 1], v_cache[h // group, :pos + t + 1]
+            out[t, h] = softmax_reference(k @ q[t, h] / np.sqrt(head_dim)) @ v
+    return out
+
+
+with check("Exercise 13.7"):
+    q = rng.standard_normal((3, 4, 8)).astype(np.float32)
+    k_cache, v_cache = rng.standard_normal((2, 2, 8, 8)).astype(np.float32)
+    k_cache[1, 4] *= 10  # a key that wins the softmax: a head that reads the wrong KV head misses it
+    for pos in (0, 2):
+        out = np.full_like(q, np.nan)
+        launch(attention_kernel, (4, 3), 8, q, k_cache, v_cache, pos, np.zeros((3, 4, pos + 3), np.float32), out)
+        want = reference_attention(q, k_cache, v_cache, pos)
+        bad = np.argwhere(~np.isclose(out, want, rtol=1e-4, atol=1e-5))
+        assert not bad.size, (f"pos {pos}: expected {want[tuple(bad[0])]:.5f} at (t, h, d) {tuple(bad[0].tolist())}, "
+                              f"got {out[tuple(bad[0])]:.5f}")
 
 
 # %% [markdown]
@@ -808,24 +908,6 @@ def argmax(logits) -> int:
 from kuiper.cuda import llm_ops
 
 
-def reference_rope(x, cos, sin):
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    c, s = cos[:, None, :], sin[:, None, :]
-    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1)
-
-
-def reference_attention(q, k_cache, v_cache, pos):
-    n_tokens, n_heads, head_dim = q.shape
-    group = n_heads // k_cache.shape[0]
-    out = np.empty_like(q)
-    for t in range(n_tokens):
-        for h in range(n_heads):
-            k, v = k_cache[h // group, :pos + t + 1], v_cache[h // group, :pos + t + 1]
-            out[t, h] = softmax_reference(k @ q[t, h] / np.sqrt(head_dim)) @ v
-    return out
-
-
 T, H, KV, HD, S, POS, D, HIDDEN = 3, 4, 2, 8, 8, 2, 12, 10
 x = rng.standard_normal((T, D)).astype(np.float32)
 q = rng.standard_normal((T, H, HD)).astype(np.float32)
@@ -931,9 +1013,17 @@ print(Tensor.ones(2, 3).to("cpu").device, "| on this machine 'cuda' is", "availa
 # cupy's `@`. im2col is a pure gather, one thread per entry of the column matrix
 # `(C·kh·kw, oh·ow)`: consecutive threads fill consecutive output pixels of one row, so both
 # their writes and (for stride 1) their reads coalesce.
+#
+# ## Exercise 13.8 — im2col
+#
+# Thread `idx` of the 1-d grid fills `cols[row, col]` with `row, col = idx // n_cols, idx % n_cols`.
+# The row names the channel and the kernel tap, `c, i, j = row // (kh·kw), row // kw % kh, row % kw`;
+# the column the output pixel, `y, x' = col // ow, col % ow`. The input pixel is
+# `(y·sh - ph + i·dh, x'·sw - pw + j·dw)`, and 0 when it falls in the padding, outside the image.
 
 # %%
 #| export cuda.cnn
+#| exercise: row, col = idx // n_cols, idx % n_cols; c, i, j from row; iy, ix from col, stride, padding, dilation; cols[row, col] = x[c, iy, ix] inside the image, else 0
 import math
 
 import numpy as np
@@ -948,6 +1038,7 @@ from kuiper.layers.conv import out_size
 @cuda.jit
 def im2col_kernel(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, ow):
     """cols[(c·kh + i)·kw + j, y·ow + x'] = x[c, y·sh - ph + i·dh, x'·sw - pw + j·dw], 0 outside the image."""
+    ### BEGIN SOLUTION
     idx = cuda.grid(1)
     n_rows, n_cols = cols.shape
     if idx < n_rows * n_cols:
@@ -957,8 +1048,23 @@ def im2col_kernel(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, ow):
         ix = col % ow * sw - pw + j * dw
         inside = 0 <= iy < x.shape[1] and 0 <= ix < x.shape[2]
         cols[row, col] = x[c, iy, ix] if inside else float32(0.0)
+    ### END SOLUTION
 
 
+# %%
+with check("Exercise 13.8"):
+    x = rng.standard_normal((2, 5, 7)).astype(np.float32)
+    for (kh, kw), (sh, sw), (ph, pw), (dh, dw) in [((3, 3), (2, 2), (1, 1), (1, 1)), ((2, 3), (1, 2), (1, 0), (2, 2))]:
+        want = F.unfold(torch.from_numpy(x)[None], (kh, kw), (dh, dw), (ph, pw), (sh, sw))[0].numpy()
+        oh, ow = (5 + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (7 + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        cols = np.full((2 * kh * kw, oh * ow), np.nan, np.float32)
+        launch(im2col_kernel, blocks_for(cols.size, 32), 32, x, cols, kh, kw, sh, sw, ph, pw, dh, dw, ow)
+        bad = np.argwhere(~(cols == want))
+        assert not bad.size, (f"kernel {kh}×{kw}, stride {sh},{sw}, padding {ph},{pw}, dilation {dh},{dw}: expected "
+                              f"{want[tuple(bad[0])]:.4f} at (row, col) {tuple(bad[0].tolist())}, got {cols[tuple(bad[0])]:.4f}")
+
+# %%
+#| export cuda.cnn
 def pairs(*values) -> list[tuple[int, int]]:
     """Each int or (int, int) as a pair."""
     return [(v, v) if isinstance(v, int) else tuple(v) for v in values]
@@ -1254,31 +1360,33 @@ def softmax(x, threads: int = 256):
 # code of each `extern "C"` kernel, under its C name:
 
 # %%
-# NBVAL_IGNORE_OUTPUT
+# NBVAL_SKIP
+from kuiper.course import LONG
 from kuiper.cuda import cuda_c
 
-for name in cuda_c.sources():
-    for arch in ("sm_80", "sm_90"):
-        try:
-            cubin = cuda_c.compile_cubin(name, arch)
-        except Exception as err:
-            print(f"{name}.cu for {arch}: {err}")
-            continue
-        kernels = [k for k in ("sgemv_f32", "sgemv_f32x4", "rmsnorm_f32", "softmax_f32") if k.encode() in cubin]
-        kind = "an ELF cubin" if cubin[:4] == b"\x7fELF" else "not an ELF file"
-        print(f"{name}.cu for {arch}: {kind} of {len(cubin):,} bytes, kernels {', '.join(kernels)}")
+if LONG:  # four nvcc runs: when asked (KUIPER_LONG=1); tests/test_cuda.py compiles them too
+    for name in cuda_c.sources():
+        for arch in ("sm_80", "sm_90"):
+            try:
+                cubin = cuda_c.compile_cubin(name, arch)
+            except Exception as err:
+                print(f"{name}.cu for {arch}: {err}")
+                continue
+            kernels = [k for k in ("sgemv_f32", "sgemv_f32x4", "rmsnorm_f32", "softmax_f32") if k.encode() in cubin]
+            kind = "an ELF cubin" if cubin[:4] == b"\x7fELF" else "not an ELF file"
+            print(f"{name}.cu for {arch}: {kind} of {len(cubin):,} bytes, kernels {', '.join(kernels)}")
 
 # %% [markdown]
 # `nvcc --resource-usage` shows what each kernel costs the SM: registers per thread and shared
 # memory per block, which bound how many warps fit on an SM at once (the *occupancy*):
 
 # %%
-# NBVAL_IGNORE_OUTPUT
-if shutil.which("nvcc"):
+# NBVAL_SKIP
+if LONG and shutil.which("nvcc"):
     run = subprocess.run(["nvcc", "-arch=sm_90", "--cubin", "--resource-usage", "-o", os.devnull,
                           str(files("kuiper.cuda") / "sgemv.cu")], capture_output=True, text=True)
     print("\n".join(line for line in run.stderr.splitlines() if "Used" in line or "Function properties" in line))
-else:
+elif LONG:
     print("nvcc is not installed here")
 
 # %% [markdown]
@@ -1291,7 +1399,7 @@ else:
 # GPU it only says so: timing the simulator would measure Python threads.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
+# NBVAL_SKIP
 def benchmark_matvec(k: int = 4096, n: int = 4096, repeat: int = 50) -> None:
     """Print time and bandwidth of x @ w.T for one token, by every method."""
     import cupy as cp
@@ -1311,9 +1419,9 @@ def benchmark_matvec(k: int = 4096, n: int = 4096, repeat: int = 50) -> None:
         print(f"  {name:24s} {seconds * 1e6:8.1f} µs   {w.nbytes / seconds / 1e9:6.0f} GB/s")
 
 
-if GPU:
+if GPU and LONG:  # a benchmark: runs when asked (KUIPER_LONG=1)
     benchmark_matvec()
-else:
+elif LONG:
     print("no GPU here: the kernels above ran on numba's CUDA simulator, so there is nothing to time")
 
 # %% [markdown]
