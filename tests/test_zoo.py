@@ -10,7 +10,7 @@ from kuiper.graph import last_uses, topological_order
 from kuiper.pnnx import load_pnnx
 
 MODELS = Path(__file__).resolve().parents[1] / "data" / "models"
-ZOO = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "unet", "yolov5n", "yolov5s", "yolov5n_shapes"]
+ZOO = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "unet", "yolov5n", "yolov5s", "yolov5n_shapes", "unet_shapes"]
 
 
 @pytest.fixture(params=ZOO)
