@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
+
+from PIL import Image
 
 import kuiper
 from kuiper import bench as benchmarks
@@ -14,6 +18,7 @@ from kuiper.errors import KuiperError, ShapeError
 from kuiper.registry import load
 from kuiper.vision.classify import classify, load_image, read_labels, top_k
 from kuiper.vision.detect import class_name, detect, draw_detections
+from kuiper.vision.segment import class_fractions, colour_overlay, score_classes, segment
 
 LABELS = Path(__file__).resolve().parents[1] / "data" / "imagenet_classes.txt"
 
@@ -59,6 +64,84 @@ def detect_objects(args: argparse.Namespace) -> list[dict]:
         results.append(result)
         if not args.json:
             listed = ", ".join(f"{b['label']} {b['score']:.2f} at {b['box']}" for b in boxes) or "nothing"
+            print(f"{path}: {listed}")
+    return results
+
+
+def segment_names(labels: list[str], num_classes: int, source: Path | None) -> list[str]:
+    """One name per class: the labels as given when they name all `num_classes` classes, with
+    "background" put first when they name all but class 0; numbers without labels."""
+    if not labels:
+        return [str(i) for i in range(num_classes)]
+    if len(labels) == num_classes - 1:
+        return ["background", *labels]
+    if len(labels) != num_classes:
+        raise KuiperError(f"{source} names {len(labels)} classes, but the model scores {num_classes} "
+                          f"(expected {num_classes} names, or {num_classes - 1} without the background)")
+    return labels
+
+
+def output_paths(images: list[str], out: Path, with_mask: bool) -> list[tuple[Path, Path | None]]:
+    """The overlay (and mask) file for each image in `out`; KuiperError if two images would share
+    a file or a file to write is one of the inputs (compared by file identity, not by name)."""
+    if out.exists() and not out.is_dir():
+        raise KuiperError(f"--out {out}: exists and is not a folder")
+    inputs = {(s.st_dev, s.st_ino) for s in map(os.stat, images)}
+    pairs, seen = [], set()
+    for image in images:
+        stem = Path(image).stem
+        pair = (out / f"{stem}.png", out / f"{stem}_mask.png" if with_mask else None)
+        for path in filter(None, pair):
+            if path in seen:
+                raise KuiperError(f"{image}: its output {path} would overwrite another image's output")
+            if path.exists() and (path.stat().st_dev, path.stat().st_ino) in inputs:
+                raise KuiperError(f"{image}: its output {path} is one of the input files")
+            seen.add(path)
+        pairs.append(pair)
+    return pairs
+
+
+def save_png(image, path: Path) -> None:
+    """Write a PIL image as PNG through a temporary file in the same folder, then rename it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            image.save(file, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def segment_images(args: argparse.Namespace) -> list[dict]:
+    """Segment images: per-class pixel fractions; colour overlays (and raw masks) in --out."""
+    find([args.model, *args.images])
+    if not 0 <= args.alpha <= 1:
+        raise KuiperError(f"--alpha {args.alpha}: expected a number from 0 to 1")
+    if args.batch < 1:
+        raise KuiperError(f"--batch {args.batch}: expected at least 1")
+    if args.mask and not args.out:
+        raise KuiperError("--mask needs --out, the folder to write the masks to")
+    labels = read_labels(args.labels) if args.labels else []
+    pairs = output_paths(args.images, args.out, args.mask) if args.out else [(None, None)] * len(args.images)
+    graph = load(args.model)
+    names = segment_names(labels, score_classes(graph), args.labels)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path, (mask, confidence), (overlay, raw) in zip(args.images, segment(graph, args.images, args.batch), pairs):
+        fractions = class_fractions(mask, len(names))
+        result = {"image": str(path), "fractions": {n: round(float(f), 6) for n, f in zip(names, fractions)},
+                  "confidence": round(float(confidence.mean()), 4)}
+        if overlay:
+            save_png(colour_overlay(load_image(path), mask, args.alpha), overlay)
+            result["overlay"] = str(overlay)
+        if raw:
+            save_png(Image.fromarray(mask), raw)
+            result["mask"] = str(raw)
+        results.append(result)
+        if not args.json:
+            listed = ", ".join(f"{n} {f:.1%}" for n, f in zip(names, fractions) if f > 0)
             print(f"{path}: {listed}")
     return results
 
@@ -214,6 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
     find_boxes.add_argument("--out", type=Path, help="write annotated copies of the images here")
     find_boxes.add_argument("--json", action="store_true", help="print machine-readable JSON")
     find_boxes.set_defaults(func=detect_objects)
+    cut = commands.add_parser("segment", help="label every pixel with a segmentation model (UNet)")
+    cut.add_argument("model", help="the model's .pnnx.param (its .pnnx.bin beside it)")
+    cut.add_argument("images", nargs="+", help="image files")
+    cut.add_argument("--labels", type=Path, help="class names, one per line, with or without the background "
+                     "(default: numbers)")
+    cut.add_argument("--out", type=Path, help="write a colour overlay NAME.png per image here")
+    cut.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0 to 1 (default 0.5)")
+    cut.add_argument("--mask", action="store_true", help="also write the class mask NAME_mask.png (needs --out)")
+    cut.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
+    cut.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    cut.set_defaults(func=segment_images)
     write = commands.add_parser("generate", help="continue a prompt with a language model, streaming the text")
     add_sampling(write)
     write.add_argument("--prompt", required=True, help="the text to continue or the question to answer")
