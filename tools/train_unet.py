@@ -146,6 +146,7 @@ def main() -> None:
                         help="torch threads (on 2 shared cores, 1 ran 5x faster than 2)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     parser.add_argument("--out", type=Path, default=ROOT / "data" / "unet_shapes.pt")
+    parser.add_argument("--init", type=Path, help="start from these float16 weights instead of at random")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -153,6 +154,9 @@ def main() -> None:
     data = ShapeMasks(args.train, augment=True, crop=args.crop)
     print(f"rendered {len(data)} images in {time.perf_counter() - start:.0f} s", flush=True)
     model = unet(3, NUM_CLASSES, BASE)
+    if args.init:
+        state = torch.load(args.init, weights_only=True)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     train(model, data, args.batch, args.lr, args.minutes * 60)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
