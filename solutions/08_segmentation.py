@@ -209,8 +209,8 @@ with check("Exercise 8.2"):
 np.set_printoptions(precision=3, suppress=True)
 print("align_corners=False\n", interpolation_matrix(3, 6, False))
 print("align_corners=True\n", interpolation_matrix(3, 6, True))
-same = np.abs(bilinear_resize(x, (16, 20), False) - resize_axis(resize_axis(x, 2, 16, None, "bilinear", False), 3, 20, None, "bilinear", False)).max()
-print(f"matrix vs lesson 04's Upsample kernel: largest difference {same:.1e}")
+upsample = resize_axis(resize_axis(x, 2, 16, None, "bilinear", False), 3, 20, None, "bilinear", False)
+print("the matrix vs lesson 04's Upsample kernel:", agreement(bilinear_resize(x, (16, 20), False), upsample))
 
 # %% [markdown]
 # ## Exercise 8.3 — per-pixel softmax and argmax
@@ -427,10 +427,12 @@ def class_fractions(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(mask.ravel(), minlength=num_classes)[:num_classes] / mask.size
 
 # %% [markdown]
-# ## A UNet that really segments
+# ## A UNet trained here
 #
 # No segmentation weights can be downloaded here, so, as for the detector, `tools/train_unet.py`
-# trained the UNet drawn above from scratch on the CPU: `tools/shapes.py` knows every shape's
+# trains the UNet drawn above from scratch on the CPU (the committed weights are undertrained: 14
+# minutes on two cores shared with a dozen other jobs, about 270 steps, not yet past calling every
+# pixel background; a longer `--minutes` run is the cure): `tools/shapes.py` knows every shape's
 # pixels, so each synthetic picture comes with its true mask (0 background, then circle, square,
 # triangle, ring, cross). `tools/zoo.py` exported it to PNNX as `unet_shapes`, with PyTorch's
 # output on one picture. First, exactness: kuiper against PyTorch on that picture, and on a batch
