@@ -68,6 +68,11 @@ def torch_twin(op: Operator, torch):
         weight = torch.from_numpy(np.array(op.attrs["weight"].data))
         bias = torch.from_numpy(np.array(op.attrs["bias"].data)) if "bias" in op.attrs else None
         return lambda x: F.conv2d(x, weight, bias, p["stride"], p["padding"], p["dilation"], p["groups"])
+    if op.type == "nn.ConvTranspose2d":
+        weight = torch.from_numpy(np.array(op.attrs["weight"].data))
+        bias = torch.from_numpy(np.array(op.attrs["bias"].data)) if "bias" in op.attrs else None
+        return lambda x: F.conv_transpose2d(x, weight, bias, p["stride"], p["padding"], p["output_padding"],
+                                            p["groups"], p["dilation"])
     if op.type == "nn.MaxPool2d":
         return lambda x: F.max_pool2d(x, p["kernel_size"], p["stride"], p["padding"], p["dilation"],
                                       ceil_mode=p.get("ceil_mode", False))
@@ -101,6 +106,7 @@ OPERATOR_SUITE = {
     "mobilenet_v2": ("nn.Conv2d", "nn.ReLU6"),
     "mobilenet_v3_small": ("nn.Hardswish", "nn.Hardsigmoid", "nn.AdaptiveAvgPool2d"),
     "yolov5n": ("nn.SiLU", "nn.MaxPool2d"),
+    "unet_shapes": ("nn.ConvTranspose2d", "nn.Conv2d"),
 }
 
 

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from PIL import Image
+
 import kuiper
 from kuiper import bench as benchmarks
 from kuiper import workspace
@@ -25,6 +27,7 @@ from kuiper.files import atomic_write, same_file
 from kuiper.registry import load
 from kuiper.vision.classify import classify, load_image, read_labels, top_k
 from kuiper.vision.detect import class_name, detect, draw_detections
+from kuiper.vision.segment import class_fractions, colour_overlay, score_classes, segment
 
 LABELS = Path(__file__).resolve().parents[1] / "data" / "imagenet_classes.txt"
 INTEGER = re.compile(r"[-+]?[0-9]+")  # ASCII digits only: int() also reads '١٢'
@@ -133,14 +136,15 @@ def finish(args: argparse.Namespace, results: list[dict], failures: Failures) ->
     return sorted(results + failed, key=lambda r: order[r["image"]])
 
 
-def annotated_paths(out: Path, images: list[str]) -> list[Path]:
-    """Where detect writes each image's annotated copy: out/<stem>.detect.png; KuiperError if `out` is
-    a file, two images would write the same copy, or a copy would land on an input."""
+def output_paths(out: Path, images: list[str], suffixes: tuple[str, ...]) -> list[list[Path]]:
+    """Where a verb writes each image's outputs: out/<stem><suffix> for each suffix (detect:
+    `.detect.png`); KuiperError if `out` is a file, two images would write the same file, or an
+    output would land on an input (compared by identity, so links count)."""
     if out.exists() and not out.is_dir():
-        raise KuiperError(f"--out {out}: is a file; expected a folder to write the annotated images in")
-    paths = [out / f"{Path(image).stem}.detect.png" for image in images]
+        raise KuiperError(f"--out {out}: is a file; expected a folder to write the images in")
+    paths = [[out / f"{Path(image).stem}{suffix}" for suffix in suffixes] for image in images]
     seen: dict[Path, str] = {}
-    for image, path in zip(images, paths):
+    for image, path in ((image, path) for image, group in zip(images, paths) for path in group):
         if path in seen:
             raise KuiperError(f"{seen[path]} and {image} would both be written as {path}")
         seen[path] = image
@@ -155,7 +159,7 @@ def detect_objects(args: argparse.Namespace) -> list[dict]:
     find_pnnx(args.model)
     find(args.images)
     labels = read_labels(args.labels) if args.labels else []
-    outputs = annotated_paths(args.out, args.images) if args.out else []
+    outputs = [group[0] for group in output_paths(args.out, args.images, (".detect.png",))] if args.out else []
     failures = Failures(args.images)
     found_all = detect(load(args.model), args.images, args.conf, args.iou, args.batch, args.size, failures.errors)
     results = []
@@ -174,6 +178,50 @@ def detect_objects(args: argparse.Namespace) -> list[dict]:
             listed = ", ".join(f"{b['label']} {b['score']:.2f} at {b['box']}" for b in boxes) or "nothing"
             print(f"{path}: {listed}")
     return finish(args, results, failures)
+
+
+def segment_names(labels: list[str], num_classes: int, source: Path | None) -> list[str]:
+    """One name per class: the labels as given when they name all `num_classes` classes, with
+    "background" put first when they name all but class 0; numbers without labels."""
+    if not labels:
+        return [str(i) for i in range(num_classes)]
+    if len(labels) == num_classes - 1:
+        return ["background", *labels]
+    if len(labels) != num_classes:
+        raise KuiperError(f"{source} names {len(labels)} classes, but the model scores {num_classes} "
+                          f"(expected {num_classes} names, or {num_classes - 1} without the background)")
+    return labels
+
+
+def segment_images(args: argparse.Namespace) -> list[dict]:
+    """Segment images: per-class pixel fractions; colour overlays (and raw masks) in --out."""
+    find_pnnx(args.model)
+    find(args.images)
+    if args.mask and not args.out:
+        raise KuiperError("--mask needs --out, the folder to write the masks to")
+    labels = read_labels(args.labels) if args.labels else []
+    suffixes = (".segment.png", ".mask.png") if args.mask else (".segment.png",)
+    outputs = output_paths(args.out, args.images, suffixes) if args.out else [[]] * len(args.images)
+    graph = load(args.model)
+    names = segment_names(labels, score_classes(graph), args.labels)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path, (mask, confidence), paths in zip(args.images, segment(graph, args.images, args.batch), outputs):
+        fractions = class_fractions(mask, len(names))
+        result = {"image": str(path), "fractions": {n: round(float(f), 6) for n, f in zip(names, fractions)},
+                  "confidence": round(float(confidence.mean()), 4)}
+        pictures = {"overlay": lambda: colour_overlay(load_image(path), mask, args.alpha),
+                    "mask": lambda: Image.fromarray(mask)}
+        for (kind, picture), target in zip(pictures.items(), paths):
+            with atomic_write(target, args.images) as temporary:
+                picture().save(temporary)
+            result[kind] = str(target)
+        results.append(result)
+        if not args.json:
+            listed = ", ".join(f"{n} {f:.1%}" for n, f in zip(names, fractions) if f > 0)
+            print(f"{path}: {listed}")
+    return results
 
 
 def load_llm(args: argparse.Namespace):
@@ -409,6 +457,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "as <name>.detect.png (never over an input)")
     find_boxes.add_argument("--json", action="store_true", help="print machine-readable JSON")
     find_boxes.set_defaults(func=detect_objects)
+    cut = commands.add_parser("segment", help="label every pixel with a segmentation model (UNet)")
+    cut.add_argument("model", help="the model's .pnnx.param (its .pnnx.bin beside it)")
+    cut.add_argument("images", nargs="+", help="image files")
+    cut.add_argument("--batch", type=integer(1, MAX_BATCH), default=8, help="images per forward pass (default 8)")
+    cut.add_argument("--labels", type=Path, help="class names, one per line, with or without the background "
+                     "(default: numbers)")
+    cut.add_argument("--out", type=Path, help="write a colour overlay <name>.segment.png per image in this "
+                     "folder (never over an input)")
+    cut.add_argument("--alpha", type=number(0, 1), default=0.5, help="overlay opacity, 0 to 1 (default 0.5)")
+    cut.add_argument("--mask", action="store_true", help="also write the class mask <name>.mask.png (needs --out)")
+    cut.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    cut.set_defaults(func=segment_images)
     write = commands.add_parser("generate", help="continue a prompt with a language model, streaming the text")
     add_sampling(write)
     write.add_argument("--prompt", type=utf8_text, required=True, help="the text to continue or the question to answer")

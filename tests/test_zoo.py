@@ -12,7 +12,7 @@ from kuiper.pnnx import load_pnnx
 LESSON = 6  # kuiper grade runs this file on the student build of lesson 06
 
 MODELS = Path(__file__).resolve().parents[1] / "data" / "models"
-ZOO = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "unet", "yolov5n", "yolov5s", "yolov5n_shapes"]
+ZOO = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "unet", "yolov5n", "yolov5s", "yolov5n_shapes", "unet_shapes"]
 
 
 @pytest.fixture(params=ZOO)

