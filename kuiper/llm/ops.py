@@ -60,9 +60,14 @@ def matmul(x: np.ndarray, w: Any) -> np.ndarray:
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None = None) -> np.ndarray:
-    """θ_i = theta^(-2i/d) for each of the head_dim/2 pairs, with Llama 3's long-context scaling if given."""
+    """θ_i = theta^(-2i/d) for each of the head_dim/2 pairs, scaled as transformers' rope_type says:
+    linear divides every θ_i by `factor`; dynamic (NTK) changes nothing up to the model's context,
+    which bounds our cache; llama3 divides only the long wavelengths (Meta's Llama 3.1 formula)."""
     inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    if scaling and scaling.get("rope_type", scaling.get("type")) == "llama3":
+    kind = scaling.get("rope_type", scaling.get("type")) if scaling else None
+    if kind == "linear":
+        inv = inv / scaling["factor"]
+    if kind == "llama3":
         factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
         old = scaling["original_max_position_embeddings"]
         wavelength = 2 * math.pi / inv
