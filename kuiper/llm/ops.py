@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=True, error_model="numpy", cache=True)  # numpy: x / 0 is inf, never an exception
 def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """Each row of x (T, D) divided by its root mean square, times the gain `weight` (D,)."""
     out = np.empty_like(x)
@@ -27,7 +27,7 @@ def embedding(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return table[ids]
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=True, error_model="numpy", cache=True)
 def swiglu(gate_up: np.ndarray) -> np.ndarray:
     """SiLU(gate) · up for the fused projection [gate | up] (T, 2F): (T, F)."""
     half = gate_up.shape[1] // 2
@@ -110,7 +110,7 @@ def causal_attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, po
     return out.reshape(kv_heads, group, tokens, dim).transpose(2, 0, 1, 3).reshape(tokens, heads, dim)
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=True, error_model="numpy", cache=True)
 def _attention_one(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int, out: np.ndarray) -> None:
     heads, dim = q.shape
     group, scale = heads // k_cache.shape[0], np.float32(1.0 / math.sqrt(dim))
