@@ -87,7 +87,7 @@ def test_gguf_zero_dimension(tmp_path):
     ("llama.attention.head_count_kv", 3, r"2 attention heads cannot share 3 key/value heads"),
     ("llama.attention.layer_norm_rms_epsilon", None, r"layer_norm_rms_epsilon is missing"),
     ("llama.feed_forward_length", "big", r"feed_forward_length must be an integer > 0, got 'big'"),
-    ("llama.rope.scaling.type", "yarn", r"rope_scaling type 'yarn' is not implemented"),
+    ("llama.rope.scaling.type", "longrope", r"rope_scaling type 'longrope' is not implemented"),
 ])
 def test_gguf_hyperparameters_are_checked(tmp_path, key, value, pattern):
     metadata = tiny_metadata()
@@ -98,6 +98,16 @@ def test_gguf_hyperparameters_are_checked(tmp_path, key, value, pattern):
     with pytest.raises(GGUFError, match=pattern) as err:
         model_from_gguf(GGUFFile(write_gguf(tmp_path / "m.gguf", metadata)))
     assert "m.gguf" in str(err.value)
+
+
+def test_gguf_yarn_keys_kuiper_does_not_read_are_refused(tmp_path):
+    metadata = tiny_metadata() | {"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0,
+                                  "llama.rope.scaling.attn_factor": 0.5}
+    with pytest.raises(GGUFError, match=r"llama.rope.scaling.attn_factor is not implemented"):
+        model_from_gguf(GGUFFile(write_gguf(tmp_path / "m.gguf", metadata)))
+    del metadata["llama.rope.scaling.attn_factor"]
+    model = model_from_gguf(GGUFFile(write_gguf(tmp_path / "m.gguf", metadata)))
+    assert model.config.rope_scaling == {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
 
 
 def test_gguf_unknown_architecture_is_refused():
@@ -224,7 +234,10 @@ def test_sharded_index_errors(tmp_path):
     ({"model_type": "gemma"}, r"model_type 'gemma' is not one kuiper runs"),
     ({"hidden_act": "gelu"}, r"hidden_act 'gelu' is not implemented"),
     ({"num_key_value_heads": 3}, r"2 attention heads cannot share 3 key/value heads"),
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, r"rope_scaling type 'yarn' is not implemented"),
+    ({"rope_scaling": {"rope_type": "su", "factor": 4.0}}, r"rope_scaling type 'su' is not implemented"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "beta_fast": "x"}}, r"rope_scaling: beta_fast must be"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5}},
+     r"partial_rotary_factor 0.5 is not implemented"),
     ({"rope_scaling": {"rope_type": "longrope", "factor": 4.0}}, r"rope_scaling type 'longrope' is not implemented"),
     ({"rope_scaling": {"rope_type": "linear"}}, r"rope_scaling: factor is missing"),
     ({"rope_scaling": [1, 2]}, r"rope_scaling must be an object"),
@@ -249,15 +262,29 @@ def test_config_json_that_is_not_an_object(tmp_path):
     {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0},
     {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
      "original_max_position_embeddings": 32},
+    {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64},
+    {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 8.0, "beta_fast": 16, "beta_slow": 2, "mscale": 0.707,
+     "mscale_all_dim": 1.0},
+    {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "attention_factor": 1.3, "truncate": False},
 ])
 def test_rope_scalings_match_transformers(tmp_path, rope):
     reference = hf_llama_folder(tmp_path, rope)
     reference.save_pretrained(tmp_path)
     model, _ = load(tmp_path, max_seq_len=256)
     assert model.config.rope_scaling["rope_type"] == rope["rope_type"]
+    assert rope["rope_type"] == "dynamic" or not np.allclose(model.cos, load_default_cos(tmp_path, rope))
     ids = np.random.default_rng(1).integers(0, 256, 200)
     want = transformers_logits(reference, ids)
     assert np.abs(model.forward(ids, 0, all_logits=True) - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def load_default_cos(tmp_path: Path, rope: dict) -> np.ndarray:
+    """The cos table of the same model without rope scaling: scaling must change it."""
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("rope_scaling", None)
+    config["rope_parameters"] = {"rope_type": "default", "rope_theta": rope["rope_theta"]}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return load(tmp_path, max_seq_len=256)[0].cos
 
 
 # ---- tokenizer.json ---------------------------------------------------------------------------

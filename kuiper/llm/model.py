@@ -44,7 +44,7 @@ class Config:
 #: The architectures this decoder runs: GGUF's general.architecture and config.json's model_type.
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 #: RoPE scalings rope_frequencies computes exactly as transformers does (within the model's context).
-ROPE_SCALINGS = ("default", "linear", "dynamic", "llama3")
+ROPE_SCALINGS = ("default", "linear", "dynamic", "llama3", "yarn")
 MISSING = object()
 
 
@@ -75,7 +75,18 @@ def check_config(config: Config, where: str, error: type[KuiperError]) -> Config
     if config.head_dim % 2:
         raise error(f"{where}: head dimension {config.head_dim} is odd; RoPE turns pairs of values")
     check_rope_scaling(config.rope_scaling, where, error)
+    if config.rope_scaling.get("rope_type") == "yarn" and config.rope_theta <= 1:
+        raise error(f"{where}: YaRN needs a rope_theta > 1, got {config.rope_theta}")
     return config
+
+
+def with_original_context(scaling: dict[str, Any], context_length: int) -> dict[str, Any]:
+    """`scaling` with original_max_position_embeddings, which transformers defaults to the context
+    length for yarn, llama3 and longrope."""
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind not in ("yarn", "llama3", "longrope") or scaling.get("original_max_position_embeddings") is not None:
+        return scaling
+    return {**scaling, "original_max_position_embeddings": context_length}
 
 
 def check_rope_scaling(scaling: dict[str, Any], where: str, error: type[KuiperError]) -> None:
@@ -84,10 +95,15 @@ def check_rope_scaling(scaling: dict[str, Any], where: str, error: type[KuiperEr
     if kind not in ROPE_SCALINGS:
         raise error(f"{where}: rope_scaling type {kind!r} is not implemented; kuiper computes "
                     f"{', '.join(ROPE_SCALINGS)}")
-    needed = {"linear": ("factor",), "dynamic": ("factor",),
+    needed = {"linear": ("factor",), "dynamic": ("factor",), "yarn": ("factor", "original_max_position_embeddings"),
               "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
     for key in needed.get(kind, ()):
         setting(scaling, key, f"{where}: rope_scaling", error, kind=float)
+    for key in ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim"):
+        setting(scaling, key, f"{where}: rope_scaling", error, None, float)
+    if setting(scaling, "partial_rotary_factor", f"{where}: rope_scaling", error, 1.0, float) != 1.0:
+        raise error(f"{where}: rope_scaling partial_rotary_factor {scaling['partial_rotary_factor']} is not "
+                    "implemented; kuiper rotates the whole head")
     if kind == "llama3" and scaling["low_freq_factor"] == scaling["high_freq_factor"]:
         raise error(f"{where}: rope_scaling low_freq_factor and high_freq_factor are equal ({scaling['low_freq_factor']})")
 
@@ -102,6 +118,8 @@ def config_from_gguf(meta: dict[str, Any], where: str = "GGUF metadata") -> Conf
     def key(name: str, default: Any = MISSING, kind: type = int) -> Any:
         return setting(meta, f"{arch}.{name}", where, GGUFError, default, kind)
 
+    key.where = f"{where}: {arch}"
+
     dim, n_heads = key("embedding_length"), key("attention.head_count")
     vocab = key("vocab_size", len(meta.get("tokenizer.ggml.tokens", ())) or MISSING)
     return check_config(Config(
@@ -109,7 +127,8 @@ def config_from_gguf(meta: dict[str, Any], where: str = "GGUF metadata") -> Conf
         n_kv_heads=key("attention.head_count_kv", n_heads), head_dim=key("attention.key_length", dim // n_heads or MISSING),
         hidden_dim=key("feed_forward_length"), vocab_size=vocab,
         norm_eps=key("attention.layer_norm_rms_epsilon", kind=float), rope_theta=key("rope.freq_base", 10000.0, float),
-        context_length=key("context_length"), rope_scaling=gguf_rope_scaling(key), arch=arch,
+        context_length=key("context_length"),
+        rope_scaling=with_original_context(gguf_rope_scaling(key), key("context_length")), arch=arch,
         qkv_bias=arch == "qwen2", qk_norm=arch == "qwen3"), where, GGUFError)
 
 
@@ -119,6 +138,10 @@ def gguf_rope_scaling(key: Any) -> dict[str, Any]:
     kind = key("rope.scaling.type", "none", str)
     if kind == "none":
         return {}
+    for name in ("rope.scaling.attn_factor", "rope.scaling.yarn_log_multiplier", "rope.scaling.yarn_ext_factor"):
+        if key(name, None, float) is not None:
+            raise GGUFError(f"{key.where}.{name} is not implemented; kuiper reads rope.scaling.type, factor "
+                            "and original_context_length")
     found = {"rope_type": kind, "factor": key("rope.scaling.factor", None, float),
              "original_max_position_embeddings": key("rope.scaling.original_context_length", None)}
     return {name: value for name, value in found.items() if value is not None}
@@ -143,7 +166,9 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> Config:
         n_kv_heads=key("num_key_value_heads", n_heads), head_dim=key("head_dim", dim // n_heads or MISSING),
         hidden_dim=key("intermediate_size"), vocab_size=key("vocab_size"), norm_eps=key("rms_norm_eps", kind=float),
         rope_theta=key("rope_theta", key("rope_theta", 10000.0, float), float, values=rope),
-        context_length=key("max_position_embeddings", 2048), rope_scaling=dict(scaling),
+        context_length=key("max_position_embeddings", 2048),
+        rope_scaling=with_original_context(scaling, key("original_max_position_embeddings", None)
+                                           or key("max_position_embeddings", 2048)),
         tied_embeddings=key("tie_word_embeddings", False, bool), arch=arch,
         qkv_bias=key("attention_bias", arch == "qwen2", bool), qk_norm=arch == "qwen3"), where, SafetensorsError)
 

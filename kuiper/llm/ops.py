@@ -67,6 +67,8 @@ def rope_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None
     kind = scaling.get("rope_type", scaling.get("type")) if scaling else None
     if kind == "linear":
         inv = inv / scaling["factor"]
+    if kind == "yarn":
+        inv = yarn_frequencies(inv, head_dim, theta, scaling)
     if kind == "llama3":
         factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
         old = scaling["original_max_position_embeddings"]
@@ -76,14 +78,48 @@ def rope_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None
     return inv
 
 
+def yarn_frequencies(inv: np.ndarray, head_dim: int, theta: float, scaling: dict[str, Any]) -> np.ndarray:
+    """YaRN's θ_i (Peng et al. 2023, as transformers' _compute_yarn_parameters): θ_i / factor for the
+    pairs that turn fewer than beta_slow times in the original context, θ_i for those that turn more
+    than beta_fast times, a linear ramp over the pair index between."""
+    factor, original = scaling["factor"], scaling["original_max_position_embeddings"]
+
+    def pair_turning(rotations: float) -> float:  # the pair index that turns `rotations` times in `original`
+        return head_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = pair_turning(scaling.get("beta_fast") or 32), pair_turning(scaling.get("beta_slow") or 1)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    ramp = np.clip((np.arange(head_dim // 2) - low) / ((high + 0.001 if low == high else high) - low), 0.0, 1.0)
+    return inv / factor * ramp + inv * (1 - ramp)
+
+
+def rope_attention_factor(scaling: dict[str, Any] | None) -> float:
+    """The factor YaRN multiplies cos and sin by (its attention_factor, else 0.1·ln(factor) + 1, or
+    the ratio of two such with mscale and mscale_all_dim); 1 for every other scaling."""
+    if not scaling or scaling.get("rope_type", scaling.get("type")) != "yarn":
+        return 1.0
+    if scaling.get("attention_factor") is not None:
+        return scaling["attention_factor"]
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    factor, m, m_all = scaling["factor"], scaling.get("mscale"), scaling.get("mscale_all_dim")
+    return mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+
+
 def rope_tables(head_dim: int, theta: float, positions: int, scaling: dict[str, Any] | None = None,
                 factors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """cos(mθ_i) and sin(mθ_i), float32 (positions, head_dim/2); `factors` divide θ_i (GGUF's rope_freqs)."""
+    """cos(mθ_i) and sin(mθ_i), float32 (positions, head_dim/2), times YaRN's attention factor;
+    `factors` divide θ_i (GGUF's rope_freqs)."""
     inv = rope_frequencies(head_dim, theta, scaling)
     if factors is not None:
         inv = inv / factors
     angles = np.outer(np.arange(positions, dtype=np.float64), inv)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    scale = rope_attention_factor(scaling)
+    return (scale * np.cos(angles)).astype(np.float32), (scale * np.sin(angles)).astype(np.float32)
 
 
 def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
