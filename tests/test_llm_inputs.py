@@ -303,6 +303,22 @@ def test_nfc_normalizer_matches_tokenizers(tmp_path):
     assert plain.encode(texts[0]) != ours.encode(texts[0])  # the normalizer changed the ids
 
 
+def test_qwen_tokenizer_with_the_nfc_normalizer_real_files_carry(tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+
+    source = Path(__file__).resolve().parents[1] / "data" / "models" / "qwen2.5-tiny" / "tokenizer.json"
+    if not source.exists():
+        pytest.skip(f"{source} is missing: run python tools/llms.py")
+    data = json.loads(source.read_text(encoding="utf-8")) | {"normalizer": {"type": "NFC"}}
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    ours, theirs = BPETokenizer.from_tokenizer_json(path, eos="<|im_end|>"), HFTokenizer.from_file(str(path))
+    texts = ["Café crème brûlée", "각 각", "Ångström",
+             "<|im_start|>user\nrésumé<|im_end|>", "éé Å Ω"]
+    for text in texts:
+        assert ours.encode(text) == theirs.encode(text, add_special_tokens=False).ids, text
+
+
 @pytest.mark.parametrize("normalizer, pattern", [
     ({"type": "Lowercase"}, r"normalizer .*Lowercase.* is not one kuiper applies"),
     ({"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Strip"}]}, r"normalizer .*Strip"),
