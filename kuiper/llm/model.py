@@ -6,7 +6,7 @@ import json
 import math
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -341,6 +341,9 @@ def model_from_gguf(file: GGUFFile, max_seq_len: int = 2048) -> Llama:
     """The Llama stored in an open GGUF file, dequantized to float32; GGUFError naming the key or
     tensor whose value or shape does not fit the config."""
     config = config_from_gguf(file.metadata, str(file.path))
+    rows = file.info(GGUF_NAMES["embed"]).shape[0]
+    if f"{config.arch}.vocab_size" not in file.metadata and rows > config.vocab_size:
+        config = replace(config, vocab_size=rows)  # an embedding padded past the tokenizer's tokens (Qwen)
     get = checked_reader(file, config, GGUF_NAMES, GGUFError)
     blocks = [build_block(config, lambda name: get(name, i), config.arch == "llama") for i in range(config.n_layers)]
     embed = get("embed")
