@@ -160,6 +160,7 @@ VALUE_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 
                  10: "<Q", 11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
 DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4  # ggml's GGML_MAX_DIMS
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,8 @@ class Cursor:
         if type_id != ARRAY:
             raise GGUFError(f"{self.path}: {what} has unknown value type {type_id} (0 to 12)")
         item_type, n = self.scalar("<I", what), self.scalar("<Q", what)
+        if item_type == ARRAY:
+            raise GGUFError(f"{self.path}: {what} is an array of arrays, which GGUF metadata never holds")
         if n > len(self.buffer) - self.at:  # every element takes at least a byte
             raise GGUFError(f"{self.path}: truncated {what}: an array of {n} elements at offset "
                             f"{self.at}, but the file ends at {len(self.buffer)}")
@@ -238,7 +241,11 @@ class GGUFFile:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        with open(self.path, "rb") as file:
+        try:
+            file = open(self.path, "rb")
+        except OSError as err:
+            raise GGUFError(f"{self.path}: cannot open it: {err.strerror}") from None
+        with file:
             size = file.seek(0, 2)
             if size < 24:
                 raise GGUFError(f"{self.path}: {size} bytes is too short for a GGUF header (24 bytes)")
@@ -251,6 +258,9 @@ class GGUFFile:
             hint = " (a big-endian file?)" if self.version >> 24 in (2, 3) else ""
             raise GGUFError(f"{self.path}: GGUF version {self.version}{hint} is not supported, only 2 and 3")
         n_tensors, n_kv = cursor.scalar("<Q", "header"), cursor.scalar("<Q", "header")
+        for count, what, least in ((n_kv, "metadata entries", 13), (n_tensors, "tensors", 24)):
+            if count * least > size:  # the smallest entry: an empty name, its type and its value or info
+                raise GGUFError(f"{self.path}: the header promises {count} {what}, more than {size} bytes can hold")
         self.metadata = self._read_metadata(cursor, n_kv)
         self.tensors = self._read_tensor_infos(cursor, n_tensors)
 
@@ -279,6 +289,8 @@ def _read_tensor_infos(self, cursor: Cursor, n_tensors: int) -> dict[str, Tensor
         name = cursor.string(f"name of tensor #{i}")
         what = f"info of tensor {name!r}"
         n_dims = cursor.scalar("<I", what)
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise GGUFError(f"{self.path}: tensor {name!r} has {n_dims} dimensions; GGUF allows 1 to {MAX_DIMS}")
         ne = [cursor.scalar("<Q", what) for _ in range(n_dims)]
         found.append((name, ne, cursor.scalar("<I", what), cursor.scalar("<Q", what)))
     alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
@@ -290,7 +302,18 @@ def _read_tensor_infos(self, cursor: Cursor, n_tensors: int) -> dict[str, Tensor
         if name in tensors:
             raise GGUFError(f"{self.path}: tensor {name!r} appears twice")
         tensors[name] = self._place(name, ne, type_id, data_start + offset, offset % alignment)
+    check_disjoint(self.path, tensors.values())
     return tensors
+
+
+def check_disjoint(path: Path, infos: Any) -> None:
+    """GGUFError if the bytes of two tensors overlap: each would read the other's data."""
+    previous = None
+    for info in sorted(infos, key=lambda info: (info.offset, info.nbytes)):
+        if previous is not None and info.offset < previous.offset + previous.nbytes:
+            raise GGUFError(f"{path}: tensors {previous.name!r} (bytes {previous.offset} to "
+                            f"{previous.offset + previous.nbytes}) and {info.name!r} (from byte {info.offset}) overlap")
+        previous = info
 
 
 @patch_to(GGUFFile)
@@ -300,7 +323,9 @@ def _place(self, name: str, ne: list[int], type_id: int, start: int, misalignmen
         raise GGUFError(f"{self.path}: tensor {name!r} has unknown ggml type id {type_id}")
     type_name, block, block_bytes = GGML_TYPES[type_id]
     shape = tuple(reversed(ne))
-    if ne and ne[0] % block:
+    if min(ne) == 0:
+        raise GGUFError(f"{self.path}: tensor {name!r} has a dimension of 0 in {shape}")
+    if ne[0] % block:
         raise GGUFError(f"{self.path}: tensor {name!r} ({type_name}) has rows of {ne[0]} elements, "
                         f"not a multiple of its block size {block}")
     if misalignment:
@@ -636,7 +661,11 @@ class SafetensorsFile:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        with open(self.path, "rb") as file:
+        try:
+            file = open(self.path, "rb")
+        except OSError as err:
+            raise SafetensorsError(f"{self.path}: cannot open it: {err.strerror}") from None
+        with file:
             size = file.seek(0, 2)
             if size < 8:
                 raise SafetensorsError(f"{self.path}: {size} bytes is too short for the 8-byte header length")
@@ -645,18 +674,32 @@ class SafetensorsFile:
         if length > size - 8:
             raise SafetensorsError(f"{self.path}: header length {length} is past the end of the file "
                                    f"({size - 8} bytes follow it)")
-        try:
-            header = json.loads(self._buffer[8:8 + length].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise SafetensorsError(f"{self.path}: the header is not valid JSON: {err}") from None
+        header = parse_json(self._buffer[8:8 + length], f"{self.path}: the header")
         if not isinstance(header, dict):
             raise SafetensorsError(f"{self.path}: the header must be a JSON object, got {type(header).__name__}")
         self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
-        if not isinstance(self.metadata, dict):
-            raise SafetensorsError(f"{self.path}: __metadata__ must be a JSON object of strings, got {self.metadata!r}")
+        if not isinstance(self.metadata, dict) or not all(isinstance(v, str) for v in self.metadata.values()):
+            raise SafetensorsError(f"{self.path}: __metadata__ must be a JSON object of strings, "
+                                   f"got {str(self.metadata)[:80]}")
         self._data_start = 8 + length
         self._starts: dict[str, int] = {}
         self.tensors: dict[str, TensorEntry] = {name: self._entry(name, spec) for name, spec in header.items()}
+        self._check_disjoint()
+
+
+def parse_json(data: bytes, what: str) -> Any:
+    """The JSON value in UTF-8 `data`; SafetensorsError naming `what` if it is not JSON or nests too deep."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SafetensorsError(f"{what} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise SafetensorsError(f"{what} nests JSON values too deep to read") from None
+
+
+def is_count(value: Any) -> bool:
+    """True for a JSON integer >= 0 (not a bool, a float or a string)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 # %%
@@ -664,12 +707,13 @@ class SafetensorsFile:
 @patch_to(SafetensorsFile)
 def _entry(self, name: str, spec: Any) -> TensorEntry:
     """Check one header entry against the file and remember where its bytes are."""
-    try:
-        dtype, shape = spec["dtype"], tuple(int(n) for n in spec["shape"])
-        begin, end = (int(n) for n in spec["data_offsets"])
-    except (TypeError, KeyError, ValueError) as err:
-        raise SafetensorsError(f"{self.path}: tensor {name!r} needs dtype, shape and data_offsets [begin, end]: "
-                               f"{err!r} in {spec!r}") from None
+    dtype, shape, offsets = (spec.get(key) if isinstance(spec, dict) else None
+                             for key in ("dtype", "shape", "data_offsets"))
+    if not (isinstance(dtype, str) and isinstance(shape, list) and all(map(is_count, shape))
+            and isinstance(offsets, list) and len(offsets) == 2 and all(map(is_count, offsets))):
+        raise SafetensorsError(f"{self.path}: tensor {name!r} needs a dtype string, a shape of integers >= 0 and "
+                               f"data_offsets [begin, end]; got {str(spec)[:120]}")
+    shape, (begin, end) = tuple(shape), offsets
     available = len(self._buffer) - self._data_start
     if not 0 <= begin <= end <= available:
         raise SafetensorsError(f"{self.path}: tensor {name!r} has data_offsets [{begin}, {end}] outside the "
@@ -680,6 +724,22 @@ def _entry(self, name: str, spec: Any) -> TensorEntry:
                                f"its data_offsets give {end - begin}")
     self._starts[name] = self._data_start + begin
     return TensorEntry(dtype, shape)
+
+
+@patch_to(SafetensorsFile)
+def _check_disjoint(self) -> None:
+    """SafetensorsError if the bytes of two tensors overlap: each would read the other's data."""
+    spans = sorted((self._starts[name], self._starts[name] + self.nbytes(name), name) for name in self.tensors)
+    for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+        if begin < end:
+            raise SafetensorsError(f"{self.path}: the bytes of tensors {first!r} and {second!r} overlap")
+
+
+@patch_to(SafetensorsFile)
+def nbytes(self, name: str) -> int:
+    """How many bytes tensor `name` takes in the file."""
+    dtype, shape = self.tensors[name]
+    return math.prod(shape) * np.dtype(DTYPES[dtype]).itemsize if dtype in DTYPES else 0
 
 
 @patch_to(SafetensorsFile)
@@ -726,13 +786,61 @@ def save_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata:
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """A model's config.json as a dict; `path` is the file or the folder that holds it."""
+    """A model's config.json (or any JSON object file) as a dict; `path` is the file or the folder
+    that holds config.json. SafetensorsError if it cannot be read or is not a JSON object."""
     path = Path(path)
     path = path / "config.json" if path.is_dir() else path
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SafetensorsError(f"{path}: not valid JSON: {err}") from None
+        data = path.read_bytes()
+    except OSError as err:
+        raise SafetensorsError(f"{path}: cannot read it: {err.strerror}") from None
+    config = parse_json(data, f"{path}: the file")
+    if not isinstance(config, dict):
+        raise SafetensorsError(f"{path}: must hold a JSON object, got {type(config).__name__}")
+    return config
+
+
+INDEX = "model.safetensors.index.json"
+
+
+class ShardedSafetensors:
+    """The tensors of a checkpoint split over several .safetensors files, as `model.safetensors.index.json`'s
+    `weight_map` (tensor name -> shard file name) places them; the same `.tensors` and `.tensor(name)`
+    as a SafetensorsFile."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        weight_map = load_config(self.path).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise SafetensorsError(f"{self.path}: weight_map must be a JSON object of tensor name -> file name")
+        self.shards: dict[str, SafetensorsFile] = {}
+        for file_name in sorted(set(weight_map.values())):
+            if Path(file_name).name != file_name or not file_name.endswith(".safetensors"):
+                raise SafetensorsError(f"{self.path}: shard {file_name!r} is not a .safetensors file next to the index")
+            self.shards[file_name] = SafetensorsFile(self.path.parent / file_name)
+        self._where = {name: self.shards[file_name] for name, file_name in weight_map.items()}
+        for name, shard in self._where.items():
+            if name not in shard.tensors:
+                raise SafetensorsError(f"{self.path}: weight_map puts {name!r} in {shard.path.name}, which lacks it")
+        self.tensors = {name: shard.tensors[name] for name, shard in self._where.items()}
+
+    def tensor(self, name: str) -> np.ndarray:
+        """Tensor `name` from the shard that holds it (as SafetensorsFile.tensor reads it)."""
+        if name not in self._where:
+            close = get_close_matches(name, self.tensors, n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise SafetensorsError(f"{self.path}: no tensor {name!r} among its {len(self.tensors)}{hint}")
+        return self._where[name].tensor(name)
+
+
+def open_checkpoint(folder: str | Path) -> SafetensorsFile | ShardedSafetensors:
+    """The weights of a Hugging Face folder: model.safetensors, or the shards its index lists."""
+    folder = Path(folder)
+    if (folder / "model.safetensors").is_file():
+        return SafetensorsFile(folder / "model.safetensors")
+    if (folder / INDEX).is_file():
+        return ShardedSafetensors(folder / INDEX)
+    raise SafetensorsError(f"{folder}: has neither model.safetensors nor {INDEX}")
 
 
 # %% [markdown]

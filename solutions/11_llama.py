@@ -92,13 +92,15 @@ plt.show()
 #| export llm.model
 import json
 import math
-from dataclasses import dataclass, field
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-from kuiper.errors import KuiperError, ShapeError
+from kuiper.errors import GGUFError, KuiperError, SafetensorsError, ShapeError
 
 
 @dataclass(frozen=True)
@@ -122,36 +124,136 @@ class Config:
     arch: str = "llama"
 
 
-def config_from_gguf(meta: dict[str, Any]) -> Config:
-    """The Config stored in a GGUF file's metadata under `<architecture>.*` keys."""
-    arch = meta["general.architecture"]
-    key = lambda name, default=None: meta.get(f"{arch}.{name}", default)  # noqa: E731
-    n_heads = int(key("attention.head_count"))
-    return Config(
-        dim=int(key("embedding_length")), n_layers=int(key("block_count")), n_heads=n_heads,
-        n_kv_heads=int(key("attention.head_count_kv", n_heads)),
-        head_dim=int(key("attention.key_length", int(key("embedding_length")) // n_heads)),
-        hidden_dim=int(key("feed_forward_length")),
-        vocab_size=int(key("vocab_size", len(meta.get("tokenizer.ggml.tokens", ())))),
-        norm_eps=float(key("attention.layer_norm_rms_epsilon")), rope_theta=float(key("rope.freq_base", 10000.0)),
-        context_length=int(key("context_length")), arch=arch,
-        qkv_bias=arch == "qwen2", qk_norm=arch == "qwen3")
+#: The architectures this decoder runs: GGUF's general.architecture and config.json's model_type.
+ARCHITECTURES = ("llama", "qwen2", "qwen3")
+#: RoPE scalings rope_frequencies computes exactly as transformers does (within the model's context).
+ROPE_SCALINGS = ("default", "linear", "dynamic", "llama3", "yarn")
+MISSING = object()
 
 
-def config_from_hf(hf: dict[str, Any]) -> Config:
-    """The Config of a Hugging Face `config.json` (Llama, Qwen2, Qwen3)."""
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+def setting(values: dict[str, Any], key: str, where: str, error: type[KuiperError], default: Any = MISSING,
+            kind: type = int, positive: bool = True) -> Any:
+    """values[key] checked to be a `kind` (int: not a bool; float: any finite number) and > 0 when
+    `positive`; `default` when absent (None counts as absent). `error` names `where` and the key."""
+    value = values.get(key)
+    if value is None:
+        if default is MISSING:
+            raise error(f"{where}: {key} is missing")
+        return default
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        numeric = numeric and float(value).is_integer()
+    ok = numeric and math.isfinite(value) and (value > 0 or not positive) if kind in (int, float) else isinstance(value, kind)
+    if not ok:
+        wanted = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "an object"}[kind]
+        raise error(f"{where}: {key} must be {wanted}{' > 0' if positive and kind in (int, float) else ''}, "
+                    f"got {value!r}")
+    return kind(value)
+
+
+def check_config(config: Config, where: str, error: type[KuiperError]) -> Config:
+    """`config` after the checks that relate its sizes to each other; `error` names `where`."""
+    if config.n_heads % config.n_kv_heads:
+        raise error(f"{where}: {config.n_heads} attention heads cannot share {config.n_kv_heads} key/value heads")
+    if config.head_dim % 2:
+        raise error(f"{where}: head dimension {config.head_dim} is odd; RoPE turns pairs of values")
+    check_rope_scaling(config.rope_scaling, where, error)
+    if config.rope_scaling.get("rope_type") == "yarn" and config.rope_theta <= 1:
+        raise error(f"{where}: YaRN needs a rope_theta > 1, got {config.rope_theta}")
+    return config
+
+
+def with_original_context(scaling: dict[str, Any], context_length: int) -> dict[str, Any]:
+    """`scaling` with original_max_position_embeddings, which transformers defaults to the context
+    length for yarn, llama3 and longrope."""
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind not in ("yarn", "llama3", "longrope") or scaling.get("original_max_position_embeddings") is not None:
+        return scaling
+    return {**scaling, "original_max_position_embeddings": context_length}
+
+
+def check_rope_scaling(scaling: dict[str, Any], where: str, error: type[KuiperError]) -> None:
+    """Refuse by name a RoPE scaling kuiper does not compute, or one whose parameters are missing."""
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in ROPE_SCALINGS:
+        raise error(f"{where}: rope_scaling type {kind!r} is not implemented; kuiper computes "
+                    f"{', '.join(ROPE_SCALINGS)}")
+    needed = {"linear": ("factor",), "dynamic": ("factor",), "yarn": ("factor", "original_max_position_embeddings"),
+              "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+    for key in needed.get(kind, ()):
+        setting(scaling, key, f"{where}: rope_scaling", error, kind=float)
+    for key in ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim"):
+        setting(scaling, key, f"{where}: rope_scaling", error, None, float)
+    if setting(scaling, "partial_rotary_factor", f"{where}: rope_scaling", error, 1.0, float) != 1.0:
+        raise error(f"{where}: rope_scaling partial_rotary_factor {scaling['partial_rotary_factor']} is not "
+                    "implemented; kuiper rotates the whole head")
+    if kind == "llama3" and scaling["low_freq_factor"] == scaling["high_freq_factor"]:
+        raise error(f"{where}: rope_scaling low_freq_factor and high_freq_factor are equal ({scaling['low_freq_factor']})")
+
+
+def config_from_gguf(meta: dict[str, Any], where: str = "GGUF metadata") -> Config:
+    """The Config stored in a GGUF file's metadata under `<architecture>.*` keys; GGUFError naming
+    `where` (the file) and the key for a missing, mistyped, zero or unsupported value."""
+    arch = setting(meta, "general.architecture", where, GGUFError, kind=str)
+    if arch not in ARCHITECTURES:
+        raise GGUFError(f"{where}: general.architecture {arch!r} is not one kuiper runs ({', '.join(ARCHITECTURES)})")
+
+    def key(name: str, default: Any = MISSING, kind: type = int) -> Any:
+        return setting(meta, f"{arch}.{name}", where, GGUFError, default, kind)
+
+    key.where = f"{where}: {arch}"
+
+    dim, n_heads = key("embedding_length"), key("attention.head_count")
+    vocab = key("vocab_size", len(meta.get("tokenizer.ggml.tokens", ())) or MISSING)
+    return check_config(Config(
+        dim=dim, n_layers=key("block_count"), n_heads=n_heads,
+        n_kv_heads=key("attention.head_count_kv", n_heads), head_dim=key("attention.key_length", dim // n_heads or MISSING),
+        hidden_dim=key("feed_forward_length"), vocab_size=vocab,
+        norm_eps=key("attention.layer_norm_rms_epsilon", kind=float), rope_theta=key("rope.freq_base", 10000.0, float),
+        context_length=key("context_length"),
+        rope_scaling=with_original_context(gguf_rope_scaling(key), key("context_length")), arch=arch,
+        qkv_bias=arch == "qwen2", qk_norm=arch == "qwen3"), where, GGUFError)
+
+
+def gguf_rope_scaling(key: Any) -> dict[str, Any]:
+    """GGUF's <arch>.rope.scaling.* keys, read by `key(name, default, kind)`, as a config.json
+    rope_scaling dict (Llama 3's scaling comes as the rope_freqs tensor instead)."""
+    kind = key("rope.scaling.type", "none", str)
+    if kind == "none":
+        return {}
+    for name in ("rope.scaling.attn_factor", "rope.scaling.yarn_log_multiplier", "rope.scaling.yarn_ext_factor"):
+        if key(name, None, float) is not None:
+            raise GGUFError(f"{key.where}.{name} is not implemented; kuiper reads rope.scaling.type, factor "
+                            "and original_context_length")
+    found = {"rope_type": kind, "factor": key("rope.scaling.factor", None, float),
+             "original_max_position_embeddings": key("rope.scaling.original_context_length", None)}
+    return {name: value for name, value in found.items() if value is not None}
+
+
+def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> Config:
+    """The Config of a Hugging Face `config.json` (Llama, Qwen2, Qwen3); SafetensorsError naming
+    `where` (the file) and the key for a missing, mistyped, zero or unsupported value."""
+    def key(name: str, default: Any = MISSING, kind: type = int, values: dict = hf) -> Any:
+        return setting(values, name, where, SafetensorsError, default, kind)
+
+    arch = key("model_type", "llama", str)
+    if arch not in ARCHITECTURES:
+        raise SafetensorsError(f"{where}: model_type {arch!r} is not one kuiper runs ({', '.join(ARCHITECTURES)})")
+    if key("hidden_act", "silu", str) != "silu":
+        raise SafetensorsError(f"{where}: hidden_act {hf['hidden_act']!r} is not implemented; kuiper's MLP is SwiGLU (silu)")
+    rope = key("rope_parameters", None, dict) or key("rope_scaling", None, dict) or {}
     scaling = rope if rope.get("rope_type", rope.get("type", "default")) != "default" else {}
-    arch = {"qwen2": "qwen2", "qwen3": "qwen3"}.get(hf.get("model_type"), "llama")
-    return Config(
-        dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
-        n_kv_heads=hf.get("num_key_value_heads", hf["num_attention_heads"]),
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
-        hidden_dim=hf["intermediate_size"], vocab_size=hf["vocab_size"], norm_eps=float(hf["rms_norm_eps"]),
-        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-        context_length=hf.get("max_position_embeddings", 2048), rope_scaling=dict(scaling),
-        tied_embeddings=hf.get("tie_word_embeddings", False), arch=arch,
-        qkv_bias=hf.get("attention_bias", arch == "qwen2"), qk_norm=arch == "qwen3")
+    dim, n_heads = key("hidden_size"), key("num_attention_heads")
+    return check_config(Config(
+        dim=dim, n_layers=key("num_hidden_layers"), n_heads=n_heads,
+        n_kv_heads=key("num_key_value_heads", n_heads), head_dim=key("head_dim", dim // n_heads or MISSING),
+        hidden_dim=key("intermediate_size"), vocab_size=key("vocab_size"), norm_eps=key("rms_norm_eps", kind=float),
+        rope_theta=key("rope_theta", key("rope_theta", 10000.0, float), float, values=rope),
+        context_length=key("max_position_embeddings", 2048),
+        rope_scaling=with_original_context(scaling, key("original_max_position_embeddings", None)
+                                           or key("max_position_embeddings", 2048)),
+        tied_embeddings=key("tie_word_embeddings", False, bool), arch=arch,
+        qkv_bias=key("attention_bias", arch == "qwen2", bool), qk_norm=arch == "qwen3"), where, SafetensorsError)
 
 
 # %%
@@ -176,7 +278,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=True, error_model="numpy", cache=True)  # numpy: x / 0 is inf, never an exception
 def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """Each row of x (T, D) divided by its root mean square, times the gain `weight` (D,)."""
     out = np.empty_like(x)
@@ -195,7 +297,7 @@ def embedding(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return table[ids]
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=True, error_model="numpy", cache=True)
 def swiglu(gate_up: np.ndarray) -> np.ndarray:
     """SiLU(gate) · up for the fused projection [gate | up] (T, 2F): (T, F)."""
     half = gate_up.shape[1] // 2
@@ -266,9 +368,16 @@ def matmul(x: np.ndarray, w: Any) -> np.ndarray:
 # %%
 #| export llm.ops
 def rope_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None = None) -> np.ndarray:
-    """θ_i = theta^(-2i/d) for each of the head_dim/2 pairs, with Llama 3's long-context scaling if given."""
+    """θ_i = theta^(-2i/d) for each of the head_dim/2 pairs, scaled as transformers' rope_type says:
+    linear divides every θ_i by `factor`; dynamic (NTK) changes nothing up to the model's context,
+    which bounds our cache; llama3 divides only the long wavelengths (Meta's Llama 3.1 formula)."""
     inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    if scaling and scaling.get("rope_type", scaling.get("type")) == "llama3":
+    kind = scaling.get("rope_type", scaling.get("type")) if scaling else None
+    if kind == "linear":
+        inv = inv / scaling["factor"]
+    if kind == "yarn":
+        inv = yarn_frequencies(inv, head_dim, theta, scaling)
+    if kind == "llama3":
         factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
         old = scaling["original_max_position_embeddings"]
         wavelength = 2 * math.pi / inv
@@ -277,14 +386,48 @@ def rope_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None
     return inv
 
 
+def yarn_frequencies(inv: np.ndarray, head_dim: int, theta: float, scaling: dict[str, Any]) -> np.ndarray:
+    """YaRN's θ_i (Peng et al. 2023, as transformers' _compute_yarn_parameters): θ_i / factor for the
+    pairs that turn fewer than beta_slow times in the original context, θ_i for those that turn more
+    than beta_fast times, a linear ramp over the pair index between."""
+    factor, original = scaling["factor"], scaling["original_max_position_embeddings"]
+
+    def pair_turning(rotations: float) -> float:  # the pair index that turns `rotations` times in `original`
+        return head_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = pair_turning(scaling.get("beta_fast") or 32), pair_turning(scaling.get("beta_slow") or 1)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    ramp = np.clip((np.arange(head_dim // 2) - low) / ((high + 0.001 if low == high else high) - low), 0.0, 1.0)
+    return inv / factor * ramp + inv * (1 - ramp)
+
+
+def rope_attention_factor(scaling: dict[str, Any] | None) -> float:
+    """The factor YaRN multiplies cos and sin by (its attention_factor, else 0.1·ln(factor) + 1, or
+    the ratio of two such with mscale and mscale_all_dim); 1 for every other scaling."""
+    if not scaling or scaling.get("rope_type", scaling.get("type")) != "yarn":
+        return 1.0
+    if scaling.get("attention_factor") is not None:
+        return scaling["attention_factor"]
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    factor, m, m_all = scaling["factor"], scaling.get("mscale"), scaling.get("mscale_all_dim")
+    return mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+
+
 def rope_tables(head_dim: int, theta: float, positions: int, scaling: dict[str, Any] | None = None,
                 factors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """cos(mθ_i) and sin(mθ_i), float32 (positions, head_dim/2); `factors` divide θ_i (GGUF's rope_freqs)."""
+    """cos(mθ_i) and sin(mθ_i), float32 (positions, head_dim/2), times YaRN's attention factor;
+    `factors` divide θ_i (GGUF's rope_freqs)."""
     inv = rope_frequencies(head_dim, theta, scaling)
     if factors is not None:
         inv = inv / factors
     angles = np.outer(np.arange(positions, dtype=np.float64), inv)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    scale = rope_attention_factor(scaling)
+    return (scale * np.cos(angles)).astype(np.float32), (scale * np.sin(angles)).astype(np.float32)
 
 
 # %%
@@ -399,7 +542,7 @@ with check("Exercise 11.2"):
 
 # %%
 #| export llm.ops
-@njit(fastmath=True, cache=True)
+@njit(fastmath=True, error_model="numpy", cache=True)
 def _attention_one(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int, out: np.ndarray) -> None:
     heads, dim = q.shape
     group, scale = heads // k_cache.shape[0], np.float32(1.0 / math.sqrt(dim))
@@ -476,13 +619,32 @@ class Llama:
         shape = (config.n_layers, config.n_kv_heads, self.max_seq_len, config.head_dim)
         self.k_cache, self.v_cache = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
         self.ops = cpu_ops
+        self.owner = threading.RLock()  # the KV cache holds one sequence: one thread at a time
+
+    @contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Hold the model (and its KV cache) for this thread; KuiperError if another thread holds it."""
+        if not self.owner.acquire(blocking=False):
+            raise KuiperError("this Llama is in use by another thread: its KV cache holds one sequence, "
+                              "so give each thread its own model")
+        try:
+            yield
+        finally:
+            self.owner.release()
 
     def forward(self, ids: np.ndarray, pos: int, all_logits: bool = False) -> np.ndarray:
-        """Logits (1, V) for the last of the T tokens `ids` at positions pos…pos+T-1 (all T rows if asked)."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        """Logits (1, V) for the last of the T tokens `ids` at positions pos…pos+T-1 (all T rows if asked);
+        ShapeError past the context or the vocabulary, KuiperError while another thread uses the model."""
+        with self.in_use():
+            return self._forward(np.asarray(ids, dtype=np.int64).reshape(-1), pos, all_logits)
+
+    def _forward(self, ids: np.ndarray, pos: int, all_logits: bool) -> np.ndarray:
+        """forward's work, with the model held."""
+        if not len(ids) or pos < 0:
+            raise ShapeError(f"forward needs at least one token at a position >= 0, got {len(ids)} at {pos}")
         if pos + len(ids) > self.max_seq_len:
             raise ShapeError(f"{pos} cached + {len(ids)} new tokens exceed the context of {self.max_seq_len}")
-        if len(ids) and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
             raise ShapeError(f"token ids must lie in 0..{self.config.vocab_size - 1}, got {ids.min()}..{ids.max()}")
         ops, eps = self.ops, self.config.norm_eps
         x = ops.embedding(self.embed, ids)
@@ -529,25 +691,54 @@ class Llama:
 # %%
 #| export llm.model
 from kuiper.llm.gguf import GGUFFile
-from kuiper.llm.safetensors import SafetensorsFile, load_config
+from kuiper.llm.safetensors import load_config, open_checkpoint
 from kuiper.llm.tokenizer import BPETokenizer, Tokenizer, load_tokenizer
 
 GGUF_NAMES = {"attn_norm": "attn_norm.weight", "wq": "attn_q.weight", "wk": "attn_k.weight", "wv": "attn_v.weight",
               "bq": "attn_q.bias", "bk": "attn_k.bias", "bv": "attn_v.bias", "q_norm": "attn_q_norm.weight",
               "k_norm": "attn_k_norm.weight", "wo": "attn_output.weight", "ffn_norm": "ffn_norm.weight",
               "gate": "ffn_gate.weight", "up": "ffn_up.weight", "down": "ffn_down.weight",
-              "embed": "token_embd.weight", "norm": "output_norm.weight", "head": "output.weight"}
+              "embed": "token_embd.weight", "norm": "output_norm.weight", "head": "output.weight",
+              "rope_freqs": "rope_freqs.weight", "layer": "blk.{}."}
 HF_NAMES = {"attn_norm": "input_layernorm.weight", "wq": "self_attn.q_proj.weight", "wk": "self_attn.k_proj.weight",
             "wv": "self_attn.v_proj.weight", "bq": "self_attn.q_proj.bias", "bk": "self_attn.k_proj.bias",
             "bv": "self_attn.v_proj.bias", "q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight",
             "wo": "self_attn.o_proj.weight", "ffn_norm": "post_attention_layernorm.weight",
             "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight", "down": "mlp.down_proj.weight",
-            "embed": "model.embed_tokens.weight", "norm": "model.norm.weight", "head": "lm_head.weight"}
+            "embed": "model.embed_tokens.weight", "norm": "model.norm.weight", "head": "lm_head.weight",
+            "layer": "model.layers.{}."}
 
 
 def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
     """GGUF llama q/k rows, RoPE pairs interleaved per head, back in rotate-half order."""
     return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def weight_shapes(config: Config) -> dict[str, tuple[int, ...]]:
+    """The shape each weight must have, in our names (PyTorch's (out, in) for matrices)."""
+    c, q, kv = config, config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+    return {"attn_norm": (c.dim,), "wq": (q, c.dim), "wk": (kv, c.dim), "wv": (kv, c.dim), "bq": (q,), "bk": (kv,),
+            "bv": (kv,), "q_norm": (c.head_dim,), "k_norm": (c.head_dim,), "wo": (c.dim, q), "ffn_norm": (c.dim,),
+            "gate": (c.hidden_dim, c.dim), "up": (c.hidden_dim, c.dim), "down": (c.dim, c.hidden_dim),
+            "embed": (c.vocab_size, c.dim), "norm": (c.dim,), "head": (c.vocab_size, c.dim),
+            "rope_freqs": (c.head_dim // 2,)}
+
+
+def checked_reader(weights: Any, config: Config, names: dict[str, str], error: type[KuiperError]) -> Any:
+    """get(name, layer=None): the tensor of our `name` from `weights` (a GGUFFile or safetensors file,
+    `names` its naming), after checking its stored shape against the config before reading it."""
+    expected = weight_shapes(config)
+
+    def get(name: str, layer: int | None = None) -> np.ndarray:
+        stored = names[name] if layer is None else names["layer"].format(layer) + names[name]
+        if stored not in weights.tensors:
+            weights.tensor(stored)  # raises the file's error, naming the closest tensors
+        shape = tuple(weights.tensors[stored].shape)
+        if shape != expected[name]:
+            raise error(f"{weights.path}: tensor {stored!r} has shape {shape}, but the config needs {expected[name]}")
+        return weights.tensor(stored)
+
+    return get
 
 
 def build_block(config: Config, get: Any, interleaved: bool) -> Block:
@@ -563,25 +754,30 @@ def build_block(config: Config, get: Any, interleaved: bool) -> Block:
 
 
 def model_from_gguf(file: GGUFFile, max_seq_len: int = 2048) -> Llama:
-    """The Llama stored in an open GGUF file, dequantized to float32."""
-    config = config_from_gguf(file.metadata)
-    blocks = [build_block(config, lambda name: file.tensor(f"blk.{i}.{GGUF_NAMES[name]}"), config.arch == "llama")
-              for i in range(config.n_layers)]
-    embed = file.tensor("token_embd.weight")
-    head = file.tensor("output.weight") if "output.weight" in file.tensors else embed
-    factors = file.tensor("rope_freqs.weight") if "rope_freqs.weight" in file.tensors else None
-    return Llama(config, embed, blocks, file.tensor("output_norm.weight"), head, max_seq_len, factors)
+    """The Llama stored in an open GGUF file, dequantized to float32; GGUFError naming the key or
+    tensor whose value or shape does not fit the config."""
+    config = config_from_gguf(file.metadata, str(file.path))
+    rows = file.info(GGUF_NAMES["embed"]).shape[0]
+    if f"{config.arch}.vocab_size" not in file.metadata and rows > config.vocab_size:
+        config = replace(config, vocab_size=rows)  # an embedding padded past the tokenizer's tokens (Qwen)
+    get = checked_reader(file, config, GGUF_NAMES, GGUFError)
+    blocks = [build_block(config, lambda name: get(name, i), config.arch == "llama") for i in range(config.n_layers)]
+    embed = get("embed")
+    head = get("head") if GGUF_NAMES["head"] in file.tensors else embed
+    factors = get("rope_freqs") if GGUF_NAMES["rope_freqs"] in file.tensors else None
+    return Llama(config, embed, blocks, get("norm"), head, max_seq_len, factors)
 
 
 def model_from_hf(folder: Path, max_seq_len: int = 2048) -> Llama:
-    """The Llama in a Hugging Face folder: config.json and model.safetensors."""
-    config = config_from_hf(load_config(folder / "config.json"))
-    weights = SafetensorsFile(folder / "model.safetensors")
-    blocks = [build_block(config, lambda name: weights.tensor(f"model.layers.{i}.{HF_NAMES[name]}"), False)
-              for i in range(config.n_layers)]
-    embed = weights.tensor(HF_NAMES["embed"])
-    head = weights.tensor(HF_NAMES["head"]) if HF_NAMES["head"] in weights.tensors else embed
-    return Llama(config, embed, blocks, weights.tensor(HF_NAMES["norm"]), head, max_seq_len)
+    """The Llama in a Hugging Face folder: config.json and model.safetensors (or the shards of
+    model.safetensors.index.json); SafetensorsError naming the key or tensor that does not fit."""
+    config = config_from_hf(load_config(folder / "config.json"), str(folder / "config.json"))
+    weights = open_checkpoint(folder)
+    get = checked_reader(weights, config, HF_NAMES, SafetensorsError)
+    blocks = [build_block(config, lambda name: get(name, i), False) for i in range(config.n_layers)]
+    embed = get("embed")
+    head = get("head") if HF_NAMES["head"] in weights.tensors else embed
+    return Llama(config, embed, blocks, get("norm"), head, max_seq_len)
 
 
 def load(path: str | Path, max_seq_len: int = 2048) -> tuple[Llama, Tokenizer | None]:
@@ -667,9 +863,12 @@ plt.show()
 
 # %%
 #| export llm.sample
+import math
 from collections.abc import Sequence
 
 import numpy as np
+
+from kuiper.errors import KuiperError
 
 
 #| exercise: keep the most likely tokens while the mass before each is < p, zero the rest, renormalise
@@ -707,6 +906,17 @@ class Sampler:
 
     def __init__(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  repetition_penalty: float = 1.0, seed: int | None = None) -> None:
+        """temperature >= 0 (0 = greedy), top_k >= 0 (0 = all), top_p in (0, 1], repetition_penalty > 0
+        (1 = none), seed >= 0 or None; KuiperError naming the setting otherwise."""
+        for name, value, ok, rule in (
+                ("temperature", temperature, lambda v: v >= 0, ">= 0 (0 is greedy)"),
+                ("top_p", top_p, lambda v: 0 < v <= 1, "in (0, 1]"),
+                ("repetition_penalty", repetition_penalty, lambda v: v > 0, "> 0 (1 is none)")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+                raise KuiperError(f"sampler setting {name} must be a finite number {rule}, got {value!r}")
+        for name, value in (("top_k", top_k), ("seed", 0 if seed is None else seed)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise KuiperError(f"sampler setting {name} must be an integer >= 0, got {value!r}")
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.repetition_penalty = repetition_penalty
         self.rng = np.random.default_rng(seed)
@@ -789,25 +999,27 @@ class Stats:
 #| exercise: prefill the prompt at `pos`, then sample, yield, stop on a stop id, else forward the one new token at the next position
 def generate(model: Llama, prompt: Sequence[int], sampler: Sampler, max_tokens: int,
              stop: Sequence[int] = (), pos: int = 0, stats: Stats | None = None) -> Iterator[int]:
-    """Yield up to `max_tokens` new token ids after `prompt`, whose first token goes to cache position `pos`."""
+    """Yield up to `max_tokens` new token ids after `prompt`, whose first token goes to cache position `pos`;
+    generation ends early, without an error, at a stop id or when the KV cache is full."""
     stats = Stats() if stats is None else stats
     ### BEGIN SOLUTION
-    start = time.perf_counter()
-    logits = model.forward(np.asarray(prompt), pos)
-    history = list(prompt)
-    token = sampler(logits[-1], history)
-    stats.prompt_tokens, stats.prefill_seconds, stats.position = len(prompt), time.perf_counter() - start, pos + len(prompt)
-    for count in range(max_tokens):
-        stats.new_tokens += 1
-        yield token
-        if token in stop or count == max_tokens - 1:
-            return
+    with model.in_use():
         start = time.perf_counter()
-        history.append(token)
-        logits = model.forward(np.array([token]), stats.position)
-        stats.position += 1
+        logits = model.forward(np.asarray(prompt), pos)
+        history = list(prompt)
         token = sampler(logits[-1], history)
-        stats.decode_seconds += time.perf_counter() - start
+        stats.prompt_tokens, stats.prefill_seconds, stats.position = len(prompt), time.perf_counter() - start, pos + len(prompt)
+        for count in range(max_tokens):
+            stats.new_tokens += 1
+            yield token
+            if token in stop or count == max_tokens - 1 or stats.position >= model.max_seq_len:
+                return
+            start = time.perf_counter()
+            history.append(token)
+            logits = model.forward(np.array([token]), stats.position)
+            stats.position += 1
+            token = sampler(logits[-1], history)
+            stats.decode_seconds += time.perf_counter() - start
     ### END SOLUTION
 
 

@@ -278,7 +278,7 @@ def test_too_short_for_a_header(small):
 
 @pytest.mark.parametrize("cut", [30, 120, 400])
 def test_truncated_metadata(small, cut):
-    open_fails(damaged(small, small.read_bytes()[:cut]), r"truncated (metadata|name of tensor|info of tensor)")
+    open_fails(damaged(small, small.read_bytes()[:cut]), r"truncated (metadata|name of tensor|info of tensor)|more than \d+ bytes can hold")
 
 
 def test_truncated_tensor_infos(small):

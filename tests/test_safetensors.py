@@ -95,7 +95,7 @@ def test_load_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert load_config(tmp_path) == config and load_config(tmp_path / "config.json") == config
     (tmp_path / "config.json").write_text('{"hidden_size": 576,')
-    with pytest.raises(SafetensorsError, match=r"config.json: not valid JSON"):
+    with pytest.raises(SafetensorsError, match=r"config.json: the file is not valid JSON"):
         load_config(tmp_path)
 
 
@@ -132,7 +132,7 @@ def test_header_not_json(tmp_path):
 
 def test_entry_without_data_offsets(tmp_path):
     open_fails(write_raw(tmp_path / "k.safetensors", {"w": {"dtype": "F32", "shape": [1]}}, bytes(4)),
-               r"tensor 'w' needs dtype, shape and data_offsets")
+               r"tensor 'w' needs a dtype string, a shape of integers >= 0 and data_offsets")
 
 
 def test_offsets_out_of_range(tmp_path):

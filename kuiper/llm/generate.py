@@ -39,24 +39,26 @@ class Stats:
 
 def generate(model: Llama, prompt: Sequence[int], sampler: Sampler, max_tokens: int,
              stop: Sequence[int] = (), pos: int = 0, stats: Stats | None = None) -> Iterator[int]:
-    """Yield up to `max_tokens` new token ids after `prompt`, whose first token goes to cache position `pos`."""
+    """Yield up to `max_tokens` new token ids after `prompt`, whose first token goes to cache position `pos`;
+    generation ends early, without an error, at a stop id or when the KV cache is full."""
     stats = Stats() if stats is None else stats
-    start = time.perf_counter()
-    logits = model.forward(np.asarray(prompt), pos)
-    history = list(prompt)
-    token = sampler(logits[-1], history)
-    stats.prompt_tokens, stats.prefill_seconds, stats.position = len(prompt), time.perf_counter() - start, pos + len(prompt)
-    for count in range(max_tokens):
-        stats.new_tokens += 1
-        yield token
-        if token in stop or count == max_tokens - 1:
-            return
+    with model.in_use():
         start = time.perf_counter()
-        history.append(token)
-        logits = model.forward(np.array([token]), stats.position)
-        stats.position += 1
+        logits = model.forward(np.asarray(prompt), pos)
+        history = list(prompt)
         token = sampler(logits[-1], history)
-        stats.decode_seconds += time.perf_counter() - start
+        stats.prompt_tokens, stats.prefill_seconds, stats.position = len(prompt), time.perf_counter() - start, pos + len(prompt)
+        for count in range(max_tokens):
+            stats.new_tokens += 1
+            yield token
+            if token in stop or count == max_tokens - 1 or stats.position >= model.max_seq_len:
+                return
+            start = time.perf_counter()
+            history.append(token)
+            logits = model.forward(np.array([token]), stats.position)
+            stats.position += 1
+            token = sampler(logits[-1], history)
+            stats.decode_seconds += time.perf_counter() - start
 
 
 class Chat:

@@ -35,6 +35,7 @@ VALUE_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 
                  10: "<Q", 11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
 DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4  # ggml's GGML_MAX_DIMS
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class Cursor:
         if type_id != ARRAY:
             raise GGUFError(f"{self.path}: {what} has unknown value type {type_id} (0 to 12)")
         item_type, n = self.scalar("<I", what), self.scalar("<Q", what)
+        if item_type == ARRAY:
+            raise GGUFError(f"{self.path}: {what} is an array of arrays, which GGUF metadata never holds")
         if n > len(self.buffer) - self.at:  # every element takes at least a byte
             raise GGUFError(f"{self.path}: truncated {what}: an array of {n} elements at offset "
                             f"{self.at}, but the file ends at {len(self.buffer)}")
@@ -98,7 +101,11 @@ class GGUFFile:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        with open(self.path, "rb") as file:
+        try:
+            file = open(self.path, "rb")
+        except OSError as err:
+            raise GGUFError(f"{self.path}: cannot open it: {err.strerror}") from None
+        with file:
             size = file.seek(0, 2)
             if size < 24:
                 raise GGUFError(f"{self.path}: {size} bytes is too short for a GGUF header (24 bytes)")
@@ -111,6 +118,9 @@ class GGUFFile:
             hint = " (a big-endian file?)" if self.version >> 24 in (2, 3) else ""
             raise GGUFError(f"{self.path}: GGUF version {self.version}{hint} is not supported, only 2 and 3")
         n_tensors, n_kv = cursor.scalar("<Q", "header"), cursor.scalar("<Q", "header")
+        for count, what, least in ((n_kv, "metadata entries", 13), (n_tensors, "tensors", 24)):
+            if count * least > size:  # the smallest entry: an empty name, its type and its value or info
+                raise GGUFError(f"{self.path}: the header promises {count} {what}, more than {size} bytes can hold")
         self.metadata = self._read_metadata(cursor, n_kv)
         self.tensors = self._read_tensor_infos(cursor, n_tensors)
 
@@ -131,6 +141,8 @@ class GGUFFile:
             name = cursor.string(f"name of tensor #{i}")
             what = f"info of tensor {name!r}"
             n_dims = cursor.scalar("<I", what)
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise GGUFError(f"{self.path}: tensor {name!r} has {n_dims} dimensions; GGUF allows 1 to {MAX_DIMS}")
             ne = [cursor.scalar("<Q", what) for _ in range(n_dims)]
             found.append((name, ne, cursor.scalar("<I", what), cursor.scalar("<Q", what)))
         alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
@@ -142,6 +154,7 @@ class GGUFFile:
             if name in tensors:
                 raise GGUFError(f"{self.path}: tensor {name!r} appears twice")
             tensors[name] = self._place(name, ne, type_id, data_start + offset, offset % alignment)
+        check_disjoint(self.path, tensors.values())
         return tensors
 
     def _place(self, name: str, ne: list[int], type_id: int, start: int, misalignment: int) -> TensorInfo:
@@ -150,7 +163,9 @@ class GGUFFile:
             raise GGUFError(f"{self.path}: tensor {name!r} has unknown ggml type id {type_id}")
         type_name, block, block_bytes = GGML_TYPES[type_id]
         shape = tuple(reversed(ne))
-        if ne and ne[0] % block:
+        if min(ne) == 0:
+            raise GGUFError(f"{self.path}: tensor {name!r} has a dimension of 0 in {shape}")
+        if ne[0] % block:
             raise GGUFError(f"{self.path}: tensor {name!r} ({type_name}) has rows of {ne[0]} elements, "
                             f"not a multiple of its block size {block}")
         if misalignment:
@@ -181,6 +196,16 @@ class GGUFFile:
             raise GGUFError(f"{self.path}: tensor {name!r} has type {info.type} (id {TYPE_IDS[info.type]}), "
                             f"which kuiper cannot dequantize; supported: F32, F16, BF16, {', '.join(KERNELS)}")
         return dequantize(self.raw(name), info.type, info.shape)
+
+
+def check_disjoint(path: Path, infos: Any) -> None:
+    """GGUFError if the bytes of two tensors overlap: each would read the other's data."""
+    previous = None
+    for info in sorted(infos, key=lambda info: (info.offset, info.nbytes)):
+        if previous is not None and info.offset < previous.offset + previous.nbytes:
+            raise GGUFError(f"{path}: tensors {previous.name!r} (bytes {previous.offset} to "
+                            f"{previous.offset + previous.nbytes}) and {info.name!r} (from byte {info.offset}) overlap")
+        previous = info
 
 
 @njit(cache=True)

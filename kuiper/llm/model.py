@@ -4,17 +4,19 @@ from __future__ import annotations
 import importlib
 import json
 import math
-from dataclasses import dataclass, field
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from kuiper.cuda.device import simulating, to_device
-from kuiper.errors import DeviceError, KuiperError, ShapeError
+from kuiper.errors import DeviceError, GGUFError, KuiperError, SafetensorsError, ShapeError
 from kuiper.llm import ops as cpu_ops
 from kuiper.llm.gguf import GGUFFile
-from kuiper.llm.safetensors import load_config, SafetensorsFile
+from kuiper.llm.safetensors import load_config, open_checkpoint
 from kuiper.llm.tokenizer import BPETokenizer, load_tokenizer, Tokenizer
 
 
@@ -39,36 +41,136 @@ class Config:
     arch: str = "llama"
 
 
-def config_from_gguf(meta: dict[str, Any]) -> Config:
-    """The Config stored in a GGUF file's metadata under `<architecture>.*` keys."""
-    arch = meta["general.architecture"]
-    key = lambda name, default=None: meta.get(f"{arch}.{name}", default)  # noqa: E731
-    n_heads = int(key("attention.head_count"))
-    return Config(
-        dim=int(key("embedding_length")), n_layers=int(key("block_count")), n_heads=n_heads,
-        n_kv_heads=int(key("attention.head_count_kv", n_heads)),
-        head_dim=int(key("attention.key_length", int(key("embedding_length")) // n_heads)),
-        hidden_dim=int(key("feed_forward_length")),
-        vocab_size=int(key("vocab_size", len(meta.get("tokenizer.ggml.tokens", ())))),
-        norm_eps=float(key("attention.layer_norm_rms_epsilon")), rope_theta=float(key("rope.freq_base", 10000.0)),
-        context_length=int(key("context_length")), arch=arch,
-        qkv_bias=arch == "qwen2", qk_norm=arch == "qwen3")
+#: The architectures this decoder runs: GGUF's general.architecture and config.json's model_type.
+ARCHITECTURES = ("llama", "qwen2", "qwen3")
+#: RoPE scalings rope_frequencies computes exactly as transformers does (within the model's context).
+ROPE_SCALINGS = ("default", "linear", "dynamic", "llama3", "yarn")
+MISSING = object()
 
 
-def config_from_hf(hf: dict[str, Any]) -> Config:
-    """The Config of a Hugging Face `config.json` (Llama, Qwen2, Qwen3)."""
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+def setting(values: dict[str, Any], key: str, where: str, error: type[KuiperError], default: Any = MISSING,
+            kind: type = int, positive: bool = True) -> Any:
+    """values[key] checked to be a `kind` (int: not a bool; float: any finite number) and > 0 when
+    `positive`; `default` when absent (None counts as absent). `error` names `where` and the key."""
+    value = values.get(key)
+    if value is None:
+        if default is MISSING:
+            raise error(f"{where}: {key} is missing")
+        return default
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        numeric = numeric and float(value).is_integer()
+    ok = numeric and math.isfinite(value) and (value > 0 or not positive) if kind in (int, float) else isinstance(value, kind)
+    if not ok:
+        wanted = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "an object"}[kind]
+        raise error(f"{where}: {key} must be {wanted}{' > 0' if positive and kind in (int, float) else ''}, "
+                    f"got {value!r}")
+    return kind(value)
+
+
+def check_config(config: Config, where: str, error: type[KuiperError]) -> Config:
+    """`config` after the checks that relate its sizes to each other; `error` names `where`."""
+    if config.n_heads % config.n_kv_heads:
+        raise error(f"{where}: {config.n_heads} attention heads cannot share {config.n_kv_heads} key/value heads")
+    if config.head_dim % 2:
+        raise error(f"{where}: head dimension {config.head_dim} is odd; RoPE turns pairs of values")
+    check_rope_scaling(config.rope_scaling, where, error)
+    if config.rope_scaling.get("rope_type") == "yarn" and config.rope_theta <= 1:
+        raise error(f"{where}: YaRN needs a rope_theta > 1, got {config.rope_theta}")
+    return config
+
+
+def with_original_context(scaling: dict[str, Any], context_length: int) -> dict[str, Any]:
+    """`scaling` with original_max_position_embeddings, which transformers defaults to the context
+    length for yarn, llama3 and longrope."""
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind not in ("yarn", "llama3", "longrope") or scaling.get("original_max_position_embeddings") is not None:
+        return scaling
+    return {**scaling, "original_max_position_embeddings": context_length}
+
+
+def check_rope_scaling(scaling: dict[str, Any], where: str, error: type[KuiperError]) -> None:
+    """Refuse by name a RoPE scaling kuiper does not compute, or one whose parameters are missing."""
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in ROPE_SCALINGS:
+        raise error(f"{where}: rope_scaling type {kind!r} is not implemented; kuiper computes "
+                    f"{', '.join(ROPE_SCALINGS)}")
+    needed = {"linear": ("factor",), "dynamic": ("factor",), "yarn": ("factor", "original_max_position_embeddings"),
+              "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+    for key in needed.get(kind, ()):
+        setting(scaling, key, f"{where}: rope_scaling", error, kind=float)
+    for key in ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim"):
+        setting(scaling, key, f"{where}: rope_scaling", error, None, float)
+    if setting(scaling, "partial_rotary_factor", f"{where}: rope_scaling", error, 1.0, float) != 1.0:
+        raise error(f"{where}: rope_scaling partial_rotary_factor {scaling['partial_rotary_factor']} is not "
+                    "implemented; kuiper rotates the whole head")
+    if kind == "llama3" and scaling["low_freq_factor"] == scaling["high_freq_factor"]:
+        raise error(f"{where}: rope_scaling low_freq_factor and high_freq_factor are equal ({scaling['low_freq_factor']})")
+
+
+def config_from_gguf(meta: dict[str, Any], where: str = "GGUF metadata") -> Config:
+    """The Config stored in a GGUF file's metadata under `<architecture>.*` keys; GGUFError naming
+    `where` (the file) and the key for a missing, mistyped, zero or unsupported value."""
+    arch = setting(meta, "general.architecture", where, GGUFError, kind=str)
+    if arch not in ARCHITECTURES:
+        raise GGUFError(f"{where}: general.architecture {arch!r} is not one kuiper runs ({', '.join(ARCHITECTURES)})")
+
+    def key(name: str, default: Any = MISSING, kind: type = int) -> Any:
+        return setting(meta, f"{arch}.{name}", where, GGUFError, default, kind)
+
+    key.where = f"{where}: {arch}"
+
+    dim, n_heads = key("embedding_length"), key("attention.head_count")
+    vocab = key("vocab_size", len(meta.get("tokenizer.ggml.tokens", ())) or MISSING)
+    return check_config(Config(
+        dim=dim, n_layers=key("block_count"), n_heads=n_heads,
+        n_kv_heads=key("attention.head_count_kv", n_heads), head_dim=key("attention.key_length", dim // n_heads or MISSING),
+        hidden_dim=key("feed_forward_length"), vocab_size=vocab,
+        norm_eps=key("attention.layer_norm_rms_epsilon", kind=float), rope_theta=key("rope.freq_base", 10000.0, float),
+        context_length=key("context_length"),
+        rope_scaling=with_original_context(gguf_rope_scaling(key), key("context_length")), arch=arch,
+        qkv_bias=arch == "qwen2", qk_norm=arch == "qwen3"), where, GGUFError)
+
+
+def gguf_rope_scaling(key: Any) -> dict[str, Any]:
+    """GGUF's <arch>.rope.scaling.* keys, read by `key(name, default, kind)`, as a config.json
+    rope_scaling dict (Llama 3's scaling comes as the rope_freqs tensor instead)."""
+    kind = key("rope.scaling.type", "none", str)
+    if kind == "none":
+        return {}
+    for name in ("rope.scaling.attn_factor", "rope.scaling.yarn_log_multiplier", "rope.scaling.yarn_ext_factor"):
+        if key(name, None, float) is not None:
+            raise GGUFError(f"{key.where}.{name} is not implemented; kuiper reads rope.scaling.type, factor "
+                            "and original_context_length")
+    found = {"rope_type": kind, "factor": key("rope.scaling.factor", None, float),
+             "original_max_position_embeddings": key("rope.scaling.original_context_length", None)}
+    return {name: value for name, value in found.items() if value is not None}
+
+
+def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> Config:
+    """The Config of a Hugging Face `config.json` (Llama, Qwen2, Qwen3); SafetensorsError naming
+    `where` (the file) and the key for a missing, mistyped, zero or unsupported value."""
+    def key(name: str, default: Any = MISSING, kind: type = int, values: dict = hf) -> Any:
+        return setting(values, name, where, SafetensorsError, default, kind)
+
+    arch = key("model_type", "llama", str)
+    if arch not in ARCHITECTURES:
+        raise SafetensorsError(f"{where}: model_type {arch!r} is not one kuiper runs ({', '.join(ARCHITECTURES)})")
+    if key("hidden_act", "silu", str) != "silu":
+        raise SafetensorsError(f"{where}: hidden_act {hf['hidden_act']!r} is not implemented; kuiper's MLP is SwiGLU (silu)")
+    rope = key("rope_parameters", None, dict) or key("rope_scaling", None, dict) or {}
     scaling = rope if rope.get("rope_type", rope.get("type", "default")) != "default" else {}
-    arch = {"qwen2": "qwen2", "qwen3": "qwen3"}.get(hf.get("model_type"), "llama")
-    return Config(
-        dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
-        n_kv_heads=hf.get("num_key_value_heads", hf["num_attention_heads"]),
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
-        hidden_dim=hf["intermediate_size"], vocab_size=hf["vocab_size"], norm_eps=float(hf["rms_norm_eps"]),
-        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-        context_length=hf.get("max_position_embeddings", 2048), rope_scaling=dict(scaling),
-        tied_embeddings=hf.get("tie_word_embeddings", False), arch=arch,
-        qkv_bias=hf.get("attention_bias", arch == "qwen2"), qk_norm=arch == "qwen3")
+    dim, n_heads = key("hidden_size"), key("num_attention_heads")
+    return check_config(Config(
+        dim=dim, n_layers=key("num_hidden_layers"), n_heads=n_heads,
+        n_kv_heads=key("num_key_value_heads", n_heads), head_dim=key("head_dim", dim // n_heads or MISSING),
+        hidden_dim=key("intermediate_size"), vocab_size=key("vocab_size"), norm_eps=key("rms_norm_eps", kind=float),
+        rope_theta=key("rope_theta", key("rope_theta", 10000.0, float), float, values=rope),
+        context_length=key("max_position_embeddings", 2048),
+        rope_scaling=with_original_context(scaling, key("original_max_position_embeddings", None)
+                                           or key("max_position_embeddings", 2048)),
+        tied_embeddings=key("tie_word_embeddings", False, bool), arch=arch,
+        qkv_bias=key("attention_bias", arch == "qwen2", bool), qk_norm=arch == "qwen3"), where, SafetensorsError)
 
 
 @dataclass
@@ -98,13 +200,32 @@ class Llama:
         shape = (config.n_layers, config.n_kv_heads, self.max_seq_len, config.head_dim)
         self.k_cache, self.v_cache = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
         self.ops = cpu_ops
+        self.owner = threading.RLock()  # the KV cache holds one sequence: one thread at a time
+
+    @contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Hold the model (and its KV cache) for this thread; KuiperError if another thread holds it."""
+        if not self.owner.acquire(blocking=False):
+            raise KuiperError("this Llama is in use by another thread: its KV cache holds one sequence, "
+                              "so give each thread its own model")
+        try:
+            yield
+        finally:
+            self.owner.release()
 
     def forward(self, ids: np.ndarray, pos: int, all_logits: bool = False) -> np.ndarray:
-        """Logits (1, V) for the last of the T tokens `ids` at positions pos…pos+T-1 (all T rows if asked)."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        """Logits (1, V) for the last of the T tokens `ids` at positions pos…pos+T-1 (all T rows if asked);
+        ShapeError past the context or the vocabulary, KuiperError while another thread uses the model."""
+        with self.in_use():
+            return self._forward(np.asarray(ids, dtype=np.int64).reshape(-1), pos, all_logits)
+
+    def _forward(self, ids: np.ndarray, pos: int, all_logits: bool) -> np.ndarray:
+        """forward's work, with the model held."""
+        if not len(ids) or pos < 0:
+            raise ShapeError(f"forward needs at least one token at a position >= 0, got {len(ids)} at {pos}")
         if pos + len(ids) > self.max_seq_len:
             raise ShapeError(f"{pos} cached + {len(ids)} new tokens exceed the context of {self.max_seq_len}")
-        if len(ids) and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
             raise ShapeError(f"token ids must lie in 0..{self.config.vocab_size - 1}, got {ids.min()}..{ids.max()}")
         ops, eps = self.ops, self.config.norm_eps
         x = ops.embedding(self.embed, ids)
@@ -161,18 +282,47 @@ GGUF_NAMES = {"attn_norm": "attn_norm.weight", "wq": "attn_q.weight", "wk": "att
               "bq": "attn_q.bias", "bk": "attn_k.bias", "bv": "attn_v.bias", "q_norm": "attn_q_norm.weight",
               "k_norm": "attn_k_norm.weight", "wo": "attn_output.weight", "ffn_norm": "ffn_norm.weight",
               "gate": "ffn_gate.weight", "up": "ffn_up.weight", "down": "ffn_down.weight",
-              "embed": "token_embd.weight", "norm": "output_norm.weight", "head": "output.weight"}
+              "embed": "token_embd.weight", "norm": "output_norm.weight", "head": "output.weight",
+              "rope_freqs": "rope_freqs.weight", "layer": "blk.{}."}
 HF_NAMES = {"attn_norm": "input_layernorm.weight", "wq": "self_attn.q_proj.weight", "wk": "self_attn.k_proj.weight",
             "wv": "self_attn.v_proj.weight", "bq": "self_attn.q_proj.bias", "bk": "self_attn.k_proj.bias",
             "bv": "self_attn.v_proj.bias", "q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight",
             "wo": "self_attn.o_proj.weight", "ffn_norm": "post_attention_layernorm.weight",
             "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight", "down": "mlp.down_proj.weight",
-            "embed": "model.embed_tokens.weight", "norm": "model.norm.weight", "head": "lm_head.weight"}
+            "embed": "model.embed_tokens.weight", "norm": "model.norm.weight", "head": "lm_head.weight",
+            "layer": "model.layers.{}."}
 
 
 def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
     """GGUF llama q/k rows, RoPE pairs interleaved per head, back in rotate-half order."""
     return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def weight_shapes(config: Config) -> dict[str, tuple[int, ...]]:
+    """The shape each weight must have, in our names (PyTorch's (out, in) for matrices)."""
+    c, q, kv = config, config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+    return {"attn_norm": (c.dim,), "wq": (q, c.dim), "wk": (kv, c.dim), "wv": (kv, c.dim), "bq": (q,), "bk": (kv,),
+            "bv": (kv,), "q_norm": (c.head_dim,), "k_norm": (c.head_dim,), "wo": (c.dim, q), "ffn_norm": (c.dim,),
+            "gate": (c.hidden_dim, c.dim), "up": (c.hidden_dim, c.dim), "down": (c.dim, c.hidden_dim),
+            "embed": (c.vocab_size, c.dim), "norm": (c.dim,), "head": (c.vocab_size, c.dim),
+            "rope_freqs": (c.head_dim // 2,)}
+
+
+def checked_reader(weights: Any, config: Config, names: dict[str, str], error: type[KuiperError]) -> Any:
+    """get(name, layer=None): the tensor of our `name` from `weights` (a GGUFFile or safetensors file,
+    `names` its naming), after checking its stored shape against the config before reading it."""
+    expected = weight_shapes(config)
+
+    def get(name: str, layer: int | None = None) -> np.ndarray:
+        stored = names[name] if layer is None else names["layer"].format(layer) + names[name]
+        if stored not in weights.tensors:
+            weights.tensor(stored)  # raises the file's error, naming the closest tensors
+        shape = tuple(weights.tensors[stored].shape)
+        if shape != expected[name]:
+            raise error(f"{weights.path}: tensor {stored!r} has shape {shape}, but the config needs {expected[name]}")
+        return weights.tensor(stored)
+
+    return get
 
 
 def build_block(config: Config, get: Any, interleaved: bool) -> Block:
@@ -188,25 +338,30 @@ def build_block(config: Config, get: Any, interleaved: bool) -> Block:
 
 
 def model_from_gguf(file: GGUFFile, max_seq_len: int = 2048) -> Llama:
-    """The Llama stored in an open GGUF file, dequantized to float32."""
-    config = config_from_gguf(file.metadata)
-    blocks = [build_block(config, lambda name: file.tensor(f"blk.{i}.{GGUF_NAMES[name]}"), config.arch == "llama")
-              for i in range(config.n_layers)]
-    embed = file.tensor("token_embd.weight")
-    head = file.tensor("output.weight") if "output.weight" in file.tensors else embed
-    factors = file.tensor("rope_freqs.weight") if "rope_freqs.weight" in file.tensors else None
-    return Llama(config, embed, blocks, file.tensor("output_norm.weight"), head, max_seq_len, factors)
+    """The Llama stored in an open GGUF file, dequantized to float32; GGUFError naming the key or
+    tensor whose value or shape does not fit the config."""
+    config = config_from_gguf(file.metadata, str(file.path))
+    rows = file.info(GGUF_NAMES["embed"]).shape[0]
+    if f"{config.arch}.vocab_size" not in file.metadata and rows > config.vocab_size:
+        config = replace(config, vocab_size=rows)  # an embedding padded past the tokenizer's tokens (Qwen)
+    get = checked_reader(file, config, GGUF_NAMES, GGUFError)
+    blocks = [build_block(config, lambda name: get(name, i), config.arch == "llama") for i in range(config.n_layers)]
+    embed = get("embed")
+    head = get("head") if GGUF_NAMES["head"] in file.tensors else embed
+    factors = get("rope_freqs") if GGUF_NAMES["rope_freqs"] in file.tensors else None
+    return Llama(config, embed, blocks, get("norm"), head, max_seq_len, factors)
 
 
 def model_from_hf(folder: Path, max_seq_len: int = 2048) -> Llama:
-    """The Llama in a Hugging Face folder: config.json and model.safetensors."""
-    config = config_from_hf(load_config(folder / "config.json"))
-    weights = SafetensorsFile(folder / "model.safetensors")
-    blocks = [build_block(config, lambda name: weights.tensor(f"model.layers.{i}.{HF_NAMES[name]}"), False)
-              for i in range(config.n_layers)]
-    embed = weights.tensor(HF_NAMES["embed"])
-    head = weights.tensor(HF_NAMES["head"]) if HF_NAMES["head"] in weights.tensors else embed
-    return Llama(config, embed, blocks, weights.tensor(HF_NAMES["norm"]), head, max_seq_len)
+    """The Llama in a Hugging Face folder: config.json and model.safetensors (or the shards of
+    model.safetensors.index.json); SafetensorsError naming the key or tensor that does not fit."""
+    config = config_from_hf(load_config(folder / "config.json"), str(folder / "config.json"))
+    weights = open_checkpoint(folder)
+    get = checked_reader(weights, config, HF_NAMES, SafetensorsError)
+    blocks = [build_block(config, lambda name: get(name, i), False) for i in range(config.n_layers)]
+    embed = get("embed")
+    head = get("head") if HF_NAMES["head"] in weights.tensors else embed
+    return Llama(config, embed, blocks, get("norm"), head, max_seq_len)
 
 
 def load(path: str | Path, max_seq_len: int = 2048) -> tuple[Llama, Tokenizer | None]:

@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=True, error_model="numpy", cache=True)  # numpy: x / 0 is inf, never an exception
 def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """Each row of x (T, D) divided by its root mean square, times the gain `weight` (D,)."""
     out = np.empty_like(x)
@@ -27,7 +27,7 @@ def embedding(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return table[ids]
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=True, error_model="numpy", cache=True)
 def swiglu(gate_up: np.ndarray) -> np.ndarray:
     """SiLU(gate) · up for the fused projection [gate | up] (T, 2F): (T, F)."""
     half = gate_up.shape[1] // 2
@@ -60,9 +60,16 @@ def matmul(x: np.ndarray, w: Any) -> np.ndarray:
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None = None) -> np.ndarray:
-    """θ_i = theta^(-2i/d) for each of the head_dim/2 pairs, with Llama 3's long-context scaling if given."""
+    """θ_i = theta^(-2i/d) for each of the head_dim/2 pairs, scaled as transformers' rope_type says:
+    linear divides every θ_i by `factor`; dynamic (NTK) changes nothing up to the model's context,
+    which bounds our cache; llama3 divides only the long wavelengths (Meta's Llama 3.1 formula)."""
     inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    if scaling and scaling.get("rope_type", scaling.get("type")) == "llama3":
+    kind = scaling.get("rope_type", scaling.get("type")) if scaling else None
+    if kind == "linear":
+        inv = inv / scaling["factor"]
+    if kind == "yarn":
+        inv = yarn_frequencies(inv, head_dim, theta, scaling)
+    if kind == "llama3":
         factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
         old = scaling["original_max_position_embeddings"]
         wavelength = 2 * math.pi / inv
@@ -71,14 +78,48 @@ def rope_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None
     return inv
 
 
+def yarn_frequencies(inv: np.ndarray, head_dim: int, theta: float, scaling: dict[str, Any]) -> np.ndarray:
+    """YaRN's θ_i (Peng et al. 2023, as transformers' _compute_yarn_parameters): θ_i / factor for the
+    pairs that turn fewer than beta_slow times in the original context, θ_i for those that turn more
+    than beta_fast times, a linear ramp over the pair index between."""
+    factor, original = scaling["factor"], scaling["original_max_position_embeddings"]
+
+    def pair_turning(rotations: float) -> float:  # the pair index that turns `rotations` times in `original`
+        return head_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = pair_turning(scaling.get("beta_fast") or 32), pair_turning(scaling.get("beta_slow") or 1)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    ramp = np.clip((np.arange(head_dim // 2) - low) / ((high + 0.001 if low == high else high) - low), 0.0, 1.0)
+    return inv / factor * ramp + inv * (1 - ramp)
+
+
+def rope_attention_factor(scaling: dict[str, Any] | None) -> float:
+    """The factor YaRN multiplies cos and sin by (its attention_factor, else 0.1·ln(factor) + 1, or
+    the ratio of two such with mscale and mscale_all_dim); 1 for every other scaling."""
+    if not scaling or scaling.get("rope_type", scaling.get("type")) != "yarn":
+        return 1.0
+    if scaling.get("attention_factor") is not None:
+        return scaling["attention_factor"]
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    factor, m, m_all = scaling["factor"], scaling.get("mscale"), scaling.get("mscale_all_dim")
+    return mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+
+
 def rope_tables(head_dim: int, theta: float, positions: int, scaling: dict[str, Any] | None = None,
                 factors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """cos(mθ_i) and sin(mθ_i), float32 (positions, head_dim/2); `factors` divide θ_i (GGUF's rope_freqs)."""
+    """cos(mθ_i) and sin(mθ_i), float32 (positions, head_dim/2), times YaRN's attention factor;
+    `factors` divide θ_i (GGUF's rope_freqs)."""
     inv = rope_frequencies(head_dim, theta, scaling)
     if factors is not None:
         inv = inv / factors
     angles = np.outer(np.arange(positions, dtype=np.float64), inv)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    scale = rope_attention_factor(scaling)
+    return (scale * np.cos(angles)).astype(np.float32), (scale * np.sin(angles)).astype(np.float32)
 
 
 def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
@@ -105,7 +146,7 @@ def causal_attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, po
     return out.reshape(kv_heads, group, tokens, dim).transpose(2, 0, 1, 3).reshape(tokens, heads, dim)
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=True, error_model="numpy", cache=True)
 def _attention_one(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int, out: np.ndarray) -> None:
     heads, dim = q.shape
     group, scale = heads // k_cache.shape[0], np.float32(1.0 / math.sqrt(dim))

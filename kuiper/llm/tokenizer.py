@@ -7,8 +7,10 @@ import functools
 import itertools
 import json
 import struct
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import regex
 
@@ -146,6 +148,8 @@ class BPETokenizer(Tokenizer):
     """Byte-level BPE (GPT-2, SmolLM2, Qwen): cut the text with regexes, then merge the bytes of
     each piece, always the adjacent pair with the lowest rank."""
 
+    normal_forms: tuple[str, ...] = ()  # Unicode normalizations applied first (tokenizer.json's normalizer)
+
     def __init__(self, pieces: list[str], merges: dict[tuple[bytes, bytes], int], *,
                  special: dict[str, int], patterns: Sequence[str], bos_id: int | None = None,
                  eos_id: int | None = None, ignore_merges: bool = False) -> None:
@@ -175,6 +179,8 @@ class BPETokenizer(Tokenizer):
         return tuple(self.vocab[part] for part in self.bpe(piece.encode()) if part in self.vocab)
 
     def encode_text(self, text: str) -> list[int]:
+        for form in self.normal_forms:
+            text = unicodedata.normalize(form, text)
         return [id for piece in pretokenize(text, self.patterns) for id in self._piece_ids(piece)]
 
     @classmethod
@@ -197,25 +203,28 @@ class BPETokenizer(Tokenizer):
     def from_tokenizer_json(cls, path: str | Path, *, bos: str | None = None, eos: str | None = None) -> BPETokenizer:
         """The byte-level BPE tokenizer a Hugging Face tokenizer.json describes; `bos` and `eos` name
         those tokens (tokenizer.json does not)."""
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        model = data.get("model", {})
-        if model.get("type") != "BPE" or data.get("normalizer") is not None:
-            raise TokenizerError(f"{path}: model {model.get('type')!r} with normalizer {data.get('normalizer')}; "
-                                 "kuiper reads byte-level BPE without a normalizer")
-        special = {token["content"]: token["id"] for token in data.get("added_tokens", [])}
+        data = read_json(path)
+        model = data.get("model") if isinstance(data.get("model"), dict) else {}
+        if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict) or not isinstance(model.get("merges"), list):
+            raise TokenizerError(f"{path}: model {model.get('type')!r}; kuiper reads byte-level BPE "
+                                 "(model.type BPE with a vocab object and a merges list)")
+        normal_forms = normalizer_steps(data.get("normalizer"), str(path))
+        special = added_tokens(data.get("added_tokens", []), str(path))
         ids = {**model["vocab"], **special}
-        pieces = [""] * (max(ids.values()) + 1)
-        for piece, id in ids.items():
-            pieces[id] = piece
+        pieces = vocabulary_pieces(ids, str(path))
         merges = {}
         for rank, merge in enumerate(model["merges"]):
-            left, right = merge.split(" ") if isinstance(merge, str) else merge
-            merges[from_byte_level(left), from_byte_level(right)] = rank
+            pair = merge.split(" ") if isinstance(merge, str) else merge
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair)):
+                raise TokenizerError(f"{path}: merge #{rank} {str(merge)[:60]!r} is not two tokens ('a b' or [a, b])")
+            merges[from_byte_level(pair[0]), from_byte_level(pair[1])] = rank
         for name in (bos, eos):
             if name is not None and name not in ids:
                 raise TokenizerError(f"{path}: no token {name!r} in model.vocab or added_tokens")
-        return cls(pieces, merges, special=special, patterns=_pattern_steps(data.get("pre_tokenizer"), str(path)),
-                   bos_id=ids.get(bos), eos_id=ids.get(eos), ignore_merges=model.get("ignore_merges", False))
+        tokenizer = cls(pieces, merges, special=special, patterns=_pattern_steps(data.get("pre_tokenizer"), str(path)),
+                        bos_id=ids.get(bos), eos_id=ids.get(eos), ignore_merges=model.get("ignore_merges") is True)
+        tokenizer.normal_forms = normal_forms
+        return tokenizer
 
     @classmethod
     def from_tiktoken(cls, path: str | Path, *, patterns: Sequence[str], special: dict[str, int],
@@ -257,17 +266,91 @@ def special_tokens(pieces: Sequence[str], types: Sequence[int]) -> dict[str, int
 
 def _pattern_steps(step: dict | None, where: str) -> tuple[str, ...]:
     """The regexes of a tokenizer.json pre_tokenizer, in the order they apply."""
-    kind = step["type"] if step else None
-    if kind == "Sequence":
+    kind = step.get("type") if isinstance(step, dict) else None
+    if kind == "Sequence" and isinstance(step.get("pretokenizers"), list):
         return tuple(pattern for inner in step["pretokenizers"] for pattern in _pattern_steps(inner, where))
     if kind == "Digits":
         return (r"\p{N}" if step.get("individual_digits") else r"\p{N}+",)
     if kind == "ByteLevel" and not step.get("add_prefix_space"):
         return (GPT2_PATTERN,) if step.get("use_regex", True) else ()
-    if kind == "Split" and step.get("behavior") == "Isolated" and "Regex" in step.get("pattern", {}):
-        return (step["pattern"]["Regex"],)
+    pattern = step.get("pattern") if kind == "Split" else None
+    if step and kind == "Split" and step.get("behavior") == "Isolated" and isinstance(pattern, dict):
+        try:
+            return (regex.compile(pattern.get("Regex")).pattern,)
+        except (TypeError, regex.error) as err:
+            raise TokenizerError(f"{where}: pre_tokenizer Split's Regex {pattern.get('Regex')!r} is not a "
+                                 f"regular expression: {err}") from None
     raise TokenizerError(f"{where}: pre_tokenizer {json.dumps(step)[:120]} is not one kuiper reads "
                          "(Sequence, Digits, ByteLevel without prefix space, Split of a regex, Isolated)")
+
+
+
+
+def read_json(path: str | Path) -> dict:
+    """The JSON object in file `path`; TokenizerError if it cannot be read, parsed, or is no object."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except OSError as err:
+        raise TokenizerError(f"{path}: cannot read it: {err.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TokenizerError(f"{path}: not valid JSON: {err}") from None
+    except RecursionError:
+        raise TokenizerError(f"{path}: nests JSON values too deep to read") from None
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{path}: must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+#: tokenizer.json normalizers that are one Unicode normalization form each (unicodedata.normalize).
+NORMAL_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
+
+
+def normalizer_steps(step: dict | None, where: str) -> tuple[str, ...]:
+    """The Unicode normal forms a tokenizer.json normalizer applies, in order (Qwen's is NFC)."""
+    kind = step.get("type") if isinstance(step, dict) else step
+    if kind is None:
+        return ()
+    if kind in NORMAL_FORMS:
+        return (kind,)
+    if kind == "Sequence" and isinstance(step.get("normalizers"), list):
+        return tuple(form for inner in step["normalizers"] for form in normalizer_steps(inner, where))
+    raise TokenizerError(f"{where}: normalizer {json.dumps(step)[:120]} is not one kuiper applies "
+                         f"({', '.join(NORMAL_FORMS)}, or a Sequence of them)")
+
+
+def added_tokens(entries: Any, where: str) -> dict[str, int]:
+    """tokenizer.json's added_tokens as content -> id; TokenizerError for an empty, duplicate or malformed one."""
+    if not isinstance(entries, list):
+        raise TokenizerError(f"{where}: added_tokens must be a list, got {type(entries).__name__}")
+    special: dict[str, int] = {}
+    for i, token in enumerate(entries):
+        content, id = (token.get("content"), token.get("id")) if isinstance(token, dict) else (None, None)
+        if not isinstance(content, str) or not content or not is_token_id(id):
+            raise TokenizerError(f"{where}: added token #{i} needs a non-empty content and an id >= 0, "
+                                 f"got {str(token)[:80]}")
+        if special.get(content, id) != id:
+            raise TokenizerError(f"{where}: added token {content!r} appears with ids {special[content]} and {id}")
+        special[content] = id
+    return special
+
+
+def is_token_id(value: Any) -> bool:
+    """True for an integer >= 0 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def vocabulary_pieces(ids: dict[str, int], where: str) -> list[str]:
+    """The pieces in id order; TokenizerError, before allocating, unless the ids are exactly 0..N-1."""
+    for piece, id in ids.items():
+        if not is_token_id(id) or id >= len(ids):
+            raise TokenizerError(f"{where}: token {piece!r} has id {id!r}; the {len(ids)} tokens need ids "
+                                 f"0..{len(ids) - 1}")
+    pieces = [""] * len(ids)
+    for piece, id in ids.items():
+        if pieces[id]:
+            raise TokenizerError(f"{where}: tokens {pieces[id]!r} and {piece!r} share id {id}")
+        pieces[id] = piece
+    return pieces
 
 
 class StreamDecoder:
