@@ -308,47 +308,8 @@ def _read_metadata(self, cursor: Cursor, n_kv: int) -> dict[str, Any]:
     return metadata
 
 
-# %% [markdown]
-# ## Exercise 9.2 — the tensor table and the aligned data section
-#
-# After the metadata come `n_tensors` tensor infos: a name (`string`), `n_dims` (`u32`), the `ne`
-# (`n_dims` × `u64`, innermost first), the ggml type (`u32`) and the offset (`u64`). Read them all
-# first: the data section starts only after the last one, at the next multiple of
-# `general.alignment` (32 when the metadata has no such key), and each offset counts from there.
-# Then place each tensor with `self._place(name, ne, type_id, absolute start, offset % alignment)`,
-# given below, which checks the type and the size and returns its `TensorInfo`. An alignment that
-# is not a power of two, or a name that appears twice, is a `GGUFError`.
-
 # %%
 #| export llm.gguf
-#| exercise: read name, n_dims, ne, type, offset of each tensor; data starts at the cursor rounded up to general.alignment (default 32); place each at data_start + offset
-@patch_to(GGUFFile)
-def _read_tensor_infos(self, cursor: Cursor, n_tensors: int) -> dict[str, TensorInfo]:
-    """The tensor infos, each placed in the aligned data section that follows them."""
-    ### BEGIN SOLUTION
-    found = []
-    for i in range(n_tensors):
-        name = cursor.string(f"name of tensor #{i}")
-        what = f"info of tensor {name!r}"
-        n_dims = cursor.scalar("<I", what)
-        ne = [cursor.scalar("<Q", what) for _ in range(n_dims)]
-        found.append((name, ne, cursor.scalar("<I", what), cursor.scalar("<Q", what)))
-    alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise GGUFError(f"{self.path}: general.alignment must be a power of two, got {alignment!r}")
-    data_start = -(-cursor.at // alignment) * alignment
-    tensors = {}
-    for name, ne, type_id, offset in found:
-        if name in tensors:
-            raise GGUFError(f"{self.path}: tensor {name!r} appears twice")
-        tensors[name] = self._place(name, ne, type_id, data_start + offset, offset % alignment)
-    return tensors
-    ### END SOLUTION
-
-
-# %%
-#| export llm.gguf
-
 @patch_to(GGUFFile)
 def _place(self, name: str, ne: list[int], type_id: int, start: int, misalignment: int) -> TensorInfo:
     """The TensorInfo of one tensor, after checking its type and that its bytes lie in the file."""
@@ -383,6 +344,44 @@ def raw(self, name: str) -> np.ndarray:
     """The stored bytes of tensor `name`, as a read-only uint8 view of the mapped file."""
     info = self.info(name)
     return np.frombuffer(self._buffer, np.uint8, info.nbytes, info.offset)
+
+
+# %% [markdown]
+# ## Exercise 9.2 — the tensor table and the aligned data section
+#
+# After the metadata come `n_tensors` tensor infos: a name (`string`), `n_dims` (`u32`), the `ne`
+# (`n_dims` × `u64`, innermost first), the ggml type (`u32`) and the offset (`u64`). Read them all
+# first: the data section starts only after the last one, at the next multiple of
+# `general.alignment` (32 when the metadata has no such key), and each offset counts from there.
+# Then place each tensor with `self._place(name, ne, type_id, absolute start, offset % alignment)`,
+# given above, which checks the type and the size and returns its `TensorInfo`. An alignment that
+# is not a power of two, or a name that appears twice, is a `GGUFError`.
+
+# %%
+#| export llm.gguf
+#| exercise: read name, n_dims, ne, type, offset of each tensor; data starts at the cursor rounded up to general.alignment (default 32); place each at data_start + offset
+@patch_to(GGUFFile)
+def _read_tensor_infos(self, cursor: Cursor, n_tensors: int) -> dict[str, TensorInfo]:
+    """The tensor infos, each placed in the aligned data section that follows them."""
+    ### BEGIN SOLUTION
+    found = []
+    for i in range(n_tensors):
+        name = cursor.string(f"name of tensor #{i}")
+        what = f"info of tensor {name!r}"
+        n_dims = cursor.scalar("<I", what)
+        ne = [cursor.scalar("<Q", what) for _ in range(n_dims)]
+        found.append((name, ne, cursor.scalar("<I", what), cursor.scalar("<Q", what)))
+    alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise GGUFError(f"{self.path}: general.alignment must be a power of two, got {alignment!r}")
+    data_start = -(-cursor.at // alignment) * alignment
+    tensors = {}
+    for name, ne, type_id, offset in found:
+        if name in tensors:
+            raise GGUFError(f"{self.path}: tensor {name!r} appears twice")
+        tensors[name] = self._place(name, ne, type_id, data_start + offset, offset % alignment)
+    return tensors
+    ### END SOLUTION
 
 
 # %%
@@ -866,40 +865,6 @@ def tensor(self, name: str) -> np.ndarray:
 
 
 # %%
-#| export llm.safetensors
-def save_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    """Write numpy arrays as a .safetensors file (no BF16: numpy has no such dtype)."""
-    names = {np.dtype(v).newbyteorder("<"): k for k, v in DTYPES.items() if k != "BF16"}
-    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
-    arrays, offset = [], 0
-    for name, array in tensors.items():
-        array = np.asarray(array)
-        if array.dtype.newbyteorder("<") not in names:
-            raise SafetensorsError(f"{path}: tensor {name!r} has dtype {array.dtype}, which safetensors cannot store")
-        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
-        header[name] = {"dtype": names[array.dtype], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + array.nbytes]}
-        arrays.append(array)
-        offset += array.nbytes
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as file:
-        file.write(struct.pack("<Q", len(text)) + text)
-        for array in arrays:
-            file.write(array.tobytes())
-
-
-def load_config(path: str | Path) -> dict[str, Any]:
-    """A model's config.json as a dict; `path` is the file or the folder that holds it."""
-    path = Path(path)
-    path = path / "config.json" if path.is_dir() else path
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SafetensorsError(f"{path}: not valid JSON: {err}") from None
-
-
-# %%
 def write_safetensors(path: Path, header: dict, data: bytes) -> Path:
     """A .safetensors file with this JSON header and these data bytes, however wrong they are."""
     text = json.dumps(header).encode()
@@ -932,6 +897,45 @@ with check("Exercise 9.7"), tempfile.TemporaryDirectory() as folder:
             assert wanted in str(err), f"{header}: expected a SafetensorsError saying {wanted!r}, got {err}"
         else:
             raise AssertionError(f"{header} on 8 data bytes: expected a SafetensorsError, got none")
+
+# %% [markdown]
+# Writing is the same layout in the other direction: a header of dtypes, shapes and offsets, padded
+# with spaces to a multiple of 8 bytes, then the arrays one after another. `load_config` reads the
+# `config.json` that sits next to the weights.
+
+# %%
+#| export llm.safetensors
+def save_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    """Write numpy arrays as a .safetensors file (no BF16: numpy has no such dtype)."""
+    names = {np.dtype(v).newbyteorder("<"): k for k, v in DTYPES.items() if k != "BF16"}
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    arrays, offset = [], 0
+    for name, array in tensors.items():
+        array = np.asarray(array)
+        if array.dtype.newbyteorder("<") not in names:
+            raise SafetensorsError(f"{path}: tensor {name!r} has dtype {array.dtype}, which safetensors cannot store")
+        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        header[name] = {"dtype": names[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        arrays.append(array)
+        offset += array.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as file:
+        file.write(struct.pack("<Q", len(text)) + text)
+        for array in arrays:
+            file.write(array.tobytes())
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """A model's config.json as a dict; `path` is the file or the folder that holds it."""
+    path = Path(path)
+    path = path / "config.json" if path.is_dir() else path
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SafetensorsError(f"{path}: not valid JSON: {err}") from None
+
 
 # %% [markdown]
 # A round trip through PyTorch's writer: BF16, F16 and F32 tensors saved by `safetensors.torch`,
