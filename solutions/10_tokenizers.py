@@ -23,16 +23,29 @@
 # | exercise | what |
 # |---|---|
 # | 10.1 | bytes as printable characters (byte-level BPE) |
-# | 10.2 | the SentencePiece merge loop |
+# | 10.2 | pre-tokenization: cut the text with regexes |
+# | 10.3 | the byte-level BPE merge loop, by rank |
+# | 10.4 | read the protobuf wire format of a SentencePiece model |
+# | 10.5 | the SentencePiece merge loop, by score |
+# | 10.6 | SentencePiece ids with byte fallback |
+# | 10.7 | the ChatML chat template |
 
 # %%
 #| default_exp llm.tokenizer
 
 # %%
+import importlib.util
+import itertools
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
 import numpy as np
 
-import kuiper
-from kuiper.course import DATA, agreement, check
+from kuiper.course import DATA, LONG, check, package_file, patch_to
+from kuiper.errors import KuiperError
+from kuiper.llm.gguf import GGUFFile
 
 SMOLLM2 = DATA / "models" / "smollm2-135m-instruct-q4_1.gguf"
 
@@ -65,18 +78,6 @@ SMOLLM2 = DATA / "models" / "smollm2-135m-instruct-q4_1.gguf"
 # token types, and the ids of the special tokens.
 
 # %%
-import itertools
-import tempfile
-import time
-from pathlib import Path
-
-import matplotlib.pyplot as plt
-
-from kuiper.course import DATA, check, package_file, patch_to
-from kuiper.errors import KuiperError
-from kuiper.llm.gguf import GGUFFile
-
-
 metadata = GGUFFile(SMOLLM2).metadata
 for name, value in metadata.items():
     if name.startswith("tokenizer."):
@@ -148,14 +149,15 @@ from tokenizers.pre_tokenizers import ByteLevel
 
 with check("Exercise 10.1"):
     table = bytes_to_unicode()
-    assert sorted(table) == list(range(256)), "one entry per byte 0-255"
-    assert set(table.values()) == set(ByteLevel.alphabet()), "the 256 characters of tokenizers' ByteLevel"
+    assert sorted(table) == list(range(256)), f"expected one entry per byte 0-255, got keys {sorted(table)[:5]}…"
+    missing = sorted(set(ByteLevel.alphabet()) - set(table.values()))
+    assert not missing, f"expected the 256 characters of tokenizers' ByteLevel, missing {missing[:8]}"
     got = table[0x20], table[0x0A], table[0]
-    assert got == ("Ġ", "Ċ", "Ā"), f"space, newline and byte 0 should be Ġ Ċ Ā, got {got}"
+    assert got == ("Ġ", "Ċ", "Ā"), f"space, newline and byte 0: expected Ġ Ċ Ā, got {got}"
     text = "naïve 中文\n"
     want = ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(text)[0][0]
     got = "".join(table[byte] for byte in text.encode())
-    assert got == want, f"{text!r} as byte characters: {got!r}, tokenizers says {want!r}"
+    assert got == want, f"{text!r} as byte characters: expected {want!r} (tokenizers), got {got!r}"
 
 # %% [markdown]
 # Two small helpers convert between the two forms. `from_byte_level` turns a vocabulary string
@@ -219,11 +221,18 @@ print(to_byte_level("中 is\n".encode()), from_byte_level("ä¸ŃĠisĊ").decode
 # `\p{L}` is any letter in any script (é, 中 and ع too), and `\p{N}` is any digit. Python's `re`
 # has no such classes, which is why kuiper uses the `regex` package. SmolLM2, like StarCoder, first
 # cuts out every digit on its own, so `1234` is read as four tokens `1 2 3 4`. That helps with
-# arithmetic. The GGUF field `tokenizer.ggml.pre` names the recipe. Each regex in turn splits every
-# piece into its matches and the gaps between them:
+# arithmetic. The GGUF field `tokenizer.ggml.pre` names the recipe.
+#
+# ## Exercise 10.2 — pre-tokenization
+#
+# Write `_isolate`: the matches of one compiled regex in `text` **and** the stretches between
+# them (llama.cpp and `tokenizers` keep those as pieces of their own), in order, never an empty
+# one. Then `pretokenize`: start from the whole text (or nothing, for the empty text) and let
+# each regex in turn split every piece further.
 
 # %%
 #| export llm.tokenizer
+#| exercise: _isolate yields the gap before each match, the match, and the rest; pretokenize splits every piece by each pattern in turn
 from collections.abc import Iterator, Sequence
 
 import regex
@@ -239,6 +248,7 @@ PRETOKENIZERS: dict[str, tuple[str, ...]] = {
 
 def _isolate(text: str, pattern: regex.Pattern) -> Iterator[str]:
     """The matches of `pattern` in `text` and the stretches between them, in order."""
+    ### BEGIN SOLUTION
     start = 0
     for match in pattern.finditer(text):
         if match.start() > start:
@@ -247,27 +257,36 @@ def _isolate(text: str, pattern: regex.Pattern) -> Iterator[str]:
         start = match.end()
     if start < len(text):
         yield text[start:]
+    ### END SOLUTION
 
 
 def pretokenize(text: str, patterns: Sequence[str | regex.Pattern]) -> list[str]:
     """Cut `text` into the pieces BPE merges within: each regex splits every piece further."""
+    ### BEGIN SOLUTION
     pieces = [text] if text else []
     for pattern in patterns:
         compiled = regex.compile(pattern)
         pieces = [part for piece in pieces for part in _isolate(piece, compiled)]
     return pieces
+    ### END SOLUTION
 
 
 # %%
 from tokenizers import pre_tokenizers
 
+hf_gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+hf_smollm = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), hf_gpt2])
+with check("Exercise 10.2"):
+    texts = ["I'd pay $1234.50 for 3 cats!\n\n    def f(x):", "  two  spaces ", "x", "", "Hello,   wörld 中文!!"]
+    for recipe, reference in [("gpt-2", hf_gpt2), ("smollm", hf_smollm)]:
+        for text in texts:
+            got = [to_byte_level(piece.encode()) for piece in pretokenize(text, PRETOKENIZERS[recipe])]
+            want = [piece for piece, _ in reference.pre_tokenize_str(text)]
+            assert got == want, f"{recipe} on {text!r}: expected {want} (tokenizers), got {got}"
+
+# %%
 sample = "I'd pay $1234.50 for 3 cats!\n\n    def f(x):"
-pre_tokens = pretokenize(sample, PRETOKENIZERS["smollm"])
-print(pre_tokens)
-hf_smollm = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
-want = [piece for piece, _ in hf_smollm.pre_tokenize_str(sample)]
-assert [to_byte_level(piece.encode()) for piece in pre_tokens] == want, f"tokenizers cuts it as {want}"
+print(pretokenize(sample, PRETOKENIZERS["smollm"]))
 
 # %% [markdown]
 # Look at the indentation. The two newlines and three of the four spaces form one piece,
@@ -359,14 +378,22 @@ class Tokenizer:
 
 
 # %% [markdown]
-# The byte-level BPE tokenizer keeps its merges as pairs of byte strings, each with its rank. The
-# merge loop is the one from ` tokenization` above, and `functools.lru_cache` remembers every
-# pre-token it has already merged. Text repeats words all the time, so a 10 kB prompt costs a few
-# milliseconds. A byte that has no token (SmolLM2 lacks 21 of the 256, such as 0x04 and 0xFF)
-# is dropped, as llama.cpp and `tokenizers` drop it.
+# ## Exercise 10.3 — the byte-level BPE merge loop
+#
+# The byte-level BPE tokenizer keeps its merges as pairs of byte strings, each with its rank:
+# `self.merges[(b" t", b"he")]`. Write `bpe`, the merge loop from ` tokenization` above on bytes:
+# start from the single bytes of the piece; while there are two or more parts, find the adjacent
+# pair with the **lowest** rank (the leftmost among equals) and join it; stop when no adjacent pair
+# is a merge. (With `ignore_merges`, set by some `tokenizer.json` files, a piece that is already a
+# whole token is returned as it is; that line is given.)
+#
+# `functools.lru_cache` remembers every pre-token already merged. Text repeats words all the
+# time, so a 10 kB prompt costs a few milliseconds. A byte that has no token (SmolLM2 lacks 21 of
+# the 256, such as 0x04 and 0xFF) is dropped, as llama.cpp and `tokenizers` drop it.
 
 # %%
 #| export llm.tokenizer
+#| exercise: start from single bytes; repeatedly join the adjacent pair with the lowest rank in self.merges; stop when no pair is a merge
 import functools
 import itertools
 import unicodedata
@@ -398,6 +425,7 @@ class BPETokenizer(Tokenizer):
         """The tokens of one pre-token: its bytes, merged pair by pair in rank order."""
         if self.ignore_merges and piece in self.vocab:
             return [piece]
+        ### BEGIN SOLUTION
         parts = [piece[i:i + 1] for i in range(len(piece))]
         while len(parts) > 1:
             ranks = [self.merges.get(pair, len(self.merges)) for pair in itertools.pairwise(parts)]
@@ -406,6 +434,7 @@ class BPETokenizer(Tokenizer):
                 break
             parts[best:best + 2] = [parts[best] + parts[best + 1]]
         return parts
+        ### END SOLUTION
 
     def _merge_ids(self, piece: str) -> tuple[int, ...]:
         """The ids of one pre-token; a byte with no token is dropped, as llama.cpp and tokenizers drop it."""
@@ -415,6 +444,26 @@ class BPETokenizer(Tokenizer):
         for form in self.normal_forms:
             text = unicodedata.normalize(form, text)
         return [id for piece in pretokenize(text, self.patterns) for id in self._piece_ids(piece)]
+
+
+# %%
+from tokenizers import models
+
+with check("Exercise 10.3"):
+    toy = BPETokenizer(["a", "b", "c", "ab", "bc", "abc"], {(b"b", b"c"): 0, (b"a", b"bc"): 1, (b"a", b"b"): 2},
+                       special={}, patterns=[])
+    for word, want in [("abc", [b"abc"]), ("cab", [b"c", b"ab"]), ("abab", [b"ab", b"ab"]), ("x", [b"x"]), ("", [])]:
+        got = toy.bpe(word.encode())
+        assert got == want, f"merges bc (rank 0), a+bc (1), ab (2) on {word!r}: expected {want}, got {got}"
+    merge_list = [tuple(merge.split(" ")) for merge in metadata["tokenizer.ggml.merges"]]
+    real = BPETokenizer(list(metadata["tokenizer.ggml.tokens"]),
+                        {(from_byte_level(a), from_byte_level(b)): rank for rank, (a, b) in enumerate(merge_list)},
+                        special={}, patterns=[])
+    hf_bpe = models.BPE({piece: id for id, piece in enumerate(metadata["tokenizer.ggml.tokens"])}, merge_list)
+    for word in [" tokenization", " the", "ing", " Kuiper", " 中文", " naïve", "\n\n   "]:
+        got = [to_byte_level(part) for part in real.bpe(word.encode())]
+        want = [token.value for token in hf_bpe.tokenize(to_byte_level(word.encode()))]
+        assert got == want, f"SmolLM2's merges on {word!r}: expected {want} (tokenizers), got {got}"
 
 
 # %% [markdown]
@@ -764,9 +813,18 @@ print("streamed:           ", [stream.push(id) for id in ids] + [stream.flush()]
 # 40–42), and the normalizer as field 3 (name 1, charsmap 2, add dummy prefix 3, remove extra
 # whitespace 4). kuiper reads it into the same dictionary a GGUF file of `tokenizer.ggml.model`
 # `llama` holds. llama.cpp's converter copies exactly these fields.
+#
+# ## Exercise 10.4 — the protobuf wire format
+#
+# Write `_varint` (the value at `data[pos]` and the position after it) and `protobuf_fields`,
+# which walks a message and yields `(field number, value)`: a varint as an int, the other wire
+# types as their bytes (a nested message is parsed by calling `protobuf_fields` again on them).
+# Any other wire type is a `TokenizerError`. A negative int32 such as `pad_id = -1` is written as
+# a ten-byte varint, so it comes out as 2⁶⁴ − 1.
 
 # %%
 #| export llm.tokenizer
+#| exercise: _varint: 7 bits per byte, low first, until a byte < 0x80; protobuf_fields: key = number << 3 | wire; 0 varint, 1 8 bytes, 5 4 bytes, 2 a varint length then bytes
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -776,6 +834,7 @@ from kuiper.errors import TokenizerError
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
     """The varint at data[pos] and the position after it."""
+    ### BEGIN SOLUTION
     value = shift = 0
     while True:
         byte = data[pos]
@@ -783,11 +842,13 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         pos, shift = pos + 1, shift + 7
         if byte < 0x80:
             return value, pos
+    ### END SOLUTION
 
 
 def protobuf_fields(data: bytes, where: str) -> Iterator[tuple[int, int | bytes]]:
     """(field number, value) of each field of a protobuf message: varints as int (negative int32s
     come out as 2**64 - x), everything else as bytes."""
+    ### BEGIN SOLUTION
     pos = 0
     while pos < len(data):
         key, pos = _varint(data, pos)
@@ -803,6 +864,7 @@ def protobuf_fields(data: bytes, where: str) -> Iterator[tuple[int, int | bytes]
         else:
             raise TokenizerError(f"{where}: field {number} has wire type {wire}; expected 0, 1, 2 or 5")
         yield number, value
+    ### END SOLUTION
 
 
 def read_sentencepiece_model(path: str | Path) -> dict:
@@ -836,6 +898,30 @@ def read_sentencepiece_model(path: str | Path) -> dict:
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
+with check("Exercise 10.4"):
+    got = _varint(bytes([0x96, 0x01, 0x07]), 0), _varint(bytes([0x07]), 0), _varint(b"\xff" * 9 + b"\x01", 0)
+    assert got == ((150, 2), (7, 1), (2**64 - 1, 10)), f"varints 96 01, 07, ff*9 01: expected (150, 2), (7, 1), (2**64 - 1, 10), got {got}"
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.pieces.add(piece="▁the", score=-3.5, type=1)
+    proto.pieces.add(piece="<0x41>", score=0.0, type=6)
+    proto.trainer_spec.model_type, proto.trainer_spec.pad_id, proto.trainer_spec.vocab_size = 2, -1, 300
+    proto.normalizer_spec.name, proto.normalizer_spec.add_dummy_prefix = "identity", True
+    fields = list(protobuf_fields(proto.SerializeToString(), "test"))
+    assert [number for number, _ in fields] == [1, 1, 2, 3], f"expected fields [1, 1, 2, 3], got {[n for n, _ in fields]}"
+    piece = dict(protobuf_fields(fields[0][1], "piece"))
+    want = {1: "▁the".encode(), 2: struct.pack("<f", -3.5), 3: 1}
+    assert piece == want, f"the first piece: expected {want}, got {piece}"
+    trainer = dict(protobuf_fields(fields[2][1], "trainer"))
+    got = trainer.get(3), trainer.get(43), trainer.get(4)
+    assert got == (2, 2**64 - 1, 300), f"trainer model_type, pad_id, vocab_size: expected (2, 2**64 - 1, 300), got {got}"
+    try:
+        list(protobuf_fields(bytes([0x0B, 0x00]), "test"))  # field 1, wire type 3 (a group)
+    except TokenizerError as err:
+        assert "wire type 3" in str(err), f"expected a TokenizerError naming wire type 3, got {err}"
+    else:
+        raise AssertionError("wire type 3: expected a TokenizerError, got none")
+
+# %%
 MISTRAL_V1 = package_file("mistral_common", "data/tokenizer.model.v1")
 llama_meta = read_sentencepiece_model(MISTRAL_V1)
 proto = sentencepiece_model_pb2.ModelProto.FromString(MISTRAL_V1.read_bytes())
@@ -852,7 +938,7 @@ print("scores:", llama_meta["tokenizer.ggml.scores"][259:265])
 # by hand for indented code, with a score of −10⁹, so they are merged only when nothing else can
 # be.
 #
-# ## Exercise 10.2 — the SentencePiece merge loop
+# ## Exercise 10.5 — the SentencePiece merge loop
 #
 # Given the symbols (at first single characters) and the score of every piece, repeat: among the
 # adjacent pairs whose concatenation is a piece, join the one with the **highest score**, the
@@ -890,14 +976,17 @@ def spm_merge(symbols: list[str], scores: dict[str, float]) -> list[str]:
 
 # %%
 sp = spm.SentencePieceProcessor(model_file=str(MISTRAL_V1))
-with check("Exercise 10.2"):
+with check("Exercise 10.5"):
     piece_scores = {piece: score for piece, score, kind in zip(pieces, llama_meta["tokenizer.ggml.scores"],
                                                                  llama_meta["tokenizer.ggml.token_type"]) if kind == NORMAL}
-    assert spm_merge(list("▁ab"), {"ab": -1.0, "▁a": -2.0}) == ["▁", "ab"], "the higher score wins"
-    assert spm_merge(list("aaa"), {"aa": -1.0}) == ["aa", "a"], "on a tie the leftmost pair wins"
+    for symbols, scores, want in [("▁ab", {"ab": -1.0, "▁a": -2.0}, ["▁", "ab"]), ("aaa", {"aa": -1.0}, ["aa", "a"]),
+                                  ("▁low", {"lo": -1, "ow": -2, "▁l": -3, "low": -4, "▁low": -5}, ["▁low"]),
+                                  ("xy", {"ab": 0.0}, ["x", "y"])]:
+        got = spm_merge(list(symbols), scores)
+        assert got == want, f"{symbols!r} with scores {scores}: expected {want}, got {got}"
     for word in ["Hello", "  hello", "tokenization", "Kuiper", "naïve"]:
         got, want = spm_merge(list("▁" + word.replace(" ", "▁")), piece_scores), sp.encode(word, out_type=str)
-        assert got == want, f"{word!r}: {got}, sentencepiece says {want}"
+        assert got == want, f"{word!r}: expected {want} (sentencepiece), got {got}"
 
 # %% [markdown]
 # Merging the whole text at once as one sequence would be slow: every step rescans every pair,
@@ -906,9 +995,18 @@ with check("Exercise 10.2"):
 # no piece, say `o▁` (no piece has `▁` after a letter), no merge can ever cross that position. So
 # the tokenizer cuts the text at all such places, merges each chunk on its own, and caches the
 # chunks, the same way the BPE tokenizer caches its pre-tokens.
+#
+# ## Exercise 10.6 — ids with byte fallback
+#
+# Write `_merge_ids`, the ids of one chunk: merge its characters with `spm_merge`, then turn each
+# part into ids. A part that is a piece (`self.scores`) is its id (`self._ids`); a part that is
+# not becomes the ids of its UTF-8 bytes (`self.byte_ids`, byte → id of `<0xXX>`) when the
+# vocabulary has byte pieces, else `<unk>` (`self.unk_id`); with neither, raise a
+# `TokenizerError`.
 
 # %%
 #| export llm.tokenizer
+#| exercise: spm_merge the chunk; a part in self.scores -> its id; else its UTF-8 bytes via self.byte_ids, else self.unk_id, else TokenizerError
 import functools
 from collections.abc import Iterator, Sequence
 
@@ -945,6 +1043,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     def _merge_ids(self, chunk: str) -> tuple[int, ...]:
         """The ids of one chunk: its merged pieces, or their bytes, or <unk>."""
+        ### BEGIN SOLUTION
         ids = []
         for part in spm_merge(list(chunk), self.scores):
             if part in self.scores:
@@ -956,6 +1055,7 @@ class SentencePieceTokenizer(Tokenizer):
             else:
                 raise TokenizerError(f"{part!r} has no piece, and the vocabulary has neither byte pieces nor <unk>")
         return tuple(ids)
+        ### END SOLUTION
 
     def encode_text(self, text: str) -> list[int]:
         if not text:
@@ -968,6 +1068,28 @@ class SentencePieceTokenizer(Tokenizer):
         data = super().decode_piece(id)
         at_start = previous is None or previous in self.special_ids
         return data[1:] if self.add_dummy_prefix and at_start and self.pieces[id].startswith("▁") else data
+
+
+# %%
+with check("Exercise 10.6"):
+    mistral = SentencePieceTokenizer(pieces, llama_meta["tokenizer.ggml.scores"], llama_meta["tokenizer.ggml.token_type"],
+                                     bos_id=1, eos_id=2, unk_id=0)
+    for text in ["Hello", "ꙮ", "naïve 🙂", "日本語"]:
+        got, want = list(mistral._merge_ids("▁" + text.replace(" ", "▁"))), sp.encode(text)
+        assert got == want, f"{text!r}: expected {want} (sentencepiece), got {got}"
+    kinds = [UNKNOWN, NORMAL, NORMAL, NORMAL]
+    with_unk = SentencePieceTokenizer(["<unk>", "a", "b", "ab"], [0, -1, -2, -0.5], kinds, unk_id=0)
+    try:
+        got = with_unk._merge_ids("abcab")
+    except TokenizerError as err:
+        got = f"TokenizerError: {err}"
+    assert got == (3, 0, 3), f"'abcab' over pieces a, b, ab without byte pieces: expected (3, 0, 3) (c is <unk>), got {got}"
+    try:
+        SentencePieceTokenizer(["<unk>", "a"], [0, -1], [UNKNOWN, NORMAL])._merge_ids("ac")
+    except TokenizerError as err:
+        assert "'c'" in str(err), f"expected a TokenizerError naming 'c', got {err}"
+    else:
+        raise AssertionError("no byte pieces and no unk_id: expected a TokenizerError for 'c', got none")
 
 
 # %%
@@ -1013,9 +1135,19 @@ print([llama2.pieces[id] for id in llama2.encode("日本語 🙂 ꙮ", bos=True)
 #   when the user gives none (SmolLM2's *You are a helpful AI assistant named SmolLM…*), kuiper
 #   finds that message in the template and adds it the same way.
 # * **Llama 2**: `<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {answer} </s><s>[INST] …`
+#
+# ## Exercise 10.7 — the ChatML template
+#
+# Write `chat_prompt` for a ChatML template (one that contains `<|im_start|>`): if
+# `_DEFAULT_SYSTEM` finds a default system message in the template and the first message is not
+# a system message, put that system message first (the template writes its newlines as `\n`:
+# turn them into real ones); then each message as `<|im_start|>{role}\n{content}<|im_end|>\n`,
+# and `<|im_start|>assistant\n` at the end when `add_generation_prompt`. A template with
+# `[INST]` goes to `_llama2_prompt`, given below; any other is a `TokenizerError`.
 
 # %%
 #| export llm.tokenizer
+#| exercise: ChatML: the template's default system message first if none is given, <|im_start|>role\ncontent<|im_end|>\n per message, then <|im_start|>assistant\n if asked; [INST] -> _llama2_prompt
 import regex
 
 from kuiper.errors import TokenizerError
@@ -1038,6 +1170,7 @@ def load_tokenizer(metadata: dict) -> Tokenizer:
 def chat_prompt(messages: list[dict[str, str]], template: str, *, add_generation_prompt: bool = True) -> str:
     """The prompt a chat model expects for `messages` ({'role', 'content'} dicts), in the format of
     its GGUF chat template: ChatML or Llama 2. Encode it with bos=False: it holds its own."""
+    ### BEGIN SOLUTION
     if "<|im_start|>" in template:
         default = _DEFAULT_SYSTEM.search(template)
         if default and messages and messages[0]["role"] != "system":
@@ -1048,6 +1181,7 @@ def chat_prompt(messages: list[dict[str, str]], template: str, *, add_generation
         return _llama2_prompt(messages)
     raise TokenizerError("tokenizer.chat_template is neither ChatML (<|im_start|>) nor Llama 2 ([INST]): "
                          "kuiper writes only these two")
+    ### END SOLUTION
 
 
 def _llama2_prompt(messages: list[dict[str, str]]) -> str:
@@ -1066,14 +1200,33 @@ def _llama2_prompt(messages: list[dict[str, str]]) -> str:
 
 
 # %%
+import jinja2
+
+with check("Exercise 10.7"):
+    template = metadata["tokenizer.chat_template"]
+    jinja = jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(template)
+    conversations = [[{"role": "user", "content": "What is the capital of France?"}],
+                     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                      {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"}]]
+    for messages in conversations:
+        for generation in (True, False):
+            got = chat_prompt(messages, template, add_generation_prompt=generation)
+            want = jinja.render(messages=messages, add_generation_prompt=generation)
+            assert got == want, f"expected the Jinja rendering {want!r}, got {got!r}"
+    llama2 = [{"role": "user", "content": "Hi"}]
+    got = chat_prompt(llama2, "{{ '[INST] ' }}")
+    assert got == _llama2_prompt(llama2), f"an [INST] template: expected {_llama2_prompt(llama2)!r}, got {got!r}"
+    try:
+        chat_prompt(llama2, "{{ messages }}")
+    except TokenizerError:
+        pass
+    else:
+        raise AssertionError("a template that is neither ChatML nor Llama 2: expected a TokenizerError, got none")
+
+# %%
 messages = [{"role": "user", "content": "What is the capital of France?"}]
 prompt = chat_prompt(messages, metadata["tokenizer.chat_template"])
 print(prompt)
-if importlib.util.find_spec("jinja2"):
-    import jinja2
-
-    jinja = jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(metadata["tokenizer.chat_template"])
-    assert prompt == jinja.render(messages=messages, add_generation_prompt=True), "differs from the Jinja rendering"
 assert load_tokenizer(metadata).encode(prompt)[:3] == [1, 9690, 198], "<|im_start|> system \\n"
 
 # %% [markdown]
@@ -1092,4 +1245,16 @@ for name, meta in [("SmolLM2 (byte-level BPE)", metadata), ("Mistral (SentencePi
     ids = tokenizer.encode(long_text)
     seconds = time.perf_counter() - start
     print(f"{name:26} {len(long_text.encode()):,} bytes -> {len(ids):,} tokens in {seconds * 1e3:.0f} ms")
+
+# %% [markdown]
+# ## What you built
+#
+# - `kuiper.llm.tokenizer`: `BPETokenizer` (byte-level BPE from GGUF metadata or a `tokenizer.json`)
+#   and `SentencePieceTokenizer` (SentencePiece BPE with byte fallback, read from its protobuf
+#   file), both giving the same ids as `tokenizers`, `sentencepiece` and llama.cpp;
+# - `StreamDecoder` for printing text as tokens arrive, and `chat_prompt` for the ChatML and
+#   Llama 2 chat formats; `load_tokenizer` picks the right class from a GGUF file.
+#
+# With the weights of lesson 09 and these token ids, lesson 11 writes the model that turns ids into
+# the next token, and runs SmolLM2 end to end: generation and a chat.
 

@@ -134,29 +134,6 @@ class GGUFFile:
             metadata[key] = cursor.value(cursor.scalar("<I", f"metadata {key!r}"), f"metadata {key!r}")
         return metadata
 
-    def _read_tensor_infos(self, cursor: Cursor, n_tensors: int) -> dict[str, TensorInfo]:
-        """The tensor infos, each placed in the aligned data section that follows them."""
-        found = []
-        for i in range(n_tensors):
-            name = cursor.string(f"name of tensor #{i}")
-            what = f"info of tensor {name!r}"
-            n_dims = cursor.scalar("<I", what)
-            if not 1 <= n_dims <= MAX_DIMS:
-                raise GGUFError(f"{self.path}: tensor {name!r} has {n_dims} dimensions; GGUF allows 1 to {MAX_DIMS}")
-            ne = [cursor.scalar("<Q", what) for _ in range(n_dims)]
-            found.append((name, ne, cursor.scalar("<I", what), cursor.scalar("<Q", what)))
-        alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-            raise GGUFError(f"{self.path}: general.alignment must be a power of two, got {alignment!r}")
-        data_start = -(-cursor.at // alignment) * alignment
-        tensors = {}
-        for name, ne, type_id, offset in found:
-            if name in tensors:
-                raise GGUFError(f"{self.path}: tensor {name!r} appears twice")
-            tensors[name] = self._place(name, ne, type_id, data_start + offset, offset % alignment)
-        check_disjoint(self.path, tensors.values())
-        return tensors
-
     def _place(self, name: str, ne: list[int], type_id: int, start: int, misalignment: int) -> TensorInfo:
         """The TensorInfo of one tensor, after checking its type and that its bytes lie in the file."""
         if type_id not in GGML_TYPES:
@@ -188,6 +165,29 @@ class GGUFFile:
         """The stored bytes of tensor `name`, as a read-only uint8 view of the mapped file."""
         info = self.info(name)
         return np.frombuffer(self._buffer, np.uint8, info.nbytes, info.offset)
+
+    def _read_tensor_infos(self, cursor: Cursor, n_tensors: int) -> dict[str, TensorInfo]:
+        """The tensor infos, each placed in the aligned data section that follows them."""
+        found = []
+        for i in range(n_tensors):
+            name = cursor.string(f"name of tensor #{i}")
+            what = f"info of tensor {name!r}"
+            n_dims = cursor.scalar("<I", what)
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise GGUFError(f"{self.path}: tensor {name!r} has {n_dims} dimensions; GGUF allows 1 to {MAX_DIMS}")
+            ne = [cursor.scalar("<Q", what) for _ in range(n_dims)]
+            found.append((name, ne, cursor.scalar("<I", what), cursor.scalar("<Q", what)))
+        alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+            raise GGUFError(f"{self.path}: general.alignment must be a power of two, got {alignment!r}")
+        data_start = -(-cursor.at // alignment) * alignment
+        tensors = {}
+        for name, ne, type_id, offset in found:
+            if name in tensors:
+                raise GGUFError(f"{self.path}: tensor {name!r} appears twice")
+            tensors[name] = self._place(name, ne, type_id, data_start + offset, offset % alignment)
+        check_disjoint(self.path, tensors.values())
+        return tensors
 
     def tensor(self, name: str) -> np.ndarray:
         """The float32 values of tensor `name` in numpy shape (for F32, a read-only view of the file)."""

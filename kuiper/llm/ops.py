@@ -148,6 +148,7 @@ def causal_attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, po
 
 @njit(fastmath=True, error_model="numpy", cache=True)
 def _attention_one(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int, out: np.ndarray) -> None:
+    """Attention of one token's queries q (H, d) at position `pos` over the caches (KV, S, d), into out (H, d)."""
     heads, dim = q.shape
     group, scale = heads // k_cache.shape[0], np.float32(1.0 / math.sqrt(dim))
     scores = np.empty(pos + 1, np.float32)
