@@ -1,0 +1,95 @@
+# Generated from solutions/05_expression.py by tools/sync.py: edit the lesson, not this file.
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from kuiper.layers.elementwise import function
+
+
+@function("Tensor.expand", "Tensor.expand_as")
+def expand(input, sizes):
+    """input broadcast to `sizes` (−1 keeps a dimension)."""
+    sizes = tuple(sizes)
+    lead = len(sizes) - input.ndim
+    shape = tuple(input.shape[i - lead] if s == -1 else s for i, s in enumerate(sizes))
+    return np.broadcast_to(input, shape)
+
+
+@function("Tensor.repeat", name="repeat")
+def repeat(input, sizes):
+    """input tiled `sizes` times along each dimension (extra leading dimensions allowed)."""
+    return np.tile(input, sizes)
+
+
+@function("torch.tile", "Tensor.tile")
+def tile(input, dims):
+    """input tiled `dims` times; a shorter dims tiles the trailing dimensions."""
+    return np.tile(input, dims)
+
+
+@function("torch.flip", "Tensor.flip")
+def flip(input, dims):
+    """input reversed along dims."""
+    return np.flip(input, axis=tuple(dims) if isinstance(dims, tuple) else dims)
+
+
+@function("torch.roll", "Tensor.roll")
+def roll(input, shifts, dims=None):
+    """input rotated by shifts along dims (of the flattened tensor without dims)."""
+    return np.roll(input, shifts, axis=dims)
+
+
+@function("torch.t", "Tensor.t")
+def t(input):
+    """The transpose of a matrix (a vector is returned as it is)."""
+    return input.T
+
+
+@function("torch.unbind", "Tensor.unbind")
+def unbind(input, dim=0):
+    """The slices of input along dim, as a tuple."""
+    return tuple(np.take(input, i, axis=dim) for i in range(input.shape[dim]))
+
+
+@function("torch.narrow", "Tensor.narrow")
+def narrow(input, dim, start, length):
+    """length elements from start along dim."""
+    return np.take(input, np.arange(start, start + length) % input.shape[dim], axis=dim)
+
+
+@function("torch.index_select", "Tensor.index_select")
+def index_select(input, dim, index):
+    """The elements at `index` (a vector of int64) along dim."""
+    return np.take(input, index.astype(np.int64), axis=dim)
+
+
+@function("torch.gather", "Tensor.gather")
+def gather(input, dim, index):
+    """out[i][j][k] = input[i][index[i][j][k]][k] for dim 1, and likewise for other dims."""
+    return np.take_along_axis(input, index.astype(np.int64), axis=dim)
+
+
+TORCH_DTYPES = {"torch.float": "float32", "torch.float32": "float32", "torch.half": "float16",
+                "torch.float16": "float16", "torch.long": "int64", "torch.int64": "int64", "torch.int": "int32",
+                "torch.int32": "int32", "torch.int8": "int8", "torch.uint8": "uint8", "torch.bool": "bool"}
+
+
+@function("Tensor.to", "Tensor.type")
+def to(input, dtype: Literal[tuple(TORCH_DTYPES)], copy=False):
+    """input converted to a torch dtype kuiper has (floats of 64 bits run as float32)."""
+    return input.astype(TORCH_DTYPES[dtype])
+
+
+@function("torch.argsort", "Tensor.argsort", "aten::argsort")
+def argsort(input, dim=-1, descending=False):
+    """The indices that sort input along dim (stable, as torch's sort on distinct values)."""
+    order = np.argsort(-input if bool(descending) else input, axis=int(dim), kind="stable")
+    return order.astype(np.int64)
+
+
+@function("Tensor.select", "torch.select")
+def select(input, dim, index):
+    """The slice at index along dim, that dimension removed."""
+    return np.take(input, index, axis=dim)
