@@ -820,6 +820,26 @@ def glu(input, dim=-1):
 
 
 # %% [markdown]
+# One line of a `.param` file becomes a layer with no code of its own: the settings are read by
+# name, and a setting outside what the function supports is refused when the graph is built.
+
+# %%
+from kuiper.registry import LAYERS, create_layer
+
+gelu_op = Operator("nn.GELU", "gelu", ["0"], ["1"], params={"approximate": "tanh"}, line=9)
+x = np.random.default_rng(0).standard_normal((2, 3, 5), dtype=np.float32)
+got = create_layer(gelu_op)(Tensor(x)).numpy()
+want = torch.nn.functional.gelu(torch.from_numpy(x), approximate="tanh").numpy()
+print("nn.GELU(tanh) vs torch:", agreement(got, want))
+try:
+    create_layer(Operator("nn.GELU", "gelu", ["0"], ["1"], params={"approximate": "sigmoid"}, line=9))
+except LayerError as err:
+    print("LayerError:", err)
+with check("table-driven layers"):
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), "nn.GELU(tanh) should match torch"
+    assert "torch.sinh" in LAYERS and "F.logsigmoid" in LAYERS, "the tables should register torch.* and F.* names"
+
+# %% [markdown]
 # ## Reductions
 #
 # A reduction folds dimensions away. numpy does the loop; the table's job is to read PyTorch's
@@ -997,9 +1017,11 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, affine=True)
 
 
 @function("nn.InstanceNorm1d", "nn.InstanceNorm2d", "F.instance_norm")
-def instance_norm(input, weight=None, bias=None, running_mean=None, running_var=None, eps=1e-5, affine=False):
-    """Standardise each channel of each sample over its spatial dimensions (or by running statistics)."""
-    if running_mean is not None:
+def instance_norm(input, weight=None, bias=None, running_mean=None, running_var=None, eps=1e-5, affine=False,
+                  use_input_stats=True, track_running_stats=False):
+    """Standardise each channel of each sample over its spatial dimensions, or by the running
+    statistics where nn.InstanceNorm tracks them or F.instance_norm is told not to use the input's."""
+    if running_mean is not None and (track_running_stats or not use_input_stats):
         shape = (-1, *([1] * (input.ndim - 2)))
         out = (input - running_mean.reshape(shape)) / np.sqrt(running_var.reshape(shape) + np.float32(eps))
     else:
@@ -1119,7 +1141,7 @@ import numpy as np
 from kuiper.layers.elementwise import function
 
 
-@function("Tensor.expand", "Tensor.expand_as")
+@function("Tensor.expand")
 def expand(input, sizes):
     """input broadcast to `sizes` (−1 keeps a dimension)."""
     sizes = tuple(sizes)
@@ -1204,6 +1226,129 @@ def argsort(input, dim=-1, descending=False):
 def select(input, dim, index):
     """The slice at index along dim, that dimension removed."""
     return np.take(input, index, axis=dim)
+
+
+# %% [markdown]
+# Creation operators make a tensor from a shape and a value; the shape may be a setting or a
+# tensor computed in the graph (PNNX writes `x.size()` as an expression that lists the sizes).
+# The `_like`, `new_` and `_as` forms take the shape, and for `_like` the dtype, from a tensor.
+
+# %%
+#| export layers.creation
+import numpy as np
+
+from kuiper.layers.elementwise import function
+from kuiper.layers.indexing import TORCH_DTYPES
+
+
+def dtype_of(dtype: str | None, default: np.dtype | str = "float32") -> str:
+    """PNNX's torch dtype name (torch.long, ...) as a numpy dtype name; `default` for None."""
+    return np.dtype(default).name if dtype is None else TORCH_DTYPES[dtype]
+
+
+def shape_of(size) -> tuple[int, ...]:
+    """A size setting (int or tuple) or a size tensor as a tuple of ints."""
+    return (size,) if isinstance(size, int) else tuple(int(v) for v in np.ravel(size))
+
+
+@function("torch.full")
+def full(size, fill_value, dtype=None):
+    """A tensor of `size` filled with fill_value (float32 unless dtype says otherwise)."""
+    return np.full(shape_of(size), fill_value, dtype_of(dtype))
+
+
+@function("torch.ones")
+def ones(size, dtype=None):
+    """A tensor of `size` filled with 1."""
+    return np.ones(shape_of(size), dtype_of(dtype))
+
+
+@function("torch.zeros", "torch.empty")
+def zeros(size, dtype=None):
+    """A tensor of `size` filled with 0 (also for torch.empty, whose contents are unspecified)."""
+    return np.zeros(shape_of(size), dtype_of(dtype))
+
+
+@function("torch.full_like")
+def full_like(input, fill_value, dtype=None):
+    """A tensor shaped like input filled with fill_value (input's dtype unless dtype says otherwise)."""
+    return np.full(input.shape, fill_value, dtype_of(dtype, input.dtype))
+
+
+@function("torch.ones_like")
+def ones_like(input, dtype=None):
+    """A tensor shaped like input filled with 1."""
+    return np.ones(input.shape, dtype_of(dtype, input.dtype))
+
+
+@function("torch.zeros_like", "torch.empty_like")
+def zeros_like(input, dtype=None):
+    """A tensor shaped like input filled with 0."""
+    return np.zeros(input.shape, dtype_of(dtype, input.dtype))
+
+
+@function("Tensor.new_full")
+def new_full(input, size, fill_value, dtype=None):
+    """A tensor of `size` filled with fill_value, of input's dtype unless dtype says otherwise."""
+    return np.full(shape_of(size), fill_value, dtype_of(dtype, input.dtype))
+
+
+@function("Tensor.new_ones")
+def new_ones(input, size, dtype=None):
+    """A tensor of `size` filled with 1, of input's dtype unless dtype says otherwise."""
+    return np.ones(shape_of(size), dtype_of(dtype, input.dtype))
+
+
+@function("Tensor.new_zeros", "Tensor.new_empty")
+def new_zeros(input, size, dtype=None):
+    """A tensor of `size` filled with 0, of input's dtype unless dtype says otherwise."""
+    return np.zeros(shape_of(size), dtype_of(dtype, input.dtype))
+
+
+@function("Tensor.fill", "Tensor.fill_")
+def fill(input, value):
+    """A tensor like input with every element set to value."""
+    return np.full_like(input, value)
+
+
+@function("torch.arange")
+def arange(start=0, end=None, step=1, dtype=None):
+    """start, start + step, ... below end; int64 when start, end and step are integers, as torch."""
+    start, end = (0, start) if end is None else (start, end)
+    values = [v.item() if isinstance(v, np.ndarray) else v for v in (start, end, step)]
+    integral = all(isinstance(v, (int, np.integer)) for v in values)
+    return np.arange(*values, dtype=dtype_of(dtype, "int64" if integral else "float32"))
+
+
+@function("Tensor.type_as")
+def type_as(input, other):
+    """input converted to other's dtype."""
+    return input.astype(other.dtype)
+
+
+@function("Tensor.expand_as")
+def expand_as(input, other):
+    """input broadcast to other's shape."""
+    return np.broadcast_to(input, other.shape)
+
+
+@function("Tensor.reshape_as", "Tensor.view_as")
+def reshape_as(input, other):
+    """input's elements in other's shape."""
+    return input.reshape(other.shape)
+
+
+@function("Tensor.unflatten", "torch.unflatten")
+def unflatten(input, dim, sizes):
+    """Dimension dim split into `sizes` (one may be −1)."""
+    dim = dim % input.ndim
+    return input.reshape(*input.shape[:dim], *sizes, *input.shape[dim + 1:])
+
+
+@function("torch.clone", "Tensor.detach", "torch.detach")
+def clone(input, memory_format=None):
+    """A copy of input."""
+    return input.copy()
 
 
 # %% [markdown]

@@ -158,7 +158,12 @@ class NormPad(nn.Module):
         self.norms = nn.ModuleList([nn.LayerNorm(8), nn.LayerNorm([6, 8], elementwise_affine=False),
                                     nn.GroupNorm(2, 4), nn.GroupNorm(4, 4, affine=False), nn.InstanceNorm2d(4),
                                     nn.InstanceNorm2d(4, affine=True), nn.RMSNorm(8), nn.RMSNorm([6, 8], eps=1e-3),
-                                    nn.LocalResponseNorm(3), nn.LocalResponseNorm(2, 1e-2, 0.5, 2.0)])
+                                    nn.LocalResponseNorm(3), nn.LocalResponseNorm(2, 1e-2, 0.5, 2.0),
+                                    nn.InstanceNorm2d(4, track_running_stats=True)])
+        self.norms[-1].running_mean.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
+        self.norms[-1].running_var.copy_(torch.tensor([0.5, 2.0, 1.0, 1.5]))
+        self.register_buffer("mean", torch.tensor([0.5, 0.1, -0.3, 0.2]))
+        self.register_buffer("var", torch.tensor([1.5, 0.3, 0.7, 2.0]))
         for norm in self.norms:
             for p in norm.parameters():
                 nn.init.normal_(p)
@@ -170,14 +175,15 @@ class NormPad(nn.Module):
         out += [m(x) for m in self.pads]
         out += [F.pad(x, (1, 2)), F.pad(x, (1, 1, 2, 0), value=3.0), F.pad(x, (2, 1, 1, 2), mode="reflect"),
                 F.pad(x, (0, 3, 2, 1), mode="replicate"), F.pad(x, (1, 2, 2, 1), mode="circular"),
-                F.layer_norm(x, (8,)), F.group_norm(x, 2)]
+                F.layer_norm(x, (8,)), F.group_norm(x, 2), F.instance_norm(x, self.mean, self.var)]
         return tuple(out)
 
 
 def test_normalization_padding(tmp_path):
     names = [type(m).__name__ + str(i) for i, m in enumerate(NormPad().norms)] + ["normalize", "normalize p1"]
     names += [type(m).__name__ + str(i) for i, m in enumerate(NormPad().pads)]
-    names += ["pad", "pad value", "pad reflect", "pad replicate", "pad circular", "F.layer_norm", "F.group_norm"]
+    names += ["pad", "pad value", "pad reflect", "pad replicate", "pad circular", "F.layer_norm", "F.group_norm",
+              "F.instance_norm with running stats"]
     check_model(NormPad(), (seeded(1, 4, 6, 8),), tmp_path, names)
 
 
@@ -198,6 +204,21 @@ def test_linalg_shape_indexing(tmp_path):
              "roll", "roll dims", "t", "unbind 0", "unbind 1", "unbind 2", "narrow", "index_select", "gather",
              "select", "slice and select", "select and slice", "argsort"]
     check_model(Shapes(), (seeded(1, 3, 4, 8), seeded(1, 3, 8, 5, seed=1)), tmp_path, names)
+
+
+class Creation(nn.Module):
+    def forward(self, x, y):
+        return (torch.full(x.size(), 1.5), torch.ones(y.size(), dtype=torch.long), torch.zeros_like(x),
+                torch.ones_like(x), torch.full_like(x, -2.0), x.new_full((2, 3), 1.5), x.new_zeros((3,)),
+                x.new_ones((1, 2), dtype=torch.long), torch.arange(5), torch.arange(1.0, 3.0, 0.5),
+                x.type_as(x.argmax(-1)), x.reshape_as(y), x.unflatten(3, (2, 4)), y[:, :1].expand_as(y),
+                x.clone() + 1, x.to(torch.int32), x.clone().fill_(2.0))
+
+
+def test_creation_and_conversion(tmp_path):
+    names = ["full size", "ones long", "zeros_like", "ones_like", "full_like", "new_full", "new_zeros", "new_ones long",
+             "arange", "arange float", "type_as", "reshape_as", "unflatten", "expand_as", "clone", "to int32", "fill"]
+    check_model(Creation(), (seeded(1, 3, 4, 8) * 3, seeded(1, 12, 8, seed=1)), tmp_path, names)
 
 
 class Nested(nn.Module):
@@ -248,3 +269,14 @@ def test_unknown_parameter_warns_and_still_runs():
     assert any("colour='blue'" in str(w.message) and "nn.ELU" in str(w.message) for w in caught), caught
     x = np.array([-1.0, 2.0], dtype=np.float32)
     np.testing.assert_allclose(layer(kuiper.Tensor(x)).numpy(), F.elu(torch.from_numpy(x), 0.5).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", [None, "trunc", "floor"])
+def test_div_rounding_modes(mode):
+    # pnnx 2.x exports torch.div(..., rounding_mode=...) as plain div/floor_divide, so the layer
+    # is checked directly, as an operator that writes the mode would reach it.
+    x, y = torch.tensor([7.0, -7.0, 5.5, -0.5]), torch.tensor([2.0, 2.0, -2.0, 3.0])
+    layer = make("torch.div", {} if mode is None else {"rounding_mode": mode}, n_in=2,
+                 input_names={"input": "0", "other": "1"})
+    got = layer(kuiper.Tensor(x.numpy()), kuiper.Tensor(y.numpy())).numpy()
+    np.testing.assert_allclose(got, torch.div(x, y, rounding_mode=mode).numpy(), atol=1e-6)

@@ -8,7 +8,7 @@ import numpy as np
 from kuiper.layers.elementwise import function
 
 
-@function("Tensor.expand", "Tensor.expand_as")
+@function("Tensor.expand")
 def expand(input, sizes):
     """input broadcast to `sizes` (−1 keeps a dimension)."""
     sizes = tuple(sizes)

@@ -40,9 +40,11 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, affine=True)
 
 
 @function("nn.InstanceNorm1d", "nn.InstanceNorm2d", "F.instance_norm")
-def instance_norm(input, weight=None, bias=None, running_mean=None, running_var=None, eps=1e-5, affine=False):
-    """Standardise each channel of each sample over its spatial dimensions (or by running statistics)."""
-    if running_mean is not None:
+def instance_norm(input, weight=None, bias=None, running_mean=None, running_var=None, eps=1e-5, affine=False,
+                  use_input_stats=True, track_running_stats=False):
+    """Standardise each channel of each sample over its spatial dimensions, or by the running
+    statistics where nn.InstanceNorm tracks them or F.instance_norm is told not to use the input's."""
+    if running_mean is not None and (track_running_stats or not use_input_stats):
         shape = (-1, *([1] * (input.ndim - 2)))
         out = (input - running_mean.reshape(shape)) / np.sqrt(running_var.reshape(shape) + np.float32(eps))
     else:
