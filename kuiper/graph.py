@@ -160,7 +160,8 @@ def list_inputs(op: Operator) -> list[str] | None:
 
 def unpack_tuples(model: PnnxGraph) -> PnnxGraph:
     """`model` without tuple and list operators: packs are spliced into their readers, unpacks
-    alias the packed tensors, and a pnnx.Output of a tuple becomes one pnnx.Output per tensor.
+    alias the packed tensors (or, of an operator's single tuple output, become its outputs), and a
+    pnnx.Output of a tuple becomes one pnnx.Output per tensor.
     GraphError if an unpack does not find as many tensors as it has outputs."""
     packed = {op.outputs[0]: op.inputs for op in model.operators if op.type in PACK}
     packed |= {op.outputs[0]: list_inputs(op) for op in model.operators if list_inputs(op) is not None
@@ -177,7 +178,10 @@ def unpack_tuples(model: PnnxGraph) -> PnnxGraph:
         if op.outputs and op.outputs[0] in packed:
             continue
         inputs = spread(op.inputs)
-        if op.type in UNPACK:
+        producer = next((o for o in operators if o.outputs == inputs), None) if len(inputs) == 1 else None
+        if op.type in UNPACK and producer is not None and len(op.outputs) > 1:
+            operators[operators.index(producer)] = replace(producer, outputs=op.outputs)
+        elif op.type in UNPACK:
             if len(inputs) != len(op.outputs):
                 raise GraphError(f"{op.where()} unpacks {len(op.outputs)} values from {op.inputs}, "
                                  f"which hold {len(inputs)} tensors")

@@ -817,7 +817,8 @@ plt.show()
 # so rather than teach every layer about tuples we take them apart once, before the graph runs:
 # a reader of a packed value reads the tensors inside it instead, an unpacked value *is* the
 # tensor that was packed, and a `pnnx.Output` of a tuple becomes one output per tensor, so that
-# `forward` returns a tuple of arrays. PNNX also writes a list of tensors as an expression,
+# `forward` returns a tuple of arrays. An operator that returns a tuple as one value, such as
+# `nn.MaxPool2d(return_indices=True)`, is unpacked by giving it one output per item. PNNX also writes a list of tensors as an expression,
 # `expr=[@0,@1]`; where only tuples and outputs read it, it is a pack too.
 
 # %%
@@ -841,7 +842,8 @@ def list_inputs(op: Operator) -> list[str] | None:
 
 def unpack_tuples(model: PnnxGraph) -> PnnxGraph:
     """`model` without tuple and list operators: packs are spliced into their readers, unpacks
-    alias the packed tensors, and a pnnx.Output of a tuple becomes one pnnx.Output per tensor.
+    alias the packed tensors (or, of an operator's single tuple output, become its outputs), and a
+    pnnx.Output of a tuple becomes one pnnx.Output per tensor.
     GraphError if an unpack does not find as many tensors as it has outputs."""
     packed = {op.outputs[0]: op.inputs for op in model.operators if op.type in PACK}
     packed |= {op.outputs[0]: list_inputs(op) for op in model.operators if list_inputs(op) is not None
@@ -858,7 +860,10 @@ def unpack_tuples(model: PnnxGraph) -> PnnxGraph:
         if op.outputs and op.outputs[0] in packed:
             continue
         inputs = spread(op.inputs)
-        if op.type in UNPACK:
+        producer = next((o for o in operators if o.outputs == inputs), None) if len(inputs) == 1 else None
+        if op.type in UNPACK and producer is not None and len(op.outputs) > 1:
+            operators[operators.index(producer)] = replace(producer, outputs=op.outputs)
+        elif op.type in UNPACK:
             if len(inputs) != len(op.outputs):
                 raise GraphError(f"{op.where()} unpacks {len(op.outputs)} values from {op.inputs}, "
                                  f"which hold {len(inputs)} tensors")
@@ -889,6 +894,14 @@ two.operands = {name: Operand(name) for name in "xtabu"}
 flat = unpack_tuples(two)
 print([(op.type, op.name, op.inputs) for op in flat.operators])
 assert [op.inputs for op in flat.operators if op.type == "pnnx.Output"] == [["x"], ["x"]]
+pooled = PnnxGraph(Path("pool.pnnx.param"), [
+    Operator("pnnx.Input", "in", [], ["x"], line=3),
+    Operator("nn.MaxPool2d", "pool", ["x"], ["t"], line=4),
+    Operator("prim::TupleUnpack", "unpack", ["t"], ["values", "indices"], line=5),
+    Operator("pnnx.Output", "out", ["values", "indices"], [], line=6)], {})
+pooled.operands = {name: Operand(name) for name in ("x", "t", "values", "indices")}
+print([(op.type, op.inputs, op.outputs) for op in unpack_tuples(pooled).operators])
+assert unpack_tuples(pooled).operators[1].outputs == ["values", "indices"], "the pool should get two outputs"
 
 # %% [markdown]
 # ## What you built

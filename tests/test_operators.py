@@ -280,3 +280,16 @@ def test_div_rounding_modes(mode):
                  input_names={"input": "0", "other": "1"})
     got = layer(kuiper.Tensor(x.numpy()), kuiper.Tensor(y.numpy())).numpy()
     np.testing.assert_allclose(got, torch.div(x, y, rounding_mode=mode).numpy(), atol=1e-6)
+
+
+def test_unpack_of_too_few_tensors_is_a_graph_error():
+    from kuiper.errors import GraphError
+    from kuiper.graph import unpack_tuples
+    from kuiper.pnnx import Operand, PnnxGraph
+    ops = [Operator("pnnx.Input", "in", [], ["x"], line=3),
+           Operator("prim::TupleConstruct", "pack", ["x", "x"], ["t"], line=4),
+           Operator("prim::TupleUnpack", "unpack", ["t"], ["a", "b", "c"], line=5),
+           Operator("pnnx.Output", "out", ["a"], [], line=6)]
+    graph = PnnxGraph(Path("bad.pnnx.param"), ops, {n: Operand(n) for n in "xtabc"})
+    with pytest.raises(GraphError, match=r"prim::TupleUnpack 'unpack' \(line 5\) unpacks 3 values .* hold 2 tensors"):
+        unpack_tuples(graph)
