@@ -978,6 +978,8 @@ def topk(input, k, dim=-1, largest=True, sorted: Literal[True] = True):
 
 # %%
 #| export layers.normalization
+from typing import Literal
+
 import numpy as np
 
 from kuiper.layers.elementwise import function
@@ -1026,6 +1028,15 @@ def instance_norm(input, weight=None, bias=None, running_mean=None, running_var=
         out = (input - running_mean.reshape(shape)) / np.sqrt(running_var.reshape(shape) + np.float32(eps))
     else:
         out = standardize(input, tuple(range(2, input.ndim)), eps)
+    return scale_shift(out, weight, bias, 1)
+
+
+@function("F.batch_norm")
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training: Literal[False] = False,
+               momentum=0.1, eps=1e-5):
+    """Inference batch norm with its statistics and weights as tensors: (x − mean) / √(var + eps)·w + b."""
+    shape = (-1, *([1] * (input.ndim - 2)))
+    out = (input - running_mean.reshape(shape)) / np.sqrt(running_var.reshape(shape) + np.float32(eps))
     return scale_shift(out, weight, bias, 1)
 
 
@@ -1123,6 +1134,13 @@ def matmul(input, other):
     return np.matmul(input, other)
 
 
+@function("F.linear")
+def linear(input, weight, bias=None):
+    """input @ weightᵀ + bias, with the weight a tensor of the graph (nn.Linear holds its own)."""
+    out = np.matmul(input, weight.T)
+    return out if bias is None else out + bias
+
+
 @function("torch.addmm", "Tensor.addmm")
 def addmm(input, mat1, mat2, beta=1, alpha=1):
     """beta·input + alpha·(mat1 @ mat2)."""
@@ -1202,6 +1220,32 @@ def index_select(input, dim, index):
 def gather(input, dim, index):
     """out[i][j][k] = input[i][index[i][j][k]][k] for dim 1, and likewise for other dims."""
     return np.take_along_axis(input, index.astype(np.int64), axis=dim)
+
+
+@function("nn.PixelShuffle", "F.pixel_shuffle", "torch.pixel_shuffle")
+def pixel_shuffle(input, upscale_factor):
+    """(N, C·r², H, W) -> (N, C, H·r, W·r): each group of r² channels becomes an r × r block."""
+    n, c, h, w = input.shape
+    r = upscale_factor
+    blocks = input.reshape(n, c // (r * r), r, r, h, w)  # (N, C, r, r, H, W)
+    return blocks.transpose(0, 1, 4, 2, 5, 3).reshape(n, c // (r * r), h * r, w * r)
+
+
+@function("nn.PixelUnshuffle", "F.pixel_unshuffle", "torch.pixel_unshuffle")
+def pixel_unshuffle(input, downscale_factor):
+    """(N, C, H·r, W·r) -> (N, C·r², H, W), the inverse of pixel_shuffle."""
+    n, c, h, w = input.shape
+    r = downscale_factor
+    blocks = input.reshape(n, c, h // r, r, w // r, r)  # (N, C, H, r, W, r)
+    return blocks.transpose(0, 1, 3, 5, 2, 4).reshape(n, c * r * r, h // r, w // r)
+
+
+@function("nn.ChannelShuffle", "F.channel_shuffle", "torch.channel_shuffle", "aten::channel_shuffle")
+def channel_shuffle(input, groups):
+    """Channels (g, C/g) reordered as (C/g, g), ShuffleNet's mixing of groups (a setting or a 0-d tensor)."""
+    n, c, groups = *input.shape[:2], int(groups)
+    grouped = input.reshape(n, groups, c // groups, *input.shape[2:])  # (N, g, C/g, ...)
+    return grouped.swapaxes(1, 2).reshape(input.shape)
 
 
 TORCH_DTYPES = {"torch.float": "float32", "torch.float32": "float32", "torch.half": "float16",

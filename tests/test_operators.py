@@ -164,6 +164,9 @@ class NormPad(nn.Module):
         self.norms[-1].running_var.copy_(torch.tensor([0.5, 2.0, 1.0, 1.5]))
         self.register_buffer("mean", torch.tensor([0.5, 0.1, -0.3, 0.2]))
         self.register_buffer("var", torch.tensor([1.5, 0.3, 0.7, 2.0]))
+        self.register_buffer("mean2", torch.tensor([0.2, -0.1, 0.4, 0.0]))  # F.instance_norm updates mean, var
+        self.register_buffer("var2", torch.tensor([0.9, 1.3, 0.6, 1.1]))
+        self.w, self.b = nn.Parameter(torch.tensor([0.5, 2.0, -1.0, 1.0])), nn.Parameter(torch.tensor([0.1, 0.2, 0.3, 0.4]))
         for norm in self.norms:
             for p in norm.parameters():
                 nn.init.normal_(p)
@@ -175,7 +178,8 @@ class NormPad(nn.Module):
         out += [m(x) for m in self.pads]
         out += [F.pad(x, (1, 2)), F.pad(x, (1, 1, 2, 0), value=3.0), F.pad(x, (2, 1, 1, 2), mode="reflect"),
                 F.pad(x, (0, 3, 2, 1), mode="replicate"), F.pad(x, (1, 2, 2, 1), mode="circular"),
-                F.layer_norm(x, (8,)), F.group_norm(x, 2), F.instance_norm(x, self.mean, self.var)]
+                F.layer_norm(x, (8,)), F.group_norm(x, 2), F.instance_norm(x, self.mean, self.var),
+                F.batch_norm(x, self.mean2, self.var2, self.w, self.b, eps=1e-3), F.batch_norm(x, self.mean2, self.var2)]
         return tuple(out)
 
 
@@ -183,7 +187,7 @@ def test_normalization_padding(tmp_path):
     names = [type(m).__name__ + str(i) for i, m in enumerate(NormPad().norms)] + ["normalize", "normalize p1"]
     names += [type(m).__name__ + str(i) for i, m in enumerate(NormPad().pads)]
     names += ["pad", "pad value", "pad reflect", "pad replicate", "pad circular", "F.layer_norm", "F.group_norm",
-              "F.instance_norm with running stats"]
+              "F.instance_norm with running stats", "F.batch_norm", "F.batch_norm no affine"]
     check_model(NormPad(), (seeded(1, 4, 6, 8),), tmp_path, names)
 
 
@@ -196,13 +200,16 @@ class Shapes(nn.Module):
                 x.expand(2, 3, 4, 8), x[:, :1].expand(-1, 3, -1, -1), x.repeat(1, 2, 1, 3), torch.tile(x, (2, 1)),
                 torch.flip(x, [1, 3]), torch.roll(x, 2, 3), torch.roll(x, (1, -1), (1, 2)), x[0, 0].t(),
                 a, b, c, torch.narrow(x, 3, 2, 4), torch.index_select(x, 3, torch.tensor([0, 5, 2])),
-                torch.gather(x, 3, order), x.select(1, 2), x[:, 1:3, 2], x[0, :, 1:], order)
+                torch.gather(x, 3, order), x.select(1, 2), x[:, 1:3, 2], x[0, :, 1:], order,
+                F.linear(x, m[0, 0].t(), m[0, 0, 0]), F.linear(x, m[0, 0].t()), F.pixel_shuffle(x.reshape(1, 12, 2, 4), 2),
+                F.pixel_unshuffle(x, 2), nn.ChannelShuffle(3)(m.reshape(1, 6, 4, 5)))
 
 
 def test_linalg_shape_indexing(tmp_path):
     names = ["matmul 4d", "matmul 3d", "bmm", "mm", "mv", "addmm", "expand", "expand -1", "repeat", "tile", "flip",
              "roll", "roll dims", "t", "unbind 0", "unbind 1", "unbind 2", "narrow", "index_select", "gather",
-             "select", "slice and select", "select and slice", "argsort"]
+             "select", "slice and select", "select and slice", "argsort", "F.linear", "F.linear no bias",
+             "pixel_shuffle", "pixel_unshuffle", "channel_shuffle"]
     check_model(Shapes(), (seeded(1, 3, 4, 8), seeded(1, 3, 8, 5, seed=1)), tmp_path, names)
 
 

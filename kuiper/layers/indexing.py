@@ -71,6 +71,32 @@ def gather(input, dim, index):
     return np.take_along_axis(input, index.astype(np.int64), axis=dim)
 
 
+@function("nn.PixelShuffle", "F.pixel_shuffle", "torch.pixel_shuffle")
+def pixel_shuffle(input, upscale_factor):
+    """(N, C·r², H, W) -> (N, C, H·r, W·r): each group of r² channels becomes an r × r block."""
+    n, c, h, w = input.shape
+    r = upscale_factor
+    blocks = input.reshape(n, c // (r * r), r, r, h, w)  # (N, C, r, r, H, W)
+    return blocks.transpose(0, 1, 4, 2, 5, 3).reshape(n, c // (r * r), h * r, w * r)
+
+
+@function("nn.PixelUnshuffle", "F.pixel_unshuffle", "torch.pixel_unshuffle")
+def pixel_unshuffle(input, downscale_factor):
+    """(N, C, H·r, W·r) -> (N, C·r², H, W), the inverse of pixel_shuffle."""
+    n, c, h, w = input.shape
+    r = downscale_factor
+    blocks = input.reshape(n, c, h // r, r, w // r, r)  # (N, C, H, r, W, r)
+    return blocks.transpose(0, 1, 3, 5, 2, 4).reshape(n, c * r * r, h // r, w // r)
+
+
+@function("nn.ChannelShuffle", "F.channel_shuffle", "torch.channel_shuffle", "aten::channel_shuffle")
+def channel_shuffle(input, groups):
+    """Channels (g, C/g) reordered as (C/g, g), ShuffleNet's mixing of groups (a setting or a 0-d tensor)."""
+    n, c, groups = *input.shape[:2], int(groups)
+    grouped = input.reshape(n, groups, c // groups, *input.shape[2:])  # (N, g, C/g, ...)
+    return grouped.swapaxes(1, 2).reshape(input.shape)
+
+
 TORCH_DTYPES = {"torch.float": "float32", "torch.float32": "float32", "torch.half": "float16",
                 "torch.float16": "float16", "torch.long": "int64", "torch.int64": "int64", "torch.int": "int32",
                 "torch.int32": "int32", "torch.int8": "int8", "torch.uint8": "uint8", "torch.bool": "bool"}

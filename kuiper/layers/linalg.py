@@ -13,6 +13,13 @@ def matmul(input, other):
     return np.matmul(input, other)
 
 
+@function("F.linear")
+def linear(input, weight, bias=None):
+    """input @ weightᵀ + bias, with the weight a tensor of the graph (nn.Linear holds its own)."""
+    out = np.matmul(input, weight.T)
+    return out if bias is None else out + bias
+
+
 @function("torch.addmm", "Tensor.addmm")
 def addmm(input, mat1, mat2, beta=1, alpha=1):
     """beta·input + alpha·(mat1 @ mat2)."""

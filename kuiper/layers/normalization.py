@@ -1,6 +1,8 @@
 # Generated from solutions/05_expression.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from kuiper.layers.elementwise import function
@@ -49,6 +51,15 @@ def instance_norm(input, weight=None, bias=None, running_mean=None, running_var=
         out = (input - running_mean.reshape(shape)) / np.sqrt(running_var.reshape(shape) + np.float32(eps))
     else:
         out = standardize(input, tuple(range(2, input.ndim)), eps)
+    return scale_shift(out, weight, bias, 1)
+
+
+@function("F.batch_norm")
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training: Literal[False] = False,
+               momentum=0.1, eps=1e-5):
+    """Inference batch norm with its statistics and weights as tensors: (x − mean) / √(var + eps)·w + b."""
+    shape = (-1, *([1] * (input.ndim - 2)))
+    out = (input - running_mean.reshape(shape)) / np.sqrt(running_var.reshape(shape) + np.float32(eps))
     return scale_shift(out, weight, bias, 1)
 
 
