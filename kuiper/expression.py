@@ -35,7 +35,8 @@ UNARY = {"neg": np.negative, "abs": np.abs, "sqrt": np.sqrt, "rsqrt": _rsqrt, "e
 BINARY = {"add": np.add, "sub": np.subtract, "rsub": lambda a, b: np.subtract(b, a), "mul": np.multiply,
           "div": np.divide, "pow": np.power, "max": np.maximum, "min": np.minimum, "maximum": np.maximum,
           "minimum": np.minimum, "floor_divide": np.floor_divide, "remainder": np.remainder, "fmod": np.fmod,
-          "atan2": np.arctan2, "logaddexp": np.logaddexp, "size": lambda x, dim: np.shape(x)[int(dim)]}
+          "atan2": np.arctan2, "logaddexp": np.logaddexp, "and": np.bitwise_and, "or": np.bitwise_or,
+          "xor": np.bitwise_xor, "size": lambda x, dim: np.shape(x)[int(dim)]}
 FUNCTIONS = {name: (fn, 1) for name, fn in UNARY.items()} | {name: (fn, 2) for name, fn in BINARY.items()}
 
 

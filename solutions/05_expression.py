@@ -97,7 +97,8 @@ UNARY = {"neg": np.negative, "abs": np.abs, "sqrt": np.sqrt, "rsqrt": _rsqrt, "e
 BINARY = {"add": np.add, "sub": np.subtract, "rsub": lambda a, b: np.subtract(b, a), "mul": np.multiply,
           "div": np.divide, "pow": np.power, "max": np.maximum, "min": np.minimum, "maximum": np.maximum,
           "minimum": np.minimum, "floor_divide": np.floor_divide, "remainder": np.remainder, "fmod": np.fmod,
-          "atan2": np.arctan2, "logaddexp": np.logaddexp, "size": lambda x, dim: np.shape(x)[int(dim)]}
+          "atan2": np.arctan2, "logaddexp": np.logaddexp, "and": np.bitwise_and, "or": np.bitwise_or,
+          "xor": np.bitwise_xor, "size": lambda x, dim: np.shape(x)[int(dim)]}
 FUNCTIONS = {name: (fn, 1) for name, fn in UNARY.items()} | {name: (fn, 2) for name, fn in BINARY.items()}
 
 # %% [markdown]
@@ -645,10 +646,12 @@ def binary(fn: Callable) -> Callable:
 
 COMPARE = {"eq": np.equal, "ne": np.not_equal, "gt": np.greater, "ge": np.greater_equal, "lt": np.less,
            "le": np.less_equal, "logical_and": np.logical_and, "logical_or": np.logical_or,
-           "logical_xor": np.logical_xor}
-NOT_OPERATORS = {"int", "size", "max", "min", "div"}
+           "logical_xor": np.logical_xor, "bitwise_and": np.bitwise_and, "bitwise_or": np.bitwise_or,
+           "bitwise_xor": np.bitwise_xor, "bitwise_left_shift": np.left_shift, "bitwise_right_shift": np.right_shift}
+NOT_OPERATORS = {"int", "size", "max", "min", "div", "and", "or", "xor"}
+MORE_UNARY = {"logical_not": np.logical_not, "bitwise_not": np.invert, "positive": np.positive}
 
-for _name, _fn in UNARY.items() | {"logical_not": np.logical_not}.items():
+for _name, _fn in UNARY.items() | MORE_UNARY.items():
     if _name not in NOT_OPERATORS:
         function(f"torch.{_name}", f"Tensor.{_name}", f"aten::{_name}", name=_name)(unary(_fn))
 for _name, _fn in BINARY.items() | COMPARE.items():

@@ -91,13 +91,15 @@ class Binary(nn.Module):
                 torch.logical_xor(positive, mask), torch.logical_not(positive),
                 torch.gt(x, 0.25), torch.eq(x.argmax(-1), 2), torch.clamp(x, -0.5, 0.5), torch.clamp(x, min=0.1),
                 x.clamp(max=0.2), torch.clip(x, -1, 1), torch.where(positive, x, y), torch.where(mask, x, 0.0),
-                x.masked_fill(mask, 2.0), torch.pow(x, 2), torch.maximum(x, y.mean(-1, keepdim=True))]
+                x.masked_fill(mask, 2.0), torch.bitwise_and(positive, mask), torch.bitwise_xor(x.argmax(1), 3),
+                torch.bitwise_not(x.argmin(1)), torch.bitwise_left_shift(x.argmax(-1), 2), torch.pow(x, 2), torch.maximum(x, y.mean(-1, keepdim=True))]
         return tuple(out)
 
 
 def test_binary_comparison_logic(tmp_path):
     names = BINARY + ["and", "or", "xor", "not", "gt scalar", "eq int", "clamp", "clamp min", "clamp max", "clip",
-                      "where", "where scalar", "masked_fill", "pow 2", "maximum broadcast"]
+                      "where", "where scalar", "masked_fill", "bitwise_and",
+                      "bitwise_xor", "bitwise_not", "left_shift", "pow 2", "maximum broadcast"]
     check_model(Binary(), (seeded(1, 3, 4, 8) * 2, seeded(1, 3, 4, 8, seed=1)), tmp_path, names)
 
 
