@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import heapq
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
+from dataclasses import replace
 
 from kuiper.errors import GraphError, KuiperError, ShapeError
-from kuiper.pnnx import Operator, PnnxGraph
+from kuiper.pnnx import link_operands, Operator, PnnxGraph
 from kuiper.tensor import Tensor
 
 
@@ -156,3 +158,53 @@ class RuntimeGraph:
         for _, kind, seconds in self.timings:
             totals[kind] += seconds
         return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+PACK = ("prim::TupleConstruct", "prim::ListConstruct")
+UNPACK = ("prim::TupleUnpack", "prim::ListUnpack")
+
+
+def list_inputs(op: Operator) -> list[str] | None:
+    """The operands a pnnx.Expression like `[@0,@1]` lists (PNNX's way to write a list of tensors)."""
+    items = op.params.get("expr") if op.type == "pnnx.Expression" else None
+    if not isinstance(items, tuple) or not all(isinstance(i, str) and re.fullmatch(r"@\d+", i) for i in items):
+        return None
+    return [op.inputs[int(item[1:])] for item in items]
+
+
+def unpack_tuples(model: PnnxGraph) -> PnnxGraph:
+    """`model` without tuple and list operators: packs are spliced into their readers, unpacks
+    alias the packed tensors (or, of an operator's single tuple output, become its outputs), and a
+    pnnx.Output of a tuple becomes one pnnx.Output per tensor.
+    GraphError if an unpack does not find as many tensors as it has outputs."""
+    packed = {op.outputs[0]: op.inputs for op in model.operators if op.type in PACK}
+    packed |= {op.outputs[0]: list_inputs(op) for op in model.operators if list_inputs(op) is not None
+               and all(reader.type in PACK + UNPACK + IO_TYPES for reader in model.operators
+                       if op.outputs[0] in reader.inputs)}
+    alias: dict[str, str] = {}
+
+    def spread(names: list[str]) -> list[str]:
+        found = [alias.get(name, name) for name in names]
+        return [m for name in found for m in (spread(packed[name]) if name in packed else [name])]
+
+    operators = []
+    for op in model.operators:
+        if op.outputs and op.outputs[0] in packed:
+            continue
+        inputs = spread(op.inputs)
+        producer = next((o for o in operators if o.outputs == inputs), None) if len(inputs) == 1 else None
+        if op.type in UNPACK and producer is not None and len(op.outputs) > 1:
+            operators[operators.index(producer)] = replace(producer, outputs=op.outputs)
+        elif op.type in UNPACK:
+            if len(inputs) != len(op.outputs):
+                raise GraphError(f"{op.where()} unpacks {len(op.outputs)} values from {op.inputs}, "
+                                 f"which hold {len(inputs)} tensors")
+            alias.update(zip(op.outputs, inputs))
+        elif op.type == "pnnx.Output" and len(inputs) > 1:
+            operators += [replace(op, name=f"{op.name}.{i}", inputs=[name]) for i, name in enumerate(inputs)]
+        else:
+            operators.append(replace(op, inputs=inputs))
+    operands = link_operands(operators, model.path)
+    for name, operand in operands.items():
+        operand.shape, operand.dtype = model.operands[name].shape, model.operands[name].dtype
+    return PnnxGraph(model.path, operators, operands)

@@ -942,6 +942,102 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# ## Tuples and lists inside the graph
+#
+# A model that returns several tensors, `return boxes, scores`, makes TorchScript pack them into
+# one value: PNNX writes a `prim::TupleConstruct` operator whose single output is the tuple, and
+# `pnnx.Output` reads that. Lists (`prim::ListConstruct`) and their unpacking
+# (`prim::TupleUnpack`, `prim::ListUnpack`) appear the same way. None of them computes anything,
+# so rather than teach every layer about tuples we take them apart once, before the graph runs:
+# a reader of a packed value reads the tensors inside it instead, an unpacked value *is* the
+# tensor that was packed, and a `pnnx.Output` of a tuple becomes one output per tensor, so that
+# `forward` returns a tuple of arrays. An operator that returns a tuple as one value, such as
+# `nn.MaxPool2d(return_indices=True)`, is unpacked by giving it one output per item. PNNX also writes a list of tensors as an expression,
+# `expr=[@0,@1]`; where only tuples and outputs read it, it is a pack too.
+
+# %%
+#| export graph
+import re
+from dataclasses import replace
+
+from kuiper.pnnx import link_operands
+
+PACK = ("prim::TupleConstruct", "prim::ListConstruct")
+UNPACK = ("prim::TupleUnpack", "prim::ListUnpack")
+
+
+def list_inputs(op: Operator) -> list[str] | None:
+    """The operands a pnnx.Expression like `[@0,@1]` lists (PNNX's way to write a list of tensors)."""
+    items = op.params.get("expr") if op.type == "pnnx.Expression" else None
+    if not isinstance(items, tuple) or not all(isinstance(i, str) and re.fullmatch(r"@\d+", i) for i in items):
+        return None
+    return [op.inputs[int(item[1:])] for item in items]
+
+
+def unpack_tuples(model: PnnxGraph) -> PnnxGraph:
+    """`model` without tuple and list operators: packs are spliced into their readers, unpacks
+    alias the packed tensors (or, of an operator's single tuple output, become its outputs), and a
+    pnnx.Output of a tuple becomes one pnnx.Output per tensor.
+    GraphError if an unpack does not find as many tensors as it has outputs."""
+    packed = {op.outputs[0]: op.inputs for op in model.operators if op.type in PACK}
+    packed |= {op.outputs[0]: list_inputs(op) for op in model.operators if list_inputs(op) is not None
+               and all(reader.type in PACK + UNPACK + IO_TYPES for reader in model.operators
+                       if op.outputs[0] in reader.inputs)}
+    alias: dict[str, str] = {}
+
+    def spread(names: list[str]) -> list[str]:
+        found = [alias.get(name, name) for name in names]
+        return [m for name in found for m in (spread(packed[name]) if name in packed else [name])]
+
+    operators = []
+    for op in model.operators:
+        if op.outputs and op.outputs[0] in packed:
+            continue
+        inputs = spread(op.inputs)
+        producer = next((o for o in operators if o.outputs == inputs), None) if len(inputs) == 1 else None
+        if op.type in UNPACK and producer is not None and len(op.outputs) > 1:
+            operators[operators.index(producer)] = replace(producer, outputs=op.outputs)
+        elif op.type in UNPACK:
+            if len(inputs) != len(op.outputs):
+                raise GraphError(f"{op.where()} unpacks {len(op.outputs)} values from {op.inputs}, "
+                                 f"which hold {len(inputs)} tensors")
+            alias.update(zip(op.outputs, inputs))
+        elif op.type == "pnnx.Output" and len(inputs) > 1:
+            operators += [replace(op, name=f"{op.name}.{i}", inputs=[name]) for i, name in enumerate(inputs)]
+        else:
+            operators.append(replace(op, inputs=inputs))
+    operands = link_operands(operators, model.path)
+    for name, operand in operands.items():
+        operand.shape, operand.dtype = model.operands[name].shape, model.operands[name].dtype
+    return PnnxGraph(model.path, operators, operands)
+
+
+# %% [markdown]
+# A model with two outputs, the second read through a tuple and an unpack:
+
+# %%
+from kuiper.pnnx import Operator, Operand
+
+two = PnnxGraph(Path("two.pnnx.param"), [
+    Operator("pnnx.Input", "in", [], ["x"], line=3),
+    Operator("prim::TupleConstruct", "pack", ["x", "x"], ["t"], line=4),
+    Operator("prim::TupleUnpack", "unpack", ["t"], ["a", "b"], line=5),
+    Operator("prim::TupleConstruct", "out_tuple", ["a", "b"], ["u"], line=6),
+    Operator("pnnx.Output", "out", ["u"], [], line=7)], {})
+two.operands = {name: Operand(name) for name in "xtabu"}
+flat = unpack_tuples(two)
+print([(op.type, op.name, op.inputs) for op in flat.operators])
+assert [op.inputs for op in flat.operators if op.type == "pnnx.Output"] == [["x"], ["x"]]
+pooled = PnnxGraph(Path("pool.pnnx.param"), [
+    Operator("pnnx.Input", "in", [], ["x"], line=3),
+    Operator("nn.MaxPool2d", "pool", ["x"], ["t"], line=4),
+    Operator("prim::TupleUnpack", "unpack", ["t"], ["values", "indices"], line=5),
+    Operator("pnnx.Output", "out", ["values", "indices"], [], line=6)], {})
+pooled.operands = {name: Operand(name) for name in ("x", "t", "values", "indices")}
+print([(op.type, op.inputs, op.outputs) for op in unpack_tuples(pooled).operators])
+assert unpack_tuples(pooled).operators[1].outputs == ["values", "indices"], "the pool should get two outputs"
+
+# %% [markdown]
 # ## What you built
 #
 # `kuiper/pnnx.py` reads PNNX files with errors that name the file and line; `kuiper/graph.py`

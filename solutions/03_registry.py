@@ -198,7 +198,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kuiper.errors import LayerError
-from kuiper.graph import RuntimeGraph
+from kuiper.graph import RuntimeGraph, unpack_tuples
 from kuiper.layer import Layer
 from kuiper.pnnx import Operator, load_pnnx
 
@@ -290,7 +290,7 @@ with check("Exercise 3.4"):
 #| export
 def load(param: str | Path) -> RuntimeGraph:
     """Load `model.pnnx.param` (with `model.pnnx.bin` beside it) as a graph ready to run."""
-    return RuntimeGraph(load_pnnx(param), create_layer)
+    return RuntimeGraph(unpack_tuples(load_pnnx(param)), create_layer)
 
 
 # %% [markdown]

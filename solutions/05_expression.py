@@ -64,16 +64,24 @@ class ExpressionError(KuiperError, ValueError):
 
 # %%
 #| export
+import math
 import re
 from dataclasses import dataclass
 
 import numpy as np
+from numba import vectorize
 
 from kuiper.errors import ExpressionError
 
 
 def _rsqrt(x):
     return 1 / np.sqrt(x)
+
+
+@vectorize(["float32(float32)", "float64(float64)"], cache=True)
+def erf(x):
+    """The error function 2/√π ∫₀ˣ e^(-t²) dt, element by element (numpy has none; math.erf does)."""
+    return math.erf(x)
 
 
 def _int(x):
@@ -85,11 +93,13 @@ UNARY = {"neg": np.negative, "abs": np.abs, "sqrt": np.sqrt, "rsqrt": _rsqrt, "e
          "log10": np.log10, "floor": np.floor, "ceil": np.ceil, "round": np.round, "trunc": np.trunc,
          "sign": np.sign, "square": np.square, "reciprocal": np.reciprocal, "sin": np.sin, "cos": np.cos,
          "tan": np.tan, "tanh": np.tanh, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
-         "int": _int}
+         "sinh": np.sinh, "cosh": np.cosh, "asinh": np.arcsinh, "acosh": np.arccosh, "atanh": np.arctanh,
+         "expm1": np.expm1, "log1p": np.log1p, "log2": np.log2, "erf": erf, "int": _int}
 BINARY = {"add": np.add, "sub": np.subtract, "rsub": lambda a, b: np.subtract(b, a), "mul": np.multiply,
           "div": np.divide, "pow": np.power, "max": np.maximum, "min": np.minimum, "maximum": np.maximum,
           "minimum": np.minimum, "floor_divide": np.floor_divide, "remainder": np.remainder, "fmod": np.fmod,
-          "atan2": np.arctan2, "size": lambda x, dim: np.shape(x)[int(dim)]}
+          "atan2": np.arctan2, "logaddexp": np.logaddexp, "and": np.bitwise_and, "or": np.bitwise_or,
+          "xor": np.bitwise_xor, "size": lambda x, dim: np.shape(x)[int(dim)]}
 FUNCTIONS = {name: (fn, 1) for name, fn in UNARY.items()} | {name: (fn, 2) for name, fn in BINARY.items()}
 
 # %% [markdown]
@@ -441,6 +451,67 @@ for node in to_rpn(parse("mul(add(@0,sqrt(@1)),sub(@2,3))")):
     print(f"{label(node):5} -> {stack}")
 
 # %% [markdown]
+# ## When PNNX forgets the brackets
+#
+# PNNX's expression writer knows only some function names. For the others it writes the name and
+# its argument without brackets: `expm1(@0)` comes out as `expm1,@0`, and
+# `add(expm1(@0),log1p(abs(@0)))` as `add(expm1,@0),log1p,abs(@0)`. The brackets are then wrong,
+# but the names and inputs are still in prefix order, and every function has a known number of
+# arguments, so the tree is still fixed by them alone: that is *Polish notation*, which needs no
+# brackets. When the strict parser fails, we read the tokens that way.
+
+# %%
+#| export
+def parse_polish(text: str) -> Input | Number | Call:
+    """The tree of `text` read as Polish (prefix) notation, brackets and commas ignored; for the
+    bracket-less function calls that PNNX writes. ExpressionError if the tokens do not form one tree."""
+    tokens = [token for token in tokenize(text) if token.kind != "punct"]
+    position = 0
+
+    def node() -> Input | Number | Call:
+        nonlocal position
+        if position == len(tokens):
+            raise ExpressionError(f"column {len(text)}: expected an argument, found the end in {text!r}")
+        token = tokens[position]
+        position += 1
+        if token.kind == "input":
+            return Input(int(token.text[1:]))
+        if token.kind == "number":
+            return Number(int(token.text) if re.fullmatch(r"-?\d+", token.text) else float(token.text))
+        if token.text not in FUNCTIONS:
+            raise ExpressionError(f"column {token.column}: unknown function {token.text!r} in {text!r}")
+        return Call(token.text, tuple(node() for _ in range(FUNCTIONS[token.text][1])))
+
+    tree = node()
+    if position != len(tokens):
+        raise ExpressionError(f"column {tokens[position].column}: unexpected {tokens[position].text!r} in {text!r}")
+    return tree
+
+
+def parse_pnnx(text: str) -> Input | Number | Call | ListOf:
+    """`parse(text)`, or, where that fails and the text has no list, `parse_polish(text)`;
+    the strict parser's ExpressionError if neither reads it."""
+    try:
+        return parse(text)
+    except ExpressionError:
+        if "[" in text:
+            raise
+        try:
+            return parse_polish(text)
+        except ExpressionError:
+            pass
+        raise
+
+
+# %%
+print(parse_pnnx("add(expm1,@0),log1p,abs(@0)"))
+with check("bracket-less PNNX expressions"):
+    tree = parse_pnnx("add(expm1,@0),log1p,abs(@0)")
+    want = Call("add", (Call("expm1", (Input(0),)), Call("log1p", (Call("abs", (Input(0),)),))))
+    assert tree == want, f"expected {want}, got {tree}"
+    assert parse_pnnx("mul(@0,2)") == parse("mul(@0,2)"), "well-formed text should parse as before"
+
+# %% [markdown]
 # ## The layer
 #
 # `pnnx.Expression` parses and flattens its expression **once**, when the graph is built (a
@@ -452,7 +523,7 @@ for node in to_rpn(parse("mul(add(@0,sqrt(@1)),sub(@2,3))")):
 import numpy as np
 
 from kuiper.errors import ExpressionError, LayerError
-from kuiper.expression import Input, evaluate, parse, to_rpn
+from kuiper.expression import Input, evaluate, parse_pnnx, to_rpn
 from kuiper.layer import Layer
 from kuiper.registry import register
 from kuiper.tensor import Tensor
@@ -464,11 +535,13 @@ class Expression(Layer):
 
     def __init__(self, op):
         super().__init__(op)
-        text = self.param("expr", (str, tuple))
+        text = self.param("expr", (str, tuple, bool, int, float))
+        if isinstance(text, (bool, int, float)):  # a constant: PNNX writes expr=False, expr=-1
+            text = str(int(text))
         if isinstance(text, tuple):
             text = "[" + ",".join(map(str, text)) + "]"
         try:
-            self.program = to_rpn(parse(text))
+            self.program = to_rpn(parse_pnnx(text))
         except ExpressionError as err:
             raise LayerError(f"{op.where()}: {err}") from None
         used = max((node.index for node in self.program if isinstance(node, Input)), default=-1)
@@ -502,6 +575,863 @@ try:
     Expression(Operator("pnnx.Expression", "pnnx_expr_3", ["0"], ["1"], params={"expr": "add(@0,@1"}, line=40))
 except LayerError as err:
     print("LayerError:", err)
+
+# %% [markdown]
+# ## Operator families as tables
+#
+# `pnnx.Expression` covers the arithmetic PNNX could fuse, but many element-wise operators reach
+# the `.param` file as operators of their own: `torch.gt`, `torch.clamp`, `F.gelu`, `nn.PReLU`,
+# `torch.where`, ... Each is a numpy function of some tensors and some settings, so one layer
+# class serves them all: `Function` calls `fn`, filling its parameters **by name** — tensors
+# from the operator's inputs (PNNX names them, `$input=0 $other=1`), settings from its
+# parameters (`dim=1 keepdim=True`), weights from the `.bin` (`@weight`). The signature of `fn`
+# is the specification: a missing setting is an error naming it, a setting annotated
+# `Literal[...]` is checked against what is supported, and a setting `fn` does not know is a
+# warning (PNNX writes constructor arguments such as `inplace` that change nothing at inference).
+#
+# The element-wise functions reuse the expression's own `UNARY` and `BINARY` tables: one table
+# says what `abs` means, whether it arrives as `abs(@0)` inside an expression or as `torch.abs`.
+
+# %%
+#| export layers.elementwise
+import inspect
+import math
+import typing
+import warnings
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+
+from kuiper.errors import LayerError
+from kuiper.expression import BINARY, UNARY, erf
+from kuiper.layer import Layer
+from kuiper.registry import register
+from kuiper.tensor import Tensor
+
+RENAMES = {"self": "input", "exponent": "other", "vec": "other", "mat2": "other"}
+BENIGN = {"inplace", "num_parameters", "num_features", "num_channels", "track_running_stats", "momentum"}
+
+
+class Function(Layer):
+    """Calls `fn(*arrays, **settings)`: tensors fill fn's parameters by PNNX input name ($input,
+    $other, ...; in order where unnamed), the operator's parameters and weights fill the rest."""
+
+    fn: Callable = staticmethod(lambda input: input)
+
+    def __init__(self, op):
+        super().__init__(op)
+        signature = inspect.signature(self.fn)
+        hints = typing.get_type_hints(self.fn)
+        names = [name if name in signature.parameters else RENAMES.get(name, name) for name in op.input_names]
+        names = names or list(signature.parameters)[:len(op.inputs)]
+        unknown = [name for name in names if name not in signature.parameters]
+        if len(names) != len(op.inputs) or unknown:
+            raise LayerError(f"{op.where()}: takes inputs {list(signature.parameters)}, got {names or op.inputs}")
+        self.inputs = names
+        self.settings = {}
+        for name, parameter in signature.parameters.items():
+            if name in names:
+                continue
+            if name in op.params:
+                self.settings[name] = self.checked(name, op.params[name], hints.get(name))
+            elif name in op.attrs:
+                self.settings[name] = self.weight(name)
+            elif parameter.default is inspect.Parameter.empty:
+                raise LayerError(f"{op.where()}: missing parameter {name!r}")
+        for key, value in op.params.items():
+            if key not in signature.parameters and key not in BENIGN:
+                warnings.warn(f"{op.where()}: ignoring parameter {key}={value!r}, which kuiper does not use")
+
+    def checked(self, name: str, value: object, hint: object) -> object:
+        """`value`, or LayerError if `hint` is a Literal that does not allow it."""
+        if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+            supported = ", ".join(map(repr, typing.get_args(hint)))
+            raise LayerError(f"{self.op.where()}: {name}={value!r} is not supported; supported: {supported}")
+        return value
+
+    def forward(self, *xs: Tensor) -> Tensor | tuple[Tensor, ...]:
+        arrays = {name: x.numpy() for name, x in zip(self.inputs, xs)}
+        result = self.fn(**arrays, **self.settings)
+        device = xs[0].device if xs else "cpu"
+        if isinstance(result, tuple):
+            return tuple(Tensor(np.asarray(r), device=device) for r in result)
+        return Tensor(np.asarray(result), device=device)
+
+
+def function(*types: str, name: str | None = None) -> Callable[[Callable], Callable]:
+    """Decorator: register a `Function` layer running the decorated numpy function for `types`."""
+    def add(fn: Callable) -> Callable:
+        cls = type(name or fn.__name__, (Function,), {"fn": staticmethod(fn), "__doc__": fn.__doc__})
+        register(*types)(cls)
+        return fn
+
+    return add
+
+
+def unary(fn: Callable) -> Callable:
+    """fn as a function of PNNX's `input`."""
+    return lambda input: fn(input)
+
+
+def binary(fn: Callable) -> Callable:
+    """fn as a function of PNNX's `input` and `other` (a tensor or a number)."""
+    return lambda input, other: fn(input, other)
+
+
+COMPARE = {"eq": np.equal, "ne": np.not_equal, "gt": np.greater, "ge": np.greater_equal, "lt": np.less,
+           "le": np.less_equal, "logical_and": np.logical_and, "logical_or": np.logical_or,
+           "logical_xor": np.logical_xor, "bitwise_and": np.bitwise_and, "bitwise_or": np.bitwise_or,
+           "bitwise_xor": np.bitwise_xor, "bitwise_left_shift": np.left_shift, "bitwise_right_shift": np.right_shift}
+NOT_OPERATORS = {"int", "size", "max", "min", "div", "and", "or", "xor"}
+MORE_UNARY = {"logical_not": np.logical_not, "bitwise_not": np.invert, "positive": np.positive}
+
+for _name, _fn in UNARY.items() | MORE_UNARY.items():
+    if _name not in NOT_OPERATORS:
+        function(f"torch.{_name}", f"Tensor.{_name}", f"aten::{_name}", name=_name)(unary(_fn))
+for _name, _fn in BINARY.items() | COMPARE.items():
+    if _name not in NOT_OPERATORS:
+        function(f"torch.{_name}", f"Tensor.{_name}", name=_name)(binary(_fn))
+
+
+@function("torch.div", "Tensor.div")
+def div(input, other, rounding_mode: Literal[None, "trunc", "floor"] = None):
+    """input / other, rounded toward zero or down if `rounding_mode` says so."""
+    quotient = np.divide(input, other)
+    return quotient if rounding_mode is None else np.trunc(quotient) if rounding_mode == "trunc" else np.floor(quotient)
+
+
+@function("torch.clamp", "Tensor.clamp", "torch.clip", "Tensor.clip")
+def clamp(input, min=None, max=None):
+    """input limited to [min, max]; either bound may be absent (None)."""
+    low = -np.inf if min is None else min
+    high = np.inf if max is None else max
+    return np.minimum(np.maximum(input, low), high).astype(input.dtype)
+
+
+@function("torch.where")
+def where(condition, input, other):
+    """input where condition holds, other elsewhere (broadcast)."""
+    return np.where(condition, input, other)
+
+
+@function("Tensor.masked_fill", "torch.masked_fill")
+def masked_fill(input, mask, value):
+    """input with the elements where mask holds set to value."""
+    return np.where(mask, np.asarray(value, dtype=input.dtype), input)
+
+
+# %% [markdown]
+# The activations are the same pattern with settings. Each function below is registered under its
+# `nn.` module name and its `F.` function name, and its parameter names are PyTorch's, so
+# `nn.Softplus beta=2 threshold=10` and `F.softplus` both land here. Formulas follow the PyTorch
+# documentation of each module.
+
+# %%
+#| export layers.elementwise
+def softmax(input, dim: int):
+    """exp(x) / Σ exp(x) along dim, shifted by the maximum."""
+    shifted = np.exp(input - input.max(axis=dim, keepdims=True))
+    return shifted / shifted.sum(axis=dim, keepdims=True)
+
+
+@function("nn.GELU", "F.gelu")
+def gelu(input, approximate: Literal["none", "tanh"] = "none"):
+    """x·Φ(x) with Φ the normal CDF: exact through erf, or its tanh approximation."""
+    if approximate == "tanh":
+        return 0.5 * input * (1 + np.tanh(math.sqrt(2 / math.pi) * (input + 0.044715 * input ** 3)))
+    return 0.5 * input * (1 + erf(input / np.float32(math.sqrt(2))))
+
+
+@function("nn.ELU", "F.elu")
+def elu(input, alpha=1.0):
+    """x for x > 0, alpha·(eˣ − 1) below."""
+    return np.where(input > 0, input, alpha * np.expm1(np.minimum(input, 0)))
+
+
+@function("nn.CELU", "F.celu")
+def celu(input, alpha=1.0):
+    """max(0, x) + min(0, alpha·(e^(x/alpha) − 1))."""
+    return np.maximum(input, 0) + np.minimum(0, alpha * np.expm1(np.minimum(input, 0) / alpha))
+
+
+@function("nn.SELU", "F.selu")
+def selu(input):
+    """scale·elu(x, alpha) with the self-normalising constants of Klambauer et al. (2017)."""
+    alpha, scale = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+    return scale * elu(input, alpha)
+
+
+def softplus(input, beta=1.0, threshold=20.0):
+    """log(1 + e^(beta·x)) / beta, and x itself where beta·x > threshold."""
+    return np.where(input * beta > threshold, input, np.logaddexp(0, input * beta) / beta)
+
+
+function("nn.Softplus", "F.softplus")(softplus)
+
+
+@function("nn.Mish", "F.mish")
+def mish(input):
+    """x·tanh(softplus(x))."""
+    return input * np.tanh(softplus(input))
+
+
+@function("nn.Softsign", "F.softsign")
+def softsign(input):
+    """x / (1 + |x|)."""
+    return input / (1 + np.abs(input))
+
+
+@function("nn.Tanh", "F.tanh")
+def tanh(input):
+    """The hyperbolic tangent."""
+    return np.tanh(input)
+
+
+@function("nn.PReLU", "F.prelu")
+def prelu(input, weight):
+    """x for x ≥ 0, weight·x below; weight has one slope, or one per channel (dimension 1)."""
+    slope = weight.reshape(-1, *([1] * (input.ndim - 2))) if weight.size > 1 else weight.reshape(())
+    return np.where(input >= 0, input, slope * input)
+
+
+@function("nn.RReLU", "F.rrelu")
+def rrelu(input, lower=1 / 8, upper=1 / 3, training: Literal[False] = False):
+    """Leaky ReLU with slope (lower + upper) / 2: RReLU at inference."""
+    return np.where(input >= 0, input, input * np.float32((lower + upper) / 2))
+
+
+@function("nn.Threshold", "F.threshold")
+def threshold(input, threshold, value):
+    """x where x > threshold, value elsewhere."""
+    return np.where(input > threshold, input, np.float32(value))
+
+
+@function("nn.Hardshrink", "F.hardshrink")
+def hardshrink(input, lambd=0.5):
+    """x where |x| > lambd, 0 elsewhere."""
+    return np.where(np.abs(input) > lambd, input, 0).astype(input.dtype)
+
+
+@function("nn.Softshrink", "F.softshrink")
+def softshrink(input, lambd=0.5):
+    """x − lambd above lambd, x + lambd below −lambd, 0 between."""
+    return (np.sign(input) * np.maximum(np.abs(input) - lambd, 0)).astype(input.dtype)
+
+
+@function("nn.Tanhshrink", "F.tanhshrink")
+def tanhshrink(input):
+    """x − tanh(x)."""
+    return input - np.tanh(input)
+
+
+@function("nn.LogSigmoid", "F.logsigmoid")
+def logsigmoid(input):
+    """log(1 / (1 + e^−x)) = −log(1 + e^−x), without overflow."""
+    return -np.logaddexp(0, -input)
+
+
+@function("nn.LogSoftmax", "F.log_softmax", "torch.log_softmax")
+def log_softmax(input, dim: int):
+    """x − log Σ exp(x) along dim, shifted by the maximum."""
+    shifted = input - input.max(axis=dim, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
+
+
+@function("nn.Softmin", "F.softmin")
+def softmin(input, dim: int):
+    """softmax(−x) along dim."""
+    return softmax(-input, dim)
+
+
+@function("nn.Softmax2d")
+def softmax2d(input):
+    """softmax over the channels (dimension −3) at every pixel."""
+    return softmax(input, -3)
+
+
+@function("nn.GLU", "F.glu")
+def glu(input, dim=-1):
+    """a·sigmoid(b), where a and b are the two halves of x along dim."""
+    a, b = np.split(input, 2, axis=dim)
+    return a * (0.5 * (np.tanh(0.5 * b) + 1))
+
+
+# %% [markdown]
+# One line of a `.param` file becomes a layer with no code of its own: the settings are read by
+# name, and a setting outside what the function supports is refused when the graph is built.
+
+# %%
+from kuiper.registry import LAYERS, create_layer
+
+gelu_op = Operator("nn.GELU", "gelu", ["0"], ["1"], params={"approximate": "tanh"}, line=9)
+x = np.random.default_rng(0).standard_normal((2, 3, 5), dtype=np.float32)
+got = create_layer(gelu_op)(Tensor(x)).numpy()
+want = torch.nn.functional.gelu(torch.from_numpy(x), approximate="tanh").numpy()
+print("nn.GELU(tanh) vs torch:", agreement(got, want))
+try:
+    create_layer(Operator("nn.GELU", "gelu", ["0"], ["1"], params={"approximate": "sigmoid"}, line=9))
+except LayerError as err:
+    print("LayerError:", err)
+with check("table-driven layers"):
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), "nn.GELU(tanh) should match torch"
+    assert "torch.sinh" in LAYERS and "F.logsigmoid" in LAYERS, "the tables should register torch.* and F.* names"
+
+# %% [markdown]
+# ## Reductions
+#
+# A reduction folds dimensions away. numpy does the loop; the table's job is to read PyTorch's
+# settings: `dim` is an int, a tuple or absent (all dimensions), `keepdim` keeps the folded
+# dimensions with size 1, and `max`/`min` with a `dim` return values *and* indices (two outputs
+# in the graph).
+
+# %%
+#| export layers.reduction
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+
+from kuiper.layers.elementwise import function
+
+
+def axes(dim: int | tuple | None) -> int | tuple | None:
+    """PNNX's dim (an int, a tuple of ints, or None for all) as a numpy axis."""
+    return tuple(dim) if isinstance(dim, (tuple, list)) else dim
+
+
+@function("torch.sum", "Tensor.sum", name="sum")
+def sum_over(input, dim=None, keepdim=False):
+    """Σ over dim."""
+    return np.sum(input, axis=axes(dim), keepdims=keepdim)
+
+
+@function("torch.mean", "Tensor.mean")
+def mean(input, dim=None, keepdim=False):
+    """Arithmetic mean over dim."""
+    return np.mean(input, axis=axes(dim), keepdims=keepdim)
+
+
+@function("torch.prod", "Tensor.prod")
+def prod(input, dim=None, keepdim=False):
+    """Π over dim."""
+    return np.prod(input, axis=axes(dim), keepdims=keepdim)
+
+
+@function("torch.amax", "Tensor.amax")
+def amax(input, dim=None, keepdim=False):
+    """The largest value over dim."""
+    return np.max(input, axis=axes(dim), keepdims=keepdim)
+
+
+@function("torch.amin", "Tensor.amin")
+def amin(input, dim=None, keepdim=False):
+    """The smallest value over dim."""
+    return np.min(input, axis=axes(dim), keepdims=keepdim)
+
+
+def extreme(pick: Callable, arg: Callable) -> Callable:
+    """torch.max/min: the value over everything, or (values, indices) along one dim."""
+    def fn(input, dim=None, keepdim=False):
+        if dim is None:
+            return pick(input)
+        index = np.expand_dims(arg(input, axis=dim), dim)
+        values = np.take_along_axis(input, index, axis=dim)
+        return (values, index) if keepdim else (values.squeeze(dim), index.squeeze(dim))
+    return fn
+
+
+function("torch.max", "Tensor.max", name="max")(extreme(np.max, np.argmax))
+function("torch.min", "Tensor.min", name="min")(extreme(np.min, np.argmin))
+
+
+@function("torch.argmax", "Tensor.argmax")
+def argmax(input, dim=None, keepdim=False):
+    """The index of the first largest value over dim (of the flattened tensor without one)."""
+    return np.argmax(input, axis=dim, keepdims=keepdim and dim is not None)
+
+
+@function("torch.argmin", "Tensor.argmin")
+def argmin(input, dim=None, keepdim=False):
+    """The index of the first smallest value over dim (of the flattened tensor without one)."""
+    return np.argmin(input, axis=dim, keepdims=keepdim and dim is not None)
+
+
+def spread(stat: Callable) -> Callable:
+    """torch.var/std: Bessel's correction from `correction`, or 1/0 from `unbiased`."""
+    def fn(input, dim=None, unbiased=True, keepdim=False, correction=None):
+        ddof = int(unbiased) if correction is None else correction
+        return stat(input, axis=axes(dim), ddof=ddof, keepdims=keepdim)
+    return fn
+
+
+function("torch.var", "Tensor.var", name="var")(spread(np.var))
+function("torch.std", "Tensor.std", name="std")(spread(np.std))
+
+
+@function("torch.norm", "Tensor.norm", "torch.linalg.vector_norm")
+def norm(input, p=2, dim=None, keepdim=False):
+    """(Σ |x|^p)^(1/p) over dim; p='fro' is 2, p=inf the largest |x|."""
+    size = np.abs(input)
+    p = 2 if p == "fro" else float(p) if isinstance(p, str) and p.lstrip("-") == "inf" else p
+    if p == float("inf"):
+        return np.max(size, axis=axes(dim), keepdims=keepdim)
+    return np.sum(size ** p, axis=axes(dim), keepdims=keepdim) ** (1 / p)
+
+
+@function("torch.logsumexp", "Tensor.logsumexp")
+def logsumexp(input, dim, keepdim=False):
+    """log Σ exp(x) over dim, shifted by the maximum."""
+    top = np.max(input, axis=axes(dim), keepdims=True)
+    out = np.log(np.sum(np.exp(input - top), axis=axes(dim), keepdims=True)) + top
+    return out if keepdim else np.squeeze(out, axis=axes(dim))
+
+
+@function("torch.cumsum", "Tensor.cumsum")
+def cumsum(input, dim):
+    """Running sums along dim."""
+    return np.cumsum(input, axis=dim)
+
+
+@function("torch.cumprod", "Tensor.cumprod")
+def cumprod(input, dim):
+    """Running products along dim."""
+    return np.cumprod(input, axis=dim)
+
+
+@function("torch.topk", "Tensor.topk")
+def topk(input, k, dim=-1, largest=True, sorted: Literal[True] = True):
+    """The k largest (or smallest) values along dim, sorted, and their indices."""
+    order = np.argsort(-input if largest else input, axis=dim, kind="stable")
+    index = np.take(order, np.arange(k), axis=dim)
+    return np.take_along_axis(input, index, axis=dim), index
+
+
+# %% [markdown]
+# ## Normalisation, padding, matrix products, indexing
+#
+# The same `function` decorator covers the remaining families. Normalisations subtract a mean and
+# divide by a deviation over some dimensions (LayerNorm: the last ones; GroupNorm: groups of
+# channels; InstanceNorm: each channel of each sample), then scale and shift by learnt weights.
+
+# %%
+#| export layers.normalization
+from typing import Literal
+
+import numpy as np
+
+from kuiper.layers.elementwise import function
+
+
+def standardize(x: np.ndarray, axes: tuple[int, ...], eps: float) -> np.ndarray:
+    """(x − mean) / √(var + eps) over `axes` (biased variance, as every PyTorch norm uses)."""
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    return (x - mean) / np.sqrt(var + np.float32(eps))
+
+
+def scale_shift(x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, channel_axis: int) -> np.ndarray:
+    """x·weight + bias, the per-channel vectors laid along `channel_axis` (−1: the last dims)."""
+    if channel_axis == 1 and weight is not None:
+        weight = weight.reshape(-1, *([1] * (x.ndim - 2)))
+    if channel_axis == 1 and bias is not None:
+        bias = bias.reshape(-1, *([1] * (x.ndim - 2)))
+    x = x if weight is None else x * weight
+    return x if bias is None else x + bias
+
+
+@function("nn.LayerNorm", "F.layer_norm")
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, elementwise_affine=True):
+    """Standardise over the trailing len(normalized_shape) dimensions, then weight·x + bias."""
+    count = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
+    return scale_shift(standardize(input, tuple(range(-count, 0)), eps), weight, bias, -1)
+
+
+@function("nn.GroupNorm", "F.group_norm")
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, affine=True):
+    """Standardise each sample over groups of num_groups consecutive channel blocks."""
+    n, c = input.shape[:2]
+    grouped = input.reshape(n, num_groups, -1)  # (N, G, C/G · spatial)
+    out = standardize(grouped, (2,), eps).reshape(input.shape)
+    return scale_shift(out, weight, bias, 1)
+
+
+@function("nn.InstanceNorm1d", "nn.InstanceNorm2d", "F.instance_norm")
+def instance_norm(input, weight=None, bias=None, running_mean=None, running_var=None, eps=1e-5, affine=False,
+                  use_input_stats=True, track_running_stats=False):
+    """Standardise each channel of each sample over its spatial dimensions, or by the running
+    statistics where nn.InstanceNorm tracks them or F.instance_norm is told not to use the input's."""
+    if running_mean is not None and (track_running_stats or not use_input_stats):
+        shape = (-1, *([1] * (input.ndim - 2)))
+        out = (input - running_mean.reshape(shape)) / np.sqrt(running_var.reshape(shape) + np.float32(eps))
+    else:
+        out = standardize(input, tuple(range(2, input.ndim)), eps)
+    return scale_shift(out, weight, bias, 1)
+
+
+@function("F.batch_norm")
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training: Literal[False] = False,
+               momentum=0.1, eps=1e-5):
+    """Inference batch norm with its statistics and weights as tensors: (x − mean) / √(var + eps)·w + b."""
+    shape = (-1, *([1] * (input.ndim - 2)))
+    out = (input - running_mean.reshape(shape)) / np.sqrt(running_var.reshape(shape) + np.float32(eps))
+    return scale_shift(out, weight, bias, 1)
+
+
+@function("nn.RMSNorm", "F.rms_norm")
+def rms_norm(input, normalized_shape, weight=None, eps=None, elementwise_affine=True):
+    """x / √(mean(x²) + eps) over the trailing dims, times weight; eps None is float32's epsilon."""
+    count = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
+    eps = np.finfo(np.float32).eps if eps is None else eps
+    out = input / np.sqrt((input ** 2).mean(axis=tuple(range(-count, 0)), keepdims=True) + np.float32(eps))
+    return out if weight is None else out * weight
+
+
+@function("nn.LocalResponseNorm", "F.local_response_norm")
+def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
+    """x / (k + alpha/size · Σ x² over `size` neighbouring channels)^beta (Krizhevsky et al., 2012)."""
+    square = np.pad(input ** 2, [(0, 0), (size // 2, (size - 1) // 2)] + [(0, 0)] * (input.ndim - 2))
+    window = np.cumsum(np.concatenate([np.zeros_like(square[:, :1]), square], axis=1), axis=1)
+    total = window[:, size:] - window[:, :-size]  # (N, C, ...): the sum over each channel's window
+    return input / (k + alpha / size * total) ** beta
+
+
+@function("F.normalize")
+def normalize(input, p=2.0, dim=1, eps=1e-12):
+    """x / max(‖x‖_p, eps) along dim."""
+    size = np.sum(np.abs(input) ** p, axis=dim, keepdims=True) ** (1 / p)
+    return input / np.maximum(size, eps)
+
+
+# %% [markdown]
+# Padding: PyTorch lists the pads of the *last* dimension first, `(left, right, top, bottom)`;
+# numpy's `np.pad` wants one pair per dimension from the first, and calls replicate `edge` and
+# circular `wrap`.
+
+# %%
+#| export layers.padding
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+
+from kuiper.layers.elementwise import function
+
+NUMPY_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def pad_widths(pad: tuple[int, ...], ndim: int) -> list[tuple[int, int]]:
+    """PyTorch's (last_lo, last_hi, prev_lo, prev_hi, ...) as numpy's [(lo, hi)] per dimension."""
+    pairs = [(pad[i], pad[i + 1]) for i in range(0, len(pad), 2)][::-1]
+    return [(0, 0)] * (ndim - len(pairs)) + pairs
+
+
+@function("F.pad", "torch.nn.functional.pad")
+def pad(input, pad, mode: Literal["constant", "reflect", "replicate", "circular"] = "constant", value=None):
+    """input padded by `pad` (last dimension's pair first), with value, a mirror, the edge or a wrap."""
+    pad = (pad,) * 2 if isinstance(pad, int) else tuple(pad)
+    crop = [slice(-lo if lo < 0 else None, hi if hi < 0 else None) for lo, hi in pad_widths(pad, input.ndim)]
+    widths = [(max(lo, 0), max(hi, 0)) for lo, hi in pad_widths(pad, input.ndim)]
+    if mode == "constant":
+        out = np.pad(input, widths, constant_values=0 if value is None else value)
+    else:
+        out = np.pad(input, widths, mode=NUMPY_MODES[mode])
+    return out[tuple(crop)]
+
+
+def padder(mode: str, dims: int) -> Callable:
+    """nn.*PadNd as F.pad: `padding` is one int for every side or a tuple like F.pad's."""
+    def fn(input, padding, value=0.0):
+        sides = (padding,) * (2 * dims) if isinstance(padding, int) else padding
+        return pad(input, sides, mode, value)
+    return fn
+
+
+for _dims in (1, 2, 3):
+    function(f"nn.ZeroPad{_dims}d", f"nn.ConstantPad{_dims}d", name=f"ConstantPad{_dims}d")(padder("constant", _dims))
+    function(f"nn.ReflectionPad{_dims}d", name=f"ReflectionPad{_dims}d")(padder("reflect", _dims))
+    function(f"nn.ReplicationPad{_dims}d", name=f"ReplicationPad{_dims}d")(padder("replicate", _dims))
+    function(f"nn.CircularPad{_dims}d", name=f"CircularPad{_dims}d")(padder("circular", _dims))
+
+
+# %% [markdown]
+# Matrix products are numpy's `matmul`, which broadcasts batch dimensions exactly as
+# `torch.matmul` does; `addmm` is beta·input + alpha·(mat1 @ mat2).
+
+# %%
+#| export layers.linalg
+import numpy as np
+
+from kuiper.layers.elementwise import function
+
+
+@function("torch.matmul", "Tensor.matmul", "torch.mm", "Tensor.mm", "torch.bmm", "Tensor.bmm", "torch.mv",
+          "Tensor.mv")
+def matmul(input, other):
+    """The matrix product, batch dimensions broadcast (a vector operand is a row or a column)."""
+    return np.matmul(input, other)
+
+
+@function("F.linear")
+def linear(input, weight, bias=None):
+    """input @ weightᵀ + bias, with the weight a tensor of the graph (nn.Linear holds its own)."""
+    out = np.matmul(input, weight.T)
+    return out if bias is None else out + bias
+
+
+@function("torch.addmm", "Tensor.addmm")
+def addmm(input, mat1, mat2, beta=1, alpha=1):
+    """beta·input + alpha·(mat1 @ mat2)."""
+    return beta * input + alpha * np.matmul(mat1, mat2)
+
+
+# %% [markdown]
+# Shape and indexing operators move or pick elements without arithmetic.
+
+# %%
+#| export layers.indexing
+from typing import Literal
+
+import numpy as np
+
+from kuiper.layers.elementwise import function
+
+
+@function("Tensor.expand")
+def expand(input, sizes):
+    """input broadcast to `sizes` (−1 keeps a dimension)."""
+    sizes = tuple(sizes)
+    lead = len(sizes) - input.ndim
+    shape = tuple(input.shape[i - lead] if s == -1 else s for i, s in enumerate(sizes))
+    return np.broadcast_to(input, shape)
+
+
+@function("Tensor.repeat", name="repeat")
+def repeat(input, sizes):
+    """input tiled `sizes` times along each dimension (extra leading dimensions allowed)."""
+    return np.tile(input, sizes)
+
+
+@function("torch.tile", "Tensor.tile")
+def tile(input, dims):
+    """input tiled `dims` times; a shorter dims tiles the trailing dimensions."""
+    return np.tile(input, dims)
+
+
+@function("torch.flip", "Tensor.flip")
+def flip(input, dims):
+    """input reversed along dims."""
+    return np.flip(input, axis=tuple(dims) if isinstance(dims, tuple) else dims)
+
+
+@function("torch.roll", "Tensor.roll")
+def roll(input, shifts, dims=None):
+    """input rotated by shifts along dims (of the flattened tensor without dims)."""
+    return np.roll(input, shifts, axis=dims)
+
+
+@function("torch.t", "Tensor.t")
+def t(input):
+    """The transpose of a matrix (a vector is returned as it is)."""
+    return input.T
+
+
+@function("torch.unbind", "Tensor.unbind")
+def unbind(input, dim=0):
+    """The slices of input along dim, as a tuple."""
+    return tuple(np.take(input, i, axis=dim) for i in range(input.shape[dim]))
+
+
+@function("torch.narrow", "Tensor.narrow")
+def narrow(input, dim, start, length):
+    """length elements from start along dim."""
+    return np.take(input, np.arange(start, start + length) % input.shape[dim], axis=dim)
+
+
+@function("torch.index_select", "Tensor.index_select")
+def index_select(input, dim, index):
+    """The elements at `index` (a vector of int64) along dim."""
+    return np.take(input, index.astype(np.int64), axis=dim)
+
+
+@function("torch.gather", "Tensor.gather")
+def gather(input, dim, index):
+    """out[i][j][k] = input[i][index[i][j][k]][k] for dim 1, and likewise for other dims."""
+    return np.take_along_axis(input, index.astype(np.int64), axis=dim)
+
+
+@function("nn.PixelShuffle", "F.pixel_shuffle", "torch.pixel_shuffle")
+def pixel_shuffle(input, upscale_factor):
+    """(N, C·r², H, W) -> (N, C, H·r, W·r): each group of r² channels becomes an r × r block."""
+    n, c, h, w = input.shape
+    r = upscale_factor
+    blocks = input.reshape(n, c // (r * r), r, r, h, w)  # (N, C, r, r, H, W)
+    return blocks.transpose(0, 1, 4, 2, 5, 3).reshape(n, c // (r * r), h * r, w * r)
+
+
+@function("nn.PixelUnshuffle", "F.pixel_unshuffle", "torch.pixel_unshuffle")
+def pixel_unshuffle(input, downscale_factor):
+    """(N, C, H·r, W·r) -> (N, C·r², H, W), the inverse of pixel_shuffle."""
+    n, c, h, w = input.shape
+    r = downscale_factor
+    blocks = input.reshape(n, c, h // r, r, w // r, r)  # (N, C, H, r, W, r)
+    return blocks.transpose(0, 1, 3, 5, 2, 4).reshape(n, c * r * r, h // r, w // r)
+
+
+@function("nn.ChannelShuffle", "F.channel_shuffle", "torch.channel_shuffle", "aten::channel_shuffle")
+def channel_shuffle(input, groups):
+    """Channels (g, C/g) reordered as (C/g, g), ShuffleNet's mixing of groups (a setting or a 0-d tensor)."""
+    n, c, groups = *input.shape[:2], int(groups)
+    grouped = input.reshape(n, groups, c // groups, *input.shape[2:])  # (N, g, C/g, ...)
+    return grouped.swapaxes(1, 2).reshape(input.shape)
+
+
+TORCH_DTYPES = {"torch.float": "float32", "torch.float32": "float32", "torch.half": "float16",
+                "torch.float16": "float16", "torch.long": "int64", "torch.int64": "int64", "torch.int": "int32",
+                "torch.int32": "int32", "torch.int8": "int8", "torch.uint8": "uint8", "torch.bool": "bool"}
+
+
+@function("Tensor.to", "Tensor.type")
+def to(input, dtype: Literal[tuple(TORCH_DTYPES)], copy=False):
+    """input converted to a torch dtype kuiper has (floats of 64 bits run as float32)."""
+    return input.astype(TORCH_DTYPES[dtype])
+
+
+@function("torch.argsort", "Tensor.argsort", "aten::argsort")
+def argsort(input, dim=-1, descending=False):
+    """The indices that sort input along dim (stable, as torch's sort on distinct values)."""
+    order = np.argsort(-input if bool(descending) else input, axis=int(dim), kind="stable")
+    return order.astype(np.int64)
+
+
+@function("Tensor.select", "torch.select")
+def select(input, dim, index):
+    """The slice at index along dim, that dimension removed."""
+    return np.take(input, index, axis=dim)
+
+
+# %% [markdown]
+# Creation operators make a tensor from a shape and a value; the shape may be a setting or a
+# tensor computed in the graph (PNNX writes `x.size()` as an expression that lists the sizes).
+# The `_like`, `new_` and `_as` forms take the shape, and for `_like` the dtype, from a tensor.
+
+# %%
+#| export layers.creation
+import numpy as np
+
+from kuiper.layers.elementwise import function
+from kuiper.layers.indexing import TORCH_DTYPES
+
+
+def dtype_of(dtype: str | None, default: np.dtype | str = "float32") -> str:
+    """PNNX's torch dtype name (torch.long, ...) as a numpy dtype name; `default` for None."""
+    return np.dtype(default).name if dtype is None else TORCH_DTYPES[dtype]
+
+
+def shape_of(size) -> tuple[int, ...]:
+    """A size setting (int or tuple) or a size tensor as a tuple of ints."""
+    return (size,) if isinstance(size, int) else tuple(int(v) for v in np.ravel(size))
+
+
+@function("torch.full")
+def full(size, fill_value, dtype=None):
+    """A tensor of `size` filled with fill_value (float32 unless dtype says otherwise)."""
+    return np.full(shape_of(size), fill_value, dtype_of(dtype))
+
+
+@function("torch.ones")
+def ones(size, dtype=None):
+    """A tensor of `size` filled with 1."""
+    return np.ones(shape_of(size), dtype_of(dtype))
+
+
+@function("torch.zeros", "torch.empty")
+def zeros(size, dtype=None):
+    """A tensor of `size` filled with 0 (also for torch.empty, whose contents are unspecified)."""
+    return np.zeros(shape_of(size), dtype_of(dtype))
+
+
+@function("torch.full_like")
+def full_like(input, fill_value, dtype=None):
+    """A tensor shaped like input filled with fill_value (input's dtype unless dtype says otherwise)."""
+    return np.full(input.shape, fill_value, dtype_of(dtype, input.dtype))
+
+
+@function("torch.ones_like")
+def ones_like(input, dtype=None):
+    """A tensor shaped like input filled with 1."""
+    return np.ones(input.shape, dtype_of(dtype, input.dtype))
+
+
+@function("torch.zeros_like", "torch.empty_like")
+def zeros_like(input, dtype=None):
+    """A tensor shaped like input filled with 0."""
+    return np.zeros(input.shape, dtype_of(dtype, input.dtype))
+
+
+@function("Tensor.new_full")
+def new_full(input, size, fill_value, dtype=None):
+    """A tensor of `size` filled with fill_value, of input's dtype unless dtype says otherwise."""
+    return np.full(shape_of(size), fill_value, dtype_of(dtype, input.dtype))
+
+
+@function("Tensor.new_ones")
+def new_ones(input, size, dtype=None):
+    """A tensor of `size` filled with 1, of input's dtype unless dtype says otherwise."""
+    return np.ones(shape_of(size), dtype_of(dtype, input.dtype))
+
+
+@function("Tensor.new_zeros", "Tensor.new_empty")
+def new_zeros(input, size, dtype=None):
+    """A tensor of `size` filled with 0, of input's dtype unless dtype says otherwise."""
+    return np.zeros(shape_of(size), dtype_of(dtype, input.dtype))
+
+
+@function("Tensor.fill", "Tensor.fill_")
+def fill(input, value):
+    """A tensor like input with every element set to value."""
+    return np.full_like(input, value)
+
+
+@function("torch.arange")
+def arange(start=0, end=None, step=1, dtype=None):
+    """start, start + step, ... below end; int64 when start, end and step are integers, as torch."""
+    start, end = (0, start) if end is None else (start, end)
+    values = [v.item() if isinstance(v, np.ndarray) else v for v in (start, end, step)]
+    integral = all(isinstance(v, (int, np.integer)) for v in values)
+    return np.arange(*values, dtype=dtype_of(dtype, "int64" if integral else "float32"))
+
+
+@function("Tensor.type_as")
+def type_as(input, other):
+    """input converted to other's dtype."""
+    return input.astype(other.dtype)
+
+
+@function("Tensor.expand_as")
+def expand_as(input, other):
+    """input broadcast to other's shape."""
+    return np.broadcast_to(input, other.shape)
+
+
+@function("Tensor.reshape_as", "Tensor.view_as")
+def reshape_as(input, other):
+    """input's elements in other's shape."""
+    return input.reshape(other.shape)
+
+
+@function("Tensor.unflatten", "torch.unflatten")
+def unflatten(input, dim, sizes):
+    """Dimension dim split into `sizes` (one may be −1)."""
+    dim = dim % input.ndim
+    return input.reshape(*input.shape[:dim], *sizes, *input.shape[dim + 1:])
+
+
+@function("torch.clone", "Tensor.detach", "torch.detach")
+def clone(input, memory_format=None):
+    """A copy of input."""
+    return input.copy()
+
 
 # %% [markdown]
 # ## What you built

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from kuiper.errors import ExpressionError, LayerError
-from kuiper.expression import evaluate, Input, parse, to_rpn
+from kuiper.expression import evaluate, Input, parse_pnnx, to_rpn
 from kuiper.layer import Layer
 from kuiper.registry import register
 from kuiper.tensor import Tensor
@@ -16,11 +16,13 @@ class Expression(Layer):
 
     def __init__(self, op):
         super().__init__(op)
-        text = self.param("expr", (str, tuple))
+        text = self.param("expr", (str, tuple, bool, int, float))
+        if isinstance(text, (bool, int, float)):  # a constant: PNNX writes expr=False, expr=-1
+            text = str(int(text))
         if isinstance(text, tuple):
             text = "[" + ",".join(map(str, text)) + "]"
         try:
-            self.program = to_rpn(parse(text))
+            self.program = to_rpn(parse_pnnx(text))
         except ExpressionError as err:
             raise LayerError(f"{op.where()}: {err}") from None
         used = max((node.index for node in self.program if isinstance(node, Input)), default=-1)

@@ -110,6 +110,9 @@ class Split(Layer):
         return tuple(Tensor(part, device=x.device) for part in np.split(data, cuts, axis=self.dim))
 
 
+INT_MAX = 2**31 - 1
+
+
 @register("Tensor.slice")
 class Slice(Layer):
     """x[start:end:step] along one dimension, or several (dims, starts, ends, steps)."""
@@ -124,11 +127,13 @@ class Slice(Layer):
             self.ends, self.steps = (self.param("end", int),), (self.param("step", int, 1),)
         if not all(type(step) is int and step >= 1 for step in self.steps):
             raise LayerError(f"{op.where()}: every step should be an int >= 1, got {self.steps!r}")
+        # x[0] inside a slice: PNNX lists an index per dim in `selects`, INT_MAX where it slices
+        self.selects = self.param("selects", tuple, (INT_MAX,) * len(self.dims))
 
     def forward(self, x: Tensor) -> Tensor:
         index = [slice(None)] * x.ndim
-        for dim, start, end, step in zip(self.dims, self.starts, self.ends, self.steps):
-            index[dim] = slice(start, end, step)
+        for dim, start, end, step, select in zip(self.dims, self.starts, self.ends, self.steps, self.selects):
+            index[dim] = slice(start, end, step) if select == INT_MAX else select
         return Tensor(x.numpy()[tuple(index)], device=x.device)
 
 
