@@ -216,7 +216,7 @@ def test_shape_operators():
     ("nn.AdaptiveAvgPool2d", dict(output_size=(0, 3)), {}, r"output_size should be an int >= 1"),
     ("torch.chunk", dict(chunks=0, dim=1), {}, r"parameter 'chunks' should be at least 1, got 0"),
     ("torch.split", dict(split_size_or_sections=0, dim=1), {}, r"'split_size_or_sections' should be at least 1"),
-    ("Tensor.slice", dict(dim=1, start=0, end=4, step=0), {}, r"every step should be an int >= 1"),
+    ("Tensor.slice", dict(dim=1, start=0, end=4, step=0), {}, r"every step of a sliced dimension should be an int >= 1"),
     ("nn.Upsample", dict(mode="nearest", scale_factor=0.0), {}, r"scale_factor should be a number in \(0, 1024\)"),
     ("nn.Upsample", dict(mode="nearest", size=(0, 4)), {}, r"size should be an int >= 1"),
     ("nn.BatchNorm2d", dict(num_features=0), {}, r"'num_features' should be at least 1"),

@@ -219,7 +219,7 @@ def test_the_cli_names_the_first_unsolved_exercise_on_its_path(tmp_path):
     command = [sys.executable, "-m", "kuiper", "run", "data/models/mobilenet_v2.pnnx.param", "data/images/coffee.jpg"]
     run = subprocess.run(command, cwd=ROOT, env=student_env(tmp_path), capture_output=True, text=True)
     assert (run.returncode, run.stdout) == (1, "")
-    assert run.stderr == (f"kuiper: your build needs Exercise 3.1 (register, lesson 03) even to import: solve it in "
+    assert run.stderr == (f"kuiper: your build needs Exercise 3.3 (register, lesson 03) even to import: solve it in "
                           f"{tmp_path / '03_registry.ipynb'}, or run without KUIPER_BUILD=student\n")
     solve(tmp_path, LESSONS[2], solved_cells(LESSONS[2]))
     run = subprocess.run(command, cwd=ROOT, env=student_env(tmp_path), capture_output=True, text=True)
