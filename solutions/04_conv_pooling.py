@@ -957,12 +957,12 @@ class Elementwise(Layer):
 
 # %%
 #| export layers.activation
-#| exercise: one prange loop each over the flat arrays: ReLU6, SiLU = v / (1 + e^-v), Hardswish = v * clip(v/6 + 1/2, 0, 1)
+#| exercise: flatten x and out (reshape(-1)), then one prange loop each: ReLU6, SiLU = v / (1 + e^-v), Hardswish = v * clip(v/6 + 1/2, 0, 1)
 @njit(parallel=True, cache=True)
 def relu6_kernel(x, out):
     """out = min(max(x, 0), 6), element by element."""
-    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
     ### BEGIN SOLUTION
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
     for i in prange(flat_in.size):
         flat_out[i] = min(max(flat_in[i], np.float32(0.0)), np.float32(6.0))
     ### END SOLUTION
@@ -971,8 +971,8 @@ def relu6_kernel(x, out):
 @njit(parallel=True, cache=True)
 def silu_kernel(x, out):
     """out = x · sigmoid(x) = x / (1 + e^-x), element by element."""
-    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
     ### BEGIN SOLUTION
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
     for i in prange(flat_in.size):
         v = flat_in[i]
         flat_out[i] = v / (np.float32(1.0) + np.exp(-v))
@@ -982,8 +982,8 @@ def silu_kernel(x, out):
 @njit(parallel=True, cache=True)
 def hardswish_kernel(x, out):
     """out = x · clip(x / 6 + 1/2, 0, 1), element by element."""
-    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
     ### BEGIN SOLUTION
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
     for i in prange(flat_in.size):
         v = flat_in[i]
         flat_out[i] = v * min(max(v / np.float32(6.0) + np.float32(0.5), np.float32(0.0)), np.float32(1.0))

@@ -125,10 +125,10 @@ class Slice(Layer):
         else:
             self.dims, self.starts = (self.param("dim", int),), (self.param("start", int, 0),)
             self.ends, self.steps = (self.param("end", int),), (self.param("step", int, 1),)
-        if not all(type(step) is int and step >= 1 for step in self.steps):
-            raise LayerError(f"{op.where()}: every step should be an int >= 1, got {self.steps!r}")
         # x[0] inside a slice: PNNX lists an index per dim in `selects`, INT_MAX where it slices
         self.selects = self.param("selects", tuple, (INT_MAX,) * len(self.dims))
+        if not all(type(step) is int and step >= 1 for step, select in zip(self.steps, self.selects) if select == INT_MAX):
+            raise LayerError(f"{op.where()}: every step of a sliced dimension should be an int >= 1, got {self.steps!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         index = [slice(None)] * x.ndim
