@@ -365,6 +365,13 @@ with check("Exercise 6.4"):
     logits = np.stack([reference_preprocess(load_image(p), 40, 46).mean(axis=(1, 2)) * 4 for p in IMAGES])
     want = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     assert got.shape == want.shape and np.allclose(got, want, atol=1e-5), f"expected probabilities\n{want}\ngot\n{got}"
+    free = FakeGraph((1, 3, -1, -1))
+    for requested, want in [(None, 224), (40, 40)]:
+        got = input_size(free, requested)
+        assert got == want, f"a free-size (1, 3, ?, ?) model asked for side {requested}: expected {want}, got {got}"
+    classify(free, IMAGES[:1], size=40)
+    shapes = [tuple(s) for s in free.batches]
+    assert shapes == [(1, 3, 40, 40)], f"classify(size=40) on a free-size model: expected [(1, 3, 40, 40)], got {shapes}"
     for shape in [(1, 1, 40, 40), (1, 3, 40, 48), (1, 3, 40)]:
         err = raises(ShapeError, classify, FakeGraph(shape), IMAGES[:1])
         assert "fake.pnnx.param" in str(err) and str(shape) in str(err), \

@@ -953,7 +953,7 @@ with check("Exercise 9.7"), tempfile.TemporaryDirectory() as folder:
     bad_files = [("outside the", {"x": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}),
                  ("should take", {"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}),
                  ("should take", {"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 8]}}),
-                 ("needs dtype", {"x": {"dtype": "F32", "shape": [2]}})]
+                 ("needs a dtype", {"x": {"dtype": "F32", "shape": [2]}})]
     for wanted, header in bad_files:
         try:
             SafetensorsFile(write_safetensors(Path(folder) / "bad.safetensors", header, bytes(8)))

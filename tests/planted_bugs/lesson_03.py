@@ -26,7 +26,7 @@ BUGS = {
     "3.4": [
         ("{op.where()}{hint}", "{hint}", "the message does not say which operator and line"),
         ("n=3, cutoff=0.6", "n=3, cutoff=1.0", "close names are never suggested"),
-        ("    return LAYERS[op.type](op)\n", "    return LAYERS[op.type]\n", "returns the class, not a layer built from op"),
+        ("    return LAYERS[op.type](op)", "    return LAYERS[op.type]", "returns the class, not a layer built from op"),
         ('hint = f"; did you mean {\', \'.join(close)}?" if close else ""', 'hint = "; did you mean ?"',
          "a suggestion is printed even when no name is close"),
     ],
