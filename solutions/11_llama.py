@@ -1192,7 +1192,8 @@ def generate(model: Llama, prompt: Sequence[int], sampler: Sampler, max_tokens: 
 
 # %%
 class Recording:
-    """The model, with a list of the (number of tokens, position) of every forward call."""
+    """The model, with a list of the (number of tokens, position) of every forward call; every other
+    attribute is the model's."""
 
     def __init__(self, model: kuiper.llm.model.Llama) -> None:
         self.model, self.calls = model, []
@@ -1201,8 +1202,8 @@ class Recording:
         self.calls.append((len(ids), pos))
         return self.model.forward(ids, pos)
 
-    def in_use(self) -> contextlib.AbstractContextManager:
-        return self.model.in_use()
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.model, name)  # in_use, max_seq_len, ...: the model's
 
 
 with check("Exercise 11.8"):
