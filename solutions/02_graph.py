@@ -974,11 +974,28 @@ def list_inputs(op: Operator) -> list[str] | None:
     return [op.inputs[int(item[1:])] for item in items]
 
 
+# %% [markdown]
+# ## Exercise 2.6 — taking tuples apart
+#
+# Write `unpack_tuples`. First collect `packed`: the output name of every pack (and of every list
+# expression that only packs, unpacks and outputs read) → the names it packs. Then walk the
+# operators in file order, skipping the packs themselves; `spread` replaces each input by what
+# it stands for: an alias made by an unpack, and a packed name by the tensors inside it (packs of
+# packs too). An unpack either aliases its outputs to the packed tensors (GraphError naming the
+# line when the counts differ) or, when its single input is the one output of an operator such as
+# a max-pool with indices, gives that operator its outputs. A `pnnx.Output` of several tensors
+# becomes one `pnnx.Output` per tensor, named `out.0`, `out.1`, ... Finally
+# `link_operands` rebuilds the operand table, keeping each operand's shape and dtype.
+
+# %%
+#| export graph
+#| exercise: splice packs into their readers, alias unpacks, one pnnx.Output per tensor; GraphError on a count mismatch
 def unpack_tuples(model: PnnxGraph) -> PnnxGraph:
     """`model` without tuple and list operators: packs are spliced into their readers, unpacks
     alias the packed tensors (or, of an operator's single tuple output, become its outputs), and a
     pnnx.Output of a tuple becomes one pnnx.Output per tensor.
     GraphError if an unpack does not find as many tensors as it has outputs."""
+    ### BEGIN SOLUTION
     packed = {op.outputs[0]: op.inputs for op in model.operators if op.type in PACK}
     packed |= {op.outputs[0]: list_inputs(op) for op in model.operators if list_inputs(op) is not None
                and all(reader.type in PACK + UNPACK + IO_TYPES for reader in model.operators
@@ -1010,32 +1027,65 @@ def unpack_tuples(model: PnnxGraph) -> PnnxGraph:
     for name, operand in operands.items():
         operand.shape, operand.dtype = model.operands[name].shape, model.operands[name].dtype
     return PnnxGraph(model.path, operators, operands)
+    ### END SOLUTION
 
 
 # %% [markdown]
-# A model with two outputs, the second read through a tuple and an unpack:
+# A model with two outputs, both read through a tuple and an unpack; a max-pool whose tuple output
+# is unpacked; a tuple of a tuple; and an unpack that asks for more tensors than the tuple holds:
 
 # %%
 from kuiper.pnnx import Operator, Operand
 
-two = PnnxGraph(Path("two.pnnx.param"), [
+
+def graph(path: str, operators: list[Operator]) -> PnnxGraph:
+    """A PnnxGraph of `operators`, with a blank operand for every name they use."""
+    model = PnnxGraph(Path(path), operators, {})
+    model.operands = {name: Operand(name) for op in operators for name in op.inputs + op.outputs}
+    return model
+
+
+two = graph("two.pnnx.param", [
     Operator("pnnx.Input", "in", [], ["x"], line=3),
     Operator("prim::TupleConstruct", "pack", ["x", "x"], ["t"], line=4),
     Operator("prim::TupleUnpack", "unpack", ["t"], ["a", "b"], line=5),
     Operator("prim::TupleConstruct", "out_tuple", ["a", "b"], ["u"], line=6),
-    Operator("pnnx.Output", "out", ["u"], [], line=7)], {})
-two.operands = {name: Operand(name) for name in "xtabu"}
-flat = unpack_tuples(two)
-print([(op.type, op.name, op.inputs) for op in flat.operators])
-assert [op.inputs for op in flat.operators if op.type == "pnnx.Output"] == [["x"], ["x"]]
-pooled = PnnxGraph(Path("pool.pnnx.param"), [
+    Operator("pnnx.Output", "out", ["u"], [], line=7)])
+pooled = graph("pool.pnnx.param", [
     Operator("pnnx.Input", "in", [], ["x"], line=3),
     Operator("nn.MaxPool2d", "pool", ["x"], ["t"], line=4),
     Operator("prim::TupleUnpack", "unpack", ["t"], ["values", "indices"], line=5),
-    Operator("pnnx.Output", "out", ["values", "indices"], [], line=6)], {})
-pooled.operands = {name: Operand(name) for name in ("x", "t", "values", "indices")}
+    Operator("pnnx.Output", "out", ["values", "indices"], [], line=6)])
+nested = graph("nested.pnnx.param", [
+    Operator("pnnx.Input", "in", [], ["x", "y"], line=3),
+    Operator("prim::TupleConstruct", "inner", ["x", "y"], ["t"], line=4),
+    Operator("prim::TupleConstruct", "outer", ["t", "x"], ["u"], line=5),
+    Operator("pnnx.Output", "out", ["u"], [], line=6)])
+short = graph("short.pnnx.param", [
+    Operator("pnnx.Input", "in", [], ["x"], line=3),
+    Operator("prim::TupleConstruct", "pack", ["x", "x"], ["t"], line=4),
+    Operator("prim::TupleUnpack", "unpack", ["t"], ["a", "b", "c"], line=5),
+    Operator("pnnx.Output", "out", ["a"], [], line=6)])
+
+with check("Exercise 2.6"):
+    flat = unpack_tuples(two)
+    got = [(op.name, op.inputs) for op in flat.operators if op.type == "pnnx.Output"]
+    assert got == [("out.0", ["x"]), ("out.1", ["x"])], f"expected outputs [('out.0', ['x']), ('out.1', ['x'])], got {got}"
+    assert [op.type for op in flat.operators] == ["pnnx.Input", "pnnx.Output", "pnnx.Output"], \
+        f"expected no tuple operators left, got {[op.type for op in flat.operators]}"
+    got = [(op.type, op.inputs, op.outputs) for op in unpack_tuples(pooled).operators]
+    assert got[1] == ("nn.MaxPool2d", ["x"], ["values", "indices"]), \
+        f"expected the pool to get the outputs ['values', 'indices'], got {got[1]}"
+    assert [t for t, _, _ in got] == ["pnnx.Input", "nn.MaxPool2d", "pnnx.Output", "pnnx.Output"], \
+        f"expected the unpack gone and one output per tensor, got {got}"
+    got = [op.inputs for op in unpack_tuples(nested).operators if op.type == "pnnx.Output"]
+    assert got == [["x"], ["y"], ["x"]], f"expected a tuple of a tuple to give outputs [['x'], ['y'], ['x']], got {got}"
+    err = raises(GraphError, unpack_tuples, short)
+    assert "short.pnnx.param" in str(err) and "5" in str(err), f"expected the message to name the file and line 5, got: {err}"
+
+# %%
+print([(op.type, op.name, op.inputs) for op in unpack_tuples(two).operators])
 print([(op.type, op.inputs, op.outputs) for op in unpack_tuples(pooled).operators])
-assert unpack_tuples(pooled).operators[1].outputs == ["values", "indices"], "the pool should get two outputs"
 
 # %% [markdown]
 # ## What you built

@@ -885,8 +885,20 @@ with check("table-driven layers"):
 # dimensions with size 1, and `max`/`min` with a `dim` return values *and* indices (two outputs
 # in the graph).
 
+# %% [markdown]
+# ## Exercise 5.6 — reductions
+#
+# Write the bodies below with numpy. `axes` turns PNNX's `dim` (an int, a list or absent) into a
+# numpy `axis`; every reduction honours `keepdim`. `extreme` builds `torch.max`/`torch.min`: one
+# value over everything without `dim`, else the values *and* indices along `dim` (from `arg`, e.g.
+# `np.argmax`). `spread` builds `torch.var`/`torch.std`: the divisor is n − correction, where an
+# absent `correction` is 1 if `unbiased` else 0. `norm` takes p = 'fro' (2) and inf; `logsumexp`
+# subtracts the maximum first; `topk` returns the k largest (or smallest) values in order, with
+# their indices.
+
 # %%
 #| export layers.reduction
+#| exercise: the reductions: PyTorch's dim (int, tuple, None) and keepdim; max/min along a dim give (values, indices); var/std's correction; norm; logsumexp; topk
 from collections.abc import Callable
 from typing import Literal
 
@@ -897,41 +909,54 @@ from kuiper.layers.elementwise import function
 
 def axes(dim: int | tuple | None) -> int | tuple | None:
     """PNNX's dim (an int, a tuple of ints, or None for all) as a numpy axis."""
+    ### BEGIN SOLUTION
     return tuple(dim) if isinstance(dim, (tuple, list)) else dim
+    ### END SOLUTION
 
 
 @function("torch.sum", "Tensor.sum", name="sum")
 def sum_over(input, dim=None, keepdim=False):
     """Σ over dim."""
+    ### BEGIN SOLUTION
     return np.sum(input, axis=axes(dim), keepdims=keepdim)
+    ### END SOLUTION
 
 
 @function("torch.mean", "Tensor.mean")
 def mean(input, dim=None, keepdim=False):
     """Arithmetic mean over dim."""
+    ### BEGIN SOLUTION
     return np.mean(input, axis=axes(dim), keepdims=keepdim)
+    ### END SOLUTION
 
 
 @function("torch.prod", "Tensor.prod")
 def prod(input, dim=None, keepdim=False):
     """Π over dim."""
+    ### BEGIN SOLUTION
     return np.prod(input, axis=axes(dim), keepdims=keepdim)
+    ### END SOLUTION
 
 
 @function("torch.amax", "Tensor.amax")
 def amax(input, dim=None, keepdim=False):
     """The largest value over dim."""
+    ### BEGIN SOLUTION
     return np.max(input, axis=axes(dim), keepdims=keepdim)
+    ### END SOLUTION
 
 
 @function("torch.amin", "Tensor.amin")
 def amin(input, dim=None, keepdim=False):
     """The smallest value over dim."""
+    ### BEGIN SOLUTION
     return np.min(input, axis=axes(dim), keepdims=keepdim)
+    ### END SOLUTION
 
 
 def extreme(pick: Callable, arg: Callable) -> Callable:
     """torch.max/min: the value over everything, or (values, indices) along one dim."""
+    ### BEGIN SOLUTION
     def fn(input, dim=None, keepdim=False):
         if dim is None:
             return pick(input)
@@ -939,6 +964,7 @@ def extreme(pick: Callable, arg: Callable) -> Callable:
         values = np.take_along_axis(input, index, axis=dim)
         return (values, index) if keepdim else (values.squeeze(dim), index.squeeze(dim))
     return fn
+    ### END SOLUTION
 
 
 function("torch.max", "Tensor.max", name="max")(extreme(np.max, np.argmax))
@@ -947,22 +973,30 @@ function("torch.min", "Tensor.min", name="min")(extreme(np.min, np.argmin))
 
 @function("torch.argmax", "Tensor.argmax")
 def argmax(input, dim=None, keepdim=False):
-    """The index of the first largest value over dim (of the flattened tensor without one)."""
-    return np.argmax(input, axis=dim, keepdims=keepdim and dim is not None)
+    """The index of the first largest value over dim (of the flattened tensor without one; keepdim
+    then keeps every dimension with size 1, as torch does)."""
+    ### BEGIN SOLUTION
+    return np.argmax(input, axis=dim, keepdims=keepdim)
+    ### END SOLUTION
 
 
 @function("torch.argmin", "Tensor.argmin")
 def argmin(input, dim=None, keepdim=False):
-    """The index of the first smallest value over dim (of the flattened tensor without one)."""
-    return np.argmin(input, axis=dim, keepdims=keepdim and dim is not None)
+    """The index of the first smallest value over dim (of the flattened tensor without one; keepdim
+    then keeps every dimension with size 1, as torch does)."""
+    ### BEGIN SOLUTION
+    return np.argmin(input, axis=dim, keepdims=keepdim)
+    ### END SOLUTION
 
 
 def spread(stat: Callable) -> Callable:
     """torch.var/std: Bessel's correction from `correction`, or 1/0 from `unbiased`."""
+    ### BEGIN SOLUTION
     def fn(input, dim=None, unbiased=True, keepdim=False, correction=None):
         ddof = int(unbiased) if correction is None else correction
         return stat(input, axis=axes(dim), ddof=ddof, keepdims=keepdim)
     return fn
+    ### END SOLUTION
 
 
 function("torch.var", "Tensor.var", name="var")(spread(np.var))
@@ -972,40 +1006,98 @@ function("torch.std", "Tensor.std", name="std")(spread(np.std))
 @function("torch.norm", "Tensor.norm", "torch.linalg.vector_norm")
 def norm(input, p=2, dim=None, keepdim=False):
     """(Σ |x|^p)^(1/p) over dim; p='fro' is 2, p=inf the largest |x|."""
+    ### BEGIN SOLUTION
     size = np.abs(input)
     p = 2 if p == "fro" else float(p) if isinstance(p, str) and p.lstrip("-") == "inf" else p
     if p == float("inf"):
         return np.max(size, axis=axes(dim), keepdims=keepdim)
     return np.sum(size ** p, axis=axes(dim), keepdims=keepdim) ** (1 / p)
+    ### END SOLUTION
 
 
 @function("torch.logsumexp", "Tensor.logsumexp")
 def logsumexp(input, dim, keepdim=False):
     """log Σ exp(x) over dim, shifted by the maximum."""
+    ### BEGIN SOLUTION
     top = np.max(input, axis=axes(dim), keepdims=True)
     out = np.log(np.sum(np.exp(input - top), axis=axes(dim), keepdims=True)) + top
     return out if keepdim else np.squeeze(out, axis=axes(dim))
+    ### END SOLUTION
 
 
 @function("torch.cumsum", "Tensor.cumsum")
 def cumsum(input, dim):
     """Running sums along dim."""
+    ### BEGIN SOLUTION
     return np.cumsum(input, axis=dim)
+    ### END SOLUTION
 
 
 @function("torch.cumprod", "Tensor.cumprod")
 def cumprod(input, dim):
     """Running products along dim."""
+    ### BEGIN SOLUTION
     return np.cumprod(input, axis=dim)
+    ### END SOLUTION
 
 
 @function("torch.topk", "Tensor.topk")
 def topk(input, k, dim=-1, largest=True, sorted: Literal[True] = True):
     """The k largest (or smallest) values along dim, sorted, and their indices."""
+    ### BEGIN SOLUTION
     order = np.argsort(-input if largest else input, axis=dim, kind="stable")
     index = np.take(order, np.arange(k), axis=dim)
     return np.take_along_axis(input, index, axis=dim), index
+    ### END SOLUTION
 
+
+# %%
+T = torch.from_numpy
+r = np.random.default_rng(5).standard_normal((2, 3, 4), dtype=np.float32)
+
+
+def same(got: np.ndarray, want, what: str) -> None:
+    """Assert `got` equals torch's `want` in shape and (to 1e-5 of its scale) in value."""
+    want = want.numpy() if hasattr(want, "numpy") else np.asarray(want)
+    got = np.asarray(got)
+    assert got.shape == want.shape, f"{what}: expected shape {want.shape}, got {got.shape}"
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-5), f"{what}: expected\n{np.round(want, 4)}\ngot\n{np.round(got, 4)}"
+
+
+with check("Exercise 5.6"):
+    assert axes([0, 2]) == (0, 2) and axes(1) == 1 and axes(None) is None, \
+        f"expected axes([0, 2]), axes(1), axes(None) = (0, 2), 1, None, got {axes([0, 2])}, {axes(1)}, {axes(None)}"
+    same(sum_over(r, dim=[0, 2], keepdim=True), T(r).sum(dim=(0, 2), keepdim=True), "sum(dim=[0, 2], keepdim=True)")
+    same(mean(r, dim=-1), T(r).mean(dim=-1), "mean(dim=-1)")
+    same(prod(r, dim=1), T(r).prod(dim=1), "prod(dim=1)")
+    same(amax(r, dim=[1, 2]), T(r).amax(dim=(1, 2)), "amax(dim=[1, 2])")
+    same(amin(r), T(r).amin(), "amin()")
+    for keepdim in (False, True):
+        values, indices = extreme(np.max, np.argmax)(r, dim=1, keepdim=keepdim)
+        want = T(r).max(dim=1, keepdim=keepdim)
+        same(values, want.values, f"max(dim=1, keepdim={keepdim}) values")
+        same(indices, want.indices, f"max(dim=1, keepdim={keepdim}) indices")
+    same(extreme(np.min, np.argmin)(r), T(r).min(), "min() over everything")
+    same(argmax(r, dim=2, keepdim=True), T(r).argmax(dim=2, keepdim=True), "argmax(dim=2, keepdim=True)")
+    same(argmin(r, keepdim=True), T(r).argmin(keepdim=True), "argmin(keepdim=True) without dim")
+    same(spread(np.var)(r, dim=1), T(r).var(dim=1), "var(dim=1), unbiased")
+    same(spread(np.var)(r, dim=1, unbiased=False), T(r).var(dim=1, unbiased=False), "var(dim=1, unbiased=False)")
+    same(spread(np.std)(r, dim=[0, 2], correction=0, keepdim=True), T(r).std(dim=(0, 2), correction=0, keepdim=True),
+         "std(dim=[0, 2], correction=0, keepdim=True)")
+    same(norm(r, p=3, dim=1), T(r).norm(p=3, dim=1), "norm(p=3, dim=1)")
+    same(norm(r, p="inf", dim=2, keepdim=True), torch.linalg.vector_norm(T(r), ord=float("inf"), dim=2, keepdim=True),
+         "norm(p='inf', dim=2, keepdim=True)")
+    same(norm(r, p="fro"), T(r).norm(p="fro"), "norm(p='fro')")
+    big = r * 100
+    same(logsumexp(big, dim=1), T(big).logsumexp(dim=1), "logsumexp of values up to ±300, dim=1")
+    same(logsumexp(r, dim=[0, 2], keepdim=True), T(r).logsumexp(dim=(0, 2), keepdim=True), "logsumexp(dim=[0, 2], keepdim=True)")
+    same(cumsum(r, dim=2), T(r).cumsum(dim=2), "cumsum(dim=2)")
+    same(cumprod(r, dim=0), T(r).cumprod(dim=0), "cumprod(dim=0)")
+    for largest in (True, False):
+        values, indices = topk(r, 2, dim=1, largest=largest)
+        want = T(r).topk(2, dim=1, largest=largest)
+        same(values, want.values, f"topk(2, dim=1, largest={largest}) values")
+        same(indices, want.indices, f"topk(2, dim=1, largest={largest}) indices")
 
 # %% [markdown]
 # ## Normalisation, padding, matrix products, indexing
@@ -1014,8 +1106,20 @@ def topk(input, k, dim=-1, largest=True, sorted: Literal[True] = True):
 # divide by a deviation over some dimensions (LayerNorm: the last ones; GroupNorm: groups of
 # channels; InstanceNorm: each channel of each sample), then scale and shift by learnt weights.
 
+# %% [markdown]
+# ## Exercise 5.7 — normalisations
+#
+# `standardize` is the one kernel: (x − mean) / √(var + eps) over `axes`, with the biased variance.
+# `scale_shift` multiplies by `weight` and adds `bias`, laid along the channel axis 1 or along the
+# last dimensions (−1). Then each normalisation only chooses the axes: LayerNorm the trailing
+# `len(normalized_shape)` dimensions; GroupNorm the channels of each of `num_groups` groups
+# together with the spatial dimensions; InstanceNorm each channel's spatial dimensions (or the
+# running statistics when told to use them); BatchNorm always the running statistics; RMSNorm
+# divides by √(mean(x²) + eps) without subtracting the mean (eps None: float32's epsilon).
+
 # %%
 #| export layers.normalization
+#| exercise: standardize over axes (biased variance, eps inside the root), scale_shift per channel, and LayerNorm, GroupNorm, InstanceNorm, BatchNorm, RMSNorm from them
 from typing import Literal
 
 import numpy as np
@@ -1025,35 +1129,43 @@ from kuiper.layers.elementwise import function
 
 def standardize(x: np.ndarray, axes: tuple[int, ...], eps: float) -> np.ndarray:
     """(x − mean) / √(var + eps) over `axes` (biased variance, as every PyTorch norm uses)."""
+    ### BEGIN SOLUTION
     mean = x.mean(axis=axes, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
     return (x - mean) / np.sqrt(var + np.float32(eps))
+    ### END SOLUTION
 
 
 def scale_shift(x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, channel_axis: int) -> np.ndarray:
     """x·weight + bias, the per-channel vectors laid along `channel_axis` (−1: the last dims)."""
+    ### BEGIN SOLUTION
     if channel_axis == 1 and weight is not None:
         weight = weight.reshape(-1, *([1] * (x.ndim - 2)))
     if channel_axis == 1 and bias is not None:
         bias = bias.reshape(-1, *([1] * (x.ndim - 2)))
     x = x if weight is None else x * weight
     return x if bias is None else x + bias
+    ### END SOLUTION
 
 
 @function("nn.LayerNorm", "F.layer_norm")
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, elementwise_affine=True):
     """Standardise over the trailing len(normalized_shape) dimensions, then weight·x + bias."""
+    ### BEGIN SOLUTION
     count = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
     return scale_shift(standardize(input, tuple(range(-count, 0)), eps), weight, bias, -1)
+    ### END SOLUTION
 
 
 @function("nn.GroupNorm", "F.group_norm")
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, affine=True):
     """Standardise each sample over groups of num_groups consecutive channel blocks."""
+    ### BEGIN SOLUTION
     n, c = input.shape[:2]
     grouped = input.reshape(n, num_groups, -1)  # (N, G, C/G · spatial)
     out = standardize(grouped, (2,), eps).reshape(input.shape)
     return scale_shift(out, weight, bias, 1)
+    ### END SOLUTION
 
 
 @function("nn.InstanceNorm1d", "nn.InstanceNorm2d", "F.instance_norm")
@@ -1061,32 +1173,69 @@ def instance_norm(input, weight=None, bias=None, running_mean=None, running_var=
                   use_input_stats=True, track_running_stats=False):
     """Standardise each channel of each sample over its spatial dimensions, or by the running
     statistics where nn.InstanceNorm tracks them or F.instance_norm is told not to use the input's."""
+    ### BEGIN SOLUTION
     if running_mean is not None and (track_running_stats or not use_input_stats):
         shape = (-1, *([1] * (input.ndim - 2)))
         out = (input - running_mean.reshape(shape)) / np.sqrt(running_var.reshape(shape) + np.float32(eps))
     else:
         out = standardize(input, tuple(range(2, input.ndim)), eps)
     return scale_shift(out, weight, bias, 1)
+    ### END SOLUTION
 
 
 @function("F.batch_norm")
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training: Literal[False] = False,
                momentum=0.1, eps=1e-5):
     """Inference batch norm with its statistics and weights as tensors: (x − mean) / √(var + eps)·w + b."""
+    ### BEGIN SOLUTION
     shape = (-1, *([1] * (input.ndim - 2)))
     out = (input - running_mean.reshape(shape)) / np.sqrt(running_var.reshape(shape) + np.float32(eps))
     return scale_shift(out, weight, bias, 1)
+    ### END SOLUTION
 
 
 @function("nn.RMSNorm", "F.rms_norm")
 def rms_norm(input, normalized_shape, weight=None, eps=None, elementwise_affine=True):
     """x / √(mean(x²) + eps) over the trailing dims, times weight; eps None is float32's epsilon."""
+    ### BEGIN SOLUTION
     count = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
     eps = np.finfo(np.float32).eps if eps is None else eps
     out = input / np.sqrt((input ** 2).mean(axis=tuple(range(-count, 0)), keepdims=True) + np.float32(eps))
     return out if weight is None else out * weight
+    ### END SOLUTION
 
 
+# %%
+F = torch.nn.functional
+images = np.random.default_rng(7).standard_normal((2, 6, 3, 4), dtype=np.float32) * 3 + 1
+w6, b6 = (np.random.default_rng(8).standard_normal((2, 6), dtype=np.float32))
+w4, b4 = (np.random.default_rng(9).standard_normal((2, 4), dtype=np.float32))
+stats = np.abs(w6) + 0.5
+
+with check("Exercise 5.7"):
+    same(standardize(images, (1, 3), 0.5), (T(images) - T(images).mean(dim=(1, 3), keepdim=True))
+         / torch.sqrt(T(images).var(dim=(1, 3), unbiased=False, keepdim=True) + 0.5), "standardize over (1, 3), eps=0.5")
+    same(scale_shift(images, w6, b6, 1), T(images) * T(w6)[:, None, None] + T(b6)[:, None, None], "scale_shift along axis 1")
+    same(scale_shift(images, w4, None, -1), T(images) * T(w4), "scale_shift along the last axis, no bias")
+    same(layer_norm(images, [4], w4, b4, eps=0.5), F.layer_norm(T(images), [4], T(w4), T(b4), eps=0.5), "layer_norm([4], eps=0.5)")
+    same(layer_norm(images, [3, 4]), F.layer_norm(T(images), [3, 4]), "layer_norm([3, 4]) without weights")
+    same(group_norm(images, 3, w6, b6), F.group_norm(T(images), 3, T(w6), T(b6)), "group_norm(3 groups of 2 channels)")
+    same(group_norm(images, 2, eps=0.5), F.group_norm(T(images), 2, eps=0.5), "group_norm(2 groups, eps=0.5)")
+    same(instance_norm(images, w6, b6, affine=True), F.instance_norm(T(images), weight=T(w6), bias=T(b6)),
+         "instance_norm with the input's statistics")
+    same(instance_norm(images, None, None, b6, stats, use_input_stats=False),
+         F.instance_norm(T(images), T(b6), T(stats), use_input_stats=False), "instance_norm(use_input_stats=False)")
+    same(batch_norm(images, b6, stats, w6, None, eps=0.1), F.batch_norm(T(images), T(b6), T(stats), T(w6), None, eps=0.1),
+         "batch_norm(eps=0.1)")
+    same(rms_norm(images, [4], w4, eps=0.5), F.rms_norm(T(images), [4], T(w4), eps=0.5), "rms_norm([4], eps=0.5)")
+    same(rms_norm(images, [3, 4]), F.rms_norm(T(images), [3, 4]), "rms_norm([3, 4]), eps None")
+
+# %% [markdown]
+# Two more normalisations that are not a `standardize`: LocalResponseNorm divides by a sum of squares
+# over neighbouring channels (a running sum along the channels), and F.normalize by a p-norm.
+
+# %%
+#| export layers.normalization
 @function("nn.LocalResponseNorm", "F.local_response_norm")
 def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
     """x / (k + alpha/size · Σ x² over `size` neighbouring channels)^beta (Krizhevsky et al., 2012)."""
@@ -1108,8 +1257,18 @@ def normalize(input, p=2.0, dim=1, eps=1e-12):
 # numpy's `np.pad` wants one pair per dimension from the first, and calls replicate `edge` and
 # circular `wrap`.
 
+# %% [markdown]
+# ## Exercise 5.8 — padding
+#
+# `pad_widths` turns PyTorch's `(last_lo, last_hi, prev_lo, prev_hi, ...)` into numpy's list of
+# `(lo, hi)` pairs, one per dimension from the first (missing leading ones are `(0, 0)`). `pad`
+# pads with `np.pad` in the numpy mode named by `NUMPY_MODES` (`value`, default 0, for constant);
+# a negative pad crops instead. `padder` builds `nn.ReflectionPad2d(padding)` and friends: one int
+# for every side, or a tuple as F.pad takes it.
+
 # %%
 #| export layers.padding
+#| exercise: PyTorch's pad tuple (last dimension first) as numpy widths; F.pad in four modes, negative pads crop; nn.*PadNd's padding
 from collections.abc import Callable
 from typing import Literal
 
@@ -1122,13 +1281,16 @@ NUMPY_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge"
 
 def pad_widths(pad: tuple[int, ...], ndim: int) -> list[tuple[int, int]]:
     """PyTorch's (last_lo, last_hi, prev_lo, prev_hi, ...) as numpy's [(lo, hi)] per dimension."""
+    ### BEGIN SOLUTION
     pairs = [(pad[i], pad[i + 1]) for i in range(0, len(pad), 2)][::-1]
     return [(0, 0)] * (ndim - len(pairs)) + pairs
+    ### END SOLUTION
 
 
 @function("F.pad", "torch.nn.functional.pad")
 def pad(input, pad, mode: Literal["constant", "reflect", "replicate", "circular"] = "constant", value=None):
     """input padded by `pad` (last dimension's pair first), with value, a mirror, the edge or a wrap."""
+    ### BEGIN SOLUTION
     pad = (pad,) * 2 if isinstance(pad, int) else tuple(pad)
     crop = [slice(-lo if lo < 0 else None, hi if hi < 0 else None) for lo, hi in pad_widths(pad, input.ndim)]
     widths = [(max(lo, 0), max(hi, 0)) for lo, hi in pad_widths(pad, input.ndim)]
@@ -1137,16 +1299,34 @@ def pad(input, pad, mode: Literal["constant", "reflect", "replicate", "circular"
     else:
         out = np.pad(input, widths, mode=NUMPY_MODES[mode])
     return out[tuple(crop)]
+    ### END SOLUTION
 
 
 def padder(mode: str, dims: int) -> Callable:
     """nn.*PadNd as F.pad: `padding` is one int for every side or a tuple like F.pad's."""
+    ### BEGIN SOLUTION
     def fn(input, padding, value=0.0):
         sides = (padding,) * (2 * dims) if isinstance(padding, int) else padding
         return pad(input, sides, mode, value)
     return fn
+    ### END SOLUTION
 
 
+# %%
+grid = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+
+with check("Exercise 5.8"):
+    got = pad_widths((1, 2, 3, 4), 4)
+    assert got == [(0, 0), (0, 0), (3, 4), (1, 2)], f"pad_widths((1, 2, 3, 4), 4): expected [(0, 0), (0, 0), (3, 4), (1, 2)], got {got}"
+    for mode in ("constant", "reflect", "replicate", "circular"):
+        same(pad(grid, (1, 2, 3, 0), mode), F.pad(T(grid), (1, 2, 3, 0), mode), f"pad (1, 2, 3, 0) in mode {mode}")
+    same(pad(grid, (2, 1), value=-7.0), F.pad(T(grid), (2, 1), value=-7.0), "constant pad with value=-7")
+    same(pad(grid, (-1, 2, 1, -2)), F.pad(T(grid), (-1, 2, 1, -2)), "negative pads (-1, 2, 1, -2) crop")
+    same(padder("reflect", 2)(grid, 2), torch.nn.ReflectionPad2d(2)(T(grid)), "nn.ReflectionPad2d(2)")
+    same(padder("constant", 1)(grid, (0, 3), 1.5), torch.nn.ConstantPad1d((0, 3), 1.5)(T(grid)), "nn.ConstantPad1d((0, 3), 1.5)")
+
+# %%
+#| export layers.padding
 for _dims in (1, 2, 3):
     function(f"nn.ZeroPad{_dims}d", f"nn.ConstantPad{_dims}d", name=f"ConstantPad{_dims}d")(padder("constant", _dims))
     function(f"nn.ReflectionPad{_dims}d", name=f"ReflectionPad{_dims}d")(padder("reflect", _dims))

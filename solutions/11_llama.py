@@ -445,9 +445,21 @@ def yarn_frequencies(inv: np.ndarray, head_dim: int, theta: float, scaling: dict
     return inv / factor * ramp + inv * (1 - ramp)
 
 
+# %% [markdown]
+# Exercise 11.3 asks for the last three pieces. `rope_attention_factor` is 1 except for YaRN,
+# whose factor is its `attention_factor` when given, else mscale(factor) = 0.1·ln(factor) + 1
+# (1 for factor <= 1), or mscale(factor, mscale) / mscale(factor, mscale_all_dim) when both are
+# set, with mscale(s, m) = 0.1·m·ln(s) + 1. `rope_tables` turns `rope_frequencies` (divided by
+# GGUF's `factors` when given) into the float32 tables cos(mθ_i) and sin(mθ_i) for m = 0 …
+# positions − 1, computed in float64 and times that factor. `rope` rotates the pairs.
+
+# %%
+#| export llm.ops
+#| exercise: YaRN's attention factor; cos/sin tables of m·θ_i (θ_i / factors) times it; rotate-half RoPE: pair x[..., i] with x[..., i + d/2] and turn each pair by the angle whose cos/sin are given per token
 def rope_attention_factor(scaling: dict[str, Any] | None) -> float:
     """The factor YaRN multiplies cos and sin by (its attention_factor, else 0.1·ln(factor) + 1, or
     the ratio of two such with mscale and mscale_all_dim); 1 for every other scaling."""
+    ### BEGIN SOLUTION
     if not scaling or scaling.get("rope_type", scaling.get("type")) != "yarn":
         return 1.0
     if scaling.get("attention_factor") is not None:
@@ -458,23 +470,23 @@ def rope_attention_factor(scaling: dict[str, Any] | None) -> float:
 
     factor, m, m_all = scaling["factor"], scaling.get("mscale"), scaling.get("mscale_all_dim")
     return mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+    ### END SOLUTION
 
 
 def rope_tables(head_dim: int, theta: float, positions: int, scaling: dict[str, Any] | None = None,
                 factors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """cos(mθ_i) and sin(mθ_i), float32 (positions, head_dim/2), times YaRN's attention factor;
     `factors` divide θ_i (GGUF's rope_freqs)."""
+    ### BEGIN SOLUTION
     inv = rope_frequencies(head_dim, theta, scaling)
     if factors is not None:
         inv = inv / factors
     angles = np.outer(np.arange(positions, dtype=np.float64), inv)
     scale = rope_attention_factor(scaling)
     return (scale * np.cos(angles)).astype(np.float32), (scale * np.sin(angles)).astype(np.float32)
+    ### END SOLUTION
 
 
-# %%
-#| export llm.ops
-#| exercise: rotate-half RoPE: pair x[..., i] with x[..., i + d/2] and turn each pair by the angle whose cos/sin are given per token
 def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     """Queries or keys x (T, H, d) rotated by RoPE; cos and sin (T, d/2) are those of the T positions."""
     ### BEGIN SOLUTION
@@ -497,6 +509,24 @@ with check("Exercise 11.3"):
     assert got.shape == q.shape, f"expected shape {q.shape}, got {got.shape}"
     want = want[0].transpose(0, 1).numpy()
     assert np.abs(got - want).max() < 1e-5, f"expected transformers' apply_rotary_pos_emb {want[3, 0, :3]}, got {got[3, 0, :3]}"
+    for scaling, want in [(None, 1.0), ({"rope_type": "linear", "factor": 4.0}, 1.0),
+                          ({"rope_type": "yarn", "factor": 4.0}, 0.1 * math.log(4) + 1),
+                          ({"rope_type": "yarn", "factor": 0.5}, 1.0),
+                          ({"rope_type": "yarn", "factor": 4.0, "attention_factor": 0.7}, 0.7),
+                          ({"type": "yarn", "factor": 8.0, "mscale": 1.0, "mscale_all_dim": 0.5},
+                           (0.1 * math.log(8) + 1) / (0.05 * math.log(8) + 1))]:
+        got = rope_attention_factor(scaling)
+        assert abs(got - want) < 1e-9, f"rope_attention_factor({scaling}): expected {want:.6f}, got {got}"
+    factors = np.linspace(1.0, 4.0, 4)
+    scaling = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+    cos, sin = rope_tables(8, 1e4, 70, scaling, factors)
+    assert cos.shape == sin.shape == (70, 4) and cos.dtype == np.float32, \
+        f"expected float32 tables of shape (70, 4), got {cos.shape} {cos.dtype} and {sin.shape}"
+    inv = rope_frequencies(8, 1e4, scaling) / factors
+    for m, i in [(0, 0), (1, 0), (5, 3), (69, 1), (33, 2)]:
+        want_cos, want_sin = (0.1 * math.log(4) + 1) * math.cos(m * inv[i]), (0.1 * math.log(4) + 1) * math.sin(m * inv[i])
+        assert abs(cos[m, i] - want_cos) < 1e-6 and abs(sin[m, i] - want_sin) < 1e-6, \
+            f"position {m}, pair {i}: expected cos, sin = {want_cos:.6f}, {want_sin:.6f}, got {cos[m, i]:.6f}, {sin[m, i]:.6f}"
 
 # %% [markdown]
 # The left picture is the table: each column a pair, each row a position. Fast pairs (left)
@@ -1162,7 +1192,8 @@ def generate(model: Llama, prompt: Sequence[int], sampler: Sampler, max_tokens: 
 
 # %%
 class Recording:
-    """The model, with a list of the (number of tokens, position) of every forward call."""
+    """The model, with a list of the (number of tokens, position) of every forward call; every other
+    attribute is the model's."""
 
     def __init__(self, model: kuiper.llm.model.Llama) -> None:
         self.model, self.calls = model, []
@@ -1170,6 +1201,9 @@ class Recording:
     def forward(self, ids: np.ndarray, pos: int) -> np.ndarray:
         self.calls.append((len(ids), pos))
         return self.model.forward(ids, pos)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.model, name)  # in_use, max_seq_len, ...: the model's
 
 
 with check("Exercise 11.8"):

@@ -61,14 +61,16 @@ function("torch.min", "Tensor.min", name="min")(extreme(np.min, np.argmin))
 
 @function("torch.argmax", "Tensor.argmax")
 def argmax(input, dim=None, keepdim=False):
-    """The index of the first largest value over dim (of the flattened tensor without one)."""
-    return np.argmax(input, axis=dim, keepdims=keepdim and dim is not None)
+    """The index of the first largest value over dim (of the flattened tensor without one; keepdim
+    then keeps every dimension with size 1, as torch does)."""
+    return np.argmax(input, axis=dim, keepdims=keepdim)
 
 
 @function("torch.argmin", "Tensor.argmin")
 def argmin(input, dim=None, keepdim=False):
-    """The index of the first smallest value over dim (of the flattened tensor without one)."""
-    return np.argmin(input, axis=dim, keepdims=keepdim and dim is not None)
+    """The index of the first smallest value over dim (of the flattened tensor without one; keepdim
+    then keeps every dimension with size 1, as torch does)."""
+    return np.argmin(input, axis=dim, keepdims=keepdim)
 
 
 def spread(stat: Callable) -> Callable:

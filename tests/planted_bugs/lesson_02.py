@@ -26,4 +26,10 @@ BUGS = {
         ('owners[id(owner)] = getattr(owner, "nbytes", array.nbytes)', 'owners[id(owner)] = array.nbytes', 'a view counts only its own bytes, not the whole buffer it keeps alive'),
         ('getattr(owner, "nbytes", array.nbytes)', 'owner.nbytes', 'an owner without nbytes (bytes under np.frombuffer) is not handled'),
     ],
+    '2.6': [
+        ('found = [alias.get(name, name) for name in names]', 'found = list(names)', 'ignores the aliases an unpack made'),
+        ('(spread(packed[name]) if name in packed else [name])', '(packed[name] if name in packed else [name])', 'a tuple of a tuple is not flattened'),
+        ('elif op.type == "pnnx.Output" and len(inputs) > 1:', 'elif False:', 'a pnnx.Output of a tuple stays one output'),
+        ('if len(inputs) != len(op.outputs):', 'if False:', 'an unpack of the wrong count is silently truncated'),
+    ],
 }

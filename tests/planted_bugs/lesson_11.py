@@ -21,6 +21,12 @@ BUGS = {
         ("x1, x2 = x[..., :half], x[..., half:]", "x1, x2 = x[..., 0::2], x[..., 1::2]",
          "pairs neighbours (Meta's layout), not i with i + d/2"),
         ("c, s = cos[:, None, :], sin[:, None, :]", "c, s = sin[:, None, :], cos[:, None, :]", "cos and sin swapped"),
+        ("if factors is not None:\n        inv = inv / factors", "if factors is not None:\n        inv = inv * factors",
+         "GGUF's rope factors multiply θ_i instead of dividing it"),
+        ("    scale = rope_attention_factor(scaling)\n", "    scale = 1.0\n", "the tables miss YaRN's attention factor"),
+        ('if scaling.get("attention_factor") is not None:', 'if False:', "an explicit attention_factor is ignored"),
+        ("return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0", "return 0.1 * m * math.log(scale) + 1.0",
+         "a factor <= 1 is not 1"),
     ],
     "11.4": [
         ("np.arange(length)[None, :] > pos + np.arange(tokens)[:, None]",
