@@ -249,9 +249,9 @@ class Parser:
 def expr(self) -> Input | Number | Call | ListOf:
     """expr := input | number | name "(" args ")" | "[" args "]" """
     token = self.peek()
+    ### BEGIN SOLUTION
     if token is None:
         raise self.fail("expected an expression, found the end")
-    ### BEGIN SOLUTION
     if token.kind == "input":
         self.take("input")
         return Input(int(token.text[1:]))
@@ -956,15 +956,15 @@ def amin(input, dim=None, keepdim=False):
 
 def extreme(pick: Callable, arg: Callable) -> Callable:
     """torch.max/min: the value over everything, or (values, indices) along one dim."""
-    ### BEGIN SOLUTION
     def fn(input, dim=None, keepdim=False):
+        ### BEGIN SOLUTION
         if dim is None:
             return pick(input)
         index = np.expand_dims(arg(input, axis=dim), dim)
         values = np.take_along_axis(input, index, axis=dim)
         return (values, index) if keepdim else (values.squeeze(dim), index.squeeze(dim))
+        ### END SOLUTION
     return fn
-    ### END SOLUTION
 
 
 function("torch.max", "Tensor.max", name="max")(extreme(np.max, np.argmax))
@@ -991,12 +991,12 @@ def argmin(input, dim=None, keepdim=False):
 
 def spread(stat: Callable) -> Callable:
     """torch.var/std: Bessel's correction from `correction`, or 1/0 from `unbiased`."""
-    ### BEGIN SOLUTION
     def fn(input, dim=None, unbiased=True, keepdim=False, correction=None):
+        ### BEGIN SOLUTION
         ddof = int(unbiased) if correction is None else correction
         return stat(input, axis=axes(dim), ddof=ddof, keepdims=keepdim)
+        ### END SOLUTION
     return fn
-    ### END SOLUTION
 
 
 function("torch.var", "Tensor.var", name="var")(spread(np.var))
@@ -1304,12 +1304,12 @@ def pad(input, pad, mode: Literal["constant", "reflect", "replicate", "circular"
 
 def padder(mode: str, dims: int) -> Callable:
     """nn.*PadNd as F.pad: `padding` is one int for every side or a tuple like F.pad's."""
-    ### BEGIN SOLUTION
     def fn(input, padding, value=0.0):
+        ### BEGIN SOLUTION
         sides = (padding,) * (2 * dims) if isinstance(padding, int) else padding
         return pad(input, sides, mode, value)
+        ### END SOLUTION
     return fn
-    ### END SOLUTION
 
 
 # %%
