@@ -108,13 +108,18 @@ def find_pnnx(model: str) -> None:
             raise KuiperError(f"{model}: not a PNNX model (a .pnnx.param file starts with 7767517)")
 
 
+def load_graph(args: argparse.Namespace):
+    """The image model named on the command line, its layers placed on --device (lesson 13's seam)."""
+    return load(args.model).to(args.device)
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     """Classify images with an ImageNet model: the top-k classes and their probabilities."""
     find_pnnx(args.model)
     find(args.images)
     labels = read_labels(args.labels)
     failures = Failures(args.images)
-    probs = classify(load(args.model), args.images, args.batch, args.size, failures.errors)
+    probs = classify(load_graph(args), args.images, args.batch, args.size, failures.errors)
     if len(probs) and probs.shape[1] != len(labels):
         raise KuiperError(f"{args.model} gives {probs.shape[1]} scores, but {args.labels} names "
                           f"{len(labels)} classes")
@@ -161,7 +166,7 @@ def detect_objects(args: argparse.Namespace) -> list[dict]:
     labels = read_labels(args.labels) if args.labels else []
     outputs = [group[0] for group in output_paths(args.out, args.images, (".detect.png",))] if args.out else []
     failures = Failures(args.images)
-    found_all = detect(load(args.model), args.images, args.conf, args.iou, args.batch, args.size, failures.errors)
+    found_all = detect(load_graph(args), args.images, args.conf, args.iou, args.batch, args.size, failures.errors)
     results = []
     for path, found in zip(failures.good(), found_all):
         boxes = [{"box": [round(float(v), 1) for v in row[:4]], "score": round(float(row[4]), 4),
@@ -202,7 +207,7 @@ def segment_images(args: argparse.Namespace) -> list[dict]:
     labels = read_labels(args.labels) if args.labels else []
     suffixes = (".segment.png", ".mask.png") if args.mask else (".segment.png",)
     outputs = output_paths(args.out, args.images, suffixes) if args.out else [[]] * len(args.images)
-    graph = load(args.model)
+    graph = load_graph(args)
     names = segment_names(labels, score_classes(graph), args.labels)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -237,7 +242,7 @@ def load_llm(args: argparse.Namespace):
         from kuiper.quant import quantize_model
 
         model = quantize_model(model, args.int8)
-    return model, tokenizer
+    return model.to(args.device), tokenizer
 
 
 def sampler_from(args: argparse.Namespace):
@@ -416,6 +421,14 @@ def add_sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", type=integer(1, MAX_CONTEXT), default=2048,
                         help="KV cache length in tokens (default 2048)")
     add_int8(parser)
+    add_device(parser)
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """--device: where the model runs; 'cuda' needs cupy and an NVIDIA GPU (or NUMBA_ENABLE_CUDASIM=1)."""
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cpu (default) or cuda: an NVIDIA GPU through cupy; layers without a GPU kernel "
+                             "run on the CPU, with a warning that names them")
 
 
 MAX_CONTEXT = 1 << 20  # tokens; a larger KV cache is a typo, not a request
@@ -429,6 +442,7 @@ def add_image_options(parser: argparse.ArgumentParser, default_size: int) -> Non
     parser.add_argument("--batch", type=integer(1, MAX_BATCH), default=8, help="images per forward pass (default 8)")
     parser.add_argument("--size", type=integer(1, 8192), help="image side for a model exported with a free input "
                         f"size (1,3,?,?) (default {default_size}; a fixed-size model must be given its own)")
+    add_device(parser)
 
 
 class Parser(argparse.ArgumentParser):
@@ -468,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument("--alpha", type=number(0, 1), default=0.5, help="overlay opacity, 0 to 1 (default 0.5)")
     cut.add_argument("--mask", action="store_true", help="also write the class mask <name>.mask.png (needs --out)")
     cut.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_device(cut)
     cut.set_defaults(func=segment_images)
     write = commands.add_parser("generate", help="continue a prompt with a language model, streaming the text")
     add_sampling(write)

@@ -1,7 +1,8 @@
-# Generated from solutions/02_graph.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/02_graph.py, solutions/13_cuda.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
 import heapq
+import importlib
 import re
 import time
 from collections import defaultdict
@@ -72,7 +73,7 @@ def live_bytes(values: dict[str, Tensor]) -> int:
     """Bytes held by the live operands, counting memory shared by views once."""
     owners = {}
     for tensor in values.values():
-        array = tensor.numpy()
+        array = tensor.data  # numpy, or cupy on the GPU: counted where it lives, never copied to count it
         owner = array if array.base is None else array.base
         owners[id(owner)] = getattr(owner, "nbytes", array.nbytes)
     return sum(owners.values())
@@ -105,6 +106,7 @@ class RuntimeGraph:
         self.timings: list[tuple[str, str, float]] = []
         self.peak_bytes = 0
         self.kept: dict[str, Tensor] = {}
+        self.device = "cpu"  # where forward puts the inputs; lesson 13's `to` moves the layers and sets it
 
     def check_shape(self, op: Operator, name: str, value: Tensor) -> None:
         """ShapeError unless `value` fits operand `name`'s annotation (dimension 0, the batch, is free)."""
@@ -125,7 +127,7 @@ class RuntimeGraph:
             raise ShapeError(f"{self.model.path.name} takes {len(self.inputs)} input(s), got {len(inputs)}")
         values = {}
         for op, x in zip(self.inputs, inputs):
-            values[op.outputs[0]] = x if isinstance(x, Tensor) else Tensor(x)
+            values[op.outputs[0]] = (x if isinstance(x, Tensor) else Tensor(x)).to(self.device)
             self.check_shape(op, op.outputs[0], values[op.outputs[0]])
         self.timings, self.peak_bytes, self.kept = [], live_bytes(values), {}
         for op in self.order:
@@ -158,6 +160,14 @@ class RuntimeGraph:
         for _, kind, seconds in self.timings:
             totals[kind] += seconds
         return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+    def to(self, device: str) -> RuntimeGraph:
+        """This graph with every layer placed on `device` by kuiper.cuda.layers.place; forward still takes and
+        gives numpy arrays (or tensors), and moves them. DeviceError when the device is not available."""
+        placement = importlib.import_module("kuiper.cuda.layers")  # late: it imports the layers, which import this module
+        self.layers = {name: placement.place(layer, device) for name, layer in self.layers.items()}
+        self.device = device
+        return self
 
 
 PACK = ("prim::TupleConstruct", "prim::ListConstruct")

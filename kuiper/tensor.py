@@ -28,9 +28,9 @@ def to_dtype(dtype: object) -> np.dtype:
 def backend(device: str) -> ModuleType:
     """The array module that holds a tensor's data on `device`: numpy on the CPU, cupy on 'cuda'."""
     if device == "cuda" and device not in BACKENDS:
-        from kuiper.cuda.device import cupy_module  # lesson 13; DeviceError saying why when there is no GPU
+        from kuiper.cuda.device import device_module  # lesson 13; DeviceError saying why when there is no GPU
 
-        BACKENDS["cuda"] = cupy_module()
+        BACKENDS["cuda"] = device_module()
     if device not in BACKENDS:
         raise DeviceError(f"unknown device {device!r}: expected one of {', '.join(BACKENDS)}")
     return BACKENDS[device]
@@ -91,7 +91,7 @@ class Tensor:
 
     def numpy(self) -> np.ndarray:
         """The data as a numpy array: shared with the tensor on the CPU, copied from the GPU (lesson 13)."""
-        return self.data if self.device == "cpu" else self.data.get()
+        return self.data if isinstance(self.data, np.ndarray) else self.data.get()
 
     def __array__(self, dtype: object = None, copy: bool | None = None) -> np.ndarray:
         array = self.numpy() if dtype is None else self.numpy().astype(dtype, copy=False)

@@ -764,7 +764,7 @@ def live_bytes(values: dict[str, Tensor]) -> int:
     ### BEGIN SOLUTION
     owners = {}
     for tensor in values.values():
-        array = tensor.numpy()
+        array = tensor.data  # numpy, or cupy on the GPU: counted where it lives, never copied to count it
         owner = array if array.base is None else array.base
         owners[id(owner)] = getattr(owner, "nbytes", array.nbytes)
     return sum(owners.values())
@@ -811,6 +811,7 @@ class RuntimeGraph:
         self.timings: list[tuple[str, str, float]] = []
         self.peak_bytes = 0
         self.kept: dict[str, Tensor] = {}
+        self.device = "cpu"  # where forward puts the inputs; lesson 13's `to` moves the layers and sets it
 
     def check_shape(self, op: Operator, name: str, value: Tensor) -> None:
         """ShapeError unless `value` fits operand `name`'s annotation (dimension 0, the batch, is free)."""
@@ -831,7 +832,7 @@ class RuntimeGraph:
             raise ShapeError(f"{self.model.path.name} takes {len(self.inputs)} input(s), got {len(inputs)}")
         values = {}
         for op, x in zip(self.inputs, inputs):
-            values[op.outputs[0]] = x if isinstance(x, Tensor) else Tensor(x)
+            values[op.outputs[0]] = (x if isinstance(x, Tensor) else Tensor(x)).to(self.device)
             self.check_shape(op, op.outputs[0], values[op.outputs[0]])
         self.timings, self.peak_bytes, self.kept = [], live_bytes(values), {}
         for op in self.order:

@@ -744,12 +744,24 @@ def array_module(array: object) -> ModuleType:
     return cupy_module() if hasattr(array, "__cuda_array_interface__") else np
 
 
+def device_module() -> ModuleType:
+    """The array module of device 'cuda': cupy on a GPU, numpy under numba's simulator (whose kernels
+    read host memory); DeviceError saying why when there is neither."""
+    if simulating():
+        return np
+    cupy = cupy_module()
+    config.CUDA_ARRAY_INTERFACE_SYNC = False  # cupy and numba launch on the same default stream: no wait between
+    return cupy
+
+
 def to_device(array: object, device: str) -> object:
-    """`array` as a numpy array ('cpu') or a cupy array ('cuda'); copied only when it moves."""
+    """`array` as a numpy array ('cpu') or an array of device 'cuda'; copied only when it moves."""
     if device == "cpu":
         return cupy_module().asnumpy(array) if hasattr(array, "__cuda_array_interface__") else np.asarray(array)
+    if device == "cuda" and simulating():  # the simulator copies every kernel argument back: keep it writable
+        return np.require(array, requirements="W")
     if device == "cuda":
-        return cupy_module().asarray(array)
+        return device_module().asarray(array)
     raise DeviceError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
 
 
@@ -951,7 +963,8 @@ print(f"{'argmax':10s}", llm_ops.argmax(dev(logits)), "==", int(np.argmax(logits
 from typing import Any
 
 import kuiper.llm.model
-from kuiper.course import patch_to
+from kuiper.course import DATA, patch_to
+from kuiper.graph import RuntimeGraph
 from kuiper.llm.model import Block, Llama, cpu_ops
 from kuiper.tensor import Tensor
 
@@ -959,7 +972,7 @@ from kuiper.tensor import Tensor
 #| export llm.model
 import importlib
 
-from kuiper.cuda.device import simulating, to_device
+from kuiper.cuda.device import to_device
 from kuiper.errors import DeviceError
 
 
@@ -971,10 +984,8 @@ def to(self, device: str) -> Llama:
     if device == "cuda" and any(not hasattr(w, "__array__") for b in self.blocks for w in vars(b).values()
                                 if w is not None):
         raise DeviceError("the GPU backend runs float32 weights only: load the model without int8 quantization")
-    keep = device == "cuda" and simulating()  # the simulator runs GPU kernels on numpy arrays
-
     def move(array: Any) -> Any:
-        return array if keep or array is None else to_device(array, device)
+        return None if array is None else to_device(array, device)
 
     self.embed, self.norm, self.head = move(self.embed), move(self.norm), move(self.head)
     self.cos, self.sin, self.k_cache, self.v_cache = map(move, (self.cos, self.sin, self.k_cache, self.v_cache))
@@ -1071,7 +1082,8 @@ def pairs(*values) -> list[tuple[int, int]]:
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1):
-    """2-d convolution of x (N, C, H, W) with weight (K, C/groups, kh, kw): im2col kernel + GEMM."""
+    """2-d convolution of x (N, C, H, W) with weight (K, C/groups, kh, kw) -> (N, K, OH, OW): a direct
+    kernel for depthwise, one GEMM for 1×1, the im2col kernel + a GEMM per image for the rest."""
     n_batch, channels, height, width = x.shape
     k_out, c_group, kh, kw = weight.shape
     if channels != c_group * groups or k_out % groups:
@@ -1079,16 +1091,24 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 
     (sh, sw), (ph, pw), (dh, dw) = pairs(stride, padding, dilation)
     oh, ow = out_size(height, kh, sh, ph, dh), out_size(width, kw, sw, pw, dw)
     xp = array_module(x)
-    cols = xp.empty((channels * kh * kw, oh * ow), np.float32)
     gemm_weight = weight.reshape(groups, k_out // groups, c_group * kh * kw)
-    out = xp.empty((n_batch, k_out, oh * ow), np.float32)
-    threads = block_threads(cols.size)
-    for n in range(n_batch):
-        im2col_kernel[blocks_for(cols.size, threads), threads](x[n], cols, kh, kw, sh, sw, ph, pw, dh, dw, ow)
-        out[n] = xp.matmul(gemm_weight, cols.reshape(groups, -1, oh * ow)).reshape(k_out, oh * ow)
+    if groups == channels > 1:  # depthwise: 9 multiply-adds per output, no GEMM to speak of
+        out = xp.empty((n_batch, k_out, oh, ow), np.float32)
+        threads = block_threads(out.size)
+        depthwise_conv_kernel[blocks_for(out.size, threads), threads](x, weight, out, sh, sw, ph, pw, dh, dw)
+    elif (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):  # 1×1: the image already is the column matrix
+        out = xp.matmul(gemm_weight, x.reshape(n_batch, groups, c_group, height * width))
+    else:
+        cols = xp.empty((channels * kh * kw, oh * ow), np.float32)
+        out = xp.empty((n_batch, k_out, oh * ow), np.float32)
+        threads = block_threads(cols.size)
+        for n in range(n_batch):
+            im2col_kernel[blocks_for(cols.size, threads), threads](x[n], cols, kh, kw, sh, sw, ph, pw, dh, dw, ow)
+            out[n] = xp.matmul(gemm_weight, cols.reshape(groups, -1, oh * ow)).reshape(k_out, oh * ow)
+    out = out.reshape(n_batch, k_out, oh, ow)
     if bias is not None:
-        out += bias[:, None]
-    return out.reshape(n_batch, k_out, oh, ow)
+        out += bias[:, None, None]
+    return out
 
 
 # %%
@@ -1099,9 +1119,54 @@ want = F.conv2d(torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(
 print("conv2d 3×3, stride 2, padding 1, 2 groups:", agreement(to_device(got, "cpu"), want.numpy()))
 
 # %% [markdown]
-# Pooling and activations need no GEMM: one thread per output, each reading its own window (or
-# element). Max pooling ignores the padding; average pooling counts it or not, as PyTorch's
-# `count_include_pad` says — the same rules as lesson 04's numba versions.
+# ## Exercise 13.9 — depthwise convolution
+#
+# MobileNet's depthwise convolutions (`groups` = channels) do 9 multiply-adds per output: a GEMM
+# per channel would be all launch and no work. One thread per output `out[n, k, y, x']` sums its
+# window directly: output channel `k` reads input channel `k // m`, where `m = K / C` outputs share
+# an input, and taps that fall in the padding add nothing. `conv2d` above sends depthwise layers here.
+
+# %%
+#| export cuda.cnn
+#| exercise: idx = cuda.grid(1); n, k, y, x' from idx; c = k // (K // C); total the taps w[k, 0, i, j] * x[n, c, iy, ix] that lie inside the image; write out[n, k, y, x']
+@cuda.jit
+def depthwise_conv_kernel(x, w, out, sh, sw, ph, pw, dh, dw):
+    """out[n, k, y, x'] = Σ_ij w[k, 0, i, j] · x[n, k // m, y·sh - ph + i·dh, x'·sw - pw + j·dw], m = K / C."""
+    ### BEGIN SOLUTION
+    idx = cuda.grid(1)
+    n_batch, k_out, oh, ow = out.shape
+    if idx < out.size:
+        n, k, y, x_ = idx // (k_out * oh * ow), idx // (oh * ow) % k_out, idx // ow % oh, idx % ow
+        c = k // (k_out // x.shape[1])
+        total = float32(0.0)
+        for i in range(w.shape[2]):
+            iy = y * sh - ph + i * dh
+            for j in range(w.shape[3]):
+                ix = x_ * sw - pw + j * dw
+                if 0 <= iy < x.shape[2] and 0 <= ix < x.shape[3]:
+                    total += w[k, 0, i, j] * x[n, c, iy, ix]
+        out[n, k, y, x_] = total
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 13.9"):
+    for c, m, kernel, stride, padding, dilation in [(3, 1, 3, 1, 1, 1), (2, 2, 3, 2, 1, 2), (2, 1, (1, 3), 1, (0, 2), 1)]:
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = pairs(kernel, stride, padding, dilation)
+        x, w = rng.standard_normal((2, c, 5, 6)).astype(np.float32), rng.standard_normal((c * m, 1, kh, kw)).astype(np.float32)
+        want = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), None, stride, padding, dilation, groups=c).numpy()
+        out = np.full(want.shape, np.nan, np.float32)
+        launch(depthwise_conv_kernel, blocks_for(out.size, 32), 32, x, w, out, sh, sw, ph, pw, dh, dw)
+        bad = np.argwhere(~np.isclose(out, want, rtol=1e-4, atol=1e-5))
+        assert not bad.size, (f"{c} channels × {m}, kernel {kh}×{kw}, stride {sh}, padding {ph},{pw}, dilation {dh}: "
+                              f"expected {want[tuple(bad[0])]:.4f} at (n, k, y, x) {tuple(bad[0].tolist())}, "
+                              f"got {out[tuple(bad[0])]:.4f}")
+
+# %% [markdown]
+# Pooling, activations and nearest-neighbour resizing (YOLO's upsampling) need no GEMM: one thread
+# per output, each reading its own window (or element, or source pixel). Max pooling ignores the
+# padding; average pooling counts it or not, as PyTorch's `count_include_pad` says — the same
+# rules as lesson 04's numba versions.
 
 # %%
 #| export cuda.cnn
@@ -1200,7 +1265,24 @@ def hardswish_kernel(x, out):
         out[i] = x[i] * gate / float32(6.0)
 
 
-ACTIVATIONS = {"relu": relu_kernel, "sigmoid": sigmoid_kernel, "silu": silu_kernel, "hardswish": hardswish_kernel}
+@cuda.jit
+def relu6_kernel(x, out):
+    """out = min(max(x, 0), 6)."""
+    i = cuda.grid(1)
+    if i < x.size:
+        out[i] = min(max(x[i], float32(0.0)), float32(6.0))
+
+
+@cuda.jit
+def hardsigmoid_kernel(x, out):
+    """out = min(max(x / 6 + 1/2, 0), 1)."""
+    i = cuda.grid(1)
+    if i < x.size:
+        out[i] = min(max(x[i] / float32(6.0) + float32(0.5), float32(0.0)), float32(1.0))
+
+
+ACTIVATIONS = {"relu": relu_kernel, "relu6": relu6_kernel, "sigmoid": sigmoid_kernel, "silu": silu_kernel,
+               "hardswish": hardswish_kernel, "hardsigmoid": hardsigmoid_kernel}
 
 
 def activation(x, name: str):
@@ -1214,6 +1296,26 @@ def activation(x, name: str):
     return out.reshape(x.shape)
 
 
+@cuda.jit
+def gather2d_kernel(x, rows, cols, out):
+    """out[n, c, y, x'] = x[n, c, rows[y], cols[x']]: nearest-neighbour resizing, one thread per output."""
+    idx = cuda.grid(1)
+    n_batch, channels, oh, ow = out.shape
+    if idx < out.size:
+        n, c, y, x_ = idx // (channels * oh * ow), idx // (oh * ow) % channels, idx // ow % oh, idx % ow
+        out[n, c, y, x_] = x[n, c, rows[y], cols[x_]]
+
+
+def resize_nearest(x, rows, cols):
+    """x (N, C, H, W) resized to (N, C, len(rows), len(cols)) by reading source row rows[y], column cols[x']."""
+    if x.ndim != 4 or (rows.size and int(rows.max()) >= x.shape[2]) or (cols.size and int(cols.max()) >= x.shape[3]):
+        raise ShapeError(f"resize_nearest: rows up to {rows.max()} and columns up to {cols.max()} for x {x.shape}")
+    out = array_module(x).empty((*x.shape[:2], rows.size, cols.size), np.float32)
+    threads = block_threads(out.size)
+    gather2d_kernel[blocks_for(out.size, threads), threads](x, rows, cols, out)
+    return out
+
+
 # %%
 x = rng.standard_normal((1, 2, 7, 7)).astype(np.float32)
 tx = torch.from_numpy(x)
@@ -1225,9 +1327,171 @@ checks = {
     "sigmoid": (activation(dev(x), "sigmoid"), torch.sigmoid(tx)),
     "silu": (activation(dev(x), "silu"), F.silu(tx)),
     "hardswish": (activation(dev(x), "hardswish"), F.hardswish(tx)),
+    "relu6, hardsigmoid": (np.stack([to_device(activation(dev(x), n), "cpu") for n in ("relu6", "hardsigmoid")]),
+                           torch.stack([F.relu6(tx), F.hardsigmoid(tx)])),
+    "nearest 2× upsampling": (resize_nearest(dev(x), dev(np.arange(14) // 2), dev(np.arange(14) // 2)),
+                              F.interpolate(tx, scale_factor=2, mode="nearest")),
 }
 for name, (got, want) in checks.items():
     print(f"{name:28s}", agreement(to_device(got, "cpu"), want.numpy()))
+
+# %% [markdown]
+# ## One graph, two devices
+#
+# Lesson 02's `RuntimeGraph` runs one layer per operator on `Tensor`s; a tensor on device `'cuda'`
+# holds a cupy array (under the simulator: a numpy array that the kernels treat as GPU memory). To
+# put a CNN on the GPU, each layer gets a GPU twin, by a table from the layer's class to a `Kernel`:
+# the function that runs it on device arrays (using the host layer's checked parameters) and the
+# names of the weights to copy to the GPU once. Shape operators (flatten, reshape, permute, split,
+# concat) are array methods that cupy runs on the GPU; lesson 05's expressions run there too, since
+# numpy's ufuncs hand cupy arrays to cupy.
+#
+# A layer with no kernel (a bilinear resize, a transposed convolution, ...) still runs — on the
+# host, with its inputs copied from the GPU and its outputs copied back. That is slow, so it is never
+# silent: placing it logs a warning that names the operator.
+
+# %%
+#| export cuda.layers
+import logging
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+from kuiper.cuda.cnn import activation, conv2d, pool2d, resize_nearest
+from kuiper.cuda.device import device_module, to_device
+from kuiper.errors import DeviceError, ShapeError
+from kuiper.expression import evaluate
+from kuiper.layer import Layer
+from kuiper.layers.activation import Hardsigmoid, Hardswish, ReLU, ReLU6, Sigmoid, SiLU
+from kuiper.layers.conv import Conv2d
+from kuiper.layers.expression import Expression
+from kuiper.layers.linear import Linear
+from kuiper.layers.pooling import AdaptiveAvgPool2d, MaxPool2d
+from kuiper.layers.resize import resize_axis, Upsample
+from kuiper.layers.shape import batch_shape, Concat, Constant, Flatten, Identity, Permute, Reshape, Split
+from kuiper.tensor import Tensor
+
+log = logging.getLogger("kuiper.cuda")
+
+
+class Kernel(NamedTuple):
+    """How device 'cuda' runs a layer class: run(layer, *input arrays, *weights) -> array or tuple of arrays,
+    the layer attributes holding weights (copied to the GPU once), and which layers of the class it can run."""
+
+    run: Callable[..., object]
+    weights: tuple[str, ...] = ()
+    fits: Callable[[Layer], bool] = lambda layer: True
+
+
+def upsample(layer: Upsample, x):
+    """Nearest resizing of x (N, C, H, W) as `layer` says; the source pixels from lesson 04's resize_axis."""
+    size = layer.size or tuple(math.floor(d * s) for d, s in zip(x.shape[2:], layer.scale))
+    if min(size) < 1:
+        raise ShapeError(f"{layer.op.where()}: scale_factor {layer.scale} makes {x.shape} empty: {size}")
+    scales = (None, None) if layer.size else tuple(float(s) for s in layer.scale)
+    rows, cols = (to_device(resize_axis(np.arange(n), 0, m, s, "nearest", False), "cuda")
+                  for n, m, s in zip(x.shape[2:], size, scales))
+    return resize_nearest(x, rows, cols)
+
+
+def split(layer: Split, x) -> tuple:
+    """x cut along layer.dim into pieces of layer.sizes (one size, or a size per piece)."""
+    step = layer.sizes
+    cuts = range(step, x.shape[layer.dim], step) if isinstance(step, int) else np.cumsum(step)[:-1]
+    return tuple(device_module().split(x, [int(c) for c in cuts], axis=layer.dim))
+
+
+ACTIVATION_NAMES = {ReLU: "relu", ReLU6: "relu6", Sigmoid: "sigmoid", SiLU: "silu", Hardswish: "hardswish",
+                    Hardsigmoid: "hardsigmoid"}
+KERNELS: dict[type[Layer], Kernel] = {
+    Conv2d: Kernel(lambda layer, x, w, b: conv2d(x, w, b, layer.stride, layer.padding, layer.dilation, layer.groups),
+                   ("weight_", "bias")),
+    **{cls: Kernel(lambda layer, x: activation(x, ACTIVATION_NAMES[type(layer)])) for cls in ACTIVATION_NAMES},
+    MaxPool2d: Kernel(lambda layer, x: pool2d(x, "max", layer.kernel, layer.stride, layer.padding, layer.dilation,
+                                              layer.ceil_mode)),
+    AdaptiveAvgPool2d: Kernel(lambda layer, x: x.mean(axis=(2, 3), keepdims=True), fits=lambda layer: layer.size == (1, 1)),
+    Linear: Kernel(lambda layer, x, w_t, b: x @ w_t if b is None else x @ w_t + b, ("weight_t", "bias")),
+    Upsample: Kernel(upsample, fits=lambda layer: layer.mode == "nearest"),
+    Concat: Kernel(lambda layer, *xs: device_module().concatenate(xs, axis=layer.dim)),
+    Flatten: Kernel(lambda layer, x: x.reshape(*x.shape[:layer.start % x.ndim], -1, *x.shape[layer.end % x.ndim + 1:])),
+    Reshape: Kernel(lambda layer, x: x.reshape(batch_shape(layer.shape, x))),
+    Permute: Kernel(lambda layer, x: x.transpose(layer.dims)),
+    Split: Kernel(split, fits=lambda layer: layer.chunks is None and not layer.tensor_split),
+    Identity: Kernel(lambda layer, x: x),
+    Expression: Kernel(lambda layer, *xs: device_module().asarray(evaluate(layer.program, list(xs)))),
+    Constant: Kernel(lambda layer, value: value, ("value",)),
+}
+
+
+def on_device(out: object) -> Tensor | tuple[Tensor, ...]:
+    """An array, or a tuple of them, as tensors on device 'cuda'."""
+    return tuple(Tensor(o, device="cuda") for o in out) if isinstance(out, tuple) else Tensor(out, device="cuda")
+
+
+class DeviceLayer:
+    """A host layer run on device 'cuda' by its Kernel, with the layer's weights copied to the GPU once."""
+
+    def __init__(self, layer: Layer, kernel: Kernel):
+        self.layer, self.kernel = layer, kernel
+        self.weights = [None if getattr(layer, name) is None else to_device(np.asarray(getattr(layer, name)), "cuda")
+                        for name in kernel.weights]
+
+    def __call__(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
+        return on_device(self.kernel.run(self.layer, *(x.data for x in inputs), *self.weights))
+
+
+class HostFallback:
+    """A layer with no GPU kernel, run on the host: inputs copied from the GPU, outputs copied back."""
+
+    def __init__(self, layer: Layer):
+        self.layer = layer
+        log.warning("%s has no GPU kernel: it runs on the CPU, copying its inputs from the GPU and its outputs "
+                    "back", layer.op.where())
+
+    def __call__(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
+        out = self.layer(*(x.to("cpu") for x in inputs))
+        return tuple(o.to("cuda") for o in out) if isinstance(out, tuple) else out.to("cuda")
+
+
+def place(layer: object, device: str) -> object:
+    """`layer` (a host layer, or one placed before) ready for `device`: the host layer for 'cpu'; for
+    'cuda' a DeviceLayer, or a HostFallback when no kernel fits. DeviceError when 'cuda' is not available."""
+    host = layer.layer if isinstance(layer, (DeviceLayer, HostFallback)) else layer
+    if device == "cpu":
+        return host
+    if device != "cuda":
+        raise DeviceError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
+    device_module()
+    kernel = KERNELS.get(type(host))
+    return DeviceLayer(host, kernel) if kernel is not None and kernel.fits(host) else HostFallback(host)
+
+
+# %%
+#| export graph
+import importlib
+
+
+@patch_to(RuntimeGraph)
+def to(self, device: str) -> RuntimeGraph:
+    """This graph with every layer placed on `device` by kuiper.cuda.layers.place; forward still takes and
+    gives numpy arrays (or tensors), and moves them. DeviceError when the device is not available."""
+    placement = importlib.import_module("kuiper.cuda.layers")  # late: it imports the layers, which import this module
+    self.layers = {name: placement.place(layer, device) for name, layer in self.layers.items()}
+    self.device = device
+    return self
+
+
+# %%
+import kuiper
+
+graph = kuiper.load(DATA / "tiny.pnnx.param")
+x, want = np.load(DATA / "tiny.input.npy"), np.load(DATA / "tiny.output.npy")
+on_cpu = graph(x)
+graph.to("cuda")
+print({name: type(layer).__name__ for name, layer in graph.layers.items()})
+print("tiny graph on 'cuda' vs PyTorch:", agreement(graph(x), want), "| vs the CPU:", agreement(graph(x), on_cpu))
 
 # %% [markdown]
 # ## CUDA C: float4 loads and warp shuffles

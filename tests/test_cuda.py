@@ -241,6 +241,11 @@ def activation_case(name: str, fn: Callable[[np.ndarray], np.ndarray]):
     return case
 
 
+def case_resize_nearest(dev):
+    x, rows, cols = randn(57, 2, 3, 4, 5), np.array([0, 0, 1, 3, 3, 2]), np.array([4, 0, 0, 2])
+    return cnn.resize_nearest(dev(x), dev(rows), dev(cols)), x[:, :, rows][:, :, :, cols]
+
+
 CASES: dict[str, Callable] = {
     "vector_add": case_vector_add,
     "rmsnorm_kernel_strided": case_rmsnorm_kernel_strided,
@@ -270,6 +275,13 @@ CASES: dict[str, Callable] = {
     "sigmoid": activation_case("sigmoid", lambda x: 1 / (1 + np.exp(-x))),
     "silu": activation_case("silu", lambda x: x / (1 + np.exp(-x))),
     "hardswish": activation_case("hardswish", lambda x: x * np.clip(x + 3, 0, 6) / 6),
+    "relu6": activation_case("relu6", lambda x: np.clip(x, 0, 6)),
+    "hardsigmoid": activation_case("hardsigmoid", lambda x: np.clip(x / 6 + 0.5, 0, 1)),
+    "conv2d_1x1_groups": conv_case(44, channels=4, k_out=6, kernel=1, stride=1, padding=0, dilation=1, groups=2),
+    "conv2d_depthwise": conv_case(47, channels=3, k_out=3, kernel=3, stride=1, padding=1, dilation=1, groups=3),
+    "conv2d_depthwise_multiplier_strided": conv_case(50, channels=2, k_out=4, kernel=3, stride=2, padding=2,
+                                                     dilation=2, groups=2),
+    "resize_nearest": case_resize_nearest,
 }
 
 
@@ -397,7 +409,11 @@ SIGNATURES = {  # the argument types of each kernel as the launchers call it (cu
     "im2col_kernel": (F3, F2) + (int64,) * 9,
     "max_pool2d_kernel": (F4, F4) + (int64,) * 8,
     "avg_pool2d_kernel": (F4, F4) + (int64,) * 6 + (boolean, int64),
+    "depthwise_conv_kernel": (F4, F4, F4) + (int64,) * 6,
+    "gather2d_kernel": (F4, int64[::1], int64[::1], F4),
     "relu_kernel": (F1, F1),
+    "relu6_kernel": (F1, F1),
+    "hardsigmoid_kernel": (F1, F1),
     "sigmoid_kernel": (F1, F1),
     "silu_kernel": (F1, F1),
     "hardswish_kernel": (F1, F1),
@@ -543,3 +559,86 @@ def test_moving_to_cuda_without_a_gpu_says_why():
         pytest.skip("this machine has a GPU")
     with pytest.raises(DeviceError, match="device 'cuda' is not available: "):
         Tensor.ones(2).to("cuda")
+
+
+GRAPH_SCRIPT = """
+import logging, sys
+import numpy as np
+import torch
+from kuiper.cuda.device import simulating
+from kuiper.cuda.layers import DeviceLayer, HostFallback, place
+from kuiper.tensor import Tensor
+from tools.gpu_check import cnn_error, tiny_cnn
+assert simulating()
+logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
+graph, module = tiny_cnn(torch)
+x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+on_cpu = graph(x)
+graph.to("cuda")
+print("kinds", sorted({type(layer).__name__ for layer in graph.layers.values()}))
+out = graph(Tensor(x))
+print("device", out.device, graph.device)
+print("error", cnn_error(out.numpy(), module(torch.from_numpy(x))), cnn_error(graph(x), on_cpu))
+up = graph.layers["up"].layer
+up.mode = "bilinear"  # no GPU kernel for it: placed again, it falls back to the host, with a warning
+print("fallback", type(place(up, "cuda")).__name__)
+print("back", type(place(graph.layers["conv"], "cpu")).__name__)
+"""
+
+
+def run_simulated(script: str) -> list[str]:
+    """The lines a script prints when run by a child process on numba's simulator."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.splitlines()
+
+
+@pytest.mark.slow
+def test_a_cnn_graph_runs_on_cuda_through_the_device_seam_on_the_simulator():
+    """RuntimeGraph.to('cuda'): every layer kind of the zoo's CNNs on its GPU kernel, the same answer as torch;
+    a layer without a kernel runs on the host and says so; to('cpu') gives the host layers back."""
+    lines = run_simulated(GRAPH_SCRIPT)
+    found = {line.split()[0]: line.split(maxsplit=1)[1] for line in lines if line.split()[0] in
+             ("kinds", "device", "error", "fallback", "back")}
+    assert found["kinds"] == "['DeviceLayer']", found["kinds"]
+    assert found["device"] == "cuda cuda"
+    assert max(float(e) for e in found["error"].split()) < 1e-5, found["error"]
+    assert found["fallback"] == "HostFallback" and found["back"] == "Conv2d"
+    assert any("nn.Upsample 'up' (line 11) has no GPU kernel: it runs on the CPU" in line for line in lines), lines
+
+
+def test_place_refuses_an_unknown_device():
+    from kuiper.cuda.layers import place
+    from kuiper.layers.activation import ReLU
+    from kuiper.pnnx import Operator
+
+    with pytest.raises(DeviceError, match="unknown device 'tpu': expected 'cpu' or 'cuda'"):
+        place(ReLU(Operator("nn.ReLU", "act", ["x"], ["y"])), "tpu")
+
+
+@pytest.mark.skipif(cuda_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("verb", ["run", "detect", "segment"])
+def test_device_cuda_without_a_gpu_is_one_line_and_exit_1(verb, capsys, monkeypatch):
+    from kuiper.cli import main
+
+    monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
+    if simulating():
+        pytest.skip("this pytest process runs on the simulator")
+    image = ROOT / "data" / "images" / sorted(p.name for p in (ROOT / "data" / "images").iterdir())[0]
+    assert main([verb, str(ROOT / "data" / "tiny.pnnx.param"), str(image), "--device", "cuda"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kuiper: error: device 'cuda' is not available: "), err
+
+
+@pytest.mark.slow
+def test_gpu_check_tiny_runs_every_step_on_the_simulator():
+    """tools/gpu_check.py --tiny: the GPU session's command, on tiny models, passes on the simulator."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--tiny"], capture_output=True,
+                          text=True, env=env, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    for line in ["ok   depthwise", "ok   tiny_llama prefill logits", "ok   tiny_llama decode logits",
+                 "ok   tiny_cnn", "tiny_cnn batch 2", "tiny_llama decode", "gpu_check PASS"]:
+        assert line in done.stdout, f"expected {line!r} in:\n{done.stdout[-3000:]}"

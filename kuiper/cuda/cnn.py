@@ -32,7 +32,8 @@ def pairs(*values) -> list[tuple[int, int]]:
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1):
-    """2-d convolution of x (N, C, H, W) with weight (K, C/groups, kh, kw): im2col kernel + GEMM."""
+    """2-d convolution of x (N, C, H, W) with weight (K, C/groups, kh, kw) -> (N, K, OH, OW): a direct
+    kernel for depthwise, one GEMM for 1×1, the im2col kernel + a GEMM per image for the rest."""
     n_batch, channels, height, width = x.shape
     k_out, c_group, kh, kw = weight.shape
     if channels != c_group * groups or k_out % groups:
@@ -40,16 +41,42 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 
     (sh, sw), (ph, pw), (dh, dw) = pairs(stride, padding, dilation)
     oh, ow = out_size(height, kh, sh, ph, dh), out_size(width, kw, sw, pw, dw)
     xp = array_module(x)
-    cols = xp.empty((channels * kh * kw, oh * ow), np.float32)
     gemm_weight = weight.reshape(groups, k_out // groups, c_group * kh * kw)
-    out = xp.empty((n_batch, k_out, oh * ow), np.float32)
-    threads = block_threads(cols.size)
-    for n in range(n_batch):
-        im2col_kernel[blocks_for(cols.size, threads), threads](x[n], cols, kh, kw, sh, sw, ph, pw, dh, dw, ow)
-        out[n] = xp.matmul(gemm_weight, cols.reshape(groups, -1, oh * ow)).reshape(k_out, oh * ow)
+    if groups == channels > 1:  # depthwise: 9 multiply-adds per output, no GEMM to speak of
+        out = xp.empty((n_batch, k_out, oh, ow), np.float32)
+        threads = block_threads(out.size)
+        depthwise_conv_kernel[blocks_for(out.size, threads), threads](x, weight, out, sh, sw, ph, pw, dh, dw)
+    elif (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):  # 1×1: the image already is the column matrix
+        out = xp.matmul(gemm_weight, x.reshape(n_batch, groups, c_group, height * width))
+    else:
+        cols = xp.empty((channels * kh * kw, oh * ow), np.float32)
+        out = xp.empty((n_batch, k_out, oh * ow), np.float32)
+        threads = block_threads(cols.size)
+        for n in range(n_batch):
+            im2col_kernel[blocks_for(cols.size, threads), threads](x[n], cols, kh, kw, sh, sw, ph, pw, dh, dw, ow)
+            out[n] = xp.matmul(gemm_weight, cols.reshape(groups, -1, oh * ow)).reshape(k_out, oh * ow)
+    out = out.reshape(n_batch, k_out, oh, ow)
     if bias is not None:
-        out += bias[:, None]
-    return out.reshape(n_batch, k_out, oh, ow)
+        out += bias[:, None, None]
+    return out
+
+
+@cuda.jit
+def depthwise_conv_kernel(x, w, out, sh, sw, ph, pw, dh, dw):
+    """out[n, k, y, x'] = Σ_ij w[k, 0, i, j] · x[n, k // m, y·sh - ph + i·dh, x'·sw - pw + j·dw], m = K / C."""
+    idx = cuda.grid(1)
+    n_batch, k_out, oh, ow = out.shape
+    if idx < out.size:
+        n, k, y, x_ = idx // (k_out * oh * ow), idx // (oh * ow) % k_out, idx // ow % oh, idx % ow
+        c = k // (k_out // x.shape[1])
+        total = float32(0.0)
+        for i in range(w.shape[2]):
+            iy = y * sh - ph + i * dh
+            for j in range(w.shape[3]):
+                ix = x_ * sw - pw + j * dw
+                if 0 <= iy < x.shape[2] and 0 <= ix < x.shape[3]:
+                    total += w[k, 0, i, j] * x[n, c, iy, ix]
+        out[n, k, y, x_] = total
 
 
 @cuda.jit
@@ -147,7 +174,24 @@ def hardswish_kernel(x, out):
         out[i] = x[i] * gate / float32(6.0)
 
 
-ACTIVATIONS = {"relu": relu_kernel, "sigmoid": sigmoid_kernel, "silu": silu_kernel, "hardswish": hardswish_kernel}
+@cuda.jit
+def relu6_kernel(x, out):
+    """out = min(max(x, 0), 6)."""
+    i = cuda.grid(1)
+    if i < x.size:
+        out[i] = min(max(x[i], float32(0.0)), float32(6.0))
+
+
+@cuda.jit
+def hardsigmoid_kernel(x, out):
+    """out = min(max(x / 6 + 1/2, 0), 1)."""
+    i = cuda.grid(1)
+    if i < x.size:
+        out[i] = min(max(x[i] / float32(6.0) + float32(0.5), float32(0.0)), float32(1.0))
+
+
+ACTIVATIONS = {"relu": relu_kernel, "relu6": relu6_kernel, "sigmoid": sigmoid_kernel, "silu": silu_kernel,
+               "hardswish": hardswish_kernel, "hardsigmoid": hardsigmoid_kernel}
 
 
 def activation(x, name: str):
@@ -159,3 +203,23 @@ def activation(x, name: str):
     threads = block_threads(flat.size)
     ACTIVATIONS[name][blocks_for(flat.size, threads), threads](flat, out)
     return out.reshape(x.shape)
+
+
+@cuda.jit
+def gather2d_kernel(x, rows, cols, out):
+    """out[n, c, y, x'] = x[n, c, rows[y], cols[x']]: nearest-neighbour resizing, one thread per output."""
+    idx = cuda.grid(1)
+    n_batch, channels, oh, ow = out.shape
+    if idx < out.size:
+        n, c, y, x_ = idx // (channels * oh * ow), idx // (oh * ow) % channels, idx // ow % oh, idx % ow
+        out[n, c, y, x_] = x[n, c, rows[y], cols[x_]]
+
+
+def resize_nearest(x, rows, cols):
+    """x (N, C, H, W) resized to (N, C, len(rows), len(cols)) by reading source row rows[y], column cols[x']."""
+    if x.ndim != 4 or (rows.size and int(rows.max()) >= x.shape[2]) or (cols.size and int(cols.max()) >= x.shape[3]):
+        raise ShapeError(f"resize_nearest: rows up to {rows.max()} and columns up to {cols.max()} for x {x.shape}")
+    out = array_module(x).empty((*x.shape[:2], rows.size, cols.size), np.float32)
+    threads = block_threads(out.size)
+    gather2d_kernel[blocks_for(out.size, threads), threads](x, rows, cols, out)
+    return out

@@ -45,12 +45,24 @@ def array_module(array: object) -> ModuleType:
     return cupy_module() if hasattr(array, "__cuda_array_interface__") else np
 
 
+def device_module() -> ModuleType:
+    """The array module of device 'cuda': cupy on a GPU, numpy under numba's simulator (whose kernels
+    read host memory); DeviceError saying why when there is neither."""
+    if simulating():
+        return np
+    cupy = cupy_module()
+    config.CUDA_ARRAY_INTERFACE_SYNC = False  # cupy and numba launch on the same default stream: no wait between
+    return cupy
+
+
 def to_device(array: object, device: str) -> object:
-    """`array` as a numpy array ('cpu') or a cupy array ('cuda'); copied only when it moves."""
+    """`array` as a numpy array ('cpu') or an array of device 'cuda'; copied only when it moves."""
     if device == "cpu":
         return cupy_module().asnumpy(array) if hasattr(array, "__cuda_array_interface__") else np.asarray(array)
+    if device == "cuda" and simulating():  # the simulator copies every kernel argument back: keep it writable
+        return np.require(array, requirements="W")
     if device == "cuda":
-        return cupy_module().asarray(array)
+        return device_module().asarray(array)
     raise DeviceError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
 
 

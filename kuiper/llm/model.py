@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from kuiper.cuda.device import simulating, to_device
+from kuiper.cuda.device import to_device
 from kuiper.errors import DeviceError, GGUFError, KuiperError, SafetensorsError, ShapeError
 from kuiper.llm import ops as cpu_ops
 from kuiper.llm.gguf import GGUFFile
@@ -266,10 +266,8 @@ class Llama:
         if device == "cuda" and any(not hasattr(w, "__array__") for b in self.blocks for w in vars(b).values()
                                     if w is not None):
             raise DeviceError("the GPU backend runs float32 weights only: load the model without int8 quantization")
-        keep = device == "cuda" and simulating()  # the simulator runs GPU kernels on numpy arrays
-
         def move(array: Any) -> Any:
-            return array if keep or array is None else to_device(array, device)
+            return None if array is None else to_device(array, device)
 
         self.embed, self.norm, self.head = move(self.embed), move(self.norm), move(self.head)
         self.cos, self.sin, self.k_cache, self.v_cache = map(move, (self.cos, self.sin, self.k_cache, self.v_cache))

@@ -1,0 +1,306 @@
+"""The GPU check: one command that a machine with an NVIDIA GPU (and cupy) runs to see that device
+'cuda' is right and how fast it is.
+
+    python tools/gpu_check.py            # on the GPU: a few minutes on an H200
+    python tools/gpu_check.py --tiny     # anywhere: tiny models on numba's CUDA simulator (tests use it)
+
+1. kernels: every case of tests/test_cuda.py on the device, against numpy;
+2. LLM: kuiper's logits on 'cuda' against transformers (SmolLM2-135M, the same GGUF file);
+3. CNNs: every zoo model in data/models on 'cuda' against its TorchScript export run by torch
+   (resnet18, mobilenet_v2, yolov5n, yolov5s, ...); layers without a GPU kernel are listed;
+4. benchmark: kuiper 'cuda' against torch 'cuda' (resnet18, yolov5s) and transformers 'cuda'
+   (SmolLM2 prefill and decode), medians after warm-up, with ratios (goal: >= 1.0 x).
+
+Parity passes at max |kuiper - reference| <= 1e-4 of max |reference| (TF32 is switched off in torch).
+The last line says PASS or FAIL; the exit status is 0 only on PASS. With --tiny the models are built
+here (a small CNN from every GPU layer kind, a 2-layer Llama) and the timings are the simulator's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python tools/gpu_check.py`
+    sys.path.insert(0, str(ROOT))
+
+TOLERANCE = 1e-4  # max |got - want| / max |want|, fp32
+KERNEL_TOLERANCE = 1e-5  # tests/test_cuda.py's, for single kernels on tiny inputs
+SMOLLM2 = "smollm2-135m-instruct-q4_1.gguf"
+
+
+def relative_error(got: object, want: object) -> float:
+    """max |got - want| / max |want| over arrays of the same shape (inf when the shapes differ)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        return float("inf")
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
+
+
+def median_seconds(fn: Callable[[], object], repeat: int) -> float:
+    """The median wall time of fn() over `repeat` runs, after two warm-up runs (compilation, autotuning)."""
+    fn(), fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class Report:
+    """Rows of (section, name, verdict or number, note), printed as they come; failed() after the end."""
+
+    def __init__(self):
+        self.failures: list[str] = []
+
+    def parity(self, section: str, name: str, error: float | str, note: str = "", tolerance: float = TOLERANCE) -> None:
+        """One parity row: ok when `error` (a relative error, or the text of what went wrong) is within tolerance."""
+        ok = not isinstance(error, str) and error <= tolerance
+        if not ok:
+            self.failures.append(f"{section} {name}")
+        shown = error if isinstance(error, str) else f"{error:.1e}"
+        print(f"  {'ok  ' if ok else 'FAIL'} {name:34s} {shown}{'  ' + note if note else ''}", flush=True)
+
+
+# ---- the models ---------------------------------------------------------------------------------
+
+def tiny_cnn(torch):
+    """(a kuiper graph, a torch module) of one small CNN with the same weights, using every GPU layer kind:
+    conv 3×3 + SiLU, depthwise conv + ReLU6, max pool, conv 1×1 + Hardswish, nearest upsampling, concat,
+    split, an expression (add), global average pooling, flatten, linear."""
+    from kuiper.graph import RuntimeGraph
+    from kuiper.pnnx import Attribute, link_operands, Operator, PnnxGraph
+    from kuiper.registry import create_layer
+
+    nn, gen = torch.nn, torch.Generator().manual_seed(0)
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.depthwise = nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=4)
+            self.point = nn.Conv2d(8, 4, 1)
+            self.head = nn.Linear(4, 5)
+            for p in self.parameters():
+                p.data = torch.randn(p.shape, generator=gen) * 0.5
+
+        def forward(self, x):
+            a = nn.functional.silu(self.conv(x))
+            b = nn.functional.relu6(self.depthwise(a))
+            c = nn.functional.hardswish(self.point(nn.functional.max_pool2d(b, 3, 1, 1)))
+            up = nn.functional.interpolate(c, scale_factor=2, mode="nearest")
+            left, right = torch.split(torch.cat([up, a], 1), [4, 4], 1)
+            pooled = nn.functional.adaptive_avg_pool2d(left + right, 1)
+            return self.head(torch.flatten(pooled, 1))
+
+    module = Tiny().eval()
+
+    def conv(name, m, groups=1):
+        params = {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": m.kernel_size,
+                  "stride": m.stride, "padding": m.padding, "dilation": m.dilation, "groups": groups, "bias": True}
+        return params, {"weight": m.weight, "bias": m.bias}
+
+    rows = [  # type, name, inputs, outputs, params, weights
+        ("pnnx.Input", "in", [], ["x"], {}, {}),
+        ("nn.Conv2d", "conv", ["x"], ["c1"], *conv("conv", module.conv)),
+        ("nn.SiLU", "silu", ["c1"], ["a"], {}, {}),
+        ("nn.Conv2d", "depthwise", ["a"], ["d1"], *conv("depthwise", module.depthwise, 4)),
+        ("nn.ReLU6", "relu6", ["d1"], ["b"], {}, {}),
+        ("nn.MaxPool2d", "pool", ["b"], ["p"], {"kernel_size": 3, "stride": 1, "padding": 1}, {}),
+        ("nn.Conv2d", "point", ["p"], ["c2"], *conv("point", module.point)),
+        ("nn.Hardswish", "hardswish", ["c2"], ["c"], {}, {}),
+        ("nn.Upsample", "up", ["c"], ["u"], {"mode": "nearest", "scale_factor": (2.0, 2.0)}, {}),
+        ("torch.cat", "cat", ["u", "a"], ["cat"], {"dim": 1}, {}),
+        ("torch.split", "split", ["cat"], ["left", "right"], {"dim": 1, "split_size_or_sections": (4, 4)}, {}),
+        ("pnnx.Expression", "add", ["left", "right"], ["sum"], {"expr": "add(@0,@1)"}, {}),
+        ("nn.AdaptiveAvgPool2d", "gap", ["sum"], ["g"], {"output_size": (1, 1)}, {}),
+        ("torch.flatten", "flatten", ["g"], ["f"], {"start_dim": 1, "end_dim": -1}, {}),
+        ("nn.Linear", "head", ["f"], ["y"], {"in_features": 4, "out_features": 5, "bias": True},
+         {"weight": module.head.weight, "bias": module.head.bias}),
+        ("pnnx.Output", "out", ["y"], [], {}, {}),
+    ]
+    operators = [Operator(kind, name, inputs, outputs, params,
+                          {k: Attribute(tuple(w.shape), "float32", w.detach().numpy()) for k, w in weights.items()},
+                          line=line)
+                 for line, (kind, name, inputs, outputs, params, weights) in enumerate(rows, start=3)]
+    path = Path("tiny_cnn.pnnx.param")
+    return RuntimeGraph(PnnxGraph(path, operators, link_operands(operators, path)), create_layer), module
+
+
+def tiny_llama(torch, folder: Path) -> Path:
+    """A random 2-layer Llama written by transformers as a Hugging Face folder (config.json, safetensors)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=48, vocab_size=64, max_position_embeddings=64, rms_norm_eps=1e-5,
+                         tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def outputs(value: object) -> list[np.ndarray]:
+    """A model's output (an array, a tensor, or a tuple/list of them) as a list of numpy arrays."""
+    if isinstance(value, (tuple, list)):
+        return [a for v in value for a in outputs(v)]
+    return [value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)]
+
+
+def cnn_error(got: object, want: object) -> float:
+    """The largest relative error over a model's outputs."""
+    got, want = outputs(got), outputs(want)
+    return max(relative_error(g, w) for g, w in zip(got, want)) if len(got) == len(want) else float("inf")
+
+
+# ---- the checks ---------------------------------------------------------------------------------
+
+def check_kernels(report: Report) -> None:
+    """Every kernel case of tests/test_cuda.py, run on device 'cuda' (the simulator with --tiny)."""
+    from kuiper.cuda.device import to_device
+    from tests.test_cuda import CASES, run_case
+
+    print("kernels (against numpy):", flush=True)
+    for name in CASES:
+        error = run_case(name, lambda a: to_device(a, "cuda"))
+        report.parity("kernel", name, error, tolerance=KERNEL_TOLERANCE)
+
+
+def fallback_note(graph) -> str:
+    """Which layers of a placed graph run on the host, if any."""
+    from kuiper.cuda.layers import HostFallback
+
+    host = sorted({layer.layer.op.type for layer in graph.layers.values() if isinstance(layer, HostFallback)})
+    return f"(on the host: {', '.join(host)})" if host else ""
+
+
+def check_cnns(report: Report, torch, device: str, tiny: bool, models: Path) -> dict[str, tuple]:
+    """Every CNN on 'cuda' against torch; returns {name: (graph, torch module, input)} for the benchmark."""
+    import kuiper
+
+    print(f"CNNs on 'cuda' (against torch on {device!r}):", flush=True)
+    found = {}
+    if tiny:
+        graph, module = tiny_cnn(torch)
+        found["tiny_cnn"] = (graph.to("cuda"), module.to(device), np.random.default_rng(0).standard_normal(
+            (2, 3, 8, 8)).astype(np.float32))
+    else:
+        for param in sorted(models.glob("*.pnnx.param")):
+            name = param.name.removesuffix(".pnnx.param")
+            script = param.with_name(f"{name}.torchscript.pt")
+            if script.is_file() and param.with_name(f"{name}.input.npy").is_file():
+                found[name] = (kuiper.load(param).to("cuda"), torch.jit.load(str(script), map_location=device).eval(),
+                               np.load(param.with_name(f"{name}.input.npy")))
+    for name, (graph, module, x) in found.items():
+        with torch.inference_mode():
+            want = module(torch.from_numpy(x).to(device))
+        report.parity("cnn", name, cnn_error(graph(x), want), fallback_note(graph))
+    return found
+
+
+def check_llm(report: Report, torch, device: str, tiny: bool, models: Path, folder: Path) -> Path | None:
+    """kuiper's logits on 'cuda' against transformers on `device`, prefill and one decode step."""
+    from transformers import AutoModelForCausalLM
+
+    from kuiper.llm.model import load
+
+    path = tiny_llama(torch, folder / "tiny_llama") if tiny else models / SMOLLM2
+    print(f"LLM on 'cuda' (against transformers on {device!r}):", flush=True)
+    if not path.exists():
+        report.parity("llm", path.name, "missing: python tools/llms.py writes it")
+        return None
+    kwargs = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
+    reference = AutoModelForCausalLM.from_pretrained(path.parent if kwargs else path, dtype=torch.float32,
+                                                     **kwargs).eval().to(device)
+    model, _ = load(path, max_seq_len=32)
+    model.to("cuda")
+    ids = [1, 5, 9, 13, 17, 21]
+    with torch.inference_mode():
+        want = reference(torch.tensor([ids + [3]], device=device)).logits[0].cpu().numpy()
+    prefill = model.forward(np.array(ids), 0, all_logits=True)
+    step = model.forward(np.array([3]), len(ids))
+    report.parity("llm", f"{path.name} prefill logits", relative_error(outputs(prefill)[0], want[:-1]))
+    report.parity("llm", f"{path.name} decode logits", relative_error(outputs(step)[0], want[-1:]))
+    return path
+
+
+def benchmark(torch, device: str, cnns: dict[str, tuple], llm: Path | None, tiny: bool) -> None:
+    """kuiper 'cuda' against torch / transformers on `device`: medians, and kuiper's speed as a ratio."""
+    from kuiper import bench
+
+    repeat = 3 if tiny else 20
+    print(f"\nbenchmark ({'numba simulator: not GPU timings' if tiny else torch.cuda.get_device_name()}), "
+          f"speed = reference time / kuiper time, goal >= 1.0 x", flush=True)
+    print(f"  {'model':28s} {'kuiper ms':>10s} {'ref ms':>10s} {'speed':>7s}")
+    wanted = ["tiny_cnn"] if tiny else ["resnet18", "yolov5s"]
+    for name in (n for n in wanted if n in cnns):
+        graph, module, x = cnns[name]
+        for batch in (1, 2) if tiny else (1, 8):
+            xb = np.repeat(x[:1], batch, axis=0)
+
+            def reference() -> None:
+                with torch.inference_mode():
+                    outputs(module(torch.from_numpy(xb).to(device)))
+
+            ours, theirs = median_seconds(lambda: graph(xb), repeat), median_seconds(reference, repeat)
+            print(f"  {f'{name} batch {batch}':28s} {ours * 1e3:10.2f} {theirs * 1e3:10.2f} {theirs / ours:6.2f}x",
+                  flush=True)
+    if llm is not None:
+        from kuiper.llm.model import load
+
+        prompt, decode = (4, 2) if tiny else (64, 64)
+        model, _ = load(llm, max_seq_len=prompt + decode + 8)
+        ids = [int(i) for i in np.random.default_rng(0).integers(0, model.config.vocab_size, prompt)]
+        ours = bench.kuiper_rates(model.to("cuda"), ids, decode)
+        theirs = bench.transformers_rates(llm, ids, decode, device)
+        for phase, mine, ref, tokens in [("prefill", ours[0], theirs[0], prompt), ("decode", ours[1], theirs[1], decode)]:
+            print(f"  {f'{llm.name[:20]} {phase}':28s} {tokens / mine:8.1f}/s {tokens / ref:8.1f}/s "
+                  f"{ref / mine:6.2f}x", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny models on numba's CUDA simulator (no GPU needed)")
+    parser.add_argument("--models", type=Path, default=ROOT / "data" / "models", help="the zoo's folder")
+    parser.add_argument("--no-bench", action="store_true", help="parity only")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        from kuiper.cuda.device import use_simulator
+
+        use_simulator()
+    from kuiper.cuda.device import cuda_problem, simulating
+
+    if not simulating() and cuda_problem():
+        print(f"gpu_check: no GPU here: {cuda_problem()} (python tools/gpu_check.py --tiny runs on the simulator)")
+        return 1
+    import torch
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # fp32 on both sides
+    logging.basicConfig(format="  note: %(message)s", level=logging.WARNING)
+    report, start = Report(), time.perf_counter()
+    check_kernels(report)
+    with tempfile.TemporaryDirectory() as folder:
+        llm = check_llm(report, torch, device, args.tiny, args.models, Path(folder))
+        cnns = check_cnns(report, torch, device, args.tiny, args.models)
+        if not args.no_bench:
+            benchmark(torch, device, cnns, llm, args.tiny)
+    verdict = "FAIL: " + ", ".join(report.failures) if report.failures else "PASS"
+    print(f"\ngpu_check {verdict} ({time.perf_counter() - start:.0f} s, simulated: {simulating()})")
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
