@@ -110,7 +110,8 @@ def find_pnnx(model: str) -> None:
 
 def load_graph(args: argparse.Namespace):
     """The image model named on the command line, its layers placed on --device (lesson 13's seam)."""
-    return load(args.model).to(args.device)
+    graph = load(args.model)
+    return graph if args.device == "cpu" else graph.to(args.device)
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -242,7 +243,7 @@ def load_llm(args: argparse.Namespace):
         from kuiper.quant import quantize_model
 
         model = quantize_model(model, args.int8)
-    return model.to(args.device), tokenizer
+    return (model if args.device == "cpu" else model.to(args.device)), tokenizer
 
 
 def sampler_from(args: argparse.Namespace):

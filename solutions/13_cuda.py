@@ -1111,13 +1111,6 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 
     return out
 
 
-# %%
-x = rng.standard_normal((2, 4, 7, 6)).astype(np.float32)
-weight, bias = rng.standard_normal((6, 2, 3, 3)).astype(np.float32), rng.standard_normal(6).astype(np.float32)
-got = conv2d(dev(x), dev(weight), dev(bias), stride=2, padding=1, groups=2)
-want = F.conv2d(torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias), stride=2, padding=1, groups=2)
-print("conv2d 3×3, stride 2, padding 1, 2 groups:", agreement(to_device(got, "cpu"), want.numpy()))
-
 # %% [markdown]
 # ## Exercise 13.9 — depthwise convolution
 #
@@ -1166,7 +1159,8 @@ with check("Exercise 13.9"):
 # Pooling, activations and nearest-neighbour resizing (YOLO's upsampling) need no GEMM: one thread
 # per output, each reading its own window (or element, or source pixel). Max pooling ignores the
 # padding; average pooling counts it or not, as PyTorch's `count_include_pad` says — the same
-# rules as lesson 04's numba versions.
+# rules as lesson 04's numba versions. Below, every path of `conv2d` (im2col, 1×1, depthwise) and
+# each of these kernels meets PyTorch.
 
 # %%
 #| export cuda.cnn
@@ -1270,7 +1264,7 @@ def relu6_kernel(x, out):
     """out = min(max(x, 0), 6)."""
     i = cuda.grid(1)
     if i < x.size:
-        out[i] = min(max(x[i], float32(0.0)), float32(6.0))
+        out[i] = float32(0.0) if x[i] < float32(0.0) else float32(6.0) if x[i] > float32(6.0) else x[i]
 
 
 @cuda.jit
@@ -1278,7 +1272,8 @@ def hardsigmoid_kernel(x, out):
     """out = min(max(x / 6 + 1/2, 0), 1)."""
     i = cuda.grid(1)
     if i < x.size:
-        out[i] = min(max(x[i] / float32(6.0) + float32(0.5), float32(0.0)), float32(1.0))
+        gate = x[i] / float32(6.0) + float32(0.5)
+        out[i] = float32(0.0) if gate < float32(0.0) else float32(1.0) if gate > float32(1.0) else gate
 
 
 ACTIVATIONS = {"relu": relu_kernel, "relu6": relu6_kernel, "sigmoid": sigmoid_kernel, "silu": silu_kernel,
@@ -1319,7 +1314,21 @@ def resize_nearest(x, rows, cols):
 # %%
 x = rng.standard_normal((1, 2, 7, 7)).astype(np.float32)
 tx = torch.from_numpy(x)
+weights = [rng.standard_normal(shape).astype(np.float32) for shape in [(4, 2, 3, 3), (3, 2, 1, 1), (4, 1, 3, 3)]]
+bias = rng.standard_normal(4).astype(np.float32)
+
+
+def conv(w: np.ndarray, stride: int, padding: int, groups: int) -> tuple:
+    """(kuiper's conv2d, torch's) of x with weight w and the first len(w) biases."""
+    b = bias[:len(w)]
+    return (conv2d(dev(x), dev(w), dev(b), stride, padding, groups=groups),
+            F.conv2d(tx, torch.from_numpy(w), torch.from_numpy(b), stride, padding, groups=groups))
+
+
 checks = {
+    "conv2d 3×3, stride 2 (im2col)": conv(weights[0], 2, 1, 1),
+    "conv2d 1×1 (one GEMM)": conv(weights[1], 1, 0, 1),
+    "conv2d depthwise × 2": conv(weights[2], 1, 1, 2),
     "max pool 3, stride 2, pad 1": (pool2d(dev(x), "max", 3, 2, 1), F.max_pool2d(tx, 3, 2, 1)),
     "avg pool 3, stride 2, pad 1": (pool2d(dev(x), "avg", 3, 2, 1, count_include_pad=False),
                                     F.avg_pool2d(tx, 3, 2, 1, count_include_pad=False)),
@@ -1411,7 +1420,8 @@ KERNELS: dict[type[Layer], Kernel] = {
     **{cls: Kernel(lambda layer, x: activation(x, ACTIVATION_NAMES[type(layer)])) for cls in ACTIVATION_NAMES},
     MaxPool2d: Kernel(lambda layer, x: pool2d(x, "max", layer.kernel, layer.stride, layer.padding, layer.dilation,
                                               layer.ceil_mode)),
-    AdaptiveAvgPool2d: Kernel(lambda layer, x: x.mean(axis=(2, 3), keepdims=True), fits=lambda layer: layer.size == (1, 1)),
+    AdaptiveAvgPool2d: Kernel(lambda layer, x: x.mean(axis=(2, 3), keepdims=True),
+                              fits=lambda layer: layer.size == (1, 1)),
     Linear: Kernel(lambda layer, x, w_t, b: x @ w_t if b is None else x @ w_t + b, ("weight_t", "bias")),
     Upsample: Kernel(upsample, fits=lambda layer: layer.mode == "nearest"),
     Concat: Kernel(lambda layer, *xs: device_module().concatenate(xs, axis=layer.dim)),
@@ -1497,12 +1507,16 @@ print("tiny graph on 'cuda' vs PyTorch:", agreement(graph(x), want), "| vs the C
 # ## CUDA C: float4 loads and warp shuffles
 #
 # numba compiles a kernel to the same PTX that `nvcc` makes from CUDA C, but two tricks of fast
-# kernels are clearer in CUDA C. Here is `kuiper/cuda/sgemv.cu`, the matrix-vector product again:
+# kernels are clearer in CUDA C. Here is `kuiper/cuda/sgemv.cu`, the matrix-vector product again, and
+# the block reduction of `kuiper/cuda/norm.cu`:
 
 # %%
 from importlib.resources import files
 
 print((files("kuiper.cuda") / "sgemv.cu").read_text())
+norm_source = (files("kuiper.cuda") / "norm.cu").read_text()
+start = norm_source.index("// The sum of `value` over the block")
+print(norm_source[start:norm_source.index("}\n", start) + 1])
 
 # %% [markdown]
 # * **One warp per output row.** `threadIdx.x` is the lane (0–31), `threadIdx.y` picks the row
@@ -1517,12 +1531,7 @@ print((files("kuiper.cuda") / "sgemv.cu").read_text())
 # `kuiper/cuda/norm.cu` uses shuffles for RMSNorm and softmax: each warp reduces its values with
 # `__shfl_xor_sync` (every lane gets the result), lane 0 of each warp puts its warp's total in
 # shared memory, and one more warp-level step combines those — two barriers instead of log₂ 256
-# = 8. Its reduction:
-
-# %%
-norm_source = (files("kuiper.cuda") / "norm.cu").read_text()
-start = norm_source.index("// The sum of `value` over the block")
-print(norm_source[start:norm_source.index("}\n", start) + 1])
+# = 8. Its reduction is printed above, after `sgemv.cu`.
 
 # %% [markdown]
 # cupy compiles a `.cu` file at run time (with NVRTC, for whatever GPU it finds) into a
@@ -1639,13 +1648,8 @@ if LONG:  # four nvcc runs: when asked (KUIPER_LONG=1); tests/test_cuda.py compi
             kernels = [k for k in ("sgemv_f32", "sgemv_f32x4", "rmsnorm_f32", "softmax_f32") if k.encode() in cubin]
             kind = "an ELF cubin" if cubin[:4] == b"\x7fELF" else "not an ELF file"
             print(f"{name}.cu for {arch}: {kind} of {len(cubin):,} bytes, kernels {', '.join(kernels)}")
-
-# %% [markdown]
 # `nvcc --resource-usage` shows what each kernel costs the SM: registers per thread and shared
 # memory per block, which bound how many warps fit on an SM at once (the *occupancy*):
-
-# %%
-# NBVAL_SKIP
 if LONG and shutil.which("nvcc"):
     run = subprocess.run(["nvcc", "-arch=sm_90", "--cubin", "--resource-usage", "-o", os.devnull,
                           str(files("kuiper.cuda") / "sgemv.cu")], capture_output=True, text=True)

@@ -72,6 +72,14 @@ class Report:
         shown = error if isinstance(error, str) else f"{error:.1e}"
         print(f"  {'ok  ' if ok else 'FAIL'} {name:34s} {shown}{'  ' + note if note else ''}", flush=True)
 
+    def attempt(self, section: str, name: str, error: Callable[[], float], note: str = "") -> None:
+        """parity(error()); an exception is a failed row that says what it was, and the check goes on."""
+        try:
+            value = error()
+        except Exception as err:  # one broken model must not hide the others' results
+            value = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+        self.parity(section, name, value, note)
+
 
 # ---- the models ---------------------------------------------------------------------------------
 
@@ -154,7 +162,9 @@ def outputs(value: object) -> list[np.ndarray]:
     """A model's output (an array, a tensor, or a tuple/list of them) as a list of numpy arrays."""
     if isinstance(value, (tuple, list)):
         return [a for v in value for a in outputs(v)]
-    return [value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)]
+    from kuiper.cuda.device import to_device
+
+    return [value.detach().cpu().numpy() if hasattr(value, "detach") else to_device(value, "cpu")]
 
 
 def cnn_error(got: object, want: object) -> float:
@@ -185,26 +195,33 @@ def fallback_note(graph) -> str:
 
 
 def check_cnns(report: Report, torch, device: str, tiny: bool, models: Path) -> dict[str, tuple]:
-    """Every CNN on 'cuda' against torch; returns {name: (graph, torch module, input)} for the benchmark."""
+    """Every CNN on 'cuda' against torch (with the zoo: torch's output stored at export, on the same input,
+    and the TorchScript model on `device`); returns {name: (graph, torch module, input)} for the benchmark."""
     import kuiper
 
     print(f"CNNs on 'cuda' (against torch on {device!r}):", flush=True)
     found = {}
     if tiny:
         graph, module = tiny_cnn(torch)
-        found["tiny_cnn"] = (graph.to("cuda"), module.to(device), np.random.default_rng(0).standard_normal(
-            (2, 3, 8, 8)).astype(np.float32))
-    else:
-        for param in sorted(models.glob("*.pnnx.param")):
-            name = param.name.removesuffix(".pnnx.param")
-            script = param.with_name(f"{name}.torchscript.pt")
-            if script.is_file() and param.with_name(f"{name}.input.npy").is_file():
-                found[name] = (kuiper.load(param).to("cuda"), torch.jit.load(str(script), map_location=device).eval(),
-                               np.load(param.with_name(f"{name}.input.npy")))
+        x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+        found["tiny_cnn"] = (graph.to("cuda"), module.to(device), x)
+    for param in [] if tiny else sorted(models.glob("*.pnnx.param")):
+        name = param.name.removesuffix(".pnnx.param")
+        script, x = param.with_name(f"{name}.torchscript.pt"), param.with_name(f"{name}.input.npy")
+        stored = param.with_name(f"{name}.output.npy")
+        if script.is_file() and x.is_file():
+            found[name] = (kuiper.load(param).to("cuda"), torch.jit.load(str(script), map_location=device).eval(),
+                           np.load(x))
+            if stored.is_file():
+                report.attempt("cnn", f"{name} (torch at export)",
+                               lambda g=found[name][0], x=found[name][2]: cnn_error(g(x), np.load(stored)))
     for name, (graph, module, x) in found.items():
-        with torch.inference_mode():
-            want = module(torch.from_numpy(x).to(device))
-        report.parity("cnn", name, cnn_error(graph(x), want), fallback_note(graph))
+        def error(graph=graph, module=module, x=x) -> float:
+            with torch.inference_mode():
+                want = module(torch.from_numpy(x).to(device))
+            return cnn_error(graph(x), want)
+
+        report.attempt("cnn", name, error, fallback_note(graph))
     return found
 
 
@@ -252,7 +269,11 @@ def benchmark(torch, device: str, cnns: dict[str, tuple], llm: Path | None, tiny
                 with torch.inference_mode():
                     outputs(module(torch.from_numpy(xb).to(device)))
 
-            ours, theirs = median_seconds(lambda: graph(xb), repeat), median_seconds(reference, repeat)
+            try:
+                ours, theirs = median_seconds(lambda: graph(xb), repeat), median_seconds(reference, repeat)
+            except Exception as err:  # the other rows still get timed
+                print(f"  {f'{name} batch {batch}':28s} failed: {type(err).__name__}: {err}", flush=True)
+                continue
             print(f"  {f'{name} batch {batch}':28s} {ours * 1e3:10.2f} {theirs * 1e3:10.2f} {theirs / ours:6.2f}x",
                   flush=True)
     if llm is not None:
@@ -263,7 +284,8 @@ def benchmark(torch, device: str, cnns: dict[str, tuple], llm: Path | None, tiny
         ids = [int(i) for i in np.random.default_rng(0).integers(0, model.config.vocab_size, prompt)]
         ours = bench.kuiper_rates(model.to("cuda"), ids, decode)
         theirs = bench.transformers_rates(llm, ids, decode, device)
-        for phase, mine, ref, tokens in [("prefill", ours[0], theirs[0], prompt), ("decode", ours[1], theirs[1], decode)]:
+        for phase, mine, ref, tokens in [("prefill", ours[0], theirs[0], prompt),
+                                         ("decode", ours[1], theirs[1], decode)]:
             print(f"  {f'{llm.name[:20]} {phase}':28s} {tokens / mine:8.1f}/s {tokens / ref:8.1f}/s "
                   f"{ref / mine:6.2f}x", flush=True)
 
@@ -291,12 +313,21 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # fp32 on both sides
     logging.basicConfig(format="  note: %(message)s", level=logging.WARNING)
     report, start = Report(), time.perf_counter()
-    check_kernels(report)
+    steps: dict[str, object] = {}
+
+    def step(name: str, fn: Callable[[], object]) -> None:
+        """Run one step; an exception fails it, says what it was, and the next step still runs."""
+        try:
+            steps[name] = fn()
+        except Exception as err:
+            report.parity(name, "(the whole step)", f"{type(err).__name__}: {' '.join(str(err).split())[:300]}")
+
+    step("kernels", lambda: check_kernels(report))
     with tempfile.TemporaryDirectory() as folder:
-        llm = check_llm(report, torch, device, args.tiny, args.models, Path(folder))
-        cnns = check_cnns(report, torch, device, args.tiny, args.models)
+        step("llm", lambda: check_llm(report, torch, device, args.tiny, args.models, Path(folder)))
+        step("cnns", lambda: check_cnns(report, torch, device, args.tiny, args.models))
         if not args.no_bench:
-            benchmark(torch, device, cnns, llm, args.tiny)
+            step("benchmark", lambda: benchmark(torch, device, steps.get("cnns") or {}, steps.get("llm"), args.tiny))
     verdict = "FAIL: " + ", ".join(report.failures) if report.failures else "PASS"
     print(f"\ngpu_check {verdict} ({time.perf_counter() - start:.0f} s, simulated: {simulating()})")
     return 1 if report.failures else 0

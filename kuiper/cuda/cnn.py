@@ -179,7 +179,7 @@ def relu6_kernel(x, out):
     """out = min(max(x, 0), 6)."""
     i = cuda.grid(1)
     if i < x.size:
-        out[i] = min(max(x[i], float32(0.0)), float32(6.0))
+        out[i] = float32(0.0) if x[i] < float32(0.0) else float32(6.0) if x[i] > float32(6.0) else x[i]
 
 
 @cuda.jit
@@ -187,7 +187,8 @@ def hardsigmoid_kernel(x, out):
     """out = min(max(x / 6 + 1/2, 0), 1)."""
     i = cuda.grid(1)
     if i < x.size:
-        out[i] = min(max(x[i] / float32(6.0) + float32(0.5), float32(0.0)), float32(1.0))
+        gate = x[i] / float32(6.0) + float32(0.5)
+        out[i] = float32(0.0) if gate < float32(0.0) else float32(1.0) if gate > float32(1.0) else gate
 
 
 ACTIVATIONS = {"relu": relu_kernel, "relu6": relu6_kernel, "sigmoid": sigmoid_kernel, "silu": silu_kernel,

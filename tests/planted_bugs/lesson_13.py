@@ -50,4 +50,11 @@ BUGS = {
          "negative indices (the top and left padding) wrap around instead of reading 0"),
         ("row // kw % kh", "row % kh", "the kernel row is decoded wrongly"),
     ],
+    "13.9": [
+        ("c = k // (k_out // x.shape[1])", "c = k % x.shape[1]", "output channels mapped to the wrong input channel"),
+        ("if 0 <= iy < x.shape[2] and 0 <= ix < x.shape[3]:", "if iy < x.shape[2] and ix < x.shape[3]:",
+         "negative indices (the top and left padding) wrap around instead of adding 0"),
+        ("                ix = x_ * sw - pw + j * dw\n                if 0", "                ix = x_ * sw - pw + j\n                if 0",
+         "the column dilation is ignored"),
+    ],
 }
