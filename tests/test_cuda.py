@@ -576,13 +576,19 @@ x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
 on_cpu = graph(x)
 graph.to("cuda")
 print("kinds", sorted({type(layer).__name__ for layer in graph.layers.values()}))
-out = graph(Tensor(x))
-print("device", out.device, graph.device)
-print("error", cnn_error(out.numpy(), module(torch.from_numpy(x))), cnn_error(graph(x), on_cpu))
+outs = graph(Tensor(x))  # two outputs, as Tensors on the graph's device
+print("device", outs[1].device, graph.device)
+print("error", cnn_error([o.numpy() for o in outs], module(torch.from_numpy(x))), cnn_error(graph(x), on_cpu))
 up = graph.layers["up"].layer
 up.mode = "bilinear"  # no GPU kernel for it: placed again, it falls back to the host, with a warning
 print("fallback", type(place(up, "cuda")).__name__)
 print("back", type(place(graph.layers["conv"], "cpu")).__name__)
+from kuiper.pnnx import Operator
+from kuiper.registry import create_layer
+chunk = place(create_layer(Operator("torch.chunk", "chunk", ["x"], ["a", "b", "c"], {"chunks": 3, "dim": -2})), "cuda")
+parts = chunk(Tensor(np.arange(42, dtype=np.float32).reshape(2, 7, 3)))
+want = torch.chunk(torch.arange(42, dtype=torch.float32).reshape(2, 7, 3), 3, dim=-2)
+print("chunks", all(np.array_equal(p.numpy(), w.numpy()) for p, w in zip(parts, want)) and len(parts) == len(want))
 """
 
 
@@ -601,11 +607,11 @@ def test_a_cnn_graph_runs_on_cuda_through_the_device_seam_on_the_simulator():
     a layer without a kernel runs on the host and says so; to('cpu') gives the host layers back."""
     lines = run_simulated(GRAPH_SCRIPT)
     found = {line.split()[0]: line.split(maxsplit=1)[1] for line in lines if line.split()[0] in
-             ("kinds", "device", "error", "fallback", "back")}
+             ("kinds", "device", "error", "fallback", "back", "chunks")}
     assert found["kinds"] == "['DeviceLayer']", found["kinds"]
     assert found["device"] == "cuda cuda"
     assert max(float(e) for e in found["error"].split()) < 1e-5, found["error"]
-    assert found["fallback"] == "HostFallback" and found["back"] == "Conv2d"
+    assert found["fallback"] == "HostFallback" and found["back"] == "Conv2d" and found["chunks"] == "True"
     assert any("nn.Upsample 'up' (line 11) has no GPU kernel: it runs on the CPU" in line for line in lines), lines
 
 
@@ -639,6 +645,6 @@ def test_gpu_check_tiny_runs_every_step_on_the_simulator():
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--tiny"], capture_output=True,
                           text=True, env=env, timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    for line in ["ok   depthwise", "ok   tiny_llama prefill logits", "ok   tiny_llama decode logits",
+    for line in ["ok   conv2d_depthwise", "ok   resize_nearest", "ok   tiny_llama prefill logits", "ok   tiny_llama decode logits",
                  "ok   tiny_cnn", "tiny_cnn batch 2", "tiny_llama decode", "gpu_check PASS"]:
         assert line in done.stdout, f"expected {line!r} in:\n{done.stdout[-3000:]}"

@@ -86,7 +86,8 @@ class Report:
 def tiny_cnn(torch):
     """(a kuiper graph, a torch module) of one small CNN with the same weights, using every GPU layer kind:
     conv 3×3 + SiLU, depthwise conv + ReLU6, max pool, conv 1×1 + Hardswish, nearest upsampling, concat,
-    split, an expression (add), global average pooling, flatten, linear."""
+    split, an expression (add), global average pooling, flatten, linear; and a YOLO-like second output:
+    reshape, permute, a constant (pnnx.Attribute) added."""
     from kuiper.graph import RuntimeGraph
     from kuiper.pnnx import Attribute, link_operands, Operator, PnnxGraph
     from kuiper.registry import create_layer
@@ -100,6 +101,7 @@ def tiny_cnn(torch):
             self.depthwise = nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=4)
             self.point = nn.Conv2d(8, 4, 1)
             self.head = nn.Linear(4, 5)
+            self.anchor = nn.Parameter(torch.zeros(1, 2, 4, 4, 2))
             for p in self.parameters():
                 p.data = torch.randn(p.shape, generator=gen) * 0.5
 
@@ -110,7 +112,8 @@ def tiny_cnn(torch):
             up = nn.functional.interpolate(c, scale_factor=2, mode="nearest")
             left, right = torch.split(torch.cat([up, a], 1), [4, 4], 1)
             pooled = nn.functional.adaptive_avg_pool2d(left + right, 1)
-            return self.head(torch.flatten(pooled, 1))
+            grid = c.reshape(-1, 2, 2, 4, 4).permute(0, 1, 3, 4, 2)  # a YOLO head's (N, anchors, H, W, outputs)
+            return self.head(torch.flatten(pooled, 1)), grid + self.anchor
 
     module = Tiny().eval()
 
@@ -137,6 +140,11 @@ def tiny_cnn(torch):
         ("nn.Linear", "head", ["f"], ["y"], {"in_features": 4, "out_features": 5, "bias": True},
          {"weight": module.head.weight, "bias": module.head.bias}),
         ("pnnx.Output", "out", ["y"], [], {}, {}),
+        ("Tensor.reshape", "reshape", ["c"], ["r"], {"shape": (1, 2, 2, 4, 4)}, {}),
+        ("Tensor.permute", "permute", ["r"], ["grid"], {"dims": (0, 1, 3, 4, 2)}, {}),
+        ("pnnx.Attribute", "anchor", [], ["anchor"], {}, {"data": module.anchor}),
+        ("pnnx.Expression", "shift", ["grid", "anchor"], ["z"], {"expr": "add(@0,@1)"}, {}),
+        ("pnnx.Output", "out2", ["z"], [], {}, {}),
     ]
     operators = [Operator(kind, name, inputs, outputs, params,
                           {k: Attribute(tuple(w.shape), "float32", w.detach().numpy()) for k, w in weights.items()},
@@ -146,16 +154,52 @@ def tiny_cnn(torch):
     return RuntimeGraph(PnnxGraph(path, operators, link_operands(operators, path)), create_layer), module
 
 
-def tiny_llama(torch, folder: Path) -> Path:
-    """A random 2-layer Llama written by transformers as a Hugging Face folder (config.json, safetensors)."""
+TINY_LLAMA = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "intermediate_size": 48, "vocab_size": 64, "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
+              "tie_word_embeddings": False}
+SMOLLM2_SHAPE = {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+                 "intermediate_size": 1536, "vocab_size": 49152, "max_position_embeddings": 8192,
+                 "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": True}  # SmolLM2-135M's config
+
+
+def random_llama(torch, folder: Path, shape: dict) -> Path:
+    """A Llama of `shape` with transformers' random initialisation, written as a Hugging Face folder."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=48, vocab_size=64, max_position_embeddings=64, rms_norm_eps=1e-5,
-                         tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    LlamaForCausalLM(LlamaConfig(**shape)).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def with_random_weights(param: Path, folder: Path) -> Path:
+    """A copy of `param` in `folder` beside a .pnnx.bin of random weights (He-scaled, biases 0): what a GPU
+    machine runs when the zoo's weights are too big to carry there. Returns the copy's path."""
+    import zipfile
+
+    from kuiper.pnnx import read_param
+
+    rng, copy = np.random.default_rng(0), folder / param.name
+    copy.write_text(param.read_text())
+    with zipfile.ZipFile(copy.with_name(param.name.removesuffix(".param") + ".bin"), "w") as archive:
+        for op in read_param(param).operators:
+            for key, attr in op.attrs.items():
+                fan_in = int(np.prod(attr.shape[1:])) if len(attr.shape) > 1 else 0
+                data = (rng.standard_normal(attr.shape) * np.sqrt(2 / fan_in) if fan_in
+                        else np.zeros(attr.shape) if key == "bias" else rng.random(attr.shape))
+                archive.writestr(f"{op.name}.{key}", data.astype(attr.dtype).tobytes())
+    return copy
+
+
+def model_input(param: Path) -> np.ndarray:
+    """The zoo's stored input beside `param`, else a seeded uniform one of the shape its pnnx.Input declares."""
+    from kuiper.pnnx import read_param
+
+    stored = param.with_name(param.name.removesuffix(".pnnx.param") + ".input.npy")
+    if stored.is_file():
+        return np.load(stored)
+    graph = read_param(param)
+    shape = next(graph.operands[op.outputs[0]].shape for op in graph.operators if op.type == "pnnx.Input")
+    return np.random.default_rng(0).random(shape, dtype=np.float32)
 
 
 def outputs(value: object) -> list[np.ndarray]:
@@ -194,35 +238,59 @@ def fallback_note(graph) -> str:
     return f"(on the host: {', '.join(host)})" if host else ""
 
 
-def check_cnns(report: Report, torch, device: str, tiny: bool, models: Path) -> dict[str, tuple]:
-    """Every CNN on 'cuda' against torch (with the zoo: torch's output stored at export, on the same input,
-    and the TorchScript model on `device`); returns {name: (graph, torch module, input)} for the benchmark."""
+def check_cnns(report: Report, torch, device: str, tiny: bool, models: Path, folder: Path) -> dict[str, tuple]:
+    """Every CNN in `models` on 'cuda' against kuiper's CPU path (itself checked against torch in the
+    tests), against torch's output stored at export when the real weights are there, and against the
+    TorchScript export run by torch on `device` when it is there; a model without its .pnnx.bin runs
+    with random weights. --tiny: tiny_cnn against torch, and data/tiny with random weights.
+    Returns {name: (graph on 'cuda', torch module or None, input)} for the benchmark."""
     import kuiper
 
-    print(f"CNNs on 'cuda' (against torch on {device!r}):", flush=True)
+    print(f"CNNs on 'cuda' (against kuiper on the CPU, and torch on {device!r}):", flush=True)
     found = {}
     if tiny:
         graph, module = tiny_cnn(torch)
         x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
         found["tiny_cnn"] = (graph.to("cuda"), module.to(device), x)
-    for param in [] if tiny else sorted(models.glob("*.pnnx.param")):
-        name = param.name.removesuffix(".pnnx.param")
-        script, x = param.with_name(f"{name}.torchscript.pt"), param.with_name(f"{name}.input.npy")
-        stored = param.with_name(f"{name}.output.npy")
-        if script.is_file() and x.is_file():
-            found[name] = (kuiper.load(param).to("cuda"), torch.jit.load(str(script), map_location=device).eval(),
-                           np.load(x))
-            if stored.is_file():
-                report.attempt("cnn", f"{name} (torch at export)",
-                               lambda g=found[name][0], x=found[name][2]: cnn_error(g(x), np.load(stored)))
-    for name, (graph, module, x) in found.items():
-        def error(graph=graph, module=module, x=x) -> float:
-            with torch.inference_mode():
-                want = module(torch.from_numpy(x).to(device))
-            return cnn_error(graph(x), want)
 
-        report.attempt("cnn", name, error, fallback_note(graph))
+        def tiny_error() -> float:
+            with torch.inference_mode():
+                return cnn_error(graph(x), module(torch.from_numpy(x).to(device)))
+
+        report.attempt("cnn", "tiny_cnn vs torch", tiny_error, fallback_note(graph))
+    for param in [ROOT / "data" / "tiny.pnnx.param"] if tiny else sorted(models.glob("*.pnnx.param")):
+        name = param.name.removesuffix(".pnnx.param")
+        real = param.with_name(f"{name}.pnnx.bin").is_file() and not tiny
+        path = param if real else with_random_weights(param, folder)
+        x, script = model_input(param), param.with_name(f"{name}.torchscript.pt")
+        on_cpu, graph = kuiper.load(path), kuiper.load(path).to("cuda")
+        module = torch.jit.load(str(script), map_location=device).eval() if real and script.is_file() else None
+        found[name] = (graph, module, x)
+        label = name if real else f"{name} (random weights)"
+        report.attempt("cnn", f"{label} vs kuiper cpu", lambda g=graph, c=on_cpu, x=x: cnn_error(g(x), c(x)),
+                       fallback_note(graph))
+        stored = param.with_name(f"{name}.output.npy")
+        if real and stored.is_file():
+            report.attempt("cnn", f"{label} vs torch (export)", lambda g=graph, x=x: cnn_error(g(x), np.load(stored)))
+        if module is not None:
+            def error(graph=graph, module=module, x=x) -> float:
+                with torch.inference_mode():
+                    return cnn_error(graph(x), module(torch.from_numpy(x).to(device)))
+
+            report.attempt("cnn", f"{label} vs torch {device}", error)
     return found
+
+
+def torch_model(torch, name: str, module: object, device: str) -> object:
+    """The torch model to time against: the TorchScript export, else the repo's own architecture
+    (tools/architectures.py, random weights: the same layers and the same work)."""
+    if module is not None or name not in ("resnet18", "yolov5s"):
+        return module
+    from tools import architectures
+
+    torch.manual_seed(0)
+    build = architectures.resnet18 if name == "resnet18" else lambda: architectures.yolov5("s")
+    return build().eval().to(device)
 
 
 def check_llm(report: Report, torch, device: str, tiny: bool, models: Path, folder: Path) -> Path | None:
@@ -231,11 +299,14 @@ def check_llm(report: Report, torch, device: str, tiny: bool, models: Path, fold
 
     from kuiper.llm.model import load
 
-    path = tiny_llama(torch, folder / "tiny_llama") if tiny else models / SMOLLM2
+    import importlib.util
+
+    path = models / SMOLLM2
+    if tiny:
+        path = random_llama(torch, folder / "tiny_llama", TINY_LLAMA)
+    elif not (path.is_file() and importlib.util.find_spec("gguf")):  # transformers reads GGUF with `gguf`
+        path = random_llama(torch, folder / "smollm2_shape_random", SMOLLM2_SHAPE)
     print(f"LLM on 'cuda' (against transformers on {device!r}):", flush=True)
-    if not path.exists():
-        report.parity("llm", path.name, "missing: python tools/llms.py writes it")
-        return None
     kwargs = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
     reference = AutoModelForCausalLM.from_pretrained(path.parent if kwargs else path, dtype=torch.float32,
                                                      **kwargs).eval().to(device)
@@ -262,6 +333,7 @@ def benchmark(torch, device: str, cnns: dict[str, tuple], llm: Path | None, tiny
     wanted = ["tiny_cnn"] if tiny else ["resnet18", "yolov5s"]
     for name in (n for n in wanted if n in cnns):
         graph, module, x = cnns[name]
+        module = torch_model(torch, name, module, device)
         for batch in (1, 2) if tiny else (1, 8):
             xb = np.repeat(x[:1], batch, axis=0)
 
@@ -325,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     step("kernels", lambda: check_kernels(report))
     with tempfile.TemporaryDirectory() as folder:
         step("llm", lambda: check_llm(report, torch, device, args.tiny, args.models, Path(folder)))
-        step("cnns", lambda: check_cnns(report, torch, device, args.tiny, args.models))
+        step("cnns", lambda: check_cnns(report, torch, device, args.tiny, args.models, Path(folder)))
         if not args.no_bench:
             step("benchmark", lambda: benchmark(torch, device, steps.get("cnns") or {}, steps.get("llm"), args.tiny))
     verdict = "FAIL: " + ", ".join(report.failures) if report.failures else "PASS"

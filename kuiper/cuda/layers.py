@@ -56,10 +56,11 @@ def upsample(layer: Upsample, x):
 
 
 def split(layer: Split, x) -> tuple:
-    """x cut along layer.dim into pieces of layer.sizes (one size, or a size per piece)."""
-    step = layer.sizes
-    cuts = range(step, x.shape[layer.dim], step) if isinstance(step, int) else np.cumsum(step)[:-1]
-    return tuple(device_module().split(x, [int(c) for c in cuts], axis=layer.dim))
+    """x cut along layer.dim where the host layer cuts: it splits an empty array of the same length
+    along that axis (no data, no copy), and the sizes of its pieces are the cuts."""
+    proxy = np.empty([n if axis == layer.dim % x.ndim else 0 for axis, n in enumerate(x.shape)], np.float32)
+    sizes = [piece.shape[layer.dim] for piece in layer(Tensor(proxy))]
+    return tuple(device_module().split(x, [int(c) for c in np.cumsum(sizes)[:-1]], axis=layer.dim))
 
 
 ACTIVATION_NAMES = {ReLU: "relu", ReLU6: "relu6", Sigmoid: "sigmoid", SiLU: "silu", Hardswish: "hardswish",
@@ -78,7 +79,7 @@ KERNELS: dict[type[Layer], Kernel] = {
     Flatten: Kernel(lambda layer, x: x.reshape(*x.shape[:layer.start % x.ndim], -1, *x.shape[layer.end % x.ndim + 1:])),
     Reshape: Kernel(lambda layer, x: x.reshape(batch_shape(layer.shape, x))),
     Permute: Kernel(lambda layer, x: x.transpose(layer.dims)),
-    Split: Kernel(split, fits=lambda layer: layer.chunks is None and not layer.tensor_split),
+    Split: Kernel(split),
     Identity: Kernel(lambda layer, x: x),
     Expression: Kernel(lambda layer, *xs: device_module().asarray(evaluate(layer.program, list(xs)))),
     Constant: Kernel(lambda layer, value: value, ("value",)),
