@@ -648,3 +648,27 @@ def test_gpu_check_tiny_runs_every_step_on_the_simulator():
     for line in ["ok   conv2d_depthwise", "ok   resize_nearest", "ok   tiny_llama prefill logits", "ok   tiny_llama decode logits",
                  "ok   tiny_cnn", "tiny_cnn batch 2", "tiny_llama decode", "gpu_check PASS"]:
         assert line in done.stdout, f"expected {line!r} in:\n{done.stdout[-3000:]}"
+
+
+def test_gpu_check_writes_random_weights_for_a_model_that_cannot_travel(tmp_path):
+    """A GPU machine gets the zoo's .param files only: gpu_check gives each a .pnnx.bin of random weights."""
+    import kuiper
+    from tools.gpu_check import model_input, with_random_weights
+
+    param = ROOT / "data" / "tiny.pnnx.param"
+    graph = kuiper.load(with_random_weights(param, tmp_path))
+    weight = graph.model.operators[2].attrs["weight"].data
+    assert weight.shape == (16, 48) and 0.1 < float(weight.std()) < 0.3  # He: sqrt(2 / 48) = 0.20
+    assert not graph.model.operators[2].attrs["bias"].data.any()
+    x = model_input(param)
+    assert x.shape == (1, 3, 4, 4) and np.isfinite(graph(x)).all()
+
+
+@pytest.mark.skipif(cuda_available(), reason="this machine has a GPU")
+def test_gpu_check_without_a_gpu_says_why_in_one_line():
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 1
+    assert done.stdout.startswith("gpu_check: no GPU here: cupy is not installed"), done.stdout
+    assert len(done.stdout.strip().splitlines()) == 1 and not done.stderr
