@@ -164,7 +164,7 @@ class RuntimeGraph:
     def to(self, device: str) -> RuntimeGraph:
         """This graph with every layer placed on `device` by kuiper.cuda.layers.place; forward still takes and
         gives numpy arrays (or tensors), and moves them. DeviceError when the device is not available."""
-        placement = importlib.import_module("kuiper.cuda.layers")  # late: it imports the layers, which import this module
+        placement = importlib.import_module("kuiper.cuda.layers")  # late: it imports the layers, which import us
         self.layers = {name: placement.place(layer, device) for name, layer in self.layers.items()}
         self.device = device
         return self

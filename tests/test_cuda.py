@@ -645,8 +645,9 @@ def test_gpu_check_tiny_runs_every_step_on_the_simulator():
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--tiny"], capture_output=True,
                           text=True, env=env, timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    for line in ["ok   conv2d_depthwise", "ok   resize_nearest", "ok   tiny_llama prefill logits", "ok   tiny_llama decode logits",
-                 "ok   tiny_cnn", "tiny_cnn batch 2", "tiny_llama decode", "gpu_check PASS"]:
+    for line in ["ok   conv2d_depthwise", "ok   resize_nearest", "ok   tiny_llama prefill logits",
+                 "ok   tiny_llama decode logits", "ok   tiny_cnn vs torch", "ok   tiny vs kuiper cpu",
+                 "ok   tiny vs torch (export)", "tiny_cnn batch 2", "tiny_llama decode", "gpu_check PASS"]:
         assert line in done.stdout, f"expected {line!r} in:\n{done.stdout[-3000:]}"
 
 
