@@ -18,8 +18,8 @@
 # that thousands of GPU threads run at once.
 #
 # **What you will build.** `kuiper.cuda`: numba.cuda kernels for every operator of the Llama model
-# (and of the CNNs), a GPU backend that runs lesson 11's model unchanged with `.to("cuda")`, and
-# two CUDA C kernels with float4 loads and warp shuffles.
+# and of the CNNs, a GPU backend that runs lesson 11's model and lesson 02's graph unchanged with
+# `.to("cuda")`, and two CUDA C kernels with float4 loads and warp shuffles.
 #
 # **Prerequisites.** Lessons 04 (im2col convolution) and 11 (the Llama model and its operators);
 # no GPU needed. **Time:** about 90 minutes.
@@ -40,6 +40,7 @@
 # | 13.6 | argmax: a reduction that carries an index, the first maximum on ties |
 # | 13.7 | attention over the KV cache: one block per head and token, three passes |
 # | 13.8 | im2col for convolutions: one thread per entry of the column matrix |
+# | 13.9 | depthwise convolution: one thread per output, a direct sum over its window |
 
 # %%
 #| default_exp cuda.kernels
@@ -1701,10 +1702,13 @@ elif LONG:
 #   attention over the KV cache.
 # * `kuiper.cuda.llm_ops`: the GPU backend of the LLM operator seam, launching those kernels on
 #   cupy arrays (and, under the simulator, on numpy arrays).
-# * `kuiper.cuda.cnn`: im2col + cuBLAS convolution, pooling and activations.
+# * `kuiper.cuda.cnn`: im2col + cuBLAS convolution (one GEMM for 1×1, a direct kernel for depthwise),
+#   pooling, activations and nearest-neighbour resizing.
+# * `kuiper.cuda.layers` and `RuntimeGraph.to`: every zoo CNN on the GPU, each layer on its kernel or,
+#   named in a warning, on the host (`kuiper run/detect/segment ... --device cuda`).
 # * `kuiper.cuda.cuda_c` with `sgemv.cu` and `norm.cu`: CUDA C kernels with float4 loads and warp
 #   shuffles, compiled by cupy at run time and checked by nvcc without a GPU.
-# * `kuiper.cuda.device`: `cuda_available()`, `to_device()`, `use_simulator()`.
+# * `kuiper.cuda.device`: `cuda_available()`, `device_module()`, `to_device()`, `use_simulator()`.
 #
 # Importing any of them needs neither cupy nor a GPU: cupy is imported only when an array is
 # put on the GPU.
