@@ -395,3 +395,9 @@ def test_gelu_tanh_is_the_tanh_formula():
     x = torch.linspace(-6, 6, 1001)
     got = make("nn.GELU", {"approximate": "tanh"})(kuiper.Tensor(x.numpy())).numpy()
     np.testing.assert_allclose(got, F.gelu(x, approximate="tanh").numpy(), rtol=0, atol=2e-6)
+
+
+def test_inputs_that_do_not_broadcast_are_a_layer_error():
+    layer = make("torch.where", {}, n_in=3, input_names={"condition": "0", "input": "1", "other": "2"})
+    with pytest.raises(LayerError, match=r"torch.where 'op' \(line 7\): .*broadcast"):
+        layer(*(kuiper.Tensor(np.ones(shape, np.float32)) for shape in [(2, 3), (4,), (2, 3)]))
