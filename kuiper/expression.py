@@ -21,6 +21,12 @@ def erf(x):
     return math.erf(x)
 
 
+@vectorize(["float32(float32)", "float64(float64)"], cache=True)
+def lgamma(x):
+    """log |Γ(x)|, element by element (numpy has none; math.lgamma does)."""
+    return math.lgamma(x)
+
+
 def _int(x):
     """Truncate toward zero to an integer, as Python's int() does."""
     return np.trunc(x).astype(np.int64) if isinstance(x, np.ndarray) else int(x)
@@ -31,12 +37,13 @@ UNARY = {"neg": np.negative, "abs": np.abs, "sqrt": np.sqrt, "rsqrt": _rsqrt, "e
          "sign": np.sign, "square": np.square, "reciprocal": np.reciprocal, "sin": np.sin, "cos": np.cos,
          "tan": np.tan, "tanh": np.tanh, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
          "sinh": np.sinh, "cosh": np.cosh, "asinh": np.arcsinh, "acosh": np.arccosh, "atanh": np.arctanh,
-         "expm1": np.expm1, "log1p": np.log1p, "log2": np.log2, "erf": erf, "int": _int}
+         "expm1": np.expm1, "log1p": np.log1p, "log2": np.log2, "erf": erf, "lgamma": lgamma, "int": _int}
 BINARY = {"add": np.add, "sub": np.subtract, "rsub": lambda a, b: np.subtract(b, a), "mul": np.multiply,
           "div": np.divide, "pow": np.power, "max": np.maximum, "min": np.minimum, "maximum": np.maximum,
           "minimum": np.minimum, "floor_divide": np.floor_divide, "remainder": np.remainder, "fmod": np.fmod,
           "atan2": np.arctan2, "logaddexp": np.logaddexp, "and": np.bitwise_and, "or": np.bitwise_or,
-          "xor": np.bitwise_xor, "size": lambda x, dim: np.shape(x)[int(dim)]}
+          "xor": np.bitwise_xor, "lshift": np.left_shift, "rshift": np.right_shift,
+          "size": lambda x, dim: np.shape(x)[int(dim)]}
 FUNCTIONS = {name: (fn, 1) for name, fn in UNARY.items()} | {name: (fn, 2) for name, fn in BINARY.items()}
 
 

@@ -1322,7 +1322,7 @@ class Split(Layer):
         if op.type.endswith("chunk"):
             self.chunks, self.sizes = self.param("chunks", int, minimum=1), None
         else:
-            key = "indices" if op.type == "torch.tensor_split" else (
+            key = ("sections" if "sections" in op.params else "indices") if op.type == "torch.tensor_split" else (
                 "split_size_or_sections" if "split_size_or_sections" in op.params else "split_size")
             self.chunks, self.sizes = None, self.param(key, (int, tuple), minimum=1)
             if isinstance(self.sizes, tuple) and key != "indices" and not all(type(n) is int and n >= 0 for n in self.sizes):
@@ -1331,8 +1331,9 @@ class Split(Layer):
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         data, length = x.numpy(), x.shape[self.dim]
-        if self.tensor_split:
-            cuts = list(self.sizes)
+        if self.tensor_split:  # n sections: the first length % n one longer, as np.array_split
+            cuts = self.sizes if isinstance(self.sizes, int) else list(self.sizes)
+            return tuple(Tensor(part, device=x.device) for part in np.array_split(data, cuts, axis=self.dim))
         elif self.chunks is not None:
             step = -(-length // self.chunks)
             cuts = list(range(step, length, step))
@@ -1358,8 +1359,8 @@ class Slice(Layer):
         else:
             self.dims, self.starts = (self.param("dim", int),), (self.param("start", int, 0),)
             self.ends, self.steps = (self.param("end", int),), (self.param("step", int, 1),)
-        # x[0] inside a slice: PNNX lists an index per dim in `selects`, INT_MAX where it slices
-        self.selects = self.param("selects", tuple, (INT_MAX,) * len(self.dims))
+        # x[0] inside a slice: PNNX lists an index per dim in `selects` (one dim: `select`), INT_MAX where it slices
+        self.selects = self.param("selects", tuple, (self.param("select", int, INT_MAX),) * len(self.dims))
         if not all(type(step) is int and step >= 1 for step, select in zip(self.steps, self.selects) if select == INT_MAX):
             raise LayerError(f"{op.where()}: every step of a sliced dimension should be an int >= 1, got {self.steps!r}")
 

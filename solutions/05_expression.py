@@ -30,6 +30,11 @@
 # | 5.3 | `parse`: one expression that uses the whole text |
 # | 5.4 | reverse-Polish order: the tree flattened for a stack machine |
 # | 5.5 | the stack machine that evaluates it over tensors |
+# | 5.6 | reductions: PyTorch's `dim` and `keepdim`, max/min with indices, var/std, norm, topk |
+# | 5.7 | normalisations from one `standardize` kernel |
+# | 5.8 | padding in PyTorch's four modes |
+# | 5.9 | advanced indexing and its writes: index_put, scatter, slice_scatter |
+# | 5.10 | scaled dot-product attention: masks, causal, grouped key heads |
 
 # %%
 #| default_exp expression
@@ -84,6 +89,12 @@ def erf(x):
     return math.erf(x)
 
 
+@vectorize(["float32(float32)", "float64(float64)"], cache=True)
+def lgamma(x):
+    """log |Γ(x)|, element by element (numpy has none; math.lgamma does)."""
+    return math.lgamma(x)
+
+
 def _int(x):
     """Truncate toward zero to an integer, as Python's int() does."""
     return np.trunc(x).astype(np.int64) if isinstance(x, np.ndarray) else int(x)
@@ -94,12 +105,13 @@ UNARY = {"neg": np.negative, "abs": np.abs, "sqrt": np.sqrt, "rsqrt": _rsqrt, "e
          "sign": np.sign, "square": np.square, "reciprocal": np.reciprocal, "sin": np.sin, "cos": np.cos,
          "tan": np.tan, "tanh": np.tanh, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
          "sinh": np.sinh, "cosh": np.cosh, "asinh": np.arcsinh, "acosh": np.arccosh, "atanh": np.arctanh,
-         "expm1": np.expm1, "log1p": np.log1p, "log2": np.log2, "erf": erf, "int": _int}
+         "expm1": np.expm1, "log1p": np.log1p, "log2": np.log2, "erf": erf, "lgamma": lgamma, "int": _int}
 BINARY = {"add": np.add, "sub": np.subtract, "rsub": lambda a, b: np.subtract(b, a), "mul": np.multiply,
           "div": np.divide, "pow": np.power, "max": np.maximum, "min": np.minimum, "maximum": np.maximum,
           "minimum": np.minimum, "floor_divide": np.floor_divide, "remainder": np.remainder, "fmod": np.fmod,
           "atan2": np.arctan2, "logaddexp": np.logaddexp, "and": np.bitwise_and, "or": np.bitwise_or,
-          "xor": np.bitwise_xor, "size": lambda x, dim: np.shape(x)[int(dim)]}
+          "xor": np.bitwise_xor, "lshift": np.left_shift, "rshift": np.right_shift,
+          "size": lambda x, dim: np.shape(x)[int(dim)]}
 FUNCTIONS = {name: (fn, 1) for name, fn in UNARY.items()} | {name: (fn, 2) for name, fn in BINARY.items()}
 
 # %% [markdown]
@@ -609,13 +621,27 @@ from kuiper.layer import Layer
 from kuiper.registry import register
 from kuiper.tensor import Tensor
 
-RENAMES = {"self": "input", "exponent": "other", "vec": "other", "mat2": "other"}
-BENIGN = {"inplace", "num_parameters", "num_features", "num_channels", "track_running_stats", "momentum"}
+RENAMES = {"self": "input", "exponent": "other", "vec": "other", "mat2": "other", "query": "input"}
+# settings that change nothing at inference, or that the weights already say (kdim: a weight's shape)
+BENIGN = {"inplace", "num_parameters", "num_features", "num_channels", "track_running_stats", "momentum",
+          "num_embeddings", "embedding_dim", "sparse", "scale_grad_by_freq", "bias", "kdim", "vdim", "add_bias_kv"}
+
+
+def input_names(op, parameters: list[str]) -> list[str]:
+    """The parameter each input of `op` fills: its PNNX name ($input=0, renamed where torch's differs),
+    else the next of `parameters` not named (PNNX names only some inputs, e.g. `$attn_mask`)."""
+    named = {operand: RENAMES.get(name, name) if name not in parameters else name
+             for name, operand in op.input_names.items()}
+    if len(named) < len(op.input_names):  # one operand under two names: x·x is $input=0 $other=0
+        return [name if name in parameters else RENAMES.get(name, name) for name in op.input_names]
+    free = iter(name for name in parameters if name not in named.values())
+    return [named[operand] if operand in named else next(free, operand) for operand in op.inputs]
 
 
 class Function(Layer):
     """Calls `fn(*arrays, **settings)`: tensors fill fn's parameters by PNNX input name ($input,
-    $other, ...; in order where unnamed), the operator's parameters and weights fill the rest."""
+    $other, ...; in order where unnamed), the operator's parameters and weights fill the rest
+    (a weight `out_proj.weight` fills the parameter `out_proj_weight`)."""
 
     fn: Callable = staticmethod(lambda input: input)
 
@@ -623,20 +649,20 @@ class Function(Layer):
         super().__init__(op)
         signature = inspect.signature(self.fn)
         hints = typing.get_type_hints(self.fn)
-        names = [name if name in signature.parameters else RENAMES.get(name, name) for name in op.input_names]
-        names = names or list(signature.parameters)[:len(op.inputs)]
+        names = input_names(op, list(signature.parameters))
         unknown = [name for name in names if name not in signature.parameters]
-        if len(names) != len(op.inputs) or unknown:
+        if len(names) != len(op.inputs) or unknown or len(set(names)) < len(names):
             raise LayerError(f"{op.where()}: takes inputs {list(signature.parameters)}, got {names or op.inputs}")
         self.inputs = names
         self.settings = {}
+        weights = {key.replace(".", "_"): key for key in op.attrs}
         for name, parameter in signature.parameters.items():
             if name in names:
                 continue
             if name in op.params:
                 self.settings[name] = self.checked(name, op.params[name], hints.get(name))
-            elif name in op.attrs:
-                self.settings[name] = self.weight(name)
+            elif name in weights:
+                self.settings[name] = self.weight(weights[name])
             elif parameter.default is inspect.Parameter.empty:
                 raise LayerError(f"{op.where()}: missing parameter {name!r}")
         for key, value in op.params.items():
@@ -652,7 +678,10 @@ class Function(Layer):
 
     def forward(self, *xs: Tensor) -> Tensor | tuple[Tensor, ...]:
         arrays = {name: x.numpy() for name, x in zip(self.inputs, xs)}
-        result = self.fn(**arrays, **self.settings)
+        try:
+            result = self.fn(**arrays, **self.settings)
+        except (IndexError, ValueError) as err:  # an index out of range, shapes that do not broadcast
+            raise LayerError(f"{self.op.where()}: {err}") from None
         device = xs[0].device if xs else "cpu"
         if isinstance(result, tuple):
             return tuple(Tensor(np.asarray(r), device=device) for r in result)
@@ -683,7 +712,7 @@ COMPARE = {"eq": np.equal, "ne": np.not_equal, "gt": np.greater, "ge": np.greate
            "le": np.less_equal, "logical_and": np.logical_and, "logical_or": np.logical_or,
            "logical_xor": np.logical_xor, "bitwise_and": np.bitwise_and, "bitwise_or": np.bitwise_or,
            "bitwise_xor": np.bitwise_xor, "bitwise_left_shift": np.left_shift, "bitwise_right_shift": np.right_shift}
-NOT_OPERATORS = {"int", "size", "max", "min", "div", "and", "or", "xor"}
+NOT_OPERATORS = {"int", "size", "max", "min", "div", "and", "or", "xor", "lshift", "rshift"}
 MORE_UNARY = {"logical_not": np.logical_not, "bitwise_not": np.invert, "positive": np.positive}
 
 for _name, _fn in UNARY.items() | MORE_UNARY.items():
@@ -1015,6 +1044,12 @@ def norm(input, p=2, dim=None, keepdim=False):
     ### END SOLUTION
 
 
+@function("F.pairwise_distance", "torch.pairwise_distance")
+def pairwise_distance(x1, x2, p=2.0, eps=1e-6, keepdim=False):
+    """‖x1 − x2 + eps‖_p over the last dimension (PyTorch adds eps to the difference)."""
+    return norm(x1 - x2 + np.float32(eps), p, -1, keepdim)
+
+
 @function("torch.logsumexp", "Tensor.logsumexp")
 def logsumexp(input, dim, keepdim=False):
     """log Σ exp(x) over dim, shifted by the maximum."""
@@ -1042,8 +1077,9 @@ def cumprod(input, dim):
 
 
 @function("torch.topk", "Tensor.topk")
-def topk(input, k, dim=-1, largest=True, sorted: Literal[True] = True):
-    """The k largest (or smallest) values along dim, sorted, and their indices."""
+def topk(input, k, dim=-1, largest=True, sorted=True):
+    """The k largest (or smallest) values along dim, and their indices: sorted, also for sorted=False
+    (whose order torch leaves unspecified)."""
     ### BEGIN SOLUTION
     order = np.argsort(-input if largest else input, axis=dim, kind="stable")
     index = np.take(order, np.arange(k), axis=dim)
@@ -1336,13 +1372,18 @@ for _dims in (1, 2, 3):
 
 # %% [markdown]
 # Matrix products are numpy's `matmul`, which broadcasts batch dimensions exactly as
-# `torch.matmul` does; `addmm` is beta·input + alpha·(mat1 @ mat2).
+# `torch.matmul` does; `addmm` is beta·input + alpha·(mat1 @ mat2); `torch.einsum` takes any
+# number of inputs and its equation, which `np.einsum` reads the same way.
 
 # %%
 #| export layers.linalg
 import numpy as np
 
+from kuiper.errors import LayerError
+from kuiper.layer import Layer
 from kuiper.layers.elementwise import function
+from kuiper.registry import register
+from kuiper.tensor import Tensor
 
 
 @function("torch.matmul", "Tensor.matmul", "torch.mm", "Tensor.mm", "torch.bmm", "Tensor.bmm", "torch.mv",
@@ -1357,6 +1398,22 @@ def linear(input, weight, bias=None):
     """input @ weightᵀ + bias, with the weight a tensor of the graph (nn.Linear holds its own)."""
     out = np.matmul(input, weight.T)
     return out if bias is None else out + bias
+
+
+@register("torch.einsum")
+class Einsum(Layer):
+    """np.einsum of the inputs by the operator's `equation` (e.g. ij,jk->ik), as torch.einsum."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.equation = self.param("equation", str)
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        try:
+            out = np.einsum(self.equation, *(x.numpy() for x in xs))
+        except ValueError as err:
+            raise LayerError(f"{self.op.where()}: {self.equation!r}: {err}") from None
+        return Tensor(np.asarray(out), device=xs[0].device)
 
 
 @function("torch.addmm", "Tensor.addmm")
@@ -1484,10 +1541,51 @@ def argsort(input, dim=-1, descending=False):
     return order.astype(np.int64)
 
 
+@function("torch.sort", "Tensor.sort", "aten::sort")
+def sort(input, dim=-1, descending=False):
+    """input sorted along dim (stable) and the indices that sort it; dim may be a 0-d tensor (aten::sort)."""
+    order = argsort(input, int(dim), descending)
+    return np.take_along_axis(input, order, axis=int(dim)), order
+
+
 @function("Tensor.select", "torch.select")
 def select(input, dim, index):
     """The slice at index along dim, that dimension removed."""
     return np.take(input, index, axis=dim)
+
+
+@function("nn.Embedding", "F.embedding")
+def embedding(input, weight, padding_idx=None, max_norm: Literal[None] = None):
+    """The rows of weight (num_embeddings, dim) picked by the integer tensor input: (...) -> (..., dim)."""
+    return np.take(weight, input.astype(np.int64), axis=0, mode="raise")
+
+
+@function("torch.masked_select", "Tensor.masked_select")
+def masked_select(input, mask):
+    """The elements of input where mask holds (both broadcast), as a vector in row-major order."""
+    values, mask = np.broadcast_arrays(input, mask)
+    return values[mask.astype(bool)]
+
+
+@function("torch.repeat_interleave", "Tensor.repeat_interleave")
+def repeat_interleave(input, repeats, dim=None, output_size=None):
+    """Each element (each slice along dim; of the flattened tensor without dim) repeated `repeats`
+    times, an int or one count per element."""
+    return np.repeat(input.ravel() if dim is None else input, repeats, axis=dim)
+
+
+@function("torch.diag", "Tensor.diag")
+def diag(input, diagonal=0):
+    """A vector as a square matrix with it on a diagonal, or a matrix's diagonal as a vector
+    (`diagonal` > 0 above the main one)."""
+    return np.diag(input, k=diagonal)
+
+
+@function("torch.cross", "Tensor.cross", "torch.linalg.cross")
+def cross(input, other, dim=None):
+    """The cross product of 3-vectors along dim (None: the first dimension of size 3, as torch.cross)."""
+    dim = input.shape.index(3) if dim is None else dim
+    return np.cross(input, other, axis=dim)
 
 
 # %% [markdown]
@@ -1612,6 +1710,330 @@ def clone(input, memory_format=None):
     """A copy of input."""
     return input.copy()
 
+
+# %% [markdown]
+# ## Exercise 5.9 — writing through an index
+#
+# `x[expr]` in PyTorch is advanced indexing; PNNX writes it as `Tensor.index expr=[None,[1,0]]`,
+# one entry per leading dimension (None for `:`), and numpy's indexing follows the same rules.
+# Its writes come as copies: `index_put` sets (or, with `accumulate`, adds) `values` at
+# `input[indices]` — repeated indices must add up, which `np.add.at` does and `+=` does not;
+# `scatter` writes `src[i][j]` at the position whose `dim` coordinate is `index[i][j]` and whose
+# other coordinates are `(i, j)` themselves (`coordinates` builds that key), `scatter_add` adds
+# there; `slice_scatter` and `select_scatter` write `src` over a slice or one index along `dim`
+# (`assign`). Every one returns a new array: the graph's input must stay as it was.
+
+# %%
+#| export layers.indexing
+#| exercise: input[expr] with None as `:`; index_put that adds repeated indices up; scatter's coordinates, scatter and scatter_add; assign src over a slice or index along dim, on a copy
+from kuiper.layers.shape import Slice
+from kuiper.registry import register
+from kuiper.tensor import Tensor
+
+
+@function("Tensor.index", "aten::index")
+def index(input, expr):
+    """input[expr]: one entry per leading dimension, None for all of it (`:`), else ints or bools (a
+    list or a tensor); numpy's advanced indexing follows torch's rules."""
+    ### BEGIN SOLUTION
+    return input[tuple(slice(None) if item is None else np.asarray(item) for item in expr)]
+    ### END SOLUTION
+
+
+@function("Tensor.index_put", "torch.index_put", "Tensor.index_put_")
+def index_put(input, indices, values, accumulate=False):
+    """A copy of input with input[indices] = values, or += values (repeated indices adding up)."""
+    ### BEGIN SOLUTION
+    out = input.copy()
+    key = tuple(np.asarray(item) for item in indices)
+    if accumulate:
+        np.add.at(out, key, values)
+    else:
+        out[key] = values
+    return out
+    ### END SOLUTION
+
+
+def coordinates(index: np.ndarray, dim: int) -> tuple[np.ndarray, ...]:
+    """scatter's key: each element of index at its own coordinates, but at index's value along dim."""
+    ### BEGIN SOLUTION
+    key = list(np.indices(index.shape, sparse=True))
+    key[dim] = index.astype(np.int64)
+    return tuple(key)
+    ### END SOLUTION
+
+
+@function("torch.scatter", "Tensor.scatter", "aten::scatter")
+def scatter(input, dim, index, src=None, value=None, reduce: Literal[None] = None):
+    """A copy of input with out[index[i][j]][j] = src[i][j] for dim 0 (likewise for other dims),
+    or `value` wherever index points; dim may be a 0-d tensor (aten::scatter)."""
+    ### BEGIN SOLUTION
+    out = input.copy()
+    out[coordinates(index, int(dim))] = value if src is None else src[tuple(slice(0, n) for n in index.shape)]
+    return out
+    ### END SOLUTION
+
+
+@function("torch.scatter_add", "Tensor.scatter_add", "aten::scatter_add")
+def scatter_add(input, dim, index, src):
+    """A copy of input with src[i][j] added at out[index[i][j]][j] for dim 0; repeated indices add up."""
+    ### BEGIN SOLUTION
+    out = input.copy()
+    np.add.at(out, coordinates(index, int(dim)), src[tuple(slice(0, n) for n in index.shape)])
+    return out
+    ### END SOLUTION
+
+
+def assign(input: np.ndarray, dim: int, where: slice | int, src: np.ndarray) -> np.ndarray:
+    """A copy of input with its part at `where` (a slice or an index) along dim replaced by src."""
+    ### BEGIN SOLUTION
+    out = input.copy()
+    key = [slice(None)] * input.ndim
+    key[dim] = where
+    out[tuple(key)] = src
+    return out
+    ### END SOLUTION
+
+
+@function("torch.slice_scatter", "Tensor.slice_scatter")
+def slice_scatter(input, src, dim=0, start=None, end=None, step=1):
+    """A copy of input with input[start:end:step] along dim replaced by src."""
+    return assign(input, dim, slice(start, end, step), src)
+
+
+@function("torch.select_scatter", "Tensor.select_scatter", "aten::select_scatter")
+def select_scatter(input, src, dim, index):
+    """A copy of input with the slice at index along dim replaced by src (dim, index: ints or 0-d tensors)."""
+    return assign(input, int(dim), int(index), src)
+
+
+@register("Tensor.slice_copy")
+class SliceCopy(Slice):
+    """`x[2:10, 3] = y` as PNNX writes it: a copy of x with the part Tensor.slice would read replaced by y."""
+
+    def forward(self, x: Tensor, src: Tensor) -> Tensor:
+        positions = np.arange(x.numpy().size).reshape(x.shape)  # each element's place in x.ravel()
+        picked = super().forward(Tensor(positions)).numpy()  # the places the slice reads
+        out = x.numpy().copy()
+        out.reshape(-1)[picked] = np.broadcast_to(src.numpy(), picked.shape)
+        return Tensor(out, device=x.device)
+
+
+# %%
+grid = np.arange(4 * 5, dtype=np.float32).reshape(4, 5)
+rows, cols = np.array([2, 0, 2]), np.array([1, 4, 1])
+
+with check("Exercise 5.9"):
+    same(index(grid, (None, (3, 0))), T(grid)[:, [3, 0]], "index(grid, [None, [3, 0]]) = grid[:, [3, 0]]")
+    same(index(grid, ((True, False, True, False), (1, 4))), T(grid)[[True, False, True, False], [1, 4]],
+         "index with a bool list then an int list")
+    want = T(grid).index_put((T(rows), T(cols)), T(np.float32([10, 20, 30])), accumulate=True)
+    same(index_put(grid, [rows, cols], np.float32([10, 20, 30]), accumulate=True), want,
+         "index_put(accumulate=True): grid[2, 1] is indexed twice and gets 10 + 30")
+    same(index_put(grid, [rows[:2], cols[:2]], 7.0), T(grid).index_put((T(rows[:2]), T(cols[:2])), torch.tensor(7.0)),
+         "index_put of the value 7")
+    where = np.array([[3, 0, 1, 3, 2], [3, 3, 0, 1, 0]])
+    source = np.arange(10, 20, dtype=np.float32).reshape(2, 5)
+    for dim in (0, 1):
+        same(scatter(grid, dim, where[:, :4], source), T(grid).scatter(dim, T(where[:, :4]), T(source)),
+             f"scatter along dim {dim} with a (2, 4) index")
+    same(scatter_add(grid, 0, where, source), T(grid).scatter_add(0, T(where), T(source)),
+         "scatter_add along dim 0: row 3 of column 0 gets two values")
+    patch = -np.arange(8, dtype=np.float32).reshape(4, 2)
+    same(slice_scatter(grid, patch, 1, 1, 5, 2), T(grid).slice_scatter(T(patch), 1, 1, 5, 2),
+         "slice_scatter(dim=1, start=1, end=5, step=2)")
+    same(select_scatter(grid, source[0, :4], 1, -1), T(grid).select_scatter(T(source[0, :4]), 1, -1),
+         "select_scatter(dim=1, index=-1)")
+    assert grid[0, 0] == 0 and grid[3, 4] == 19, f"expected the input unchanged, got {grid}"
+
+# %% [markdown]
+# ## Attention
+#
+# A transformer mixes positions with **scaled dot-product attention** (Vaswani et al., 2017):
+# each query row takes a weighted average of the value rows, weighted by
+# softmax(q·kᵀ / √E + mask) over the keys. The mask adds −∞ where a query may not look: a causal
+# model lets position i see keys 0..i only; a bool mask marks what may be seen (in
+# `F.scaled_dot_product_attention`, True = may look; in `nn.MultiheadAttention`, True = masked).
+#
+# `nn.MultiheadAttention` projects query, key and value (one `in_proj_weight`, or three when key
+# and value have other sizes), splits the heads, attends, merges and projects out; its optional
+# `bias_k`/`bias_v` and `add_zero_attn` append one more key. With a second output it also returns
+# the attention weights averaged over the heads. The layer is the same `Function` as before; it follows the
+# exercise's functions in the same cell.
+#
+# ## Exercise 5.10 — scaled dot-product attention
+#
+# `additive_mask` turns a mask into the numbers to add: a float mask as it is, a bool mask 0 or
+# −∞ (`allowed` says which bool value may be seen), no mask 0. `causal_mask(L, S)` is 0 on and
+# below the diagonal and −∞ above it. `attention_weights` is softmax(q·kᵀ·scale + mask) over the
+# last axis, scale 1/√E by default. `scaled_dot_product_attention` combines them, and with
+# `enable_gqa` repeats each key/value head for its group of query heads (grouped-query attention:
+# H query heads share H/G key heads, query head h reading key head h // (H/G)).
+# `split_heads` and `merge_heads` reshape (N, L, H·D) ↔ (N, H, L, D) for the multi-head layer.
+
+# %%
+#| export layers.attention
+#| exercise: bool/float masks as additive ones, the causal mask, softmax(q·kᵀ·scale + mask), F.scaled_dot_product_attention with grouped key heads, and the head split/merge
+from typing import Literal
+
+import numpy as np
+
+from kuiper.errors import ShapeError
+from kuiper.layers.elementwise import Function, function, softmax
+from kuiper.layers.linalg import linear
+from kuiper.registry import register
+
+
+def additive_mask(mask: np.ndarray | None, allowed: bool) -> np.ndarray:
+    """mask as numbers to add to attention scores: a float mask as it is; a bool mask 0 where it
+    equals `allowed` and −inf elsewhere; no mask 0."""
+    ### BEGIN SOLUTION
+    if mask is None:
+        return np.float32(0)
+    if mask.dtype == np.bool_:
+        return np.where(mask == allowed, np.float32(0), np.float32(-np.inf))
+    return mask
+    ### END SOLUTION
+
+
+def causal_mask(length: int, keys: int) -> np.ndarray:
+    """(length, keys) float32: 0 where key j ≤ query i, −inf above the diagonal."""
+    ### BEGIN SOLUTION
+    return np.triu(np.full((length, keys), -np.inf, np.float32), 1)
+    ### END SOLUTION
+
+
+def attention_weights(query: np.ndarray, key: np.ndarray, mask: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """softmax(q·kᵀ·scale + mask) over the keys: (..., L, E) and (..., S, E) -> (..., L, S), scale 1/√E by default."""
+    ### BEGIN SOLUTION
+    scale = 1 / np.sqrt(query.shape[-1]) if scale is None else scale
+    scores = np.matmul(query, np.swapaxes(key, -1, -2)) * np.float32(scale)
+    return softmax(scores + mask, -1)
+    ### END SOLUTION
+
+
+@function("F.scaled_dot_product_attention")
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: Literal[0.0, 0] = 0.0,
+                                 is_causal=False, scale=None, enable_gqa=False):
+    """softmax(q·kᵀ·scale + mask)·v: (..., H, L, E), (..., G, S, E), (..., G, S, Ev) -> (..., H, L, Ev);
+    a bool attn_mask is True where a query may look; is_causal adds the causal mask; enable_gqa lets
+    G divide H (PyTorch's F.scaled_dot_product_attention)."""
+    ### BEGIN SOLUTION
+    mask = additive_mask(attn_mask, allowed=True)
+    if is_causal:
+        mask = mask + causal_mask(query.shape[-2], key.shape[-2])
+    if enable_gqa and key.ndim > 2 and key.shape[-3] != query.shape[-3]:
+        groups = query.shape[-3] // key.shape[-3]
+        key, value = np.repeat(key, groups, axis=-3), np.repeat(value, groups, axis=-3)
+    return np.matmul(attention_weights(query, key, mask, scale), value)
+    ### END SOLUTION
+
+
+def split_heads(x: np.ndarray, heads: int) -> np.ndarray:
+    """(N, L, H·D) -> (N, H, L, D)."""
+    ### BEGIN SOLUTION
+    n, length, _ = x.shape
+    return x.reshape(n, length, heads, -1).transpose(0, 2, 1, 3)
+    ### END SOLUTION
+
+
+def merge_heads(x: np.ndarray) -> np.ndarray:
+    """(N, H, L, D) -> (N, L, H·D), the inverse of split_heads."""
+    ### BEGIN SOLUTION
+    n, heads, length, depth = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(n, length, heads * depth)
+    ### END SOLUTION
+
+
+def multihead_attention(input, key=None, value=None, attn_mask=None, key_padding_mask=None, *, num_heads,
+                        out_proj_weight, out_proj_bias=None, in_proj_weight=None, in_proj_bias=None,
+                        q_proj_weight=None, k_proj_weight=None, v_proj_weight=None, bias_k=None, bias_v=None,
+                        add_zero_attn=False, batch_first=False):
+    """nn.MultiheadAttention at inference: the query `input`, key and value (L, N, E) ((N, L, E) if
+    batch_first), key = query and value = key where absent; returns the output and the weights averaged
+    over heads (N, L, S). Bool masks are True where masked; attn_mask is (L, S) or (N·H, L, S),
+    key_padding_mask (N, S)."""
+    query = input
+    key = query if key is None else key
+    value = key if value is None else value
+    if query.ndim != 3:
+        raise ShapeError(f"nn.MultiheadAttention: expected a batched query (L, N, E), got shape {query.shape}")
+    if not batch_first:
+        query, key, value = (np.swapaxes(x, 0, 1) for x in (query, key, value))  # (N, L, E)
+    if in_proj_weight is not None:
+        q_proj_weight, k_proj_weight, v_proj_weight = np.split(in_proj_weight, 3)
+    q_bias, k_bias, v_bias = (None,) * 3 if in_proj_bias is None else np.split(in_proj_bias, 3)
+    q, k, v = linear(query, q_proj_weight, q_bias), linear(key, k_proj_weight, k_bias), linear(value, v_proj_weight, v_bias)
+    n = q.shape[0]
+    mask = additive_mask(attn_mask, allowed=False)
+    mask = mask.reshape(n, num_heads, *mask.shape[1:]) if np.ndim(mask) == 3 else mask  # (N, H, L, S)
+    if key_padding_mask is not None:
+        mask = mask + additive_mask(key_padding_mask, allowed=False)[:, None, None, :]
+    extra = [np.broadcast_to(b.reshape(1, 1, -1), (n, 1, b.size)) for b in (bias_k, bias_v) if b is not None]
+    if extra:
+        k, v = np.concatenate([k, extra[0]], 1), np.concatenate([v, extra[1]], 1)
+    q, k, v = (split_heads(x, num_heads) for x in (q, k, v))  # (N, H, L, D)
+    if add_zero_attn:
+        k, v = (np.concatenate([x, np.zeros_like(x[:, :, :1])], 2) for x in (k, v))
+    added = len(extra) // 2 + bool(add_zero_attn)  # keys appended after the masks were made
+    if added and np.ndim(mask):
+        mask = np.pad(mask, [(0, 0)] * (np.ndim(mask) - 1) + [(0, added)])
+    weights = attention_weights(q, k, mask)  # (N, H, L, S)
+    out = linear(merge_heads(np.matmul(weights, v)), out_proj_weight, out_proj_bias)
+    return (out if batch_first else np.swapaxes(out, 0, 1)), weights.mean(axis=1)
+
+
+@register("nn.MultiheadAttention")
+class MultiheadAttention(Function):
+    """nn.MultiheadAttention: one output, or the output and the head-averaged attention weights."""
+
+    fn = staticmethod(multihead_attention)
+
+    def forward(self, *xs):
+        out, weights = super().forward(*xs)
+        return (out, weights) if len(self.op.outputs) == 2 else out
+
+
+# %%
+rng = np.random.default_rng(11)
+q, k, v = (rng.standard_normal(shape, dtype=np.float32) for shape in [(2, 4, 5, 8), (2, 2, 7, 8), (2, 2, 7, 3)])
+k4, v4 = np.repeat(k, 2, axis=1), np.repeat(v, 2, axis=1)
+keep = rng.random((5, 7)) > 0.3
+keep[:, 0] = True  # every query may see at least one key
+bias = rng.standard_normal((4, 5, 7), dtype=np.float32)
+
+with check("Exercise 5.10"):
+    got = additive_mask(np.array([True, False]), allowed=False)
+    assert got.tolist() == [-np.inf, 0.0], f"additive_mask([True, False], allowed=False): expected [-inf, 0.0], got {got.tolist()}"
+    got = causal_mask(2, 3)
+    assert got.tolist() == [[0, -np.inf, -np.inf], [0, 0, -np.inf]], f"causal_mask(2, 3): expected [[0, -inf, -inf], [0, 0, -inf]], got {got.tolist()}"
+    same(scaled_dot_product_attention(q, k4, v4), F.scaled_dot_product_attention(T(q), T(k4), T(v4)), "SDPA without a mask")
+    same(scaled_dot_product_attention(q, k4, v4, is_causal=True), F.scaled_dot_product_attention(T(q), T(k4), T(v4), is_causal=True),
+         "SDPA is_causal=True with 5 queries and 7 keys")
+    same(scaled_dot_product_attention(q, k4, v4, keep), F.scaled_dot_product_attention(T(q), T(k4), T(v4), T(keep)),
+         "SDPA with a bool mask (True: may look)")
+    same(scaled_dot_product_attention(q, k4, v4, bias, scale=0.5), F.scaled_dot_product_attention(T(q), T(k4), T(v4), T(bias), scale=0.5),
+         "SDPA with a float mask and scale=0.5")
+    same(scaled_dot_product_attention(q, k, v, enable_gqa=True), F.scaled_dot_product_attention(T(q), T(k), T(v), enable_gqa=True),
+         "SDPA enable_gqa: 4 query heads over 2 key heads")
+    x = rng.standard_normal((2, 5, 12), dtype=np.float32)
+    got = split_heads(x, 3)
+    same(got, T(x).view(2, 5, 3, 4).transpose(1, 2), "split_heads((2, 5, 12), 3) -> (2, 3, 5, 4)")
+    same(merge_heads(got), T(x), "merge_heads(split_heads(x)) = x")
+
+# %%
+from kuiper.layers.attention import multihead_attention
+
+torch.manual_seed(0)
+mha = torch.nn.MultiheadAttention(16, 4, kdim=6, vdim=5, add_bias_kv=True, add_zero_attn=True).eval()
+xq, xk, xv = torch.randn(3, 2, 16), torch.randn(7, 2, 6), torch.randn(7, 2, 5)
+padding = torch.tensor([[False] * 6 + [True], [False] * 7])
+weights = {name.replace(".", "_"): p.detach().numpy() for name, p in mha.named_parameters()}
+got, got_weights = multihead_attention(xq.numpy(), xk.numpy(), xv.numpy(), key_padding_mask=padding.numpy(),
+                                       num_heads=4, **weights, add_zero_attn=True)
+with torch.no_grad():
+    want, want_weights = mha(xq, xk, xv, key_padding_mask=padding)
+print("nn.MultiheadAttention vs torch:", agreement(got, want.numpy()), "| weights:", agreement(got_weights, want_weights.numpy()))
 
 # %% [markdown]
 # ## What you built

@@ -55,8 +55,7 @@ def test_counts_code_lines_inside_and_outside_the_solution_markers(tmp_path):
     assert stats.ratio == pytest.approx(0.25)
 
 
-SHORT = {5: "122 of 747 lines (0.163): the operator tables added to lesson 05 keep their factories' wrappers "
-             "outside the exercises, so that the student build imports before they are solved"}
+SHORT: dict[int, str] = {}  # lesson number -> why it writes less than a sixth (then an expected failure)
 
 
 @pytest.mark.parametrize("lesson", [

@@ -255,11 +255,14 @@ def make(kind: str, params: dict, n_in: int = 1, input_names: dict | None = None
     ("nn.GELU", {"approximate": "sigmoid"}, "approximate='sigmoid'"),
     ("F.pad", {"pad": (1, 1), "mode": "mirror"}, "mode='mirror'"),
     ("torch.div", {"rounding_mode": "up"}, "rounding_mode='up'"),
-    ("torch.topk", {"k": 2, "sorted": False}, "sorted=False"),
+    ("F.scaled_dot_product_attention", {"dropout_p": 0.1}, "dropout_p=0.1"),
+    ("F.embedding", {"max_norm": 1.0}, "max_norm=1.0"),
+    ("torch.scatter", {"dim": 0, "reduce": "add"}, "reduce='add'"),
 ])
 def test_unsupported_setting_names_operator_and_choices(kind, params, setting):
+    inputs = {"torch.div": 2, "F.embedding": 2, "F.scaled_dot_product_attention": 3, "torch.scatter": 3}
     with pytest.raises(LayerError) as err:
-        make(kind, params, n_in=2 if kind == "torch.div" else 1)
+        make(kind, params, n_in=inputs.get(kind, 1))
     message = str(err.value)
     assert kind in message and "line 7" in message and setting in message and "supported:" in message, message
 
@@ -302,3 +305,99 @@ def test_unpack_of_too_few_tensors_is_a_graph_error():
     graph = PnnxGraph(Path("bad.pnnx.param"), ops, {n: Operand(n) for n in "xtabc"})
     with pytest.raises(GraphError, match=r"prim::TupleUnpack 'unpack' \(line 5\) unpacks 3 values .* hold 2 tensors"):
         unpack_tuples(graph)
+
+
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.self_attention = nn.MultiheadAttention(16, 4)
+        self.cross = nn.MultiheadAttention(16, 2, kdim=6, vdim=5, batch_first=True, add_bias_kv=True, add_zero_attn=True)
+        self.no_bias = nn.MultiheadAttention(16, 8, bias=False)
+
+    def forward(self, q, k, v, keep, bias, x, y, z, mask):
+        return (F.scaled_dot_product_attention(q, k, v),
+                F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                F.scaled_dot_product_attention(q, k, v, attn_mask=keep > -0.5),
+                F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=0.3),
+                F.scaled_dot_product_attention(q, k[:, :2], v[:, :2], enable_gqa=True),
+                *self.self_attention(x, x, x),
+                self.self_attention(x, x, x, attn_mask=mask, need_weights=False)[0],
+                *self.cross(x.transpose(0, 1), y, z),
+                *self.no_bias(x, x, x, attn_mask=mask * 2))  # pnnx swaps the inputs of a bool attn_mask here
+
+
+def test_attention(tmp_path):
+    # F.scaled_dot_product_attention: masks (bool: True may look; float: added), causal with 5
+    # queries over 7 keys, scale, grouped key heads; nn.MultiheadAttention: self-attention with and
+    # without weights, float masks, kdim/vdim, bias_k/bias_v, add_zero_attn, batch_first, no bias
+    q, k, v = seeded(2, 4, 5, 8), seeded(2, 4, 7, 8, seed=1), seeded(2, 4, 7, 3, seed=2)
+    keep = seeded(5, 7, seed=3)  # a bool mask made inside (pnnx's export takes float inputs only)
+    keep[:, 0] = 1.0  # every query may look at one key at least
+    bias, mask = seeded(4, 5, 7, seed=4), seeded(6, 6, seed=7)
+    x, y, z = seeded(6, 2, 16, seed=5), seeded(2, 9, 6, seed=6), seeded(2, 9, 5, seed=8)
+    names = ["sdpa", "causal", "bool mask", "float mask, scale", "gqa", "mha", "mha weights", "mha float mask",
+             "cross", "cross weights", "no bias", "no bias weights"]
+    check_model(Attention(), (q, k, v, keep, bias, x, y, z, mask), tmp_path, names)
+
+
+class Indexing(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 6)
+
+    def forward(self, x, ids, table, index, src):
+        y = x.clone()
+        y[1:3, ::2] = src[:2, :3]
+        y[0] = 7.0
+        return (self.embed(ids), F.embedding(ids, table), x[:, [3, 0]], x[[True, False, True, False]],
+                x.index_put((index[0], index[1]), src[0], accumulate=True),
+                torch.scatter(x, 1, index[:, :2], src), torch.scatter_add(x, 0, index, src),
+                torch.slice_scatter(x, src[:, :2], dim=1, start=1, end=5, step=2),
+                torch.select_scatter(x, src[0, :4], 1, 2), y,
+                torch.masked_select(x, x > 3), torch.repeat_interleave(x[:3], torch.tensor([1, 0, 2]), dim=0), torch.repeat_interleave(x, 2),
+                torch.diag(x[0], 1), torch.diag(x, -1), torch.cross(x[:3, :3], src[:3, :3], dim=0),
+                *torch.tensor_split(x, 3, dim=1), *torch.tensor_split(x, (1, 3), dim=0),
+                torch.einsum("ij,kj->ik", x, src), torch.einsum("ii", x[:, :4]), torch.einsum("ij->j", x),
+                F.pairwise_distance(x, src, p=1.0), F.pairwise_distance(x, src, keepdim=True, eps=1e-3),
+                torch.lgamma(x.abs() + 0.5), torch.topk(x, 2, dim=1, sorted=False).values.sort(dim=1).values,
+                (ids << 2) | (ids >> 1))
+
+
+def test_embedding_indexing_scatter(tmp_path):
+    x = seeded(4, 5) * 3
+    ids = torch.tensor([[1, 0, 9], [3, 3, 5]])
+    table, src = seeded(10, 3, seed=1), seeded(4, 5, seed=2)
+    index = torch.tensor([[3, 0, 1, 3, 2], [3, 3, 0, 1, 0], [2, 2, 1, 0, 0], [0, 1, 2, 3, 3]])
+    names = ["nn.Embedding", "F.embedding", "x[:, [3, 0]]", "x[bools]", "index_put accumulate", "scatter",
+             "scatter_add", "slice_scatter", "select_scatter", "slice assignment", "masked_select",
+             "repeat_interleave by a tensor", "repeat_interleave flat", "diag of a vector", "diag of a matrix", "cross",
+             "tensor_split 3 sections (a)", "(b)", "(c)", "tensor_split indices (a)", "(b)", "(c)",
+             "einsum ij,kj->ik", "einsum trace", "einsum ij->j", "pairwise p=1", "pairwise keepdim eps",
+             "lgamma", "topk sorted=False", "lshift, rshift, or"]
+    check_model(Indexing(), (x, ids, table, index, src), tmp_path, names)
+
+
+def test_index_out_of_range_is_a_layer_error(tmp_path):
+    graph = kuiper.load(export(nn.Embedding(10, 4), (torch.tensor([[1, 2]]),), tmp_path))
+    with pytest.raises(LayerError, match=r"nn.Embedding .*\(line \d+\).*out of bounds"):
+        graph(np.array([[1, 12]], dtype=np.int64))
+
+
+def test_einsum_with_inputs_that_do_not_fit_is_a_layer_error():
+    layer = make("torch.einsum", {"equation": "ij,jk->ik"}, n_in=2)
+    with pytest.raises(LayerError, match=r"torch.einsum 'op' \(line 7\): 'ij,jk->ik'"):
+        layer(kuiper.Tensor(np.ones((2, 3), np.float32)), kuiper.Tensor(np.ones((4, 2), np.float32)))
+
+
+def test_gelu_tanh_is_the_tanh_formula():
+    # pnnx fuses the hand-written tanh formula into an exact F.gelu (upstream test_F_gelu), so that
+    # test differs from torch by the approximation itself; the layer's own tanh form is exact.
+    x = torch.linspace(-6, 6, 1001)
+    got = make("nn.GELU", {"approximate": "tanh"})(kuiper.Tensor(x.numpy())).numpy()
+    np.testing.assert_allclose(got, F.gelu(x, approximate="tanh").numpy(), rtol=0, atol=2e-6)
+
+
+def test_inputs_that_do_not_broadcast_are_a_layer_error():
+    layer = make("torch.where", {}, n_in=3, input_names={"condition": "0", "input": "1", "other": "2"})
+    with pytest.raises(LayerError, match=r"torch.where 'op' \(line 7\): .*broadcast"):
+        layer(*(kuiper.Tensor(np.ones(shape, np.float32)) for shape in [(2, 3), (4,), (2, 3)]))

@@ -17,13 +17,27 @@ from kuiper.registry import register
 from kuiper.tensor import Tensor
 
 
-RENAMES = {"self": "input", "exponent": "other", "vec": "other", "mat2": "other"}
-BENIGN = {"inplace", "num_parameters", "num_features", "num_channels", "track_running_stats", "momentum"}
+RENAMES = {"self": "input", "exponent": "other", "vec": "other", "mat2": "other", "query": "input"}
+# settings that change nothing at inference, or that the weights already say (kdim: a weight's shape)
+BENIGN = {"inplace", "num_parameters", "num_features", "num_channels", "track_running_stats", "momentum",
+          "num_embeddings", "embedding_dim", "sparse", "scale_grad_by_freq", "bias", "kdim", "vdim", "add_bias_kv"}
+
+
+def input_names(op, parameters: list[str]) -> list[str]:
+    """The parameter each input of `op` fills: its PNNX name ($input=0, renamed where torch's differs),
+    else the next of `parameters` not named (PNNX names only some inputs, e.g. `$attn_mask`)."""
+    named = {operand: RENAMES.get(name, name) if name not in parameters else name
+             for name, operand in op.input_names.items()}
+    if len(named) < len(op.input_names):  # one operand under two names: x·x is $input=0 $other=0
+        return [name if name in parameters else RENAMES.get(name, name) for name in op.input_names]
+    free = iter(name for name in parameters if name not in named.values())
+    return [named[operand] if operand in named else next(free, operand) for operand in op.inputs]
 
 
 class Function(Layer):
     """Calls `fn(*arrays, **settings)`: tensors fill fn's parameters by PNNX input name ($input,
-    $other, ...; in order where unnamed), the operator's parameters and weights fill the rest."""
+    $other, ...; in order where unnamed), the operator's parameters and weights fill the rest
+    (a weight `out_proj.weight` fills the parameter `out_proj_weight`)."""
 
     fn: Callable = staticmethod(lambda input: input)
 
@@ -31,20 +45,20 @@ class Function(Layer):
         super().__init__(op)
         signature = inspect.signature(self.fn)
         hints = typing.get_type_hints(self.fn)
-        names = [name if name in signature.parameters else RENAMES.get(name, name) for name in op.input_names]
-        names = names or list(signature.parameters)[:len(op.inputs)]
+        names = input_names(op, list(signature.parameters))
         unknown = [name for name in names if name not in signature.parameters]
-        if len(names) != len(op.inputs) or unknown:
+        if len(names) != len(op.inputs) or unknown or len(set(names)) < len(names):
             raise LayerError(f"{op.where()}: takes inputs {list(signature.parameters)}, got {names or op.inputs}")
         self.inputs = names
         self.settings = {}
+        weights = {key.replace(".", "_"): key for key in op.attrs}
         for name, parameter in signature.parameters.items():
             if name in names:
                 continue
             if name in op.params:
                 self.settings[name] = self.checked(name, op.params[name], hints.get(name))
-            elif name in op.attrs:
-                self.settings[name] = self.weight(name)
+            elif name in weights:
+                self.settings[name] = self.weight(weights[name])
             elif parameter.default is inspect.Parameter.empty:
                 raise LayerError(f"{op.where()}: missing parameter {name!r}")
         for key, value in op.params.items():
@@ -60,7 +74,10 @@ class Function(Layer):
 
     def forward(self, *xs: Tensor) -> Tensor | tuple[Tensor, ...]:
         arrays = {name: x.numpy() for name, x in zip(self.inputs, xs)}
-        result = self.fn(**arrays, **self.settings)
+        try:
+            result = self.fn(**arrays, **self.settings)
+        except (IndexError, ValueError) as err:  # an index out of range, shapes that do not broadcast
+            raise LayerError(f"{self.op.where()}: {err}") from None
         device = xs[0].device if xs else "cpu"
         if isinstance(result, tuple):
             return tuple(Tensor(np.asarray(r), device=device) for r in result)
@@ -91,7 +108,7 @@ COMPARE = {"eq": np.equal, "ne": np.not_equal, "gt": np.greater, "ge": np.greate
            "le": np.less_equal, "logical_and": np.logical_and, "logical_or": np.logical_or,
            "logical_xor": np.logical_xor, "bitwise_and": np.bitwise_and, "bitwise_or": np.bitwise_or,
            "bitwise_xor": np.bitwise_xor, "bitwise_left_shift": np.left_shift, "bitwise_right_shift": np.right_shift}
-NOT_OPERATORS = {"int", "size", "max", "min", "div", "and", "or", "xor"}
+NOT_OPERATORS = {"int", "size", "max", "min", "div", "and", "or", "xor", "lshift", "rshift"}
 MORE_UNARY = {"logical_not": np.logical_not, "bitwise_not": np.invert, "positive": np.positive}
 
 for _name, _fn in UNARY.items() | MORE_UNARY.items():

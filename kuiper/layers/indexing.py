@@ -6,6 +6,9 @@ from typing import Literal
 import numpy as np
 
 from kuiper.layers.elementwise import function
+from kuiper.layers.shape import Slice
+from kuiper.registry import register
+from kuiper.tensor import Tensor
 
 
 @function("Tensor.expand")
@@ -115,7 +118,124 @@ def argsort(input, dim=-1, descending=False):
     return order.astype(np.int64)
 
 
+@function("torch.sort", "Tensor.sort", "aten::sort")
+def sort(input, dim=-1, descending=False):
+    """input sorted along dim (stable) and the indices that sort it; dim may be a 0-d tensor (aten::sort)."""
+    order = argsort(input, int(dim), descending)
+    return np.take_along_axis(input, order, axis=int(dim)), order
+
+
 @function("Tensor.select", "torch.select")
 def select(input, dim, index):
     """The slice at index along dim, that dimension removed."""
     return np.take(input, index, axis=dim)
+
+
+@function("nn.Embedding", "F.embedding")
+def embedding(input, weight, padding_idx=None, max_norm: Literal[None] = None):
+    """The rows of weight (num_embeddings, dim) picked by the integer tensor input: (...) -> (..., dim)."""
+    return np.take(weight, input.astype(np.int64), axis=0, mode="raise")
+
+
+@function("torch.masked_select", "Tensor.masked_select")
+def masked_select(input, mask):
+    """The elements of input where mask holds (both broadcast), as a vector in row-major order."""
+    values, mask = np.broadcast_arrays(input, mask)
+    return values[mask.astype(bool)]
+
+
+@function("torch.repeat_interleave", "Tensor.repeat_interleave")
+def repeat_interleave(input, repeats, dim=None, output_size=None):
+    """Each element (each slice along dim; of the flattened tensor without dim) repeated `repeats`
+    times, an int or one count per element."""
+    return np.repeat(input.ravel() if dim is None else input, repeats, axis=dim)
+
+
+@function("torch.diag", "Tensor.diag")
+def diag(input, diagonal=0):
+    """A vector as a square matrix with it on a diagonal, or a matrix's diagonal as a vector
+    (`diagonal` > 0 above the main one)."""
+    return np.diag(input, k=diagonal)
+
+
+@function("torch.cross", "Tensor.cross", "torch.linalg.cross")
+def cross(input, other, dim=None):
+    """The cross product of 3-vectors along dim (None: the first dimension of size 3, as torch.cross)."""
+    dim = input.shape.index(3) if dim is None else dim
+    return np.cross(input, other, axis=dim)
+
+
+@function("Tensor.index", "aten::index")
+def index(input, expr):
+    """input[expr]: one entry per leading dimension, None for all of it (`:`), else ints or bools (a
+    list or a tensor); numpy's advanced indexing follows torch's rules."""
+    return input[tuple(slice(None) if item is None else np.asarray(item) for item in expr)]
+
+
+@function("Tensor.index_put", "torch.index_put", "Tensor.index_put_")
+def index_put(input, indices, values, accumulate=False):
+    """A copy of input with input[indices] = values, or += values (repeated indices adding up)."""
+    out = input.copy()
+    key = tuple(np.asarray(item) for item in indices)
+    if accumulate:
+        np.add.at(out, key, values)
+    else:
+        out[key] = values
+    return out
+
+
+def coordinates(index: np.ndarray, dim: int) -> tuple[np.ndarray, ...]:
+    """scatter's key: each element of index at its own coordinates, but at index's value along dim."""
+    key = list(np.indices(index.shape, sparse=True))
+    key[dim] = index.astype(np.int64)
+    return tuple(key)
+
+
+@function("torch.scatter", "Tensor.scatter", "aten::scatter")
+def scatter(input, dim, index, src=None, value=None, reduce: Literal[None] = None):
+    """A copy of input with out[index[i][j]][j] = src[i][j] for dim 0 (likewise for other dims),
+    or `value` wherever index points; dim may be a 0-d tensor (aten::scatter)."""
+    out = input.copy()
+    out[coordinates(index, int(dim))] = value if src is None else src[tuple(slice(0, n) for n in index.shape)]
+    return out
+
+
+@function("torch.scatter_add", "Tensor.scatter_add", "aten::scatter_add")
+def scatter_add(input, dim, index, src):
+    """A copy of input with src[i][j] added at out[index[i][j]][j] for dim 0; repeated indices add up."""
+    out = input.copy()
+    np.add.at(out, coordinates(index, int(dim)), src[tuple(slice(0, n) for n in index.shape)])
+    return out
+
+
+def assign(input: np.ndarray, dim: int, where: slice | int, src: np.ndarray) -> np.ndarray:
+    """A copy of input with its part at `where` (a slice or an index) along dim replaced by src."""
+    out = input.copy()
+    key = [slice(None)] * input.ndim
+    key[dim] = where
+    out[tuple(key)] = src
+    return out
+
+
+@function("torch.slice_scatter", "Tensor.slice_scatter")
+def slice_scatter(input, src, dim=0, start=None, end=None, step=1):
+    """A copy of input with input[start:end:step] along dim replaced by src."""
+    return assign(input, dim, slice(start, end, step), src)
+
+
+@function("torch.select_scatter", "Tensor.select_scatter", "aten::select_scatter")
+def select_scatter(input, src, dim, index):
+    """A copy of input with the slice at index along dim replaced by src (dim, index: ints or 0-d tensors)."""
+    return assign(input, int(dim), int(index), src)
+
+
+@register("Tensor.slice_copy")
+class SliceCopy(Slice):
+    """`x[2:10, 3] = y` as PNNX writes it: a copy of x with the part Tensor.slice would read replaced by y."""
+
+    def forward(self, x: Tensor, src: Tensor) -> Tensor:
+        positions = np.arange(x.numpy().size).reshape(x.shape)  # each element's place in x.ravel()
+        picked = super().forward(Tensor(positions)).numpy()  # the places the slice reads
+        out = x.numpy().copy()
+        out.reshape(-1)[picked] = np.broadcast_to(src.numpy(), picked.shape)
+        return Tensor(out, device=x.device)

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from kuiper.errors import LayerError
+from kuiper.layer import Layer
 from kuiper.layers.elementwise import function
+from kuiper.registry import register
+from kuiper.tensor import Tensor
 
 
 @function("torch.matmul", "Tensor.matmul", "torch.mm", "Tensor.mm", "torch.bmm", "Tensor.bmm", "torch.mv",
@@ -18,6 +22,22 @@ def linear(input, weight, bias=None):
     """input @ weightᵀ + bias, with the weight a tensor of the graph (nn.Linear holds its own)."""
     out = np.matmul(input, weight.T)
     return out if bias is None else out + bias
+
+
+@register("torch.einsum")
+class Einsum(Layer):
+    """np.einsum of the inputs by the operator's `equation` (e.g. ij,jk->ik), as torch.einsum."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.equation = self.param("equation", str)
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        try:
+            out = np.einsum(self.equation, *(x.numpy() for x in xs))
+        except ValueError as err:
+            raise LayerError(f"{self.op.where()}: {self.equation!r}: {err}") from None
+        return Tensor(np.asarray(out), device=xs[0].device)
 
 
 @function("torch.addmm", "Tensor.addmm")

@@ -95,6 +95,12 @@ def norm(input, p=2, dim=None, keepdim=False):
     return np.sum(size ** p, axis=axes(dim), keepdims=keepdim) ** (1 / p)
 
 
+@function("F.pairwise_distance", "torch.pairwise_distance")
+def pairwise_distance(x1, x2, p=2.0, eps=1e-6, keepdim=False):
+    """‖x1 − x2 + eps‖_p over the last dimension (PyTorch adds eps to the difference)."""
+    return norm(x1 - x2 + np.float32(eps), p, -1, keepdim)
+
+
 @function("torch.logsumexp", "Tensor.logsumexp")
 def logsumexp(input, dim, keepdim=False):
     """log Σ exp(x) over dim, shifted by the maximum."""
@@ -116,8 +122,9 @@ def cumprod(input, dim):
 
 
 @function("torch.topk", "Tensor.topk")
-def topk(input, k, dim=-1, largest=True, sorted: Literal[True] = True):
-    """The k largest (or smallest) values along dim, sorted, and their indices."""
+def topk(input, k, dim=-1, largest=True, sorted=True):
+    """The k largest (or smallest) values along dim, and their indices: sorted, also for sorted=False
+    (whose order torch leaves unspecified)."""
     order = np.argsort(-input if largest else input, axis=dim, kind="stable")
     index = np.take(order, np.arange(k), axis=dim)
     return np.take_along_axis(input, index, axis=dim), index
