@@ -401,3 +401,13 @@ def test_inputs_that_do_not_broadcast_are_a_layer_error():
     layer = make("torch.where", {}, n_in=3, input_names={"condition": "0", "input": "1", "other": "2"})
     with pytest.raises(LayerError, match=r"torch.where 'op' \(line 7\): .*broadcast"):
         layer(*(kuiper.Tensor(np.ones(shape, np.float32)) for shape in [(2, 3), (4,), (2, 3)]))
+
+
+@pytest.mark.parametrize("shape", [(12, 4, 6), (1, 12, 4, 6), (2, 3, 12, 4, 6)], ids=["3d", "4d", "5d"])
+def test_pixel_shuffle_takes_any_leading_axes(shape):
+    """pnnx's own PixelShuffle tests feed 5-D inputs; torch shuffles the last three axes whatever leads them."""
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    shuffled = make("nn.PixelShuffle", {"upscale_factor": 2})(kuiper.Tensor(x)).numpy()
+    assert np.array_equal(shuffled, F.pixel_shuffle(torch.from_numpy(x), 2).numpy())
+    unshuffled = make("nn.PixelUnshuffle", {"downscale_factor": 2})(kuiper.Tensor(shuffled)).numpy()
+    assert np.array_equal(unshuffled, x)

@@ -76,20 +76,22 @@ def gather(input, dim, index):
 
 @function("nn.PixelShuffle", "F.pixel_shuffle", "torch.pixel_shuffle")
 def pixel_shuffle(input, upscale_factor):
-    """(N, C·r², H, W) -> (N, C, H·r, W·r): each group of r² channels becomes an r × r block."""
-    n, c, h, w = input.shape
-    r = upscale_factor
-    blocks = input.reshape(n, c // (r * r), r, r, h, w)  # (N, C, r, r, H, W)
-    return blocks.transpose(0, 1, 4, 2, 5, 3).reshape(n, c // (r * r), h * r, w * r)
+    """(..., C·r², H, W) -> (..., C, H·r, W·r): each group of r² channels becomes an r × r block."""
+    *lead, c, h, w = input.shape
+    r, k = upscale_factor, len(lead)
+    blocks = input.reshape(*lead, c // (r * r), r, r, h, w)  # (..., C, r, r, H, W)
+    order = (*range(k), k, k + 3, k + 1, k + 4, k + 2)  # (..., C, H, r, W, r)
+    return blocks.transpose(order).reshape(*lead, c // (r * r), h * r, w * r)
 
 
 @function("nn.PixelUnshuffle", "F.pixel_unshuffle", "torch.pixel_unshuffle")
 def pixel_unshuffle(input, downscale_factor):
-    """(N, C, H·r, W·r) -> (N, C·r², H, W), the inverse of pixel_shuffle."""
-    n, c, h, w = input.shape
-    r = downscale_factor
-    blocks = input.reshape(n, c, h // r, r, w // r, r)  # (N, C, H, r, W, r)
-    return blocks.transpose(0, 1, 3, 5, 2, 4).reshape(n, c * r * r, h // r, w // r)
+    """(..., C, H·r, W·r) -> (..., C·r², H, W), the inverse of pixel_shuffle."""
+    *lead, c, h, w = input.shape
+    r, k = downscale_factor, len(lead)
+    blocks = input.reshape(*lead, c, h // r, r, w // r, r)  # (..., C, H, r, W, r)
+    order = (*range(k), k, k + 2, k + 4, k + 1, k + 3)  # (..., C, r, r, H, W)
+    return blocks.transpose(order).reshape(*lead, c * r * r, h // r, w // r)
 
 
 @function("nn.ChannelShuffle", "F.channel_shuffle", "torch.channel_shuffle", "aten::channel_shuffle")
