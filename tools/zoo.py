@@ -158,6 +158,11 @@ MODELS: dict[str, Entry] = {
     "yolov5s": random_init(partial(architectures.yolov5, "s"), (1, 3, 640, 640)),
     "yolov5n_shapes": Entry(trained_yolov5n_shapes, partial(shapes_sample, SHAPES_SIZE)),
     "unet_shapes": Entry(trained_unet_shapes, partial(shapes_sample, INPUT_SIZE)),
+    "shufflenet_v2": random_init(architectures.shufflenet_v2_x0_5, IMAGENET),
+    "squeezenet1_1": random_init(architectures.squeezenet1_1, IMAGENET),
+    "convnext_tiny": random_init(partial(architectures.convnext_tiny, layer_scale=1.0), IMAGENET),
+    "vit_tiny": random_init(architectures.vit_tiny, IMAGENET),
+    "yolov8n": random_init(architectures.yolov8n, (1, 3, 640, 640)),
 }
 
 
