@@ -1,6 +1,10 @@
 """The model zoo's architectures in plain torch: a tiny two-branch network (the lessons' first graph),
-ResNet-18, MobileNetV2, MobileNetV3-Small, UNet and YOLOv5. Parameter names and shapes follow torchvision, milesial/Pytorch-UNet and ultralytics/yolov5,
-so their checkpoints load into these modules (ultralytics' less its `model.24.anchors` buffer).
+ResNet-18, MobileNetV2, MobileNetV3-Small, ShuffleNetV2, SqueezeNet 1.1, ConvNeXt-Tiny, UNet, YOLOv5,
+YOLOv8 and a small ViT. Parameter names and shapes follow torchvision, milesial/Pytorch-UNet and
+ultralytics, so their checkpoints load into these modules (ultralytics' YOLOv5 less its
+`model.24.anchors` buffer); the ViT follows timm's structure but not its parameter names.
+Where PNNX would freeze the exported batch of 1 into the graph or move it off the first axis, the
+torch is written another way with the same result (see VisionTransformer and Attention).
 """
 
 from __future__ import annotations
@@ -643,8 +647,9 @@ class ViTBlock(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """timm's classic ViT: patch embedding by a strided conv, a class token, learned position
-    embeddings, pre-norm blocks, final LayerNorm, and a Linear head on the class token."""
+    """timm's classic ViT (its structure; the parameter names are not timm's): patch embedding by a
+    strided conv, a class token, learned position embeddings, pre-norm blocks, final LayerNorm, and a
+    Linear head on the class token."""
 
     def __init__(self, img_size: int = 224, patch: int = 16, dim: int = 192, depth: int = 12, heads: int = 3,
                  num_classes: int = 1000):

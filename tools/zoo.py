@@ -14,6 +14,10 @@ first, are missing); their parameters are laid out as torchvision's, so real wei
 MobileNetV2 carries real ImageNet weights; the other models are initialised randomly from seed 0,
 their BatchNorm statistics then estimated on a random batch so that activations keep a sensible
 scale through every layer (with the identity statistics of a fresh model they fade to constants).
+ConvNeXt's layer scale starts at 1, not torchvision's 1e-6, so that every block's output counts in
+the comparison. YOLOv8n has random weights too: its raw head output (DFL bins and class logits) is
+what kuiper is checked on, and its decoding is checked against ultralytics' formulation
+(DetectV8.decode) in tests/test_detect.py.
 """
 
 from __future__ import annotations
