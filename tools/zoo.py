@@ -219,10 +219,10 @@ def export(name: str, out: Path, force: bool = False) -> Path:
         pnnx.export(model, str(pt), (x,))
         for suffix in SUFFIXES[:2]:
             shutil.move(pt.with_name(name + suffix), out / f"{name}{suffix}")
+        shutil.move(pt, files[4])  # the model pnnx traced and converted is the one `kuiper bench` times
     np.save(files[2], x.numpy().astype(np.float32))
     np.save(files[3], y.numpy().astype(np.float32))
     with torch.no_grad(), quiet():
-        torch.jit.trace(model, x).save(str(files[4]))
         export_onnx(model, x, out / f"{name}.onnx")
     return files[0]
 
