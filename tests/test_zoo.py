@@ -57,3 +57,20 @@ def test_matches_pytorch_at_batch_8(name):
     assert got.shape == want.shape == (8, 1000)
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
     assert np.abs(want[1:] - want[0]).max() > 1e-3 * np.abs(want).max(), "the 8 images must give 8 different outputs"
+
+
+@pytest.mark.parametrize("name, kind", [("vit_tiny", "nn.Linear"), ("vit_tiny", "nn.LayerNorm"), ("vit_tiny", "nn.GELU"),
+                                        ("vit_tiny", "F.softmax"), ("shufflenet_v2", "nn.ChannelShuffle")])
+def test_bench_times_the_same_computation_in_torch(name, kind):
+    """`kuiper bench ops` compares each layer with a torch twin: the twin must compute what the layer does."""
+    from kuiper.bench import torch_twin
+    from kuiper.registry import create_layer
+    from kuiper.tensor import Tensor
+
+    graph = load_pnnx(MODELS / f"{name}.pnnx.param")
+    op = next(op for op in graph.operators if op.type == kind)
+    x = np.random.default_rng(0).standard_normal((2, *graph.operands[op.inputs[0]].shape[1:]), dtype=np.float32)
+    got = create_layer(op)(Tensor(x)).numpy()
+    with torch.no_grad():
+        want = torch_twin(op, torch)(torch.from_numpy(x)).numpy()
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
