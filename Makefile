@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --progress-bar on -e ".[course,dev]"
 	rm -f $(VENV)/.installed-* && touch $@
 
-models: setup  ## export the model zoo to data/models (about a minute; skips models already there)
+models: setup  ## export the model zoo to data/models (a few minutes; skips models already there)
 	$(BIN)/python tools/zoo.py
 	$(BIN)/python tools/llms.py
 

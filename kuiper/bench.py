@@ -78,6 +78,21 @@ def torch_twin(op: Operator, torch):
                                       ceil_mode=p.get("ceil_mode", False))
     if op.type in ("nn.AdaptiveAvgPool2d", "F.adaptive_avg_pool2d"):
         return lambda x: F.adaptive_avg_pool2d(x, p["output_size"])
+    if op.type == "nn.Linear":
+        weight = torch.from_numpy(np.array(op.attrs["weight"].data))
+        bias = torch.from_numpy(np.array(op.attrs["bias"].data)) if "bias" in op.attrs else None
+        return lambda x: F.linear(x, weight, bias)
+    if op.type == "nn.LayerNorm":
+        weight, bias = (torch.from_numpy(np.array(op.attrs[k].data)) if k in op.attrs else None
+                        for k in ("weight", "bias"))
+        shape = tuple(np.atleast_1d(p["normalized_shape"]).tolist())
+        return lambda x: F.layer_norm(x, shape, weight, bias, p["eps"])
+    if op.type == "nn.GELU":
+        return lambda x: F.gelu(x, approximate=p.get("approximate", "none"))
+    if op.type in ("F.softmax", "nn.Softmax"):
+        return lambda x: F.softmax(x, p["dim"])
+    if op.type == "nn.ChannelShuffle":
+        return lambda x: F.channel_shuffle(x, p["groups"])
     simple = {"nn.ReLU": F.relu, "nn.ReLU6": F.relu6, "nn.SiLU": F.silu, "nn.Hardswish": F.hardswish,
               "nn.Hardsigmoid": F.hardsigmoid, "F.sigmoid": torch.sigmoid}
     if op.type in simple:
@@ -107,11 +122,17 @@ OPERATOR_SUITE = {
     "mobilenet_v3_small": ("nn.Hardswish", "nn.Hardsigmoid", "nn.AdaptiveAvgPool2d"),
     "yolov5n": ("nn.SiLU", "nn.MaxPool2d"),
     "unet_shapes": ("nn.ConvTranspose2d", "nn.Conv2d"),
+    "shufflenet_v2": ("nn.Conv2d", "nn.ChannelShuffle"),
+    "squeezenet1_1": ("nn.Conv2d", "nn.MaxPool2d"),
+    "convnext_tiny": ("nn.Conv2d", "nn.LayerNorm", "nn.GELU", "nn.Linear"),
+    "vit_tiny": ("nn.Linear", "nn.LayerNorm", "nn.GELU", "F.softmax"),
+    "yolov8n": ("nn.Conv2d", "nn.SiLU", "nn.MaxPool2d"),
 }
 
 
 def bench_ops(models_dir: Path, batch: int = 8) -> list[Row]:
-    """Every conv, pool and activation of the zoo's CNNs, with a total per model and type."""
+    """Every conv, pool, activation, normalisation and linear layer of the zoo's vision models that
+    OPERATOR_SUITE names, with a total per model and type."""
     torch = import_torch()
     rows = []
     for name, types in OPERATOR_SUITE.items():

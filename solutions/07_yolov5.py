@@ -25,6 +25,7 @@
 # | 7.3 | the IoU of every pair of boxes, vectorised |
 # | 7.4 | greedy non-maximum suppression |
 # | 7.5 | from raw rows to detections: scores, class-aware NMS, boxes mapped back to the photo |
+# | 7.6 | YOLOv8's anchor-free head: distances from DFL bins, boxes from cell centres |
 
 # %%
 #| default_exp vision.detect
@@ -333,9 +334,7 @@ def detect(graph: RuntimeGraph, paths: list[str | Path], conf: float = 0.25, iou
     side, results = input_size(graph, size, 640), []
     for _, images in in_batches(paths, batch, load_image, errors):
         boxed = [letterbox(image, side) for image in images]
-        rows = graph(np.stack([b[0] for b in boxed]))
-        if rows.ndim != 3 or rows.shape[2] < 6:
-            raise ShapeError(f"{graph.model.path.name} outputs {rows.shape}, not YOLO rows (N, boxes, 5 + classes)")
+        rows = yolo_rows(graph(np.stack([b[0] for b in boxed])), side, graph.model.path.name)
         for image, (_, scale, pad), r in zip(images, boxed, rows):
             results.append(unletterbox(postprocess(r, conf, iou), scale, pad, image.size))
     return results
@@ -414,6 +413,133 @@ theirs = reference_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.
 print(f"kept {len(ours)} of 300 boxes; same as the reference: {ours == theirs}")
 
 # %% [markdown]
+# ## YOLOv8: no anchors, no objectness
+#
+# YOLOv8 keeps the grids of stride 8, 16 and 32 but drops the anchors and the objectness score. Its
+# *decoupled* head has two branches per level: one predicts the box, the other the class logits.
+# Each cell predicts one box as its four **distances** from the cell's centre
+# $(c_x + 0.5,\ c_y + 0.5)$ to the box's left, top, right and bottom sides, in units of the stride.
+# Each distance is not one number but a distribution over `reg_max = 16` bins $0, 1, \dots, 15$
+# (*distribution focal loss*, DFL): the distance is its expected value
+#
+# $$d = \sum_{i=0}^{15} i \cdot \operatorname{softmax}(z)_i ,$$
+#
+# so the box is $x_1 = (c_x + 0.5 - d_l)\,s$, $y_1 = (c_y + 0.5 - d_t)\,s$,
+# $x_2 = (c_x + 0.5 + d_r)\,s$, $y_2 = (c_y + 0.5 + d_b)\,s$, and a class's score is the sigmoid of
+# its logit. The zoo's `yolov8n` graph stops before this decoding: it outputs the raw
+# $(B,\ 4 \cdot 16 + 80,\ 80^2 + 40^2 + 20^2 = 8400)$ logits, P3's cells first, row by row. Decoded
+# into YOLOv5's row layout with an objectness of 1, they go through the same `postprocess` and NMS.
+# The cell centres of every level, in grid units, with each cell's stride:
+
+# %%
+#| export
+STRIDES = (8, 16, 32)
+REG_MAX = 16
+
+
+def anchor_points(size: int, strides: tuple[int, ...] = STRIDES) -> tuple[np.ndarray, np.ndarray]:
+    """The centres (A, 2) = (x + 0.5, y + 0.5) of every cell of every level of a size × size input,
+    in grid units, the first level first and each row by row, and each cell's stride (A,), float32."""
+    points, steps = [], []
+    for stride in strides:
+        n = size // stride
+        y, x = np.meshgrid(np.arange(n) + 0.5, np.arange(n) + 0.5, indexing="ij")
+        points.append(np.stack([x.ravel(), y.ravel()], axis=1))  # (n * n, 2)
+        steps.append(np.full(n * n, stride))
+    return np.concatenate(points).astype(np.float32), np.concatenate(steps).astype(np.float32)
+
+
+# %%
+points, steps = anchor_points(640)
+for i in (0, 1, 80, 6400, 8399):  # first cells of P3, its second row, P4's first cell, P5's last
+    print(f"cell {i:4d}: centre {points[i].tolist()} cells of stride {steps[i]:.0f} = pixel {(points[i] * steps[i]).tolist()}")
+
+# %% [markdown]
+# ## Exercise 7.6 — decoding YOLOv8's head
+#
+# Turn the raw output `(B, 4·reg_max + nc, A)` into rows `(B, A, 5 + nc)` = $c_x, c_y, w, h$ in
+# pixels, an objectness of 1, and the class probabilities. Split the channels into the box logits
+# and the class logits; view the box logits as `(B, 4, reg_max, A)` (sides l, t, r, b; bins); take
+# the softmax over the **bins** (subtract the maximum first, so that `exp` cannot overflow) and the
+# expected bin; subtract the left/top distances from the cell centre and add the right/bottom ones;
+# turn the corners into centre and size and multiply by the stride. For the sigmoid,
+# `np.exp(-np.logaddexp(0, -z))` equals $1/(1+e^{-z})$ without overflow warnings.
+
+# %%
+#| export
+#| exercise: softmax over the bins, expected distance, centre -/+ distances, times the stride; rows (B, A, 5+nc): cx, cy, w, h, 1, sigmoid(class logits)
+def decode_dfl(raw: np.ndarray, size: int, strides: tuple[int, ...] = STRIDES, reg_max: int = REG_MAX) -> np.ndarray:
+    """YOLOv8's raw head output (B, 4 * reg_max + nc, A) of a size × size input as rows (B, A, 5 + nc)
+    in YOLOv5's layout: centre x, centre y, width, height (pixels), objectness 1, class probabilities.
+    Formula: ultralytics' DFL and dist2bbox (ultralytics/utils/tal.py)."""
+    ### BEGIN SOLUTION
+    points, stride = anchor_points(size, strides)
+    bins = raw[:, :4 * reg_max].reshape(len(raw), 4, reg_max, -1)  # (B, sides l t r b, bins, A)
+    weights = np.exp(bins - bins.max(axis=2, keepdims=True))
+    distance = (weights * np.arange(reg_max)[:, None]).sum(axis=2) / weights.sum(axis=2)  # (B, 4, A)
+    top_left, bottom_right = points.T - distance[:, :2], points.T + distance[:, 2:]  # (B, 2, A)
+    xywh = np.concatenate([(top_left + bottom_right) / 2, bottom_right - top_left], axis=1) * stride
+    scores = np.exp(-np.logaddexp(0, -raw[:, 4 * reg_max:]))
+    rows = np.concatenate([xywh, np.ones_like(xywh[:, :1]), scores], axis=1)  # (B, 5 + nc, A)
+    return rows.transpose(0, 2, 1).astype(np.float32)
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 7.6"):
+    raw = np.zeros((1, 4 * 4 + 2, 4), np.float32)  # reg_max 4, two classes, a 32 image on one stride-16 grid
+    for side, distance in enumerate([1, 2, 0, 3]):  # left 1, top 2, right 0, bottom 3 cells
+        raw[0, 4 * side + distance] = 30
+    raw[0, 16:] = [[0, 2, -2, 0], [1, 0, 0, 0]]
+    got = decode_dfl(raw, 32, strides=(16,), reg_max=4)
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    want = np.array([[0, 16, 16, 80, 1, 0.5, sig(1)], [16, 16, 16, 80, 1, sig(2), 0.5],
+                     [0, 32, 16, 80, 1, sig(-2), 0.5], [16, 32, 16, 80, 1, 0.5, 0.5]], np.float32)
+    assert got.shape == (1, 4, 7), f"expected rows of shape (1, 4, 7), got {got.shape}"
+    assert np.allclose(got[0], want, atol=1e-4), f"distances l 1, t 2, r 0, b 3 on a 2 × 2 grid of stride 16: expected\n{want}\ngot\n{got[0].round(3)}"
+    g = np.random.default_rng(0)
+    raw = g.normal(0, 3, (2, 64 + 3, 84)).astype(np.float32)  # a 64 × 64 input: 64 + 16 + 4 cells
+    t = torch.from_numpy(raw)
+    dist = (t[:, :64].view(2, 4, 16, 84).softmax(2) * torch.arange(16.0)[:, None]).sum(2)
+    centres, strides = (torch.from_numpy(a) for a in anchor_points(64))
+    lt, rb = centres.T - dist[:, :2], centres.T + dist[:, 2:]
+    want = torch.cat([(lt + rb) / 2 * strides, (rb - lt) * strides, torch.ones(2, 1, 84), t[:, 64:].sigmoid()], 1)
+    got = decode_dfl(raw, 64)
+    assert got.shape == (2, 84, 8), f"expected rows of shape (2, 84, 8), got {got.shape}"
+    assert np.allclose(got, want.permute(0, 2, 1).numpy(), atol=1e-4), \
+        f"random logits against a torch decoder: expected agreement within 1e-4, got {agreement(got, want.permute(0, 2, 1).numpy(), 1e-4)}"
+    big = decode_dfl(np.full((1, 64 + 1, 84), 1000, np.float32), 64)
+    assert np.isfinite(big).all(), f"logits of 1000: expected finite rows (softmax without overflow), got {big[0, 0]}"
+
+# %% [markdown]
+# Which decoding a model needs follows from its output's shape: YOLOv8's raw head has one column per
+# cell, $(B,\ 64 + n_c,\ A)$; YOLOv5's decoded rows are $(B,\ 3A,\ 5 + n_c)$. `detect` calls
+# `yolo_rows` on every batch, so `kuiper detect` runs either model.
+
+# %%
+#| export
+def yolo_rows(output: np.ndarray, size: int, name: str = "the model") -> np.ndarray:
+    """Rows (B, N, 5 + nc) of YOLOv5's layout from a YOLO graph's output for size × size inputs:
+    YOLOv5's rows as they are, YOLOv8's raw head (B, 4 * REG_MAX + nc, A) decoded by `decode_dfl`.
+    ShapeError naming `name` for any other output."""
+    cells = sum((size // stride) ** 2 for stride in STRIDES)
+    if output.ndim == 3 and output.shape[2] == cells and output.shape[1] > 4 * REG_MAX:
+        return decode_dfl(output, size)
+    if output.ndim == 3 and output.shape[2] >= 6:
+        return output
+    raise ShapeError(f"{name} outputs {output.shape}, not YOLOv5 rows (B, boxes, 5 + classes) nor a YOLOv8 head "
+                     f"(B, {4 * REG_MAX} + classes, {cells}) for {size} × {size} inputs")
+
+
+# %%
+yolo8 = kuiper.load(MODELS / "yolov8n.pnnx.param")
+x8, want8 = np.load(MODELS / "yolov8n.input.npy"), np.load(MODELS / "yolov8n.output.npy")
+raw8 = yolo8(x8)
+print("raw head", raw8.shape, "vs PyTorch:", agreement(raw8, want8, 1e-4))
+rows8 = yolo_rows(raw8, 640)
+print("rows", rows8.shape, "widths from", rows8[0, :, 2].min().round(1), "to", rows8[0, :, 2].max().round(1), "pixels")
+
+# %% [markdown]
 # ## A detector that really detects
 #
 # Random weights find nothing. No pretrained YOLOv5 can be downloaded here, so `tools/train_yolo.py`
@@ -461,5 +587,5 @@ print(format_model_rows(bench_models([MODELS / "yolov5n.pnnx.param"], batches=[1
 # %% [markdown]
 # ## What you built
 #
-# `kuiper/vision/detect.py`: letterbox in, decoded rows through class-aware NMS out, boxes mapped
-# back to the photo and drawn. Lesson 08 labels every pixel (segmentation); lessons 09–11 then leave images for text: a Llama language model.
+# `kuiper/vision/detect.py`: letterbox in, YOLOv5's decoded rows or YOLOv8's anchor-free head
+# decoded, through class-aware NMS out, boxes mapped back to the photo and drawn. Lesson 08 labels every pixel (segmentation); lessons 09–11 then leave images for text: a Llama language model.

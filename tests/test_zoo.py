@@ -1,9 +1,11 @@
-"""Every model of the zoo (tools/zoo.py) parses, orders, runs, and matches PyTorch's saved output."""
+"""Every model of the zoo (tools/zoo.py) parses, orders, runs, and matches PyTorch's saved output; the
+architectures added later match the traced PyTorch model at batch 8 too."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import kuiper
 from kuiper.graph import last_uses, topological_order
@@ -12,7 +14,13 @@ from kuiper.pnnx import load_pnnx
 LESSON = 6  # kuiper grade runs this file on the student build of lesson 06
 
 MODELS = Path(__file__).resolve().parents[1] / "data" / "models"
-ZOO = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "unet", "yolov5n", "yolov5s", "yolov5n_shapes", "unet_shapes"]
+SLOW = pytest.mark.slow
+ZOO = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "unet", "yolov5n", "yolov5s", "yolov5n_shapes", "unet_shapes",
+       "shufflenet_v2", "squeezenet1_1", "vit_tiny", "yolov8n", pytest.param("convnext_tiny", marks=SLOW)]
+# Architectures added after the first zoo, checked at batch 8 too (the batch kept free through every reshape);
+# yolov8n's batch 8 is in test_detect.py
+BATCH_8 = ["shufflenet_v2", "squeezenet1_1", pytest.param("vit_tiny", marks=SLOW),
+           pytest.param("convnext_tiny", marks=SLOW)]
 
 
 @pytest.fixture(params=ZOO)
@@ -38,3 +46,31 @@ def test_matches_pytorch(model):
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
     assert 0 < graph.peak_bytes
+
+
+@pytest.mark.parametrize("name", BATCH_8)
+def test_matches_pytorch_at_batch_8(name):
+    x = np.random.default_rng(8).random((8, 3, 224, 224), dtype=np.float32)
+    with torch.no_grad():
+        want = torch.jit.load(str(MODELS / f"{name}.torchscript.pt"))(torch.from_numpy(x)).numpy()
+    got = kuiper.load(MODELS / f"{name}.pnnx.param")(x)
+    assert got.shape == want.shape == (8, 1000)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    assert np.abs(want[1:] - want[0]).max() > 1e-3 * np.abs(want).max(), "the 8 images must give 8 different outputs"
+
+
+@pytest.mark.parametrize("name, kind", [("vit_tiny", "nn.Linear"), ("vit_tiny", "nn.LayerNorm"), ("vit_tiny", "nn.GELU"),
+                                        ("vit_tiny", "F.softmax"), ("shufflenet_v2", "nn.ChannelShuffle")])
+def test_bench_times_the_same_computation_in_torch(name, kind):
+    """`kuiper bench ops` compares each layer with a torch twin: the twin must compute what the layer does."""
+    from kuiper.bench import torch_twin
+    from kuiper.registry import create_layer
+    from kuiper.tensor import Tensor
+
+    graph = load_pnnx(MODELS / f"{name}.pnnx.param")
+    op = next(op for op in graph.operators if op.type == kind)
+    x = np.random.default_rng(0).standard_normal((2, *graph.operands[op.inputs[0]].shape[1:]), dtype=np.float32)
+    got = create_layer(op)(Tensor(x)).numpy()
+    with torch.no_grad():
+        want = torch_twin(op, torch)(torch.from_numpy(x)).numpy()
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1e-5 * np.abs(want).max()

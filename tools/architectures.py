@@ -1,6 +1,10 @@
 """The model zoo's architectures in plain torch: a tiny two-branch network (the lessons' first graph),
-ResNet-18, MobileNetV2, MobileNetV3-Small, UNet and YOLOv5. Parameter names and shapes follow torchvision, milesial/Pytorch-UNet and ultralytics/yolov5,
-so their checkpoints load into these modules (ultralytics' less its `model.24.anchors` buffer).
+ResNet-18, MobileNetV2, MobileNetV3-Small, ShuffleNetV2, SqueezeNet 1.1, ConvNeXt-Tiny, UNet, YOLOv5,
+YOLOv8 and a small ViT. Parameter names and shapes follow torchvision, milesial/Pytorch-UNet and
+ultralytics, so their checkpoints load into these modules (ultralytics' YOLOv5 less its
+`model.24.anchors` buffer); the ViT follows timm's structure but not its parameter names.
+Where PNNX would freeze the exported batch of 1 into the graph or move it off the first axis, the
+torch is written another way with the same result (see VisionTransformer and Attention).
 """
 
 from __future__ import annotations
@@ -285,11 +289,11 @@ class Conv(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 Conv -> 3x3 Conv, plus the input when `shortcut`."""
+    """k1 x k1 Conv (YOLOv5: 1, YOLOv8: 3) -> 3x3 Conv, plus the input when `shortcut`."""
 
-    def __init__(self, channels: int, shortcut: bool = True):
+    def __init__(self, channels: int, shortcut: bool = True, k1: int = 1):
         super().__init__()
-        self.cv1 = Conv(channels, channels, 1)
+        self.cv1 = Conv(channels, channels, k1)
         self.cv2 = Conv(channels, channels, 3)
         self.add = shortcut
 
@@ -428,3 +432,371 @@ def yolov5(variant: str = "s", nc: int = 80, img_size: int = 640) -> YOLOv5:
     """YOLOv5n or YOLOv5s (`variant` "n" or "s") for `nc` classes and `img_size` square inputs."""
     depth, width = {"n": (0.33, 0.25), "s": (0.33, 0.50)}[variant]
     return YOLOv5(depth, width, nc, img_size)
+
+
+# ---- ShuffleNetV2 -------------------------------------------------------------------------------
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave the channels of `groups` groups (ShuffleNet): (B, C, H, W) -> same shape."""
+    _, c, h, w = x.shape
+    x = x.reshape(-1, groups, c // groups, h, w).transpose(1, 2)  # (B, groups, C/groups, H, W) swapped
+    return x.reshape(-1, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2 unit: stride 1 splits the channels in two and transforms one half; stride 2
+    transforms the whole input twice (depthwise branch, pointwise branch); both then concatenate
+    and shuffle the two halves' channels together."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.stride, half = stride, cout // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                nn.Conv2d(cin, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True))
+        else:
+            self.branch1 = nn.Sequential()
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(cin if stride > 1 else half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+            nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False), nn.BatchNorm2d(half),
+            nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNetV2(nn.Module):
+    """torchvision's ShuffleNetV2: 3x3 stem and max pool, three stages of shuffle units, 1x1 conv,
+    global mean, fully connected."""
+
+    def __init__(self, repeats: tuple[int, ...], channels: tuple[int, ...], num_classes: int = 1000):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(3, channels[0], 3, 2, 1, bias=False), nn.BatchNorm2d(channels[0]),
+                                   nn.ReLU(inplace=True))
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        cin = channels[0]
+        for i, (n, cout) in enumerate(zip(repeats, channels[1:]), start=2):
+            setattr(self, f"stage{i}", nn.Sequential(*(ShuffleUnit(cin if j == 0 else cout, cout, 2 if j == 0 else 1)
+                                                       for j in range(n))))
+            cin = cout
+        self.conv5 = nn.Sequential(nn.Conv2d(cin, channels[-1], 1, bias=False), nn.BatchNorm2d(channels[-1]),
+                                   nn.ReLU(inplace=True))
+        self.fc = nn.Linear(channels[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.conv1(x))
+        x = self.conv5(self.stage4(self.stage3(self.stage2(x))))
+        return self.fc(x.mean([2, 3]))
+
+
+def shufflenet_v2_x0_5(num_classes: int = 1000) -> ShuffleNetV2:
+    """ShuffleNetV2 x0.5, torchvision's parameter layout."""
+    return ShuffleNetV2((4, 8, 4), (24, 48, 96, 192, 1024), num_classes)
+
+
+# ---- SqueezeNet 1.1 -----------------------------------------------------------------------------
+
+class Fire(nn.Module):
+    """SqueezeNet's Fire module: a 1x1 squeeze, then 1x1 and 3x3 expands concatenated."""
+
+    def __init__(self, cin: int, squeeze: int, expand1x1: int, expand3x3: int):
+        super().__init__()
+        self.squeeze = nn.Conv2d(cin, squeeze, 1)
+        self.squeeze_activation = nn.ReLU(inplace=True)
+        self.expand1x1 = nn.Conv2d(squeeze, expand1x1, 1)
+        self.expand1x1_activation = nn.ReLU(inplace=True)
+        self.expand3x3 = nn.Conv2d(squeeze, expand3x3, 3, padding=1)
+        self.expand3x3_activation = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.squeeze_activation(self.squeeze(x))
+        return torch.cat([self.expand1x1_activation(self.expand1x1(x)),
+                          self.expand3x3_activation(self.expand3x3(x))], 1)
+
+
+class SqueezeNet(nn.Module):
+    """torchvision's SqueezeNet 1.1: Fire modules between ceil-mode max pools, a 1x1 conv
+    classifier and a global average pool; convolutions initialised as torchvision does."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        pool = lambda: nn.MaxPool2d(3, 2, ceil_mode=True)  # noqa: E731
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 3, 2), nn.ReLU(inplace=True), pool(), Fire(64, 16, 64, 64), Fire(128, 16, 64, 64),
+            pool(), Fire(128, 32, 128, 128), Fire(256, 32, 128, 128), pool(), Fire(256, 48, 192, 192),
+            Fire(384, 48, 192, 192), Fire(384, 64, 256, 256), Fire(512, 64, 256, 256))
+        final = nn.Conv2d(512, num_classes, 1)
+        self.classifier = nn.Sequential(nn.Dropout(0.5), final, nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0, 0.01) if m is final else nn.init.kaiming_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+def squeezenet1_1(num_classes: int = 1000) -> SqueezeNet:
+    """SqueezeNet 1.1, torchvision's parameter layout."""
+    return SqueezeNet(num_classes)
+
+
+# ---- ConvNeXt -----------------------------------------------------------------------------------
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a (B, C, H, W) map, as torchvision's: moved last and back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        x = nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
+class Permute(nn.Module):
+    """Tensor.permute as a module."""
+
+    def __init__(self, dims: list[int]):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+class CNBlock(nn.Module):
+    """ConvNeXt block: 7x7 depthwise conv, channels-last LayerNorm, Linear 4x wider, GELU, Linear
+    back, scaled per channel by `layer_scale` and added to the input."""
+
+    def __init__(self, dim: int, layer_scale: float):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(dim, dim, 7, padding=3, groups=dim), Permute([0, 2, 3, 1]), nn.LayerNorm(dim, eps=1e-6),
+            nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), Permute([0, 3, 1, 2]))
+        self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), layer_scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer_scale * self.block(x) + x
+
+
+class ConvNeXt(nn.Module):
+    """torchvision's ConvNeXt: 4x4 stride-4 patchify stem, stages of CNBlocks with LayerNorm + 2x2
+    stride-2 downsampling between them, global pool, LayerNorm, fully connected."""
+
+    def __init__(self, depths: tuple[int, ...], dims: tuple[int, ...], num_classes: int = 1000,
+                 layer_scale: float = 1e-6):
+        super().__init__()
+        layers = [nn.Sequential(nn.Conv2d(3, dims[0], 4, 4), LayerNorm2d(dims[0], eps=1e-6))]
+        for i, (depth, dim) in enumerate(zip(depths, dims)):
+            layers.append(nn.Sequential(*(CNBlock(dim, layer_scale) for _ in range(depth))))
+            if i + 1 < len(dims):
+                layers.append(nn.Sequential(LayerNorm2d(dim, eps=1e-6), nn.Conv2d(dim, dims[i + 1], 2, 2)))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(LayerNorm2d(dims[-1], eps=1e-6), nn.Flatten(1), nn.Linear(dims[-1], num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.avgpool(self.features(x)))
+
+
+def convnext_tiny(num_classes: int = 1000, layer_scale: float = 1e-6) -> ConvNeXt:
+    """ConvNeXt-Tiny (depths 3-3-9-3, widths 96-768), torchvision's parameter layout."""
+    return ConvNeXt((3, 3, 9, 3), (96, 192, 384, 768), num_classes, layer_scale)
+
+
+# ---- Vision Transformer -------------------------------------------------------------------------
+
+class Attention(nn.Module):
+    """Multi-head self-attention written out as timm's classic ViT does: one Linear for q, k, v,
+    softmax(q k^T / sqrt(d)) v per head, then a projection."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, n, c = x.shape
+        # timm permutes to (3, B, heads, N, d); the batch is kept first here, where kuiper frees it
+        qkv = self.qkv(x).reshape(-1, n, 3, self.heads, c // self.heads).permute(0, 2, 3, 1, 4)  # (B, 3, heads, N, d)
+        q, k, v = qkv.unbind(1)
+        attn = (q @ k.transpose(-2, -1)) * self.scale  # (B, heads, N, N)
+        x = attn.softmax(dim=-1) @ v  # (B, heads, N, d)
+        return self.proj(x.transpose(1, 2).reshape(-1, n, c))
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm transformer block: x + attention(LayerNorm(x)), then x + MLP(LayerNorm(x)), GELU MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 4):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """timm's classic ViT (its structure; the parameter names are not timm's): patch embedding by a
+    strided conv, a class token, learned position embeddings, pre-norm blocks, final LayerNorm, and a
+    Linear head on the class token."""
+
+    def __init__(self, img_size: int = 224, patch: int = 16, dim: int = 192, depth: int = 12, heads: int = 3,
+                 num_classes: int = 1000):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, (img_size // patch) ** 2 + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*(ViTBlock(dim, heads) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, patches, dim)
+        # timm's cat((cls_token.expand(B, -1, -1), x), 1) + pos_embed, written as a zero row padded in
+        # front and a constant added: PNNX folds the expand into a constant of the exported batch of 1
+        start = nn.functional.pad(self.cls_token, (0, 0, 0, x.shape[1])) + self.pos_embed  # (1, 1 + patches, dim)
+        x = nn.functional.pad(x, (0, 0, 1, 0)) + start
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+def vit_tiny(num_classes: int = 1000, depth: int = 12) -> VisionTransformer:
+    """ViT-Tiny/16 at 224 (width 192, 3 heads), timm's configuration, `depth` blocks."""
+    return VisionTransformer(depth=depth, num_classes=num_classes)
+
+
+# ---- YOLOv8 -------------------------------------------------------------------------------------
+
+class C2f(nn.Module):
+    """YOLOv8's CSP block: a 1x1 Conv split into two halves, Bottlenecks chained on the second, every
+    intermediate result concatenated and fused by a 1x1 Conv."""
+
+    def __init__(self, cin: int, cout: int, n: int = 1, shortcut: bool = False):
+        super().__init__()
+        self.c = cout // 2
+        self.cv1 = Conv(cin, 2 * self.c)
+        self.cv2 = Conv((2 + n) * self.c, cout)
+        self.m = nn.ModuleList(Bottleneck(self.c, shortcut, k1=3) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class DFL(nn.Module):
+    """Distribution focal loss integral: each side's distance as the expected value of a softmax over
+    `reg_max` bins, computed as ultralytics does, by a fixed 1x1 conv with weights 0 .. reg_max - 1."""
+
+    def __init__(self, reg_max: int = 16):
+        super().__init__()
+        self.conv = nn.Conv2d(reg_max, 1, 1, bias=False).requires_grad_(False)
+        self.conv.weight.data[:] = torch.arange(reg_max, dtype=torch.float32).view(1, reg_max, 1, 1)
+        self.reg_max = reg_max
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, a = x.shape  # (B, 4 * reg_max, anchors)
+        x = x.view(b, 4, self.reg_max, a).transpose(2, 1).softmax(1)  # (B, reg_max, 4, anchors)
+        return self.conv(x).view(b, 4, a)
+
+
+class DetectV8(nn.Module):
+    """YOLOv8's decoupled, anchor-free head: per level a box branch (two 3x3 Convs, then 4 x reg_max
+    distance-bin logits) and a class branch (two 3x3 Convs, then nc logits). `forward` returns the raw
+    (B, 4 * reg_max + nc, anchors) logits of all levels, P3 first; `decode` is ultralytics' own
+    decoding of them into (B, 4 + nc, anchors) = centre x, centre y, width, height (pixels) and class
+    probabilities, the reference kuiper's decoder is checked against."""
+
+    def __init__(self, nc: int, channels: tuple[int, ...], strides: tuple[int, ...] = (8, 16, 32),
+                 reg_max: int = 16):
+        super().__init__()
+        self.nc, self.reg_max, self.strides = nc, reg_max, strides
+        c2, c3 = max(16, channels[0] // 4, reg_max * 4), max(channels[0], min(nc, 100))
+        self.cv2 = nn.ModuleList(nn.Sequential(Conv(c, c2, 3), Conv(c2, c2, 3), nn.Conv2d(c2, 4 * reg_max, 1))
+                                 for c in channels)
+        self.cv3 = nn.ModuleList(nn.Sequential(Conv(c, c3, 3), Conv(c3, c3, 3), nn.Conv2d(c3, nc, 1))
+                                 for c in channels)
+        self.dfl = DFL(reg_max)
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        out = [torch.cat((box(x), cls(x)), 1).flatten(2) for box, cls, x in zip(self.cv2, self.cv3, xs)]
+        return torch.cat(out, 2)  # (B, 4 * reg_max + nc, anchors)
+
+    def decode(self, raw: torch.Tensor, img_size: int) -> torch.Tensor:
+        """ultralytics' make_anchors, DFL and dist2bbox(xywh=True) on raw (B, 4 * reg_max + nc, anchors)."""
+        points, strides = [], []
+        for s in self.strides:
+            n = img_size // s
+            sy, sx = torch.meshgrid(torch.arange(n) + 0.5, torch.arange(n) + 0.5, indexing="ij")
+            points.append(torch.stack((sx, sy), -1).view(-1, 2))
+            strides.append(torch.full((n * n, 1), float(s)))
+        anchors, stride = torch.cat(points).T.unsqueeze(0), torch.cat(strides).T.unsqueeze(0)  # (1, 2, A), (1, 1, A)
+        box, cls = raw.split((4 * self.reg_max, self.nc), 1)
+        lt, rb = self.dfl(box).chunk(2, 1)
+        x1y1, x2y2 = anchors - lt, anchors + rb
+        xywh = torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1) * stride
+        return torch.cat((xywh, cls.sigmoid()), 1)
+
+
+class YOLOv8(nn.Module):
+    """YOLOv8 (yolov8.yaml): C2f backbone, SPPF, PAN neck without the 1x1 lateral convs, and the
+    decoupled anchor-free head, as ultralytics numbers its layers (`model.0` ... `model.22`)."""
+
+    def __init__(self, depth: float, width: float, max_channels: int, nc: int = 80):
+        super().__init__()
+
+        def n(repeats: int) -> int:
+            return max(round(repeats * depth), 1)
+
+        def c(channels: int) -> int:
+            return math.ceil(min(channels, max_channels) * width / 8) * 8
+
+        layers = [  # (inputs: -1 is the previous layer, module)
+            (-1, Conv(3, c(64), 3, 2)),                         # 0  P1/2
+            (-1, Conv(c(64), c(128), 3, 2)),                    # 1  P2/4
+            (-1, C2f(c(128), c(128), n(3), True)),
+            (-1, Conv(c(128), c(256), 3, 2)),                   # 3  P3/8
+            (-1, C2f(c(256), c(256), n(6), True)),
+            (-1, Conv(c(256), c(512), 3, 2)),                   # 5  P4/16
+            (-1, C2f(c(512), c(512), n(6), True)),
+            (-1, Conv(c(512), c(1024), 3, 2)),                  # 7  P5/32
+            (-1, C2f(c(1024), c(1024), n(3), True)),
+            (-1, SPPF(c(1024), c(1024))),                       # 9
+            (-1, nn.Upsample(scale_factor=2, mode="nearest")),
+            ([-1, 6], Concat()),
+            (-1, C2f(c(1024) + c(512), c(512), n(3))),          # 12
+            (-1, nn.Upsample(scale_factor=2, mode="nearest")),
+            ([-1, 4], Concat()),
+            (-1, C2f(c(512) + c(256), c(256), n(3))),           # 15 P3 out
+            (-1, Conv(c(256), c(256), 3, 2)),
+            ([-1, 12], Concat()),
+            (-1, C2f(c(256) + c(512), c(512), n(3))),           # 18 P4 out
+            (-1, Conv(c(512), c(512), 3, 2)),
+            ([-1, 9], Concat()),
+            (-1, C2f(c(512) + c(1024), c(1024), n(3))),         # 21 P5 out
+            ([15, 18, 21], DetectV8(nc, (c(256), c(512), c(1024)))),
+        ]
+        self.inputs = [f for f, _ in layers]
+        self.model = nn.ModuleList(m for _, m in layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for f, layer in zip(self.inputs, self.model):
+            x = layer(x if f == -1 else [x if j == -1 else outputs[j] for j in f])
+            outputs.append(x)
+        return x
+
+
+def yolov8n(nc: int = 80) -> YOLOv8:
+    """YOLOv8n (depth 0.33, width 0.25, at most 1024 channels) for `nc` classes."""
+    return YOLOv8(0.33, 0.25, 1024, nc)

@@ -14,6 +14,10 @@ first, are missing); their parameters are laid out as torchvision's, so real wei
 MobileNetV2 carries real ImageNet weights; the other models are initialised randomly from seed 0,
 their BatchNorm statistics then estimated on a random batch so that activations keep a sensible
 scale through every layer (with the identity statistics of a fresh model they fade to constants).
+ConvNeXt's layer scale starts at 1, not torchvision's 1e-6, so that every block's output counts in
+the comparison. YOLOv8n has random weights too: its raw head output (DFL bins and class logits) is
+what kuiper is checked on, and its decoding is checked against ultralytics' formulation
+(DetectV8.decode) in tests/test_detect.py.
 """
 
 from __future__ import annotations
@@ -158,6 +162,11 @@ MODELS: dict[str, Entry] = {
     "yolov5s": random_init(partial(architectures.yolov5, "s"), (1, 3, 640, 640)),
     "yolov5n_shapes": Entry(trained_yolov5n_shapes, partial(shapes_sample, SHAPES_SIZE)),
     "unet_shapes": Entry(trained_unet_shapes, partial(shapes_sample, INPUT_SIZE)),
+    "shufflenet_v2": random_init(architectures.shufflenet_v2_x0_5, IMAGENET),
+    "squeezenet1_1": random_init(architectures.squeezenet1_1, IMAGENET),
+    "convnext_tiny": random_init(partial(architectures.convnext_tiny, layer_scale=1.0), IMAGENET),
+    "vit_tiny": random_init(architectures.vit_tiny, IMAGENET),
+    "yolov8n": random_init(architectures.yolov8n, (1, 3, 640, 640)),
 }
 
 
@@ -210,10 +219,10 @@ def export(name: str, out: Path, force: bool = False) -> Path:
         pnnx.export(model, str(pt), (x,))
         for suffix in SUFFIXES[:2]:
             shutil.move(pt.with_name(name + suffix), out / f"{name}{suffix}")
+        shutil.move(pt, files[4])  # the model pnnx traced and converted is the one `kuiper bench` times
     np.save(files[2], x.numpy().astype(np.float32))
     np.save(files[3], y.numpy().astype(np.float32))
     with torch.no_grad(), quiet():
-        torch.jit.trace(model, x).save(str(files[4]))
         export_onnx(model, x, out / f"{name}.onnx")
     return files[0]
 

@@ -81,9 +81,7 @@ def detect(graph: RuntimeGraph, paths: list[str | Path], conf: float = 0.25, iou
     side, results = input_size(graph, size, 640), []
     for _, images in in_batches(paths, batch, load_image, errors):
         boxed = [letterbox(image, side) for image in images]
-        rows = graph(np.stack([b[0] for b in boxed]))
-        if rows.ndim != 3 or rows.shape[2] < 6:
-            raise ShapeError(f"{graph.model.path.name} outputs {rows.shape}, not YOLO rows (N, boxes, 5 + classes)")
+        rows = yolo_rows(graph(np.stack([b[0] for b in boxed])), side, graph.model.path.name)
         for image, (_, scale, pad), r in zip(images, boxed, rows):
             results.append(unletterbox(postprocess(r, conf, iou), scale, pad, image.size))
     return results
@@ -106,3 +104,47 @@ def draw_detections(image: Image.Image, detections: np.ndarray, labels: list[str
         pen.rectangle(pen.textbbox((x1, y1), text), fill=colour)
         pen.text((x1, y1), text, fill=(255, 255, 255))
     return out
+
+
+STRIDES = (8, 16, 32)
+REG_MAX = 16
+
+
+def anchor_points(size: int, strides: tuple[int, ...] = STRIDES) -> tuple[np.ndarray, np.ndarray]:
+    """The centres (A, 2) = (x + 0.5, y + 0.5) of every cell of every level of a size × size input,
+    in grid units, the first level first and each row by row, and each cell's stride (A,), float32."""
+    points, steps = [], []
+    for stride in strides:
+        n = size // stride
+        y, x = np.meshgrid(np.arange(n) + 0.5, np.arange(n) + 0.5, indexing="ij")
+        points.append(np.stack([x.ravel(), y.ravel()], axis=1))  # (n * n, 2)
+        steps.append(np.full(n * n, stride))
+    return np.concatenate(points).astype(np.float32), np.concatenate(steps).astype(np.float32)
+
+
+def decode_dfl(raw: np.ndarray, size: int, strides: tuple[int, ...] = STRIDES, reg_max: int = REG_MAX) -> np.ndarray:
+    """YOLOv8's raw head output (B, 4 * reg_max + nc, A) of a size × size input as rows (B, A, 5 + nc)
+    in YOLOv5's layout: centre x, centre y, width, height (pixels), objectness 1, class probabilities.
+    Formula: ultralytics' DFL and dist2bbox (ultralytics/utils/tal.py)."""
+    points, stride = anchor_points(size, strides)
+    bins = raw[:, :4 * reg_max].reshape(len(raw), 4, reg_max, -1)  # (B, sides l t r b, bins, A)
+    weights = np.exp(bins - bins.max(axis=2, keepdims=True))
+    distance = (weights * np.arange(reg_max)[:, None]).sum(axis=2) / weights.sum(axis=2)  # (B, 4, A)
+    top_left, bottom_right = points.T - distance[:, :2], points.T + distance[:, 2:]  # (B, 2, A)
+    xywh = np.concatenate([(top_left + bottom_right) / 2, bottom_right - top_left], axis=1) * stride
+    scores = np.exp(-np.logaddexp(0, -raw[:, 4 * reg_max:]))
+    rows = np.concatenate([xywh, np.ones_like(xywh[:, :1]), scores], axis=1)  # (B, 5 + nc, A)
+    return rows.transpose(0, 2, 1).astype(np.float32)
+
+
+def yolo_rows(output: np.ndarray, size: int, name: str = "the model") -> np.ndarray:
+    """Rows (B, N, 5 + nc) of YOLOv5's layout from a YOLO graph's output for size × size inputs:
+    YOLOv5's rows as they are, YOLOv8's raw head (B, 4 * REG_MAX + nc, A) decoded by `decode_dfl`.
+    ShapeError naming `name` for any other output."""
+    cells = sum((size // stride) ** 2 for stride in STRIDES)
+    if output.ndim == 3 and output.shape[2] == cells and output.shape[1] > 4 * REG_MAX:
+        return decode_dfl(output, size)
+    if output.ndim == 3 and output.shape[2] >= 6:
+        return output
+    raise ShapeError(f"{name} outputs {output.shape}, not YOLOv5 rows (B, boxes, 5 + classes) nor a YOLOv8 head "
+                     f"(B, {4 * REG_MAX} + classes, {cells}) for {size} × {size} inputs")

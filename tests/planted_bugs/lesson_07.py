@@ -45,4 +45,14 @@ BUGS = {
         ("np.clip((out[:, [1, 3]] - pad[1]) / scale, 0, size[1])", "(out[:, [1, 3]] - pad[1]) / scale",
          "y not clipped to the photo"),
     ],
+    "7.6": [
+        ("weights = np.exp(bins - bins.max(axis=2, keepdims=True))", "weights = np.exp(bins - bins.max(axis=1, keepdims=True))",
+         "shifted by the maximum over the sides, not the bins: a different shift per bin"),
+        ("/ weights.sum(axis=2)", "/ weights.sum(axis=1)", "normalised over the sides instead of the bins"),
+        ("points.T + distance[:, 2:]", "points.T + distance[:, :2]", "right and bottom taken from the left and top bins"),
+        ("bottom_right - top_left], axis=1) * stride", "bottom_right - top_left], axis=1)",
+         "distances left in cells, not multiplied by the stride"),
+        ("scores = np.exp(-np.logaddexp(0, -raw[:, 4 * reg_max:]))", "scores = raw[:, 4 * reg_max:]",
+         "class logits left without their sigmoid"),
+    ],
 }
