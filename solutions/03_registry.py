@@ -341,7 +341,9 @@ class Linear(Layer):
         self.bias = self.weight("bias", (n_out,)) if self.param("bias", bool) else None
 
     def forward(self, x: Tensor) -> Tensor:
-        y = x.numpy() @ self.weight_t
+        data = x.numpy()
+        rows = data.reshape(-1, data.shape[-1])  # (..., in) -> (M, in): one GEMM, not one per leading index
+        y = (rows @ self.weight_t).reshape(*data.shape[:-1], -1)  # (M, out) -> (..., out)
         return Tensor(y if self.bias is None else y + self.bias, device=x.device)
 
 

@@ -145,3 +145,16 @@ def test_export_routes_cells_and_blanks_exercises(tmp_path):
     assert "'9.1': {'lesson': '09_things', 'what': 'return twice x', 'module': 'kuiper.things'" in index
     assert sync.build_modules(tmp_path, {"9.1": "def twice(x):\n    return x + x"})[
         tmp_path / "kuiper" / "things.py"].endswith("def twice(x):\n    return x + x\n")
+
+
+def test_merged_imports_do_not_depend_on_set_order():
+    """`Function` and `function` tie under str.lower: the order once followed the hash seed, so modules flipped."""
+    import ast
+    import subprocess
+
+    code = ("import ast; from tools import sync; print(sync.format_imports(ast.parse("
+            "'from m import function\\nfrom m import Function\\nfrom m import b\\nimport Zed\\nimport zed').body))")
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parents[1], env={"PYTHONHASHSEED": str(seed), "PATH": ""}).stdout
+               for seed in range(8)}
+    assert outputs == {"import Zed\nimport zed\nfrom m import b, Function, function\n"}, outputs

@@ -171,13 +171,13 @@ def format_imports(nodes: list[ast.stmt]) -> str:
             else:
                 names.setdefault("." * node.level + (node.module or ""), set()).add(spelled)
     groups: list[list[str]] = [[], [], []]
-    for module in sorted(plain | set(names), key=str.lower):
+    for module in sorted(plain | set(names), key=lambda m: (m.lower(), m)):
         top = module.split(".")[0]
         group = groups[0 if top in sys.stdlib_module_names else 2 if top in (PACKAGE, "") else 1]
         if module in plain:
             group.append(f"import {module}")
         if module in names:
-            group.append(_from_import(module, sorted(names[module], key=str.lower)))
+            group.append(_from_import(module, sorted(names[module], key=lambda n: (n.lower(), n))))
     return "\n\n".join("\n".join(sorted(g, key=lambda line: not line.startswith("import "))) for g in groups if g)
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 import numpy as np
 
 from kuiper.errors import ShapeError
-from kuiper.layers.elementwise import function, Function, softmax
+from kuiper.layers.elementwise import Function, function, softmax
 from kuiper.layers.linalg import linear
 from kuiper.registry import register
 
