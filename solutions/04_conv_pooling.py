@@ -27,7 +27,11 @@
 # | 4.6 | average pooling: `count_include_pad`, `ceil_mode`, `divisor_override` (numba) |
 # | 4.7 | adaptive average pooling to any output size (numba) |
 # | 4.8 | the activation kernels ReLU6, SiLU and Hardswish (numba) |
-# | 4.9 | resizing one axis: nearest and bilinear, with either `align_corners` |
+# | 4.9 | the resampling table of one axis: nearest, nearest-exact, linear and cubic, either `align_corners` |
+# | 4.10 | Keys' bicubic convolution weights |
+# | 4.11 | 1-D windows as 2-D ones, and the padding of each side (`'same'`, `F.pad`'s order) |
+# | 4.12 | window tables and max pooling with the indices of the maxima (numba) |
+# | 4.13 | `unfold` and `fold`: im2col and col2im as operators |
 
 # %%
 #| default_exp layers.conv
@@ -649,6 +653,43 @@ class ConvTranspose2d(ConvLayer):
 
 
 # %% [markdown]
+# ## Inputs without a batch axis
+#
+# PyTorch's convolutions and pools also take one sample without its batch axis, $(C, H, W)$.
+# Every window layer of this lesson handles that the same way, by a decorator on its `forward`:
+# run the sample as a batch of one, drop the batch axis from every output. And a setting that
+# kuiper does not implement (a `padding_mode`, a resize `mode`) gets its own error, which names
+# the operator, the setting and what is supported.
+
+# %%
+#| export errors
+class UnsupportedError(LayerError):
+    """A setting kuiper does not implement (a mode, a padding_mode, antialias): the message names
+    the operator, the setting and the supported values."""
+
+
+# %%
+#| export
+import functools
+from collections.abc import Callable
+
+
+def unbatched(forward: Callable) -> Callable:
+    """Decorator of a forward method of a layer with `self.dims` spatial axes: an input without its
+    batch axis, (C, *spatial), runs as a batch of one and every output loses the batch axis again
+    (as PyTorch allows)."""
+    @functools.wraps(forward)
+    def run(self, x: Tensor, *rest: Tensor) -> Tensor | tuple[Tensor, ...]:
+        if x.ndim != self.dims + 1:
+            return forward(self, x, *rest)
+        result = forward(self, Tensor(x.numpy()[None], device=x.device), *rest)  # (C, ...) -> (1, C, ...)
+        outputs = tuple(Tensor(r.numpy()[0], device=x.device)
+                        for r in (result if isinstance(result, tuple) else (result,)))
+        return outputs if isinstance(result, tuple) else outputs[0]
+    return run
+
+
+# %% [markdown]
 # ## Exercise 4.5 — max pooling
 #
 # Max pooling keeps the largest value in each window. Padding counts as $-\infty$ (it never wins),
@@ -663,7 +704,7 @@ from numba import njit, prange
 
 from kuiper.errors import LayerError, ShapeError
 from kuiper.layer import Layer
-from kuiper.layers.conv import out_size, pair
+from kuiper.layers.conv import lift_1d, out_size, pair, spatial_input, unbatched
 from kuiper.registry import register
 from kuiper.tensor import Tensor
 
@@ -755,21 +796,28 @@ def as_nchw(layer: Layer, x: Tensor) -> np.ndarray:
 class MaxPool2d(Layer):
     """Largest value in each window; padding never wins."""
 
+    dims = 2
+
     def __init__(self, op):
         super().__init__(op)
         self.kernel, self.stride, self.padding, self.dilation = pool_params(self)
         self.ceil_mode = self.param("ceil_mode", bool, False)
-        if self.param("return_indices", bool, False):
-            raise LayerError(f"{op.where()}: return_indices=True is not supported")
+        self.return_indices = self.param("return_indices", bool, False)
 
+    @unbatched
     def forward(self, x: Tensor) -> Tensor:
         data = as_nchw(self, x)
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
         oh = out_size(data.shape[2], kh, sh, ph, dh, self.ceil_mode)
         ow = out_size(data.shape[3], kw, sw, pw, dw, self.ceil_mode)
         out = np.empty((*data.shape[:2], oh, ow), np.float32)
-        max_pool(data, out, kh, kw, sh, sw, ph, pw, dh, dw)
-        return Tensor(out, device=x.device)
+        if not self.return_indices:
+            max_pool(data, out, kh, kw, sh, sw, ph, pw, dh, dw)
+            return Tensor(out, device=x.device)
+        indices = np.empty(out.shape, np.int64)  # the windows as tables: see max_pool_indices below
+        max_pool_indices(data, out, indices, *window_table(data.shape[2], oh, kh, sh, ph),
+                         *window_table(data.shape[3], ow, kw, sw, pw), dh, dw)
+        return Tensor(out, device=x.device), Tensor(indices, device=x.device)
 
 
 # %% [markdown]
@@ -832,6 +880,8 @@ with check("Exercise 4.6"):
 class AvgPool2d(Layer):
     """Mean of each window."""
 
+    dims = 2
+
     def __init__(self, op):
         super().__init__(op)
         self.kernel, self.stride, self.padding, _ = pool_params(self)
@@ -839,6 +889,7 @@ class AvgPool2d(Layer):
         self.count_include_pad = self.param("count_include_pad", bool, True)
         self.divisor = self.param("divisor_override", (int, type(None)), None, minimum=1) or 0
 
+    @unbatched
     def forward(self, x: Tensor) -> Tensor:
         data = as_nchw(self, x)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
@@ -893,17 +944,26 @@ with check("Exercise 4.7"):
 
 # %%
 #| export layers.pooling
+def adaptive_size(layer: Layer) -> tuple[int | None, int | None]:
+    """output_size as a pair; None (PNNX writes 0) keeps that input dimension; LayerError otherwise."""
+    size = layer.param("output_size", (int, tuple))
+    pair_ = (size, size) if isinstance(size, int) else size
+    if len(pair_) != 2 or not all(s is None or (type(s) is int and s >= 0) for s in pair_):
+        raise LayerError(f"{layer.op.where()}: output_size should be an int >= 1 or a pair of them, got {size!r}")
+    return tuple(s or None for s in pair_)
+
+
 @register("nn.AdaptiveAvgPool2d", "F.adaptive_avg_pool2d")
 class AdaptiveAvgPool2d(Layer):
     """Average pooling to a fixed output size (None keeps that input dimension)."""
 
+    dims = 2
+
     def __init__(self, op):
         super().__init__(op)
-        size = self.param("output_size", (int, tuple))
-        self.size = (size, size) if isinstance(size, int) else size
-        if len(self.size) != 2 or not all(s is None or (type(s) is int and s >= 1) for s in self.size):
-            raise LayerError(f"{op.where()}: output_size should be an int >= 1 or a pair of them, got {size!r}")
+        self.size = adaptive_size(self)
 
+    @unbatched
     def forward(self, x: Tensor) -> Tensor:
         data = as_nchw(self, x)
         if self.size == (1, 1):  # global average pooling: one mean, no kernel launch
@@ -1135,128 +1195,261 @@ class BatchNorm(Layer):
 # %% [markdown]
 # ## Resizing
 #
-# `nn.Upsample` and `F.interpolate` enlarge a feature map (YOLO's neck, UNet's variants). For each
-# output row $o$ the source coordinate is $\text{src} = o \cdot s$ with $s = 1/\text{scale\_factor}$
-# (or in/out when a size was given). **Nearest** takes row $\lfloor \text{src} \rfloor$; **bilinear**
-# blends the two rows around $\text{src}$ (and likewise the columns). With
-# `align_corners=False` pixels are squares whose centres line up, $\text{src} = (o + \tfrac12)s - \tfrac12$
-# (clamped at 0); with `align_corners=True` the corner pixels line up,
-# $\text{src} = o\,(\text{in}-1)/(\text{out}-1)$.
+# `nn.Upsample` and `F.interpolate` resize the spatial axes of a feature map (YOLO's neck,
+# UNet's variants, super-resolution heads) — one axis at a time: every mode is *separable*. Along
+# one axis, output position $o$ reads a few input positions (its **taps**) with weights, so one
+# table pair describes the whole resize of that axis: `index` $(O, \text{taps})$ and `weight`
+# $(O, \text{taps})$, and one kernel applies any table: $\text{out}[o] = \sum_t
+# \text{weight}[o, t]\, \text{in}[\text{index}[o, t]]$.
 #
-# ## Exercise 4.9 — resizing one axis
+# Where output $o$ lands in the input: with step $s = 1/\text{scale\_factor}$ (or in/out when a
+# size was given) and `align_corners=False`, pixels are squares whose centres line up,
+# $\text{src} = (o + \tfrac12)s - \tfrac12$ (clamped at 0, except for cubic); with
+# `align_corners=True` the corner pixels line up, $\text{src} = o\,(\text{in}-1)/(\text{out}-1)$.
 #
-# Write `source_coords` by these formulas (an output of one position reads source 0 when the
-# corners line up), and `resize_axis`: **nearest** takes index $\lfloor o \cdot \text{step} \rfloor$
-# (clamped to the last index); **linear** blends `low` $= \lfloor\text{src}\rfloor$ and `high` $=$
-# `low` $+ 1$ (both clamped to the last index) with weights $1 - f$ and $f$, $f = \text{src} -
-# \text{low}$, broadcast along `axis`. `np.take(x, index, axis=axis)` gathers along one axis.
+# | mode | taps | index | weights |
+# |---|---|---|---|
+# | `nearest` | 1 | $\lfloor o \cdot s \rfloor$ | 1 |
+# | `nearest-exact` | 1 | $\lfloor (o + \tfrac12) s \rfloor$ | 1 |
+# | `linear`, `bilinear`, `trilinear` | 2 | $\ell = \lfloor \text{src} \rfloor$, $\ell + 1$ | $1 - f$, $f$ |
+# | `bicubic` | 4 | $\ell - 1 \ldots \ell + 2$ | Keys' cubic convolution of $f$ |
+#
+# with $f = \text{src} - \ell$ and every index clamped into $[0, \text{in} - 1]$. The nearest
+# modes compute $o \cdot s$ in float32, as PyTorch does: in float64 a few outputs would round to
+# the other neighbour.
+#
+# ## Exercise 4.9 — the resampling table of one axis
+#
+# Write `source_coords` by the formulas above (an output of one position reads source 0 when the
+# corners line up; `cubic` keeps negative sources), and `resample_table` for the four modes of the
+# table (`cubic_weights(f)`, the next exercise, gives the four bicubic weights as an $(O, 4)$ array).
 
 # %%
 #| export layers.resize
-#| exercise: source coordinate per output (either align_corners); nearest or linear gather along `axis`
+#| exercise: source coordinate per output (either align_corners, no clamp for cubic); index and weight tables of nearest, nearest-exact, linear and cubic
 import math
 
 import numpy as np
+from numba import njit, prange
 
-from kuiper.errors import LayerError, ShapeError
+from kuiper.errors import LayerError, ShapeError, UnsupportedError
 from kuiper.layer import Layer
 from kuiper.registry import register
 from kuiper.tensor import Tensor
 
 
-def source_coords(size_in: int, size_out: int, scale: float | None, align_corners: bool) -> np.ndarray:
-    """Source coordinate (float) of each output position along one axis."""
+def source_coords(size_in: int, size_out: int, scale: float | None, align_corners: bool,
+                  cubic: bool = False) -> np.ndarray:
+    """Source coordinate (float64, (size_out,)) of each output position along one axis
+    (PyTorch's area_pixel_compute_source_index); `scale` is the scale_factor or None."""
     ### BEGIN SOLUTION
     out = np.arange(size_out, dtype=np.float64)
     if align_corners:
         return out * ((size_in - 1) / (size_out - 1) if size_out > 1 else 0.0)
     step = 1 / scale if scale else size_in / size_out
-    return np.maximum((out + 0.5) * step - 0.5, 0.0)
+    src = (out + 0.5) * step - 0.5
+    return src if cubic else np.maximum(src, 0.0)
     ### END SOLUTION
 
 
-def resize_axis(x: np.ndarray, axis: int, size_out: int, scale: float | None, mode: str,
-                align_corners: bool) -> np.ndarray:
-    """Resize one axis of x by nearest or linear interpolation."""
+def resample_table(size_in: int, size_out: int, scale: float | None, mode: str,
+                   align_corners: bool) -> tuple[np.ndarray, np.ndarray]:
+    """index (size_out, taps) int64 and weight (size_out, taps) float32 resampling one axis in
+    `mode` ('nearest', 'nearest-exact', 'linear' or 'cubic'), as PyTorch's upsample kernels."""
     ### BEGIN SOLUTION
-    size_in = x.shape[axis]
-    if mode == "nearest":
-        step = 1 / scale if scale else size_in / size_out
-        index = np.minimum(np.floor(np.arange(size_out) * step).astype(np.int64), size_in - 1)
-        return np.take(x, index, axis=axis)
-    src = source_coords(size_in, size_out, scale, align_corners)
+    if mode in ("nearest", "nearest-exact"):
+        step = np.float32(1 / scale) if scale else np.float32(size_in) / np.float32(size_out)
+        shift = 0.5 if mode == "nearest-exact" else 0.0
+        src = (np.arange(size_out, dtype=np.float32) + np.float32(shift)) * step
+        index = np.minimum(np.floor(src).astype(np.int64), size_in - 1)[:, None]
+        return index, np.ones(index.shape, np.float32)
+    src = source_coords(size_in, size_out, scale, align_corners, cubic=mode == "cubic")
     low = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
-    high = np.minimum(low + 1, size_in - 1)
-    shape = [1] * x.ndim
-    shape[axis] = size_out
-    weight = (src - low).astype(np.float32).reshape(shape)
-    return np.take(x, low, axis=axis) * (1 - weight) + np.take(x, high, axis=axis) * weight
+    frac = np.clip(src - low, 0.0, 1.0)
+    if mode == "linear":
+        taps, weight = np.arange(2), np.stack([1 - frac, frac], axis=1)
+    else:
+        taps, weight = np.arange(-1, 3), cubic_weights(frac)
+    return np.clip(low[:, None] + taps, 0, size_in - 1), weight.astype(np.float32)
     ### END SOLUTION
 
 
 # %%
+def apply_table(x, axis, index, weight):
+    """The table applied along `axis` in numpy: Σ_t weight[:, t] · x[index[:, t]]."""
+    shape = [1] * x.ndim
+    shape[axis] = len(index)
+    return sum(np.take(x, index[:, t], axis=axis) * weight[:, t].reshape(shape) for t in range(index.shape[1]))
+
+
 with check("Exercise 4.9"):
-    x = rng.standard_normal((1, 2, 5, 4), dtype=np.float32)
-    for mode, size, scale, corners in [("nearest", (10, 8), 2.0, False), ("nearest", (7, 3), None, False),
-                                       ("bilinear", (10, 8), 2.0, False), ("bilinear", (9, 6), None, False),
-                                       ("bilinear", (9, 6), None, True), ("bilinear", (3, 1), None, True),
-                                       ("bilinear", (15, 12), 3.0, False)]:
+    x = rng.standard_normal((1, 2, 6, 11), dtype=np.float32)
+    for mode, size, scale, corners in [("nearest", None, 2.0, False), ("nearest", (7, 3), None, False),
+                                       ("nearest", None, 3.7, False), ("nearest-exact", (7, 3), None, False),
+                                       ("nearest-exact", None, 3.7, False), ("bilinear", None, 2.0, False),
+                                       ("bilinear", (9, 6), None, False), ("bilinear", (9, 6), None, True),
+                                       ("bilinear", (3, 1), None, True), ("bilinear", None, 3.0, False),
+                                       ("bilinear", (2, 3), None, False)]:
         options = dict(scale_factor=scale) if scale else dict(size=size)
         if mode == "bilinear":
             options["align_corners"] = corners
         want = F.interpolate(torch.from_numpy(x), mode=mode, **options).numpy()
         got = x
-        for axis, n in [(2, size[0]), (3, size[1])]:
-            got = resize_axis(got, axis, n, scale, mode, corners)
-        where = f"{mode} {x.shape[2:]} -> {size}, scale {scale}, align_corners={corners}"
-        assert got.shape == want.shape, f"{where}: expected shape {want.shape}, got {got.shape}"
+        for axis in (2, 3):
+            n_in, n, taps = x.shape[axis], want.shape[axis], 1 if "nearest" in mode else 2
+            index, weight = resample_table(n_in, n, scale, "linear" if mode == "bilinear" else mode, corners)
+            assert index.shape == weight.shape == (n, taps), (f"{mode} {n_in} -> {n}: expected tables of shape "
+                                                              f"{(n, taps)}, got index {index.shape} and weight {weight.shape}")
+            got = apply_table(got, axis, index, weight)
+        where = f"{mode} {x.shape[2:]} -> {want.shape[2:]}, scale {scale}, align_corners={corners}"
         assert np.allclose(got, want, atol=1e-5), f"{where}: expected F.interpolate's output, {agreement(got, want)}"
+    got = source_coords(4, 8, 2.0, False, cubic=True)[:2]
+    assert np.array_equal(got, [-0.25, 0.25]), f"cubic sources of 4 -> 8: expected -0.25, 0.25 first, got {got}"
 
+
+# %% [markdown]
+# ## Exercise 4.10 — bicubic weights
+#
+# Bicubic resampling blends four taps, at distances $1 + f$, $f$, $1 - f$ and $2 - f$ from the
+# source, with Keys' cubic convolution kernel ($a = -0.75$ in PyTorch and OpenCV):
+#
+# $$W(d) = \begin{cases} (a+2)|d|^3 - (a+3)|d|^2 + 1 & |d| \le 1 \\
+#   a|d|^3 - 5a|d|^2 + 8a|d| - 4a & 1 < |d| < 2 \end{cases}$$
+#
+# Write `cubic_weights(f)`: for an array of fractions $f$ (shape $(O,)$) the $(O, 4)$ weights of
+# the taps $\ell - 1, \ell, \ell + 1, \ell + 2$. The four weights of every row sum to 1.
+
+# %%
+#| export layers.resize
+#| exercise: the four Keys cubic-convolution weights (a = -0.75) of the taps at distances 1+f, f, 1-f, 2-f
+def cubic_weights(frac: np.ndarray, a: float = -0.75) -> np.ndarray:
+    """Weights (O, 4) float64 of the taps floor(src)-1 .. floor(src)+2 for fractions frac (O,)
+    (Keys 1981, "Cubic convolution interpolation for digital image processing"; PyTorch's a)."""
+    ### BEGIN SOLUTION
+    def near(d):  # |d| <= 1
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d):  # 1 < |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    return np.stack([far(frac + 1), near(frac), near(1 - frac), far(2 - frac)], axis=-1)
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 4.10"):
+    frac = np.array([0.0, 0.25, 0.5, 0.9])
+    got = cubic_weights(frac)
+    assert got.shape == (4, 4), f"expected weights of shape (4, 4), got {got.shape}"
+    want = np.array([[0, 1, 0, 0], [-0.10546875, 0.87890625, 0.26171875, -0.03515625],
+                     [-0.09375, 0.59375, 0.59375, -0.09375], [-0.00675, 0.08875, 0.97875, -0.06075]])
+    assert np.allclose(got, want, atol=1e-6), f"f = {frac}: expected\n{want}\ngot\n{np.round(got, 5)}"
+    x = rng.standard_normal((1, 2, 5, 4), dtype=np.float32)
+    for size, scale, corners in [((9, 7), None, False), ((10, 8), 2.0, False), ((9, 7), None, True), ((3, 2), None, False)]:
+        options = dict(scale_factor=scale) if scale else dict(size=size)
+        want = F.interpolate(torch.from_numpy(x), mode="bicubic", align_corners=corners, **options).numpy()
+        got = x
+        for axis, n_in, n in [(2, 5, size[0]), (3, 4, size[1])]:
+            got = apply_table(got, axis, *resample_table(n_in, n, scale, "cubic", corners))
+        assert np.allclose(got, want, atol=1e-5), (f"bicubic {x.shape[2:]} -> {size}, align_corners={corners}: "
+                                                   f"expected F.interpolate's output, {agreement(got, want)}")
+
+
+# %% [markdown]
+# The kernel that applies a table views the tensor as $(A, \text{in}, B)$ — everything before
+# the axis, the axis, everything after — and writes $(A, \text{out}, B)$, one weighted sum of
+# `taps` inputs per output element; the same loop resizes any axis in any mode.
+
+# %%
+#| export layers.resize
+@njit(parallel=True, cache=True)
+def resample(x, index, weight, out):
+    """out[a, o, b] = Σ_t weight[o, t] · x[a, index[o, t], b] for x (A, in, B), out (A, out, B) float32."""
+    outer, size_out, inner = out.shape
+    for ao in prange(outer * size_out):
+        a, o = ao // size_out, ao % size_out
+        for b in range(inner):
+            total = np.float32(0.0)
+            for t in range(index.shape[1]):
+                total += weight[o, t] * x[a, index[o, t], b]
+            out[a, o, b] = total
+
+
+def resample_axis(x: np.ndarray, axis: int, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """x (float32, any shape) with `axis` resampled by the table (index, weight) of resample_table."""
+    outer, inner = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
+    out = np.empty((*x.shape[:axis], len(index), *x.shape[axis + 1:]), np.float32)
+    resample(np.ascontiguousarray(x).reshape(outer, x.shape[axis], inner), index, weight,
+             out.reshape(outer, len(index), inner))  # (A, in, B) -> (A, out, B)
+    return out
+
+
+# %% [markdown]
+# The layer reads what PNNX writes for every spelling of a resize: `nn.Upsample`,
+# `F.interpolate` and `F.upsample` (a mode, a size or a scale factor for each of the 1, 2 or 3
+# spatial axes), and the fixed-mode `nn.UpsamplingNearest2d` and `nn.UpsamplingBilinear2d`
+# (which lines up the corners). With `recompute_scale_factor=True` PyTorch computes the output
+# size from the scale factor and then forgets the factor: the step becomes in/out.
 
 # %%
 #| export layers.resize
 MAX_SCALE = 1024  # a larger factor is a damaged file, not a model
+MODES = {"nearest": "nearest", "nearest-exact": "nearest-exact", "linear": "linear", "bilinear": "linear",
+         "trilinear": "linear", "bicubic": "cubic"}
+FIXED = {"nn.UpsamplingNearest2d": ("nearest", False), "F.upsample_nearest": ("nearest", False),
+         "nn.UpsamplingBilinear2d": ("bilinear", True), "F.upsample_bilinear": ("bilinear", True)}
 
 
-@register("nn.Upsample", "F.interpolate", "F.upsample", "F.upsample_nearest", "F.upsample_bilinear")
+@register("nn.Upsample", "F.interpolate", "F.upsample", *FIXED)
 class Upsample(Layer):
-    """Resize the last two dimensions: nearest, or bilinear with either align_corners."""
+    """Resize the spatial axes (1 to 3) of (N, C, ...): any mode of MODES, by size or scale_factor."""
 
     def __init__(self, op):
         super().__init__(op)
-        self.mode = self.param("mode", str, "nearest")
-        if op.type == "F.upsample_bilinear":
-            self.mode = "bilinear"
-        if self.mode not in ("nearest", "bilinear"):
-            raise LayerError(f"{op.where()}: mode {self.mode!r} is not supported (nearest, bilinear)")
-        self.align_corners = bool(self.param("align_corners", (bool, type(None)), False))
+        mode, corners = FIXED.get(op.type, ("nearest", False))
+        self.mode = mode if op.type in FIXED else self.param("mode", str, mode)
+        if self.mode not in MODES:
+            raise UnsupportedError(f"{op.where()}: mode {self.mode!r} is not supported (supported: {', '.join(MODES)})")
+        if self.param("antialias", bool, False):
+            raise UnsupportedError(f"{op.where()}: antialias=True is not supported (supported: False)")
+        self.align_corners = corners if op.type in FIXED else bool(self.param("align_corners", (bool, type(None)), False))
+        self.recompute = bool(self.param("recompute_scale_factor", (bool, type(None)), False))
         size = self.param("size", (int, tuple, type(None)), None)
         scale = self.param("scale_factor", (int, float, tuple, type(None)), None)
-        self.size = (size, size) if isinstance(size, int) else size
-        self.scale = (scale, scale) if isinstance(scale, (int, float)) else scale
+        self.size = (size,) if isinstance(size, int) else size
+        self.scale = (scale,) if isinstance(scale, (int, float)) else scale
         if self.size is None and self.scale is None:
             raise LayerError(f"{op.where()}: needs size or scale_factor")
-        if self.size is not None and not (len(self.size) == 2 and all(type(s) is int and s >= 1 for s in self.size)):
-            raise LayerError(f"{op.where()}: size should be an int >= 1 or a pair of them, got {size!r}")
-        if self.size is None and not (len(self.scale) == 2 and all(
+        if self.size is not None and not (1 <= len(self.size) <= 3 and all(type(s) is int and s >= 1 for s in self.size)):
+            raise LayerError(f"{op.where()}: size should be an int >= 1 or up to 3 of them, got {size!r}")
+        if self.size is None and not (1 <= len(self.scale) <= 3 and all(
                 type(s) in (int, float) and 0 < s < MAX_SCALE for s in self.scale)):
-            raise LayerError(f"{op.where()}: scale_factor should be a number in (0, {MAX_SCALE}) or a pair, "
+            raise LayerError(f"{op.where()}: scale_factor should be a number in (0, {MAX_SCALE}) or up to 3, "
                              f"got {scale!r}")
 
-    def forward(self, x: Tensor) -> Tensor:
-        data = x.numpy()
-        if data.ndim != 4:
-            raise ShapeError(f"{self.op.where()}: expected input (N, C, H, W), got {data.shape}")
+    def targets(self, shape: tuple[int, ...]) -> list[tuple[int, float | None]]:
+        """(output size, scale factor or None) of each spatial axis of an input of `shape`."""
+        spatial = shape[2:]
+        given = self.size if self.size is not None else self.scale
+        if len(given) not in (1, len(spatial)):
+            raise ShapeError(f"{self.op.where()}: {len(given)} sizes or scales for an input {shape} "
+                             f"with {len(spatial)} spatial axes")
+        given = given * len(spatial) if len(given) == 1 else given
         if self.size is not None:
-            size, scales = self.size, (None, None)
-        else:
-            size = tuple(math.floor(d * s) for d, s in zip(data.shape[2:], self.scale))
-            scales = tuple(float(s) for s in self.scale)
-        if min(size) < 1:
-            raise ShapeError(f"{self.op.where()}: scale_factor {self.scale} makes {data.shape} empty: {size}")
-        for axis, (n, s) in enumerate(zip(size, scales), start=2):
-            data = resize_axis(data, axis, n, s, self.mode, self.align_corners)
-        return Tensor(np.ascontiguousarray(data, dtype=np.float32), device=x.device)
+            return [(n, None) for n in given]
+        sizes = [math.floor(d * float(s)) for d, s in zip(spatial, given)]
+        if min(sizes) < 1:
+            raise ShapeError(f"{self.op.where()}: scale_factor {self.scale} makes {shape} empty: {sizes}")
+        return [(n, None if self.recompute else float(s)) for n, s in zip(sizes, given)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        data = np.asarray(x.numpy(), dtype=np.float32)
+        if not 3 <= data.ndim <= 5:
+            raise ShapeError(f"{self.op.where()}: expected input (N, C, ...) with 1 to 3 spatial axes, got {data.shape}")
+        for axis, (n, scale) in enumerate(self.targets(data.shape), start=2):
+            table = resample_table(data.shape[axis], n, scale, MODES[self.mode], self.align_corners)
+            data = resample_axis(data, axis, *table)
+        return Tensor(data, device=x.device)
 
 
 # %% [markdown]
@@ -1431,6 +1624,498 @@ class Constant(Layer):
 
 
 # %% [markdown]
+# ## Every padding mode, 1-D convolutions, and weights that arrive as inputs
+#
+# The zoo's models use a small part of what `nn.Conv2d` can do. Three more ways PyTorch users
+# write a convolution, all run by the two layers above:
+#
+# * `padding_mode` `'reflect'`, `'replicate'` or `'circular'`: pad the input first — with
+#   `np.pad`'s `reflect`, `edge` or `wrap` — then convolve without padding. `padding='same'`
+#   pads $d(k-1)$ in all, half before; when that is odd PyTorch puts the extra row after (bottom,
+#   right), and PNNX then writes the padding in `F.pad`'s order, last axis first:
+#   `(left, right, top, bottom)`.
+# * `nn.Conv1d` is a 2-d convolution over a $(1, L)$ image: every window parameter gets a leading
+#   1 (0 for padding), the weight $(K, C, k)$ becomes $(K, C, 1, k)$.
+# * `F.conv2d(x, w, b)` with `w` a graph input or a `pnnx.Attribute` constant: the layer builds
+#   its `Conv2d` from the tensors it is given (once per weight tensor it sees).
+#
+# ## Exercise 4.11 — 1-D windows and the padding of each side
+#
+# Write `lift_1d`: a copy of the operator (`dataclasses.replace`) whose window parameters
+# (`LEADING`'s keys; PNNX writes `3` or `(3,)`) become pairs with the leading value of `LEADING`,
+# and whose 3-d `weight` gains an axis 2. And `conv_sides`: the `(before, after)` padding of both
+# axes of the lifted window, for `'valid'`, `'same'`, an int or one int per axis (both sides
+# alike), or `F.pad`'s order (two per axis, last axis first); a 1-D convolution's first axis is
+# never padded.
+
+# %%
+#| export
+#| exercise: lift a 1-D window operator to 2-D (leading 1, or 0 for paddings; weight (K, C, 1, k)); (before, after) padding of each axis
+from dataclasses import replace
+
+from kuiper.errors import UnsupportedError
+from kuiper.pnnx import Attribute, Operator
+
+PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+LEADING = {"kernel_size": 1, "stride": 1, "dilation": 1, "padding": 0, "output_padding": 0, "output_size": 1}
+
+
+def lift_1d(op: Operator) -> Operator:
+    """A 1-D window operator as its 2-D form over a (1, L) image: each window parameter (3, or
+    (3,)) gets a leading 1 (0 for paddings), a weight (K, C, k) becomes (K, C, 1, k)."""
+    ### BEGIN SOLUTION
+    params = dict(op.params)
+    for key, lead in LEADING.items():
+        value = params.get(key)
+        if type(value) is int or (isinstance(value, tuple) and len(value) == 1):
+            params[key] = (lead, value if type(value) is int else value[0])
+    attrs = dict(op.attrs)
+    if "weight" in attrs and attrs["weight"].data is not None and attrs["weight"].data.ndim == 3:
+        data = attrs["weight"].data[:, :, None]  # (K, C, k) -> (K, C, 1, k)
+        attrs["weight"] = replace(attrs["weight"], shape=data.shape, data=data)
+    return replace(op, params=params, attrs=attrs)
+    ### END SOLUTION
+
+
+def conv_sides(padding: object, dims: int, kernel: tuple[int, int], dilation: tuple[int, int],
+               op: Operator) -> list[tuple[int, int]]:
+    """(before, after) padding of both axes of the lifted 2-D window of a `dims`-D convolution:
+    'valid', 'same' (d(k-1) in all, the odd one after, as PyTorch's _convolution_same), one int
+    per axis, or F.pad's (left, right[, top, bottom]). LayerError otherwise."""
+    ### BEGIN SOLUTION
+    if padding == "valid":
+        return [(0, 0), (0, 0)]
+    if padding == "same":
+        return [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation)]
+    values = (padding,) * dims if type(padding) is int else padding
+    if not (isinstance(values, tuple) and len(values) in (dims, 2 * dims)
+            and all(type(v) is int and v >= 0 for v in values)):
+        raise LayerError(f"{op.where()}: padding should be 'same', 'valid' or {dims} ints (or {2 * dims} in F.pad's "
+                         f"order), each at least 0, got {padding!r}")
+    if len(values) == dims:
+        return [(0, 0)] * (2 - dims) + [(p, p) for p in values]
+    return [(0, 0)] * (2 - dims) + [values[i:i + 2] for i in range(0, len(values), 2)][::-1]  # last axis first
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 4.11"):
+    op = Operator("nn.Conv1d", "c", ["x"], ["y"], dict(kernel_size=(3,), stride=2, padding=(1,), dilation=(2,),
+                                                      groups=1), {"weight": Attribute((4, 2, 3), "float32",
+                                                                                      np.ones((4, 2, 3), np.float32))})
+    lifted = lift_1d(op)
+    want = dict(kernel_size=(1, 3), stride=(1, 2), padding=(0, 1), dilation=(1, 2), groups=1)
+    assert lifted.params == want, f"lift_1d of {op.params}: expected {want}, got {lifted.params}"
+    got = lifted.attrs["weight"].data.shape
+    assert got == (4, 2, 1, 3), f"lift_1d of a weight (4, 2, 3): expected (4, 2, 1, 3), got {got}"
+    assert op.params["stride"] == 2, f"lift_1d must not change its input: expected stride 2, got {op.params['stride']}"
+    for padding, dims, kernel, dilation, want in [
+            ("valid", 2, (3, 3), (1, 1), [(0, 0), (0, 0)]), ("same", 2, (2, 4), (2, 1), [(1, 1), (1, 2)]),
+            ("same", 1, (1, 4), (1, 3), [(0, 0), (4, 5)]), (2, 2, (3, 3), (1, 1), [(2, 2), (2, 2)]),
+            ((1, 3), 2, (3, 3), (1, 1), [(1, 1), (3, 3)]), ((1, 2, 3, 4), 2, (3, 3), (1, 1), [(3, 4), (1, 2)]),
+            ((2,), 1, (1, 3), (1, 1), [(0, 0), (2, 2)]), ((1, 2), 1, (1, 4), (1, 1), [(0, 0), (1, 2)])]:
+        got = conv_sides(padding, dims, kernel, dilation, op)
+        assert [tuple(side) for side in got] == want, (f"conv_sides({padding!r}, dims={dims}, kernel={kernel}, "
+                                                       f"dilation={dilation}): expected {want}, got {got}")
+    err = raises(LayerError, conv_sides, (1, 2, 3), 2, (3, 3), (1, 1), op)
+    assert "(1, 2, 3)" in str(err), f"expected the message to name the padding (1, 2, 3), got: {err}"
+
+
+# %% [markdown]
+# The layers: `Convolution` pads (when the padding is not plain zeros on both sides alike) and
+# runs `Conv2d`; the 1-D forms lift their operator and add the height axis of one row;
+# `FunctionalConv` builds its layer from the weight tensors it is given.
+
+# %%
+#| export
+def conv_operator(op: Operator, kind: str, params: dict, weight: np.ndarray, bias: np.ndarray | None) -> Operator:
+    """An operator of type `kind` named after `op` that holds `weight` and `bias` as its weights."""
+    attrs = {"weight": Attribute(weight.shape, "float32", weight)}
+    if bias is not None:
+        attrs["bias"] = Attribute(bias.shape, "float32", bias)
+    return replace(op, type=kind, params=params | {"bias": bias is not None}, attrs=attrs)
+
+
+def spatial_input(op: Operator, x: Tensor, dims: int) -> np.ndarray:
+    """x as float32 (N, C, H, W): a 1-D input (N, C, L) gains H = 1; ShapeError otherwise."""
+    data = np.asarray(x.numpy(), dtype=np.float32)
+    if data.ndim != dims + 2:
+        raise ShapeError(f"{op.where()}: expected input (N, C, {'L' if dims == 1 else 'H, W'}), got {data.shape}")
+    return data[:, :, None] if dims == 1 else data  # (N, C, L) -> (N, C, 1, L)
+
+
+@register("nn.Conv1d", "nn.Conv2d")
+class Convolution(Layer):
+    """nn.Conv1d / nn.Conv2d with every padding_mode and 'same' padding: pad, then Conv2d."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.dims = 1 if op.type.endswith("1d") else 2
+        lifted = lift_1d(op) if self.dims == 1 else op
+        mode = self.param("padding_mode", str, "zeros")
+        if mode not in PADDING_MODES:
+            raise UnsupportedError(f"{op.where()}: padding_mode {mode!r} is not supported "
+                                   f"(supported: {', '.join(PADDING_MODES)})")
+        kernel = pair(lifted.params.get("kernel_size"), "kernel_size", op, minimum=1)
+        dilation = pair(lifted.params.get("dilation", 1), "dilation", op, minimum=1)
+        self.sides = conv_sides(op.params.get("padding", 0), self.dims, kernel, dilation, op)
+        self.np_mode = PADDING_MODES[mode]
+        symmetric = mode == "zeros" and all(lo == hi for lo, hi in self.sides)
+        padding = tuple(lo for lo, _ in self.sides) if symmetric else (0, 0)
+        self.pad_first = not symmetric
+        self.conv = Conv2d(replace(lifted, type="nn.Conv2d", params=lifted.params | {
+            "padding": padding, "padding_mode": "zeros"}))
+
+    @unbatched
+    def forward(self, x: Tensor) -> Tensor:
+        data = spatial_input(self.op, x, self.dims)
+        if self.pad_first:
+            data = np.pad(data, [(0, 0), (0, 0), *self.sides], mode=self.np_mode)
+        out = self.conv(Tensor(data, device=x.device)).numpy()
+        return Tensor(out[:, :, 0] if self.dims == 1 else out, device=x.device)
+
+
+@register("nn.ConvTranspose1d")
+class ConvTranspose(Layer):
+    """nn.ConvTranspose1d as ConvTranspose2d over a (1, L) image."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.conv = ConvTranspose2d(replace(lift_1d(op), type="nn.ConvTranspose2d"))
+
+    dims = 1
+
+    @unbatched
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv(Tensor(spatial_input(self.op, x, 1), device=x.device)).numpy()
+        return Tensor(out[:, :, 0], device=x.device)
+
+
+@register("F.conv1d", "F.conv2d", "F.conv_transpose1d", "F.conv_transpose2d")
+class FunctionalConv(Layer):
+    """F.conv1d/2d and F.conv_transpose1d/2d: the weight (and bias) are inputs, a Convolution or
+    ConvTranspose is built from them, and kept while the same weight tensor comes back."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.transposed = "transpose" in op.type
+        self.dims = 1 if op.type.endswith("1d") else 2
+        self.built: tuple[object, object, Layer] | None = None
+
+    def layer(self, weight: np.ndarray, bias: np.ndarray | None) -> Layer:
+        """The layer for this weight (K, C/g, *window) or, transposed, (C, K/g, *window)."""
+        if self.built is not None and self.built[0] is weight and self.built[1] is bias:
+            return self.built[2]
+        if weight.ndim != self.dims + 2:
+            raise ShapeError(f"{self.op.where()}: expected a weight of {self.dims + 2} dimensions, got {weight.shape}")
+        groups = self.param("groups", int, 1, minimum=1)
+        channels = (weight.shape[0], weight.shape[1] * groups)
+        c_in, c_out = channels if self.transposed else channels[::-1]
+        params = self.op.params | {"in_channels": c_in, "out_channels": c_out, "kernel_size": weight.shape[2:]}
+        kind = f"nn.Conv{'Transpose' if self.transposed else ''}{self.dims}d"
+        op = conv_operator(self.op, kind, params, np.asarray(weight, np.float32),
+                           None if bias is None else np.asarray(bias, np.float32))
+        built = ConvTranspose(op) if self.transposed and self.dims == 1 else (
+            ConvTranspose2d(op) if self.transposed else Convolution(op))
+        self.built = (weight, bias, built)
+        return built
+
+    @unbatched
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        return self.layer(weight.numpy(), None if bias is None else bias.numpy())(x)
+
+
+# %% [markdown]
+# ## Indices, adaptive max, power averages and 1-D pooling
+#
+# One more kernel covers the rest of max pooling. Describe the windows along each axis by a
+# table — where each window starts and how many taps it has — and the same loop serves a fixed
+# window (start $o s - p$, $k$ taps $d$ apart) and an adaptive one (start $\lfloor oH/O \rfloor$,
+# up to $\lceil (o+1)H/O \rceil$). It also returns `return_indices=True`'s second output: the
+# flat index $i_y W + i_x$ of each maximum, the first one found (NaN wins, as in PyTorch), which
+# `nn.MaxUnpool2d` would use to put the values back.
+#
+# ## Exercise 4.12 — window tables and max pooling with indices
+#
+# Write `window_table` (both kinds of window) and the numba kernel `max_pool_indices`: for each
+# (image, channel) in parallel and each output position, the maximum over the taps of its row
+# and column windows that fall inside the input, and the flat index of the first maximum. A NaN
+# wins over everything that comes before it, as in PyTorch.
+#
+# `nn.LPPool2d` is the $p$-norm of each window; PyTorch computes it as an average pool of
+# $x^p$ times the window's area, to the power $1/p$, and so do we, reusing `avg_pool`. The 1-D
+# forms run the 2-D layers on a $(1, L)$ image, their operators lifted by `lift_1d`.
+
+# %%
+#| export layers.pooling
+#| exercise: per-axis window tables (fixed or adaptive); max over the windows with the flat index iy*W+ix of the first maximum
+def window_table(size: int, out: int, kernel: int = 0, stride: int = 1,
+                 padding: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per output position along one axis: the input index its window starts at (negative in the
+    padding) and its number of taps, both int64 (out,). kernel 0 means adaptive windows, rows
+    floor(o·size/out) up to ceil((o+1)·size/out) (PyTorch's adaptive pooling)."""
+    ### BEGIN SOLUTION
+    o = np.arange(out, dtype=np.int64)
+    if kernel == 0:
+        start = o * size // out
+        return start, -(-(o + 1) * size // out) - start
+    return o * stride - padding, np.full(out, kernel, np.int64)
+    ### END SOLUTION
+
+
+@njit(parallel=True, cache=True)
+def max_pool_indices(x, out, indices, y_start, y_taps, x_start, x_taps, dh, dw):
+    """out = max of x (N, C, H, W) over the windows of the row and column tables (window_table,
+    taps dh and dw apart, outside positions skipped); indices = flat iy·W + ix of the first maximum."""
+    n_batch, channels, height, width = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    ### BEGIN SOLUTION
+    for nc in prange(n_batch * channels):
+        n, c = nc // channels, nc % channels
+        for y in range(oh):
+            for x_ in range(ow):
+                best, where = -np.inf, -1
+                for i in range(y_taps[y]):
+                    iy = y_start[y] + i * dh
+                    if 0 <= iy < height:
+                        for j in range(x_taps[x_]):
+                            ix = x_start[x_] + j * dw
+                            if 0 <= ix < width:
+                                value = x[n, c, iy, ix]
+                                if where < 0 or value > best or np.isnan(value):
+                                    best, where = value, iy * width + ix
+                out[n, c, y, x_], indices[n, c, y, x_] = best, where
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 4.12"):
+    got = window_table(7, 3)
+    assert [list(got[0]), list(got[1])] == [[0, 2, 4], [3, 3, 3]], (
+        f"adaptive windows of 7 into 3: expected starts [0, 2, 4] and taps [3, 3, 3], got {got}")
+    for shape, kernel, stride, padding, dilation, ceil in [((2, 3, 9, 11), 3, 2, 1, 1, True),
+                                                             ((1, 2, 8, 7), (2, 3), (1, 2), (1, 0), (2, 1), False),
+                                                             ((1, 2, 6, 9), (3, 2), 2, 1, (1, 3), True)]:
+        x = rng.integers(-3, 3, shape).astype(np.float32)  # small integers: ties, where the first maximum wins
+        x[0, 0, 1, 1] = np.nan
+        want, want_index = F.max_pool2d(torch.from_numpy(x), kernel, stride, padding, dilation, ceil, return_indices=True)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (k if isinstance(k, tuple) else (k, k)
+                                                  for k in (kernel, stride, padding, dilation))
+        got, index = np.full(want.shape, np.inf, np.float32), np.full(want.shape, -7, np.int64)
+        max_pool_indices(x, got, index, *window_table(shape[2], want.shape[2], kh, sh, ph),
+                         *window_table(shape[3], want.shape[3], kw, sw, pw), dh, dw)
+        where = f"max_pool2d of {shape}, kernel {kernel}, stride {stride}, padding {padding}, dilation {dilation}"
+        assert np.array_equal(got, want.numpy(), equal_nan=True), f"{where}: expected the maxima, {agreement(got, want.numpy())}"
+        bad = np.argwhere(index != want_index.numpy())
+        assert not bad.size, (f"{where}: expected index {int(want_index.numpy()[tuple(bad[0])])} at {tuple(map(int, bad[0]))} "
+                              f"(PyTorch), got {index[tuple(bad[0])]}")
+    x = rng.standard_normal((1, 2, 7, 10), dtype=np.float32)
+    want, want_index = F.adaptive_max_pool2d(torch.from_numpy(x), (3, 4), return_indices=True)
+    got, index = np.empty(want.shape, np.float32), np.empty(want.shape, np.int64)
+    max_pool_indices(x, got, index, *window_table(7, 3), *window_table(10, 4), 1, 1)
+    assert np.array_equal(got, want.numpy()) and np.array_equal(index, want_index.numpy()), (
+        f"adaptive max pooling of (7, 10) to (3, 4): expected\n{want_index.numpy()[0, 0]}\ngot\n{index[0, 0]}")
+
+
+# %%
+#| export layers.pooling
+@register("nn.AdaptiveMaxPool2d", "F.adaptive_max_pool2d")
+class AdaptiveMaxPool2d(Layer):
+    """Max pooling to a fixed output size, with the indices of the maxima if asked."""
+
+    dims = 2
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.size = adaptive_size(self)
+        self.return_indices = self.param("return_indices", bool, False)
+
+    @unbatched
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        data = as_nchw(self, x)
+        (height, width), (oh, ow) = data.shape[2:], self.output_shape(data)
+        out, indices = np.empty((*data.shape[:2], oh, ow), np.float32), np.empty((*data.shape[:2], oh, ow), np.int64)
+        max_pool_indices(data, out, indices, *window_table(height, oh), *window_table(width, ow), 1, 1)
+        return (Tensor(out, device=x.device), Tensor(indices, device=x.device)) if self.return_indices else Tensor(
+            out, device=x.device)
+
+    def output_shape(self, data: np.ndarray) -> tuple[int, int]:
+        return tuple(s if s is not None else d for s, d in zip(self.size, data.shape[2:]))
+
+
+@register("nn.LPPool2d", "F.lp_pool2d")
+class LPPool2d(Layer):
+    """The p-norm of each window, as PyTorch: (avg_pool(x^p) · kh·kw)^(1/p), no padding."""
+
+    dims = 2
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.p = float(self.param("norm_type", (int, float), minimum=1e-6))
+        self.kernel = pair(self.param("kernel_size"), "kernel_size", op, minimum=1)
+        stride = self.param("stride", object, None)
+        self.stride = self.kernel if stride in (None, ()) else pair(stride, "stride", op, minimum=1)
+        self.ceil_mode = self.param("ceil_mode", bool, False)
+
+    @unbatched
+    def forward(self, x: Tensor) -> Tensor:
+        data = np.power(as_nchw(self, x), np.float32(self.p))
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        oh = out_size(data.shape[2], kh, sh, 0, 1, self.ceil_mode)
+        ow = out_size(data.shape[3], kw, sw, 0, 1, self.ceil_mode)
+        out = np.empty((*data.shape[:2], oh, ow), np.float32)
+        avg_pool(data, out, kh, kw, sh, sw, 0, 0, True, 0)
+        with np.errstate(invalid="ignore"):  # a negative sum to a fractional power is NaN, as in PyTorch
+            return Tensor(np.power(out * np.float32(kh * kw), np.float32(1 / self.p)), device=x.device)
+
+
+def one_d(layer_2d: type[Layer]) -> type[Layer]:
+    """The 1-D form of a 2-D pooling layer: its operator lifted by lift_1d, (N, C, L) run as
+    (N, C, 1, L) and every output squeezed back to (N, C, L')."""
+    class Pool1d(layer_2d):
+        dims = 1
+
+        def __init__(self, op):
+            super().__init__(lift_1d(op))
+
+        @unbatched
+        def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
+            result = super().forward(Tensor(spatial_input(self.op, x, 1), device=x.device))
+            outputs = tuple(Tensor(r.numpy()[:, :, 0], device=x.device)
+                            for r in (result if isinstance(result, tuple) else (result,)))
+            return outputs if isinstance(result, tuple) else outputs[0]
+
+    Pool1d.__name__ = Pool1d.__qualname__ = layer_2d.__name__.replace("2d", "1d")
+    return Pool1d
+
+
+MaxPool1d = register("nn.MaxPool1d", "F.max_pool1d")(one_d(MaxPool2d))
+AvgPool1d = register("nn.AvgPool1d", "F.avg_pool1d")(one_d(AvgPool2d))
+AdaptiveAvgPool1d = register("nn.AdaptiveAvgPool1d", "F.adaptive_avg_pool1d")(one_d(AdaptiveAvgPool2d))
+AdaptiveMaxPool1d = register("nn.AdaptiveMaxPool1d", "F.adaptive_max_pool1d")(one_d(AdaptiveMaxPool2d))
+LPPool1d = register("nn.LPPool1d", "F.lp_pool1d")(one_d(LPPool2d))
+
+
+# %% [markdown]
+# ## Unfold and Fold: im2col and col2im as operators
+#
+# `nn.Unfold` *is* im2col: every sliding block of the image as a column, $(N, C k_h k_w, L)$,
+# rows ordered $(c, i, j)$ as `im2col_image` writes them. `nn.Fold` is col2im, adding the
+# (overlapping) blocks back into an image of `output_size` — what the transposed convolution
+# does after its matrix multiply. Folding an unfolded image does not give the image back: each
+# pixel comes back once per window that covers it.
+#
+# ## Exercise 4.13 — unfold and fold
+#
+# Write `unfold` with `im2col_image` (one image at a time) and `fold` with `col2im`: for both,
+# the number of windows along each axis is `out_size` of the *image* size (for `fold`, the
+# `output_size`), and a window that does not fit, or columns that do not match the windows,
+# are a `ShapeError` naming the shapes.
+
+# %%
+#| export
+#| exercise: unfold every window into a column with im2col_image; fold adds the columns back with col2im; ShapeError when they do not fit
+def unfold(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+           dilation: tuple[int, int]) -> np.ndarray:
+    """F.unfold: x (N, C, H, W) float32 -> columns (N, C·kh·kw, L), L windows in row-major order."""
+    ### BEGIN SOLUTION
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    oh, ow = out_size(x.shape[2], kh, sh, ph, dh), out_size(x.shape[3], kw, sw, pw, dw)
+    if min(oh, ow) < 1:
+        raise ShapeError(f"a {kh}×{kw} window (dilation {dilation}) does not fit in {x.shape} padded by {padding}")
+    cols = np.empty((x.shape[0], x.shape[1] * kh * kw, oh * ow), np.float32)
+    for n in range(x.shape[0]):
+        im2col_image(x[n], cols[n], kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    return cols
+    ### END SOLUTION
+
+
+def fold(cols: np.ndarray, size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+         padding: tuple[int, int], dilation: tuple[int, int]) -> np.ndarray:
+    """F.fold: columns (N, C·kh·kw, L) float32 -> (N, C, *size), overlapping windows added."""
+    ### BEGIN SOLUTION
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    bh, bw = out_size(size[0], kh, sh, ph, dh), out_size(size[1], kw, sw, pw, dw)
+    if cols.ndim != 3 or cols.shape[1] % (kh * kw) or cols.shape[2] != bh * bw:
+        raise ShapeError(f"expected columns (N, C·{kh * kw}, {bh * bw}) for an output {size}, got {cols.shape}")
+    out = np.zeros((cols.shape[0], cols.shape[1] // (kh * kw), *size), np.float32)
+    col2im(cols, out, kh, kw, sh, sw, ph, pw, dh, dw, bh, bw)
+    return out
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 4.13"):
+    x = rng.standard_normal((2, 3, 9, 8), dtype=np.float32)
+    for kernel, stride, padding, dilation in [((3, 3), (1, 1), (1, 1), (1, 1)), ((2, 3), (2, 1), (1, 0), (1, 2)),
+                                              ((3, 2), (1, 3), (0, 2), (2, 1))]:
+        where = f"kernel {kernel}, stride {stride}, padding {padding}, dilation {dilation}"
+        want = F.unfold(torch.from_numpy(x), kernel, dilation, padding, stride).numpy()
+        got = unfold(x, kernel, stride, padding, dilation)
+        assert got.shape == want.shape, f"unfold of {x.shape}, {where}: expected shape {want.shape}, got {got.shape}"
+        assert np.allclose(got, want), f"unfold of {x.shape}, {where}: expected F.unfold's columns, {agreement(got, want)}"
+        want = F.fold(torch.from_numpy(got), (9, 8), kernel, dilation, padding, stride).numpy()
+        back = fold(got, (9, 8), kernel, stride, padding, dilation)
+        assert back.shape == want.shape, f"fold to (9, 8), {where}: expected shape {want.shape}, got {back.shape}"
+        assert np.allclose(back, want, atol=1e-5), f"fold to (9, 8), {where}: expected F.fold's image, {agreement(back, want)}"
+    err = raises(ShapeError, fold, got[:, :, :-1], (9, 8), kernel, stride, padding, dilation)
+    assert str(got.shape[2]) in str(err), f"expected the message to name the {got.shape[2]} windows, got: {err}"
+    err = raises(ShapeError, unfold, x, (11, 3), (1, 1), (0, 0), (1, 1))
+    assert "11" in str(err), f"expected the message to name the 11×3 window, got: {err}"
+
+
+# %%
+#| export
+@register("nn.Unfold", "F.unfold")
+class Unfold(Layer):
+    """(N, C, H, W) -> (N, C·kh·kw, L): every sliding block as a column (im2col)."""
+
+    dims = 2
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.window = window_params(self)
+
+    @unbatched
+    def forward(self, x: Tensor) -> Tensor:
+        data = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        if data.ndim != 4:
+            raise ShapeError(f"{self.op.where()}: expected input (N, C, H, W), got {data.shape}")
+        try:
+            return Tensor(unfold(data, *self.window), device=x.device)
+        except ShapeError as err:
+            raise ShapeError(f"{self.op.where()}: {err}") from None
+
+
+@register("nn.Fold", "F.fold")
+class Fold(Layer):
+    """(N, C·kh·kw, L) -> (N, C, H, W): blocks added back into an image of output_size (col2im)."""
+
+    dims = 1  # an unbatched input is (C·kh·kw, L)
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.window = window_params(self)
+        self.size = pair(self.param("output_size"), "output_size", op, minimum=1)
+
+    @unbatched
+    def forward(self, x: Tensor) -> Tensor:
+        try:
+            return Tensor(fold(np.ascontiguousarray(x.numpy(), dtype=np.float32), self.size, *self.window),
+                          device=x.device)
+        except ShapeError as err:
+            raise ShapeError(f"{self.op.where()}: {err}") from None
+
+
+def window_params(layer: Layer) -> tuple[tuple[int, int], ...]:
+    """kernel_size, stride, padding and dilation of Fold / Unfold as pairs."""
+    return (pair(layer.param("kernel_size"), "kernel_size", layer.op, minimum=1),
+            pair(layer.param("stride", object, 1), "stride", layer.op, minimum=1),
+            pair(layer.param("padding", object, 0), "padding", layer.op),
+            pair(layer.param("dilation", object, 1), "dilation", layer.op, minimum=1))
+
+
+# %% [markdown]
 # ## Every layer against PyTorch
 #
 # One table, one row per layer: build it from a PNNX-style operator, run it on random input, run
@@ -1451,6 +2136,7 @@ x = rng.standard_normal((2, 8, 13, 11), dtype=np.float32)
 tx = torch.from_numpy(x)
 mean, var = rng.standard_normal(8, dtype=np.float32), rng.random(8, dtype=np.float32) + 0.5
 gamma, beta = rng.standard_normal(8, dtype=np.float32), rng.standard_normal(8, dtype=np.float32)
+weight = rng.standard_normal((4, 8, 3, 3), dtype=np.float32)
 cases = {
     "nn.MaxPool2d 3/2/1 ceil": (make("nn.MaxPool2d", dict(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1),
                                                          dilation=(1, 1), ceil_mode=True)),
@@ -1460,6 +2146,10 @@ cases = {
                                 F.avg_pool2d(tx, 3, 2, 1, ceil_mode=True, count_include_pad=False)),
     "nn.AdaptiveAvgPool2d (5,3)": (make("nn.AdaptiveAvgPool2d", dict(output_size=(5, 3))),
                                    F.adaptive_avg_pool2d(tx, (5, 3))),
+    "nn.AdaptiveMaxPool2d (5,3)": (make("nn.AdaptiveMaxPool2d", dict(output_size=(5, 3))),
+                                   F.adaptive_max_pool2d(tx, (5, 3))),
+    "nn.LPPool2d p=2 3/2": (make("nn.LPPool2d", dict(norm_type=2.0, kernel_size=(3, 3), stride=(2, 2))),
+                            F.lp_pool2d(tx, 2.0, 3, 2)),
     "nn.ReLU6": (make("nn.ReLU6"), F.relu6(tx)),
     "nn.Sigmoid": (make("nn.Sigmoid"), torch.sigmoid(tx)),
     "nn.SiLU": (make("nn.SiLU"), F.silu(tx)),
@@ -1477,6 +2167,12 @@ cases = {
                                                                    align_corners=True)),
                                         F.interpolate(tx, scale_factor=(1.5, 2.0), mode="bilinear",
                                                       align_corners=True)),
+    "nn.Upsample bicubic ×1.5": (make("nn.Upsample", dict(mode="bicubic", scale_factor=(1.5, 1.5))),
+                                 F.interpolate(tx, scale_factor=1.5, mode="bicubic")),
+    "nn.Conv2d reflect": (make("nn.Conv2d", dict(in_channels=8, out_channels=4, kernel_size=(3, 3), padding=(2, 2),
+                                                 padding_mode="reflect", bias=False),
+                               dict(weight=weight)),
+                          F.conv2d(F.pad(tx, (2, 2, 2, 2), mode="reflect"), torch.from_numpy(weight))),
     "Tensor.permute": (make("Tensor.permute", dict(dims=(0, 2, 3, 1))), tx.permute(0, 2, 3, 1)),
     "Tensor.view": (make("Tensor.view", dict(shape=(1, 8, 143))), tx.view(2, 8, 143)),
 }
@@ -1487,8 +2183,10 @@ for name, (layer, want) in cases.items():
 # %% [markdown]
 # ## What you built
 #
-# `kuiper/layers/` now holds the operator set of the course's CNNs: convolutions (`conv.py`),
-# pooling (`pooling.py`), activations, batch norm, resizing and the shape operators, each
+# `kuiper/layers/` now holds the operator set of the course's CNNs: convolutions with every
+# padding mode, 1-D and with weights as inputs, Fold and Unfold (`conv.py`), max, average,
+# adaptive and power-average pooling in 1-D and 2-D (`pooling.py`), activations, batch norm,
+# resizing in every mode through one table kernel (`resize.py`) and the shape operators, each
 # registered under its PNNX names and each matching PyTorch to float32 rounding. Lesson 05 adds
 # the last piece the models need, `pnnx.Expression`; lesson 06 runs ResNet and MobileNet on real
 # photos and measures the whole graph against PyTorch.
