@@ -1358,7 +1358,8 @@ with check("Exercise 4.10"):
 # %% [markdown]
 # The kernel that applies a table views the tensor as $(A, \text{in}, B)$ — everything before
 # the axis, the axis, everything after — and writes $(A, \text{out}, B)$, one weighted sum of
-# `taps` inputs per output element; the same loop resizes any axis in any mode.
+# `taps` inputs per output element; the same loop resizes any axis in any mode. `resize_axis`
+# puts the two together under PyTorch's mode names (lesson 08 resizes segmentation masks with it).
 
 # %%
 #| export layers.resize
@@ -1379,9 +1380,20 @@ def resample_axis(x: np.ndarray, axis: int, index: np.ndarray, weight: np.ndarra
     """x (float32, any shape) with `axis` resampled by the table (index, weight) of resample_table."""
     outer, inner = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
     out = np.empty((*x.shape[:axis], len(index), *x.shape[axis + 1:]), np.float32)
-    resample(np.ascontiguousarray(x).reshape(outer, x.shape[axis], inner), index, weight,
+    resample(np.ascontiguousarray(x, dtype=np.float32).reshape(outer, x.shape[axis], inner), index, weight,
              out.reshape(outer, len(index), inner))  # (A, in, B) -> (A, out, B)
     return out
+
+
+MODES = {"nearest": "nearest", "nearest-exact": "nearest-exact", "linear": "linear", "bilinear": "linear",
+         "trilinear": "linear", "bicubic": "cubic"}
+
+
+def resize_axis(x: np.ndarray, axis: int, size_out: int, scale: float | None, mode: str,
+                align_corners: bool) -> np.ndarray:
+    """x (float32) with `axis` resized to size_out in `mode`, a key of MODES, as F.interpolate does
+    it; `scale` is the scale_factor that made size_out, or None."""
+    return resample_axis(x, axis, *resample_table(x.shape[axis], size_out, scale, MODES[mode], align_corners))
 
 
 # %% [markdown]
@@ -1394,8 +1406,6 @@ def resample_axis(x: np.ndarray, axis: int, index: np.ndarray, weight: np.ndarra
 # %%
 #| export layers.resize
 MAX_SCALE = 1024  # a larger factor is a damaged file, not a model
-MODES = {"nearest": "nearest", "nearest-exact": "nearest-exact", "linear": "linear", "bilinear": "linear",
-         "trilinear": "linear", "bicubic": "cubic"}
 FIXED = {"nn.UpsamplingNearest2d": ("nearest", False), "F.upsample_nearest": ("nearest", False),
          "nn.UpsamplingBilinear2d": ("bilinear", True), "F.upsample_bilinear": ("bilinear", True)}
 
@@ -1447,8 +1457,7 @@ class Upsample(Layer):
         if not 3 <= data.ndim <= 5:
             raise ShapeError(f"{self.op.where()}: expected input (N, C, ...) with 1 to 3 spatial axes, got {data.shape}")
         for axis, (n, scale) in enumerate(self.targets(data.shape), start=2):
-            table = resample_table(data.shape[axis], n, scale, MODES[self.mode], self.align_corners)
-            data = resample_axis(data, axis, *table)
+            data = resize_axis(data, axis, n, scale, self.mode, self.align_corners)
         return Tensor(data, device=x.device)
 
 
