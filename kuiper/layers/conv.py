@@ -1,4 +1,4 @@
-# Generated from solutions/04_conv_pooling.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/04_conv_pooling.py, solutions/08_segmentation.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,4 @@
-# Generated from solutions/04_conv_pooling.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/04_conv_pooling.py, solutions/08_segmentation.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
 import numpy as np
@@ -70,7 +70,7 @@ class MaxPool2d(Layer):
         if not self.return_indices:
             max_pool(data, out, kh, kw, sh, sw, ph, pw, dh, dw)
             return Tensor(out, device=x.device)
-        indices = np.empty(out.shape, np.int64)  # the windows as tables: see max_pool_indices below
+        indices = np.empty(out.shape, np.int64)  # return_indices: lesson 08's max_pool_indices
         max_pool_indices(data, out, indices, *window_table(data.shape[2], oh, kh, sh, ph),
                          *window_table(data.shape[3], ow, kw, sw, pw), dh, dw)
         return Tensor(out, device=x.device), Tensor(indices, device=x.device)
