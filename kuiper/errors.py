@@ -1,4 +1,4 @@
-# Generated from solutions/01_tensor.py, solutions/02_graph.py, solutions/03_registry.py, solutions/05_expression.py, solutions/06_resnet.py, solutions/09_weights.py, solutions/10_tokenizers.py, solutions/13_cuda.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/01_tensor.py, solutions/02_graph.py, solutions/03_registry.py, solutions/04_conv_pooling.py, solutions/05_expression.py, solutions/06_resnet.py, solutions/09_weights.py, solutions/10_tokenizers.py, solutions/13_cuda.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
 
@@ -28,6 +28,11 @@ class GraphError(KuiperError):
 
 class LayerError(KuiperError, ValueError):
     """An operator that cannot become a layer: unknown type, or a missing or wrong parameter or weight."""
+
+
+class UnsupportedError(LayerError):
+    """A setting kuiper does not implement (a mode, a padding_mode, antialias): the message names
+    the operator, the setting and the supported values."""
 
 
 class ExpressionError(KuiperError, ValueError):

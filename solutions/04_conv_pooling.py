@@ -27,7 +27,12 @@
 # | 4.6 | average pooling: `count_include_pad`, `ceil_mode`, `divisor_override` (numba) |
 # | 4.7 | adaptive average pooling to any output size (numba) |
 # | 4.8 | the activation kernels ReLU6, SiLU and Hardswish (numba) |
-# | 4.9 | resizing one axis: nearest and bilinear, with either `align_corners` |
+# | 4.9 | the resampling table of one axis: nearest, nearest-exact, linear and cubic, either `align_corners` |
+# | 4.10 | Keys' bicubic convolution weights |
+# | 4.11 | the kernel that applies a resampling table to any axis (numba) |
+#
+# Lesson 08 adds what segmentation networks use beyond this: padding modes, 1-D and functional
+# convolutions, max pooling with indices, adaptive max and power-average pooling, Fold and Unfold.
 
 # %%
 #| default_exp layers.conv
@@ -649,6 +654,43 @@ class ConvTranspose2d(ConvLayer):
 
 
 # %% [markdown]
+# ## Inputs without a batch axis
+#
+# PyTorch's convolutions and pools also take one sample without its batch axis, $(C, H, W)$.
+# The pooling layers of this lesson (and lesson 08's convolutions) handle that the same way, by a
+# decorator on their `forward`: run the sample as a batch of one, drop the batch axis from every
+# output. And a setting that kuiper does not implement (a resize `mode`, in lesson 08 a
+# `padding_mode`) gets its own error, which names the operator, the setting and what is supported.
+
+# %%
+#| export errors
+class UnsupportedError(LayerError):
+    """A setting kuiper does not implement (a mode, a padding_mode, antialias): the message names
+    the operator, the setting and the supported values."""
+
+
+# %%
+#| export
+import functools
+from collections.abc import Callable
+
+
+def unbatched(forward: Callable) -> Callable:
+    """Decorator of a forward method of a layer with `self.dims` spatial axes: an input without its
+    batch axis, (C, *spatial), runs as a batch of one and every output loses the batch axis again
+    (as PyTorch allows)."""
+    @functools.wraps(forward)
+    def run(self, x: Tensor, *rest: Tensor) -> Tensor | tuple[Tensor, ...]:
+        if x.ndim != self.dims + 1:
+            return forward(self, x, *rest)
+        result = forward(self, Tensor(x.numpy()[None], device=x.device), *rest)  # (C, ...) -> (1, C, ...)
+        outputs = tuple(Tensor(r.numpy()[0], device=x.device)
+                        for r in (result if isinstance(result, tuple) else (result,)))
+        return outputs if isinstance(result, tuple) else outputs[0]
+    return run
+
+
+# %% [markdown]
 # ## Exercise 4.5 — max pooling
 #
 # Max pooling keeps the largest value in each window. Padding counts as $-\infty$ (it never wins),
@@ -658,18 +700,17 @@ class ConvTranspose2d(ConvLayer):
 
 # %%
 #| export layers.pooling
+#| exercise: out[n, c, y, x] = max of x over the window at (y, x), skipping positions outside the input
 import numpy as np
 from numba import njit, prange
 
 from kuiper.errors import LayerError, ShapeError
 from kuiper.layer import Layer
-from kuiper.layers.conv import out_size, pair
+from kuiper.layers.conv import out_size, pair, unbatched
 from kuiper.registry import register
 from kuiper.tensor import Tensor
 
-# %%
-#| export layers.pooling
-#| exercise: out[n, c, y, x] = max of x over the window at (y, x), skipping positions outside the input
+
 @njit(parallel=True, cache=True)
 def max_pool(x, out, kh, kw, sh, sw, ph, pw, dh, dw):
     """Max over each kh × kw window (stride, padding, dilation) of x (N, C, H, W) into out."""
@@ -726,7 +767,8 @@ plt.show()
 # %% [markdown]
 # ## The pooling layers
 #
-# `nn.MaxPool2d` wraps the kernel. `nn.AvgPool2d` is the same walk with a sum, divided by the
+# `nn.MaxPool2d` wraps the kernel (with `return_indices=True` it also returns where each maximum
+# was, by lesson 08's `max_pool_indices`: SegNet unpools with them). `nn.AvgPool2d` is the same walk with a sum, divided by the
 # window size — which, with padding, either counts the padded zeros (`count_include_pad`) or not,
 # and with `ceil_mode` never reaches past the padding. `nn.AdaptiveAvgPool2d` picks its windows
 # from the output size it is asked for: output $i$ of $O$ averages inputs
@@ -755,21 +797,28 @@ def as_nchw(layer: Layer, x: Tensor) -> np.ndarray:
 class MaxPool2d(Layer):
     """Largest value in each window; padding never wins."""
 
+    dims = 2
+
     def __init__(self, op):
         super().__init__(op)
         self.kernel, self.stride, self.padding, self.dilation = pool_params(self)
         self.ceil_mode = self.param("ceil_mode", bool, False)
-        if self.param("return_indices", bool, False):
-            raise LayerError(f"{op.where()}: return_indices=True is not supported")
+        self.return_indices = self.param("return_indices", bool, False)
 
+    @unbatched
     def forward(self, x: Tensor) -> Tensor:
         data = as_nchw(self, x)
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
         oh = out_size(data.shape[2], kh, sh, ph, dh, self.ceil_mode)
         ow = out_size(data.shape[3], kw, sw, pw, dw, self.ceil_mode)
         out = np.empty((*data.shape[:2], oh, ow), np.float32)
-        max_pool(data, out, kh, kw, sh, sw, ph, pw, dh, dw)
-        return Tensor(out, device=x.device)
+        if not self.return_indices:
+            max_pool(data, out, kh, kw, sh, sw, ph, pw, dh, dw)
+            return Tensor(out, device=x.device)
+        indices = np.empty(out.shape, np.int64)  # return_indices: lesson 08's max_pool_indices
+        max_pool_indices(data, out, indices, *window_table(data.shape[2], oh, kh, sh, ph),
+                         *window_table(data.shape[3], ow, kw, sw, pw), dh, dw)
+        return Tensor(out, device=x.device), Tensor(indices, device=x.device)
 
 
 # %% [markdown]
@@ -832,6 +881,8 @@ with check("Exercise 4.6"):
 class AvgPool2d(Layer):
     """Mean of each window."""
 
+    dims = 2
+
     def __init__(self, op):
         super().__init__(op)
         self.kernel, self.stride, self.padding, _ = pool_params(self)
@@ -839,6 +890,7 @@ class AvgPool2d(Layer):
         self.count_include_pad = self.param("count_include_pad", bool, True)
         self.divisor = self.param("divisor_override", (int, type(None)), None, minimum=1) or 0
 
+    @unbatched
     def forward(self, x: Tensor) -> Tensor:
         data = as_nchw(self, x)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
@@ -893,17 +945,26 @@ with check("Exercise 4.7"):
 
 # %%
 #| export layers.pooling
+def adaptive_size(layer: Layer) -> tuple[int | None, int | None]:
+    """output_size as a pair; None (PNNX writes 0) keeps that input dimension; LayerError otherwise."""
+    size = layer.param("output_size", (int, tuple))
+    pair_ = (size, size) if isinstance(size, int) else size
+    if len(pair_) != 2 or not all(s is None or (type(s) is int and s >= 0) for s in pair_):
+        raise LayerError(f"{layer.op.where()}: output_size should be an int >= 1 or a pair of them, got {size!r}")
+    return tuple(s or None for s in pair_)
+
+
 @register("nn.AdaptiveAvgPool2d", "F.adaptive_avg_pool2d")
 class AdaptiveAvgPool2d(Layer):
     """Average pooling to a fixed output size (None keeps that input dimension)."""
 
+    dims = 2
+
     def __init__(self, op):
         super().__init__(op)
-        size = self.param("output_size", (int, tuple))
-        self.size = (size, size) if isinstance(size, int) else size
-        if len(self.size) != 2 or not all(s is None or (type(s) is int and s >= 1) for s in self.size):
-            raise LayerError(f"{op.where()}: output_size should be an int >= 1 or a pair of them, got {size!r}")
+        self.size = adaptive_size(self)
 
+    @unbatched
     def forward(self, x: Tensor) -> Tensor:
         data = as_nchw(self, x)
         if self.size == (1, 1):  # global average pooling: one mean, no kernel launch
@@ -1135,128 +1196,292 @@ class BatchNorm(Layer):
 # %% [markdown]
 # ## Resizing
 #
-# `nn.Upsample` and `F.interpolate` enlarge a feature map (YOLO's neck, UNet's variants). For each
-# output row $o$ the source coordinate is $\text{src} = o \cdot s$ with $s = 1/\text{scale\_factor}$
-# (or in/out when a size was given). **Nearest** takes row $\lfloor \text{src} \rfloor$; **bilinear**
-# blends the two rows around $\text{src}$ (and likewise the columns). With
-# `align_corners=False` pixels are squares whose centres line up, $\text{src} = (o + \tfrac12)s - \tfrac12$
-# (clamped at 0); with `align_corners=True` the corner pixels line up,
-# $\text{src} = o\,(\text{in}-1)/(\text{out}-1)$.
+# `nn.Upsample` and `F.interpolate` resize the spatial axes of a feature map (YOLO's neck,
+# UNet's variants, super-resolution heads) — one axis at a time: every mode is *separable*. Along
+# one axis, output position $o$ reads a few input positions (its **taps**) with weights, so one
+# table pair describes the whole resize of that axis: `index` $(O, \text{taps})$ and `weight`
+# $(O, \text{taps})$, and one kernel applies any table: $\text{out}[o] = \sum_t
+# \text{weight}[o, t]\, \text{in}[\text{index}[o, t]]$.
 #
-# ## Exercise 4.9 — resizing one axis
+# Where output $o$ lands in the input: with step $s = 1/\text{scale\_factor}$ (or in/out when a
+# size was given) and `align_corners=False`, pixels are squares whose centres line up,
+# $\text{src} = (o + \tfrac12)s - \tfrac12$ (clamped at 0, except for cubic); with
+# `align_corners=True` the corner pixels line up, $\text{src} = o\,(\text{in}-1)/(\text{out}-1)$.
 #
-# Write `source_coords` by these formulas (an output of one position reads source 0 when the
-# corners line up), and `resize_axis`: **nearest** takes index $\lfloor o \cdot \text{step} \rfloor$
-# (clamped to the last index); **linear** blends `low` $= \lfloor\text{src}\rfloor$ and `high` $=$
-# `low` $+ 1$ (both clamped to the last index) with weights $1 - f$ and $f$, $f = \text{src} -
-# \text{low}$, broadcast along `axis`. `np.take(x, index, axis=axis)` gathers along one axis.
+# | mode | taps | index | weights |
+# |---|---|---|---|
+# | `nearest` | 1 | $\lfloor o \cdot s \rfloor$ | 1 |
+# | `nearest-exact` | 1 | $\lfloor (o + \tfrac12) s \rfloor$ | 1 |
+# | `linear`, `bilinear`, `trilinear` | 2 | $\ell = \lfloor \text{src} \rfloor$, $\ell + 1$ | $1 - f$, $f$ |
+# | `bicubic` | 4 | $\ell - 1 \ldots \ell + 2$ | Keys' cubic convolution of $f$ |
+#
+# with $f = \text{src} - \ell$ and every index clamped into $[0, \text{in} - 1]$. The nearest
+# modes compute $o \cdot s$ in float32, as PyTorch does: in float64 a few outputs would round to
+# the other neighbour.
+#
+# ## Exercise 4.9 — the resampling table of one axis
+#
+# Write `source_coords` by the formulas above (an output of one position reads source 0 when the
+# corners line up; `cubic` keeps negative sources), and `resample_table` for the four modes of the
+# table (`cubic_weights(f)`, the next exercise, gives the four bicubic weights as an $(O, 4)$ array).
 
 # %%
 #| export layers.resize
-#| exercise: source coordinate per output (either align_corners); nearest or linear gather along `axis`
+#| exercise: source coordinate per output (either align_corners, no clamp for cubic); index and weight tables of nearest, nearest-exact, linear and cubic
 import math
 
 import numpy as np
+from numba import njit, prange
 
-from kuiper.errors import LayerError, ShapeError
+from kuiper.errors import LayerError, ShapeError, UnsupportedError
 from kuiper.layer import Layer
 from kuiper.registry import register
 from kuiper.tensor import Tensor
 
 
-def source_coords(size_in: int, size_out: int, scale: float | None, align_corners: bool) -> np.ndarray:
-    """Source coordinate (float) of each output position along one axis."""
+def source_coords(size_in: int, size_out: int, scale: float | None, align_corners: bool,
+                  cubic: bool = False) -> np.ndarray:
+    """Source coordinate (float64, (size_out,)) of each output position along one axis
+    (PyTorch's area_pixel_compute_source_index); `scale` is the scale_factor or None."""
     ### BEGIN SOLUTION
     out = np.arange(size_out, dtype=np.float64)
     if align_corners:
         return out * ((size_in - 1) / (size_out - 1) if size_out > 1 else 0.0)
     step = 1 / scale if scale else size_in / size_out
-    return np.maximum((out + 0.5) * step - 0.5, 0.0)
+    src = (out + 0.5) * step - 0.5
+    return src if cubic else np.maximum(src, 0.0)
     ### END SOLUTION
 
 
-def resize_axis(x: np.ndarray, axis: int, size_out: int, scale: float | None, mode: str,
-                align_corners: bool) -> np.ndarray:
-    """Resize one axis of x by nearest or linear interpolation."""
+def resample_table(size_in: int, size_out: int, scale: float | None, mode: str,
+                   align_corners: bool) -> tuple[np.ndarray, np.ndarray]:
+    """index (size_out, taps) int64 and weight (size_out, taps) float32 resampling one axis in
+    `mode` ('nearest', 'nearest-exact', 'linear' or 'cubic'), as PyTorch's upsample kernels."""
     ### BEGIN SOLUTION
-    size_in = x.shape[axis]
-    if mode == "nearest":
-        step = 1 / scale if scale else size_in / size_out
-        index = np.minimum(np.floor(np.arange(size_out) * step).astype(np.int64), size_in - 1)
-        return np.take(x, index, axis=axis)
-    src = source_coords(size_in, size_out, scale, align_corners)
+    if mode in ("nearest", "nearest-exact"):
+        step = np.float32(1 / scale) if scale else np.float32(size_in) / np.float32(size_out)
+        shift = 0.5 if mode == "nearest-exact" else 0.0
+        src = (np.arange(size_out, dtype=np.float32) + np.float32(shift)) * step
+        index = np.minimum(np.floor(src).astype(np.int64), size_in - 1)[:, None]
+        return index, np.ones(index.shape, np.float32)
+    src = source_coords(size_in, size_out, scale, align_corners, cubic=mode == "cubic")
     low = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
-    high = np.minimum(low + 1, size_in - 1)
-    shape = [1] * x.ndim
-    shape[axis] = size_out
-    weight = (src - low).astype(np.float32).reshape(shape)
-    return np.take(x, low, axis=axis) * (1 - weight) + np.take(x, high, axis=axis) * weight
+    frac = np.clip(src - low, 0.0, 1.0)
+    if mode == "linear":
+        taps, weight = np.arange(2), np.stack([1 - frac, frac], axis=1)
+    else:
+        taps, weight = np.arange(-1, 3), cubic_weights(frac)
+    return np.clip(low[:, None] + taps, 0, size_in - 1), weight.astype(np.float32)
     ### END SOLUTION
 
 
 # %%
+def apply_table(x, axis, index, weight):
+    """The table applied along `axis` in numpy: Σ_t weight[:, t] · x[index[:, t]]."""
+    shape = [1] * x.ndim
+    shape[axis] = len(index)
+    return sum(np.take(x, index[:, t], axis=axis) * weight[:, t].reshape(shape) for t in range(index.shape[1]))
+
+
 with check("Exercise 4.9"):
-    x = rng.standard_normal((1, 2, 5, 4), dtype=np.float32)
-    for mode, size, scale, corners in [("nearest", (10, 8), 2.0, False), ("nearest", (7, 3), None, False),
-                                       ("bilinear", (10, 8), 2.0, False), ("bilinear", (9, 6), None, False),
-                                       ("bilinear", (9, 6), None, True), ("bilinear", (3, 1), None, True),
-                                       ("bilinear", (15, 12), 3.0, False)]:
+    x = rng.standard_normal((1, 2, 6, 11), dtype=np.float32)
+    for mode, size, scale, corners in [("nearest", None, 2.0, False), ("nearest", (7, 3), None, False),
+                                       ("nearest", None, 3.7, False), ("nearest-exact", (7, 3), None, False),
+                                       ("nearest-exact", None, 3.7, False), ("bilinear", None, 2.0, False),
+                                       ("bilinear", (9, 6), None, False), ("bilinear", (9, 6), None, True),
+                                       ("bilinear", (3, 1), None, True), ("bilinear", None, 3.0, False),
+                                       ("bilinear", (2, 3), None, False)]:
         options = dict(scale_factor=scale) if scale else dict(size=size)
         if mode == "bilinear":
             options["align_corners"] = corners
         want = F.interpolate(torch.from_numpy(x), mode=mode, **options).numpy()
         got = x
-        for axis, n in [(2, size[0]), (3, size[1])]:
-            got = resize_axis(got, axis, n, scale, mode, corners)
-        where = f"{mode} {x.shape[2:]} -> {size}, scale {scale}, align_corners={corners}"
-        assert got.shape == want.shape, f"{where}: expected shape {want.shape}, got {got.shape}"
+        for axis in (2, 3):
+            n_in, n, taps = x.shape[axis], want.shape[axis], 1 if "nearest" in mode else 2
+            index, weight = resample_table(n_in, n, scale, "linear" if mode == "bilinear" else mode, corners)
+            assert index.shape == weight.shape == (n, taps), (f"{mode} {n_in} -> {n}: expected tables of shape "
+                                                              f"{(n, taps)}, got index {index.shape} and weight {weight.shape}")
+            got = apply_table(got, axis, index, weight)
+        where = f"{mode} {x.shape[2:]} -> {want.shape[2:]}, scale {scale}, align_corners={corners}"
         assert np.allclose(got, want, atol=1e-5), f"{where}: expected F.interpolate's output, {agreement(got, want)}"
+    got = source_coords(4, 8, 2.0, False, cubic=True)[:2]
+    assert np.array_equal(got, [-0.25, 0.25]), f"cubic sources of 4 -> 8: expected -0.25, 0.25 first, got {got}"
 
+
+# %% [markdown]
+# ## Exercise 4.10 — bicubic weights
+#
+# Bicubic resampling blends four taps, at distances $1 + f$, $f$, $1 - f$ and $2 - f$ from the
+# source, with Keys' cubic convolution kernel ($a = -0.75$ in PyTorch and OpenCV):
+#
+# $$W(d) = \begin{cases} (a+2)|d|^3 - (a+3)|d|^2 + 1 & |d| \le 1 \\
+#   a|d|^3 - 5a|d|^2 + 8a|d| - 4a & 1 < |d| < 2 \end{cases}$$
+#
+# Write `cubic_weights(f)`: for an array of fractions $f$ (shape $(O,)$) the $(O, 4)$ weights of
+# the taps $\ell - 1, \ell, \ell + 1, \ell + 2$. The four weights of every row sum to 1.
+
+# %%
+#| export layers.resize
+#| exercise: the four Keys cubic-convolution weights (a = -0.75) of the taps at distances 1+f, f, 1-f, 2-f
+def cubic_weights(frac: np.ndarray, a: float = -0.75) -> np.ndarray:
+    """Weights (O, 4) float64 of the taps floor(src)-1 .. floor(src)+2 for fractions frac (O,)
+    (Keys 1981, "Cubic convolution interpolation for digital image processing"; PyTorch's a)."""
+    ### BEGIN SOLUTION
+    def near(d):  # |d| <= 1
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d):  # 1 < |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    return np.stack([far(frac + 1), near(frac), near(1 - frac), far(2 - frac)], axis=-1)
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 4.10"):
+    frac = np.array([0.0, 0.25, 0.5, 0.9])
+    got = cubic_weights(frac)
+    assert got.shape == (4, 4), f"expected weights of shape (4, 4), got {got.shape}"
+    want = np.array([[0, 1, 0, 0], [-0.10546875, 0.87890625, 0.26171875, -0.03515625],
+                     [-0.09375, 0.59375, 0.59375, -0.09375], [-0.00675, 0.08875, 0.97875, -0.06075]])
+    assert np.allclose(got, want, atol=1e-6), f"f = {frac}: expected\n{want}\ngot\n{np.round(got, 5)}"
+    x = rng.standard_normal((1, 2, 5, 4), dtype=np.float32)
+    for size, scale, corners in [((9, 7), None, False), ((10, 8), 2.0, False), ((9, 7), None, True), ((3, 2), None, False)]:
+        options = dict(scale_factor=scale) if scale else dict(size=size)
+        want = F.interpolate(torch.from_numpy(x), mode="bicubic", align_corners=corners, **options).numpy()
+        got = x
+        for axis, n_in, n in [(2, 5, size[0]), (3, 4, size[1])]:
+            got = apply_table(got, axis, *resample_table(n_in, n, scale, "cubic", corners))
+        assert np.allclose(got, want, atol=1e-5), (f"bicubic {x.shape[2:]} -> {size}, align_corners={corners}: "
+                                                   f"expected F.interpolate's output, {agreement(got, want)}")
+
+
+# %% [markdown]
+# ## Exercise 4.11 — the kernel that applies a table
+#
+# The kernel that applies a table views the tensor as $(A, \text{in}, B)$ — everything before
+# the axis, the axis, everything after — and writes $(A, \text{out}, B)$, one weighted sum of
+# `taps` inputs per output element; the same loop resizes any axis in any mode. Write it in
+# numba, in parallel over the (outer, output) pairs, summing in float32. `resize_axis` puts the
+# table and the kernel together under PyTorch's mode names (lesson 08 resizes segmentation masks
+# with it).
+
+# %%
+#| export layers.resize
+#| exercise: out[a, o, b] = sum over taps t of weight[o, t] * x[a, index[o, t], b], in parallel over (a, o), in float32
+@njit(parallel=True, cache=True)
+def resample(x, index, weight, out):
+    """out[a, o, b] = Σ_t weight[o, t] · x[a, index[o, t], b] for x (A, in, B), out (A, out, B) float32."""
+    outer, size_out, inner = out.shape
+    ### BEGIN SOLUTION
+    for ao in prange(outer * size_out):
+        a, o = ao // size_out, ao % size_out
+        for b in range(inner):
+            total = np.float32(0.0)
+            for t in range(index.shape[1]):
+                total += weight[o, t] * x[a, index[o, t], b]
+            out[a, o, b] = total
+    ### END SOLUTION
+
+
+def resample_axis(x: np.ndarray, axis: int, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """x (float32, any shape) with `axis` resampled by the table (index, weight) of resample_table."""
+    outer, inner = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
+    out = np.empty((*x.shape[:axis], len(index), *x.shape[axis + 1:]), np.float32)
+    resample(np.ascontiguousarray(x, dtype=np.float32).reshape(outer, x.shape[axis], inner), index, weight,
+             out.reshape(outer, len(index), inner))  # (A, in, B) -> (A, out, B)
+    return out
+
+
+MODES = {"nearest": "nearest", "nearest-exact": "nearest-exact", "linear": "linear", "bilinear": "linear",
+         "trilinear": "linear", "bicubic": "cubic"}
+
+
+def resize_axis(x: np.ndarray, axis: int, size_out: int, scale: float | None, mode: str,
+                align_corners: bool) -> np.ndarray:
+    """x (float32) with `axis` resized to size_out in `mode`, a key of MODES, as F.interpolate does
+    it; `scale` is the scale_factor that made size_out, or None."""
+    return resample_axis(x, axis, *resample_table(x.shape[axis], size_out, scale, MODES[mode], align_corners))
+
+
+# %%
+with check("Exercise 4.11"):
+    x = rng.standard_normal((3, 7, 5), dtype=np.float32)
+    index = rng.integers(0, 7, (4, 3)).astype(np.int64)
+    weight = rng.standard_normal((4, 3), dtype=np.float32)
+    want = apply_table(x, 1, index, weight)
+    got = np.full((3, 4, 5), np.nan, np.float32)
+    resample(x, index, weight, got)
+    assert np.allclose(got, want, atol=1e-5), (f"a table of 3 taps, x {x.shape} along axis 1: expected the "
+                                               f"weighted sums, {agreement(got, want)}")
+    up = resample_axis(x, 2, *resample_table(5, 9, None, "linear", False))
+    want = F.interpolate(torch.from_numpy(x), size=9, mode="linear").numpy()
+    assert np.allclose(up, want, atol=1e-5), f"linear 5 -> 9 along the last axis: expected F.interpolate's, {agreement(up, want)}"
+
+
+# %% [markdown]
+# The layer reads what PNNX writes for every spelling of a resize: `nn.Upsample`,
+# `F.interpolate` and `F.upsample` (a mode, a size or a scale factor for each of the 1, 2 or 3
+# spatial axes), and the fixed-mode `nn.UpsamplingNearest2d` and `nn.UpsamplingBilinear2d`
+# (which lines up the corners). With `recompute_scale_factor=True` PyTorch computes the output
+# size from the scale factor and then forgets the factor: the step becomes in/out.
 
 # %%
 #| export layers.resize
 MAX_SCALE = 1024  # a larger factor is a damaged file, not a model
+FIXED = {"nn.UpsamplingNearest2d": ("nearest", False), "F.upsample_nearest": ("nearest", False),
+         "nn.UpsamplingBilinear2d": ("bilinear", True), "F.upsample_bilinear": ("bilinear", True)}
 
 
-@register("nn.Upsample", "F.interpolate", "F.upsample", "F.upsample_nearest", "F.upsample_bilinear")
+@register("nn.Upsample", "F.interpolate", "F.upsample", *FIXED)
 class Upsample(Layer):
-    """Resize the last two dimensions: nearest, or bilinear with either align_corners."""
+    """Resize the spatial axes (1 to 3) of (N, C, ...): any mode of MODES, by size or scale_factor."""
 
     def __init__(self, op):
         super().__init__(op)
-        self.mode = self.param("mode", str, "nearest")
-        if op.type == "F.upsample_bilinear":
-            self.mode = "bilinear"
-        if self.mode not in ("nearest", "bilinear"):
-            raise LayerError(f"{op.where()}: mode {self.mode!r} is not supported (nearest, bilinear)")
-        self.align_corners = bool(self.param("align_corners", (bool, type(None)), False))
+        mode, corners = FIXED.get(op.type, ("nearest", False))
+        self.mode = mode if op.type in FIXED else self.param("mode", str, mode)
+        if self.mode not in MODES:
+            raise UnsupportedError(f"{op.where()}: mode {self.mode!r} is not supported (supported: {', '.join(MODES)})")
+        if self.param("antialias", bool, False):
+            raise UnsupportedError(f"{op.where()}: antialias=True is not supported (supported: False)")
+        self.align_corners = corners if op.type in FIXED else bool(self.param("align_corners", (bool, type(None)), False))
+        self.recompute = bool(self.param("recompute_scale_factor", (bool, type(None)), False))
         size = self.param("size", (int, tuple, type(None)), None)
         scale = self.param("scale_factor", (int, float, tuple, type(None)), None)
-        self.size = (size, size) if isinstance(size, int) else size
-        self.scale = (scale, scale) if isinstance(scale, (int, float)) else scale
+        self.size = (size,) if isinstance(size, int) else size
+        self.scale = (scale,) if isinstance(scale, (int, float)) else scale
         if self.size is None and self.scale is None:
             raise LayerError(f"{op.where()}: needs size or scale_factor")
-        if self.size is not None and not (len(self.size) == 2 and all(type(s) is int and s >= 1 for s in self.size)):
-            raise LayerError(f"{op.where()}: size should be an int >= 1 or a pair of them, got {size!r}")
-        if self.size is None and not (len(self.scale) == 2 and all(
+        if self.size is not None and not (1 <= len(self.size) <= 3 and all(type(s) is int and s >= 1 for s in self.size)):
+            raise LayerError(f"{op.where()}: size should be an int >= 1 or up to 3 of them, got {size!r}")
+        if self.size is None and not (1 <= len(self.scale) <= 3 and all(
                 type(s) in (int, float) and 0 < s < MAX_SCALE for s in self.scale)):
-            raise LayerError(f"{op.where()}: scale_factor should be a number in (0, {MAX_SCALE}) or a pair, "
+            raise LayerError(f"{op.where()}: scale_factor should be a number in (0, {MAX_SCALE}) or up to 3, "
                              f"got {scale!r}")
 
-    def forward(self, x: Tensor) -> Tensor:
-        data = x.numpy()
-        if data.ndim != 4:
-            raise ShapeError(f"{self.op.where()}: expected input (N, C, H, W), got {data.shape}")
+    def targets(self, shape: tuple[int, ...]) -> list[tuple[int, float | None]]:
+        """(output size, scale factor or None) of each spatial axis of an input of `shape`."""
+        spatial = shape[2:]
+        given = self.size if self.size is not None else self.scale
+        if len(given) not in (1, len(spatial)):
+            raise ShapeError(f"{self.op.where()}: {len(given)} sizes or scales for an input {shape} "
+                             f"with {len(spatial)} spatial axes")
+        given = given * len(spatial) if len(given) == 1 else given
         if self.size is not None:
-            size, scales = self.size, (None, None)
-        else:
-            size = tuple(math.floor(d * s) for d, s in zip(data.shape[2:], self.scale))
-            scales = tuple(float(s) for s in self.scale)
-        if min(size) < 1:
-            raise ShapeError(f"{self.op.where()}: scale_factor {self.scale} makes {data.shape} empty: {size}")
-        for axis, (n, s) in enumerate(zip(size, scales), start=2):
-            data = resize_axis(data, axis, n, s, self.mode, self.align_corners)
-        return Tensor(np.ascontiguousarray(data, dtype=np.float32), device=x.device)
+            return [(n, None) for n in given]
+        sizes = [math.floor(d * float(s)) for d, s in zip(spatial, given)]
+        if min(sizes) < 1:
+            raise ShapeError(f"{self.op.where()}: scale_factor {self.scale} makes {shape} empty: {sizes}")
+        return [(n, None if self.recompute else float(s)) for n, s in zip(sizes, given)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        data = np.asarray(x.numpy(), dtype=np.float32)
+        if not 3 <= data.ndim <= 5:
+            raise ShapeError(f"{self.op.where()}: expected input (N, C, ...) with 1 to 3 spatial axes, got {data.shape}")
+        for axis, (n, scale) in enumerate(self.targets(data.shape), start=2):
+            data = resize_axis(data, axis, n, scale, self.mode, self.align_corners)
+        return Tensor(data, device=x.device)
 
 
 # %% [markdown]
@@ -1478,6 +1703,8 @@ cases = {
                                                                    align_corners=True)),
                                         F.interpolate(tx, scale_factor=(1.5, 2.0), mode="bilinear",
                                                       align_corners=True)),
+    "nn.Upsample bicubic ×1.5": (make("nn.Upsample", dict(mode="bicubic", scale_factor=(1.5, 1.5))),
+                                 F.interpolate(tx, scale_factor=1.5, mode="bicubic")),
     "Tensor.permute": (make("Tensor.permute", dict(dims=(0, 2, 3, 1))), tx.permute(0, 2, 3, 1)),
     "Tensor.view": (make("Tensor.view", dict(shape=(1, 8, 143))), tx.view(2, 8, 143)),
 }
@@ -1488,8 +1715,11 @@ for name, (layer, want) in cases.items():
 # %% [markdown]
 # ## What you built
 #
-# `kuiper/layers/` now holds the operator set of the course's CNNs: convolutions (`conv.py`),
-# pooling (`pooling.py`), activations, batch norm, resizing and the shape operators, each
-# registered under its PNNX names and each matching PyTorch to float32 rounding. Lesson 05 adds
+# `kuiper/layers/` now holds the operator set of the course's CNNs: convolutions and transposed
+# convolutions (`conv.py`), max, average and adaptive average pooling (`pooling.py`), with or
+# without a batch axis, activations, batch norm, resizing in every mode through one table kernel
+# (`resize.py`) and the shape operators, each registered under its PNNX names and each matching
+# PyTorch to float32 rounding. Lesson 08 adds the window operators of segmentation networks
+# (padding modes, 1-D convolutions, pooling indices, Fold and Unfold). Lesson 05 adds
 # the last piece the models need, `pnnx.Expression`; lesson 06 runs ResNet and MobileNet on real
 # photos and measures the whole graph against PyTorch.

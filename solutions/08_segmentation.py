@@ -19,10 +19,12 @@
 #
 # **What you build:** `kuiper/vision/segment.py` (per-pixel softmax and argmax, the confusion
 # matrix, IoU and mIoU, the colour overlay, masks mapped back to the photo) and, on top of it, the
-# command `kuiper segment`.
+# command `kuiper segment`; then, in lesson 04's `kuiper/layers/`, the window operators of other
+# segmentation networks: every convolution padding mode, 1-D and functional convolutions, max
+# pooling with indices, adaptive max and power-average pooling, `nn.Fold` and `nn.Unfold`.
 #
 # **Prerequisites:** lesson 04 (convolution, `nn.ConvTranspose2d`, `nn.Upsample`), lesson 06
-# (`softmax`, `load_image`) and lesson 07 (`letterbox`). **Time:** about 90 minutes.
+# (`softmax`, `load_image`) and lesson 07 (`letterbox`). **Time:** about two hours.
 #
 # | exercise | what |
 # |---|---|
@@ -32,6 +34,9 @@
 # | 8.4 | the confusion matrix |
 # | 8.5 | IoU per class and mIoU |
 # | 8.6 | the colour overlay |
+# | 8.7 | 1-D windows as 2-D ones, and the padding of each side (`'same'`, `F.pad`'s order) |
+# | 8.8 | window tables and max pooling with the indices of the maxima (numba) |
+# | 8.9 | `unfold` and `fold`: im2col and col2im as operators |
 
 # %%
 #| default_exp vision.segment
@@ -141,7 +146,7 @@ with check("Exercise 8.1"):
         want = F.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), stride, padding).numpy()
         got = conv_transpose2d(x, w, b, stride, padding)
         assert got.shape == want.shape, f"kernel {kernel} stride {stride} padding {padding}: shape {want.shape} expected, got {got.shape}"
-        assert np.abs(got - want).max() < 1e-4, f"kernel {kernel} stride {stride}: largest error {np.abs(got - want).max():.2e}"
+        assert np.abs(got - want).max() < 1e-4, f"kernel {kernel} stride {stride}: expected F.conv_transpose2d's output, largest error {np.abs(got - want).max():.2e}"
 
 # %% [markdown]
 # A 3×3 input of ones and kernels of ones show the scatter at stride 2: the 2×2 copies tile the
@@ -198,7 +203,7 @@ with check("Exercise 8.2"):
             got = bilinear_resize(x, size, corners)
             assert got.shape == want.shape, f"size {size}: shape {want.shape} expected, got {got.shape}"
             error = np.abs(got - want).max()
-            assert error < 1e-5, f"size {size}, align_corners={corners}: largest error {error:.2e}"
+            assert error < 1e-5, f"size {size}, align_corners={corners}: expected F.interpolate's output, largest error {error:.2e}"
 
 # %% [markdown]
 # The two conventions differ in where the corners go: with `align_corners=True` the first and
@@ -492,9 +497,566 @@ from kuiper.bench import bench_models, format_model_rows
 print(format_model_rows(bench_models([MODELS / "unet_shapes.pnnx.param"], batches=[1, 8], repeat=3)))
 
 # %% [markdown]
+# ## Beyond UNet: the window operators of other segmentation networks
+#
+# Our UNet needs only lesson 04's layers, but other segmentation networks use more of PyTorch's
+# window operators. **SegNet** (Badrinarayanan et al., 2017) remembers *where* each maximum of its
+# encoder's max pools was (`return_indices=True`) and its decoder unpools to exactly those places;
+# **PSPNet** (Zhao et al., 2017) pools its feature map adaptively to 1, 2, 3 and 6 bins to see the
+# whole scene; image-to-image networks (pix2pix, CycleGAN's generators) pad by **reflection** so
+# that the border of the output does not darken; and `nn.Unfold` / `nn.Fold` are lesson 04's
+# im2col and col2im as operators — Fold is what a transposed convolution does after its matrix
+# multiply. They all export into lesson 04's modules, `kuiper/layers/conv.py` and `pooling.py`,
+# and reuse its kernels:
+
+# %%
+from numba import njit, prange
+
+from kuiper.course import raises
+from kuiper.errors import LayerError, ShapeError
+from kuiper.layer import Layer
+from kuiper.layers.conv import Conv2d, ConvTranspose2d, col2im, im2col_image, out_size, pair, unbatched
+from kuiper.layers.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, adaptive_size, as_nchw, avg_pool
+from kuiper.registry import create_layer, register
+from kuiper.tensor import Tensor
+
+rng = np.random.default_rng(8)
+
+# %% [markdown]
+# ## Every padding mode, 1-D convolutions, and weights that arrive as inputs
+#
+# The zoo's models use a small part of what `nn.Conv2d` can do. Three more ways PyTorch users
+# write a convolution, all run by lesson 04's `Conv2d` and `ConvTranspose2d`:
+#
+# * `padding_mode` `'reflect'`, `'replicate'` or `'circular'`: pad the input first — with
+#   `np.pad`'s `reflect`, `edge` or `wrap` — then convolve without padding. `padding='same'`
+#   pads $d(k-1)$ in all, half before; when that is odd PyTorch puts the extra row after (bottom,
+#   right), and PNNX then writes the padding in `F.pad`'s order, last axis first:
+#   `(left, right, top, bottom)`.
+# * `nn.Conv1d` is a 2-d convolution over a $(1, L)$ image: every window parameter gets a leading
+#   1 (0 for padding), the weight $(K, C, k)$ becomes $(K, C, 1, k)$.
+# * `F.conv2d(x, w, b)` with `w` a graph input or a `pnnx.Attribute` constant: the layer builds
+#   its `Conv2d` from the tensors it is given (once per weight tensor it sees).
+#
+# ## Exercise 8.7 — 1-D windows and the padding of each side
+#
+# Write `lift_1d`: a copy of the operator (`dataclasses.replace`) whose window parameters
+# (`LEADING`'s keys; PNNX writes `3` or `(3,)`) become pairs with the leading value of `LEADING`,
+# and whose 3-d `weight` gains an axis 2. And `conv_sides`: the `(before, after)` padding of both
+# axes of the lifted window, for `'valid'`, `'same'`, an int or one int per axis (both sides
+# alike), or `F.pad`'s order (two per axis, last axis first); a 1-D convolution's first axis is
+# never padded.
+
+# %%
+#| export layers.conv
+#| exercise: lift a 1-D window operator to 2-D (leading 1, or 0 for paddings; weight (K, C, 1, k)); (before, after) padding of each axis
+from dataclasses import replace
+
+from kuiper.errors import UnsupportedError
+from kuiper.pnnx import Attribute, Operator
+
+PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+LEADING = {"kernel_size": 1, "stride": 1, "dilation": 1, "padding": 0, "output_padding": 0, "output_size": 1}
+
+
+def lift_1d(op: Operator) -> Operator:
+    """A 1-D window operator as its 2-D form over a (1, L) image: each window parameter (3, or
+    (3,)) gets a leading 1 (0 for paddings), a weight (K, C, k) becomes (K, C, 1, k)."""
+    ### BEGIN SOLUTION
+    params = dict(op.params)
+    for key, lead in LEADING.items():
+        value = params.get(key)
+        if type(value) is int or (isinstance(value, tuple) and len(value) == 1):
+            params[key] = (lead, value if type(value) is int else value[0])
+    attrs = dict(op.attrs)
+    if "weight" in attrs and attrs["weight"].data is not None and attrs["weight"].data.ndim == 3:
+        data = attrs["weight"].data[:, :, None]  # (K, C, k) -> (K, C, 1, k)
+        attrs["weight"] = replace(attrs["weight"], shape=data.shape, data=data)
+    return replace(op, params=params, attrs=attrs)
+    ### END SOLUTION
+
+
+def conv_sides(padding: object, dims: int, kernel: tuple[int, int], dilation: tuple[int, int],
+               op: Operator) -> list[tuple[int, int]]:
+    """(before, after) padding of both axes of the lifted 2-D window of a `dims`-D convolution:
+    'valid', 'same' (d(k-1) in all, the odd one after, as PyTorch's _convolution_same), one int
+    per axis, or F.pad's (left, right[, top, bottom]). LayerError otherwise."""
+    ### BEGIN SOLUTION
+    if padding == "valid":
+        return [(0, 0), (0, 0)]
+    if padding == "same":
+        return [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation)]
+    values = (padding,) * dims if type(padding) is int else padding
+    if not (isinstance(values, tuple) and len(values) in (dims, 2 * dims)
+            and all(type(v) is int and v >= 0 for v in values)):
+        raise LayerError(f"{op.where()}: padding should be 'same', 'valid' or {dims} ints (or {2 * dims} in F.pad's "
+                         f"order), each at least 0, got {padding!r}")
+    if len(values) == dims:
+        return [(0, 0)] * (2 - dims) + [(p, p) for p in values]
+    return [(0, 0)] * (2 - dims) + [values[i:i + 2] for i in range(0, len(values), 2)][::-1]  # last axis first
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 8.7"):
+    op = Operator("nn.Conv1d", "c", ["x"], ["y"], dict(kernel_size=(3,), stride=2, padding=(1,), dilation=(2,),
+                                                      groups=1), {"weight": Attribute((4, 2, 3), "float32",
+                                                                                      np.ones((4, 2, 3), np.float32))})
+    lifted = lift_1d(op)
+    want = dict(kernel_size=(1, 3), stride=(1, 2), padding=(0, 1), dilation=(1, 2), groups=1)
+    assert lifted.params == want, f"lift_1d of {op.params}: expected {want}, got {lifted.params}"
+    got = lifted.attrs["weight"].data.shape
+    assert got == (4, 2, 1, 3), f"lift_1d of a weight (4, 2, 3): expected (4, 2, 1, 3), got {got}"
+    assert op.params["stride"] == 2, f"lift_1d must not change its input: expected stride 2, got {op.params['stride']}"
+    for padding, dims, kernel, dilation, want in [
+            ("valid", 2, (3, 3), (1, 1), [(0, 0), (0, 0)]), ("same", 2, (2, 4), (2, 1), [(1, 1), (1, 2)]),
+            ("same", 1, (1, 4), (1, 3), [(0, 0), (4, 5)]), (2, 2, (3, 3), (1, 1), [(2, 2), (2, 2)]),
+            ((1, 3), 2, (3, 3), (1, 1), [(1, 1), (3, 3)]), ((1, 2, 3, 4), 2, (3, 3), (1, 1), [(3, 4), (1, 2)]),
+            ((2,), 1, (1, 3), (1, 1), [(0, 0), (2, 2)]), ((1, 2), 1, (1, 4), (1, 1), [(0, 0), (1, 2)])]:
+        got = conv_sides(padding, dims, kernel, dilation, op)
+        assert [tuple(side) for side in got] == want, (f"conv_sides({padding!r}, dims={dims}, kernel={kernel}, "
+                                                       f"dilation={dilation}): expected {want}, got {got}")
+    err = raises(LayerError, conv_sides, (1, 2, 3), 2, (3, 3), (1, 1), op)
+    assert "(1, 2, 3)" in str(err), f"expected the message to name the padding (1, 2, 3), got: {err}"
+
+
+# %% [markdown]
+# The layers: `Convolution` pads (when the padding is not plain zeros on both sides alike) and
+# runs `Conv2d`; the 1-D forms lift their operator and add the height axis of one row;
+# `FunctionalConv` builds its layer from the weight tensors it is given.
+
+# %%
+#| export layers.conv
+def conv_operator(op: Operator, kind: str, params: dict, weight: np.ndarray, bias: np.ndarray | None) -> Operator:
+    """An operator of type `kind` named after `op` that holds `weight` and `bias` as its weights."""
+    attrs = {"weight": Attribute(weight.shape, "float32", weight)}
+    if bias is not None:
+        attrs["bias"] = Attribute(bias.shape, "float32", bias)
+    return replace(op, type=kind, params=params | {"bias": bias is not None}, attrs=attrs)
+
+
+def spatial_input(op: Operator, x: Tensor, dims: int) -> np.ndarray:
+    """x as float32 (N, C, H, W): a 1-D input (N, C, L) gains H = 1; ShapeError otherwise."""
+    data = np.asarray(x.numpy(), dtype=np.float32)
+    if data.ndim != dims + 2:
+        raise ShapeError(f"{op.where()}: expected input (N, C, {'L' if dims == 1 else 'H, W'}), got {data.shape}")
+    return data[:, :, None] if dims == 1 else data  # (N, C, L) -> (N, C, 1, L)
+
+
+@register("nn.Conv1d", "nn.Conv2d")
+class Convolution(Layer):
+    """nn.Conv1d / nn.Conv2d with every padding_mode and 'same' padding: pad, then Conv2d."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.dims = 1 if op.type.endswith("1d") else 2
+        lifted = lift_1d(op) if self.dims == 1 else op
+        mode = self.param("padding_mode", str, "zeros")
+        if mode not in PADDING_MODES:
+            raise UnsupportedError(f"{op.where()}: padding_mode {mode!r} is not supported "
+                                   f"(supported: {', '.join(PADDING_MODES)})")
+        kernel = pair(lifted.params.get("kernel_size"), "kernel_size", op, minimum=1)
+        dilation = pair(lifted.params.get("dilation", 1), "dilation", op, minimum=1)
+        self.sides = conv_sides(op.params.get("padding", 0), self.dims, kernel, dilation, op)
+        self.np_mode = PADDING_MODES[mode]
+        symmetric = mode == "zeros" and all(lo == hi for lo, hi in self.sides)
+        padding = tuple(lo for lo, _ in self.sides) if symmetric else (0, 0)
+        self.pad_first = not symmetric
+        self.conv = Conv2d(replace(lifted, type="nn.Conv2d", params=lifted.params | {
+            "padding": padding, "padding_mode": "zeros"}))
+
+    @unbatched
+    def forward(self, x: Tensor) -> Tensor:
+        data = spatial_input(self.op, x, self.dims)
+        if self.pad_first:
+            data = np.pad(data, [(0, 0), (0, 0), *self.sides], mode=self.np_mode)
+        out = self.conv(Tensor(data, device=x.device)).numpy()
+        return Tensor(out[:, :, 0] if self.dims == 1 else out, device=x.device)
+
+
+@register("nn.ConvTranspose1d")
+class ConvTranspose(Layer):
+    """nn.ConvTranspose1d as ConvTranspose2d over a (1, L) image."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.conv = ConvTranspose2d(replace(lift_1d(op), type="nn.ConvTranspose2d"))
+
+    dims = 1
+
+    @unbatched
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv(Tensor(spatial_input(self.op, x, 1), device=x.device)).numpy()
+        return Tensor(out[:, :, 0], device=x.device)
+
+
+@register("F.conv1d", "F.conv2d", "F.conv_transpose1d", "F.conv_transpose2d")
+class FunctionalConv(Layer):
+    """F.conv1d/2d and F.conv_transpose1d/2d: the weight (and bias) are inputs, a Convolution or
+    ConvTranspose is built from them, and kept while the same weight tensor comes back."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.transposed = "transpose" in op.type
+        self.dims = 1 if op.type.endswith("1d") else 2
+        self.built: tuple[object, object, Layer] | None = None
+
+    def layer(self, weight: np.ndarray, bias: np.ndarray | None) -> Layer:
+        """The layer for this weight (K, C/g, *window) or, transposed, (C, K/g, *window)."""
+        if self.built is not None and self.built[0] is weight and self.built[1] is bias:
+            return self.built[2]
+        if weight.ndim != self.dims + 2:
+            raise ShapeError(f"{self.op.where()}: expected a weight of {self.dims + 2} dimensions, got {weight.shape}")
+        groups = self.param("groups", int, 1, minimum=1)
+        channels = (weight.shape[0], weight.shape[1] * groups)
+        c_in, c_out = channels if self.transposed else channels[::-1]
+        params = self.op.params | {"in_channels": c_in, "out_channels": c_out, "kernel_size": weight.shape[2:]}
+        kind = f"nn.Conv{'Transpose' if self.transposed else ''}{self.dims}d"
+        op = conv_operator(self.op, kind, params, np.asarray(weight, np.float32),
+                           None if bias is None else np.asarray(bias, np.float32))
+        built = ConvTranspose(op) if self.transposed and self.dims == 1 else (
+            ConvTranspose2d(op) if self.transposed else Convolution(op))
+        self.built = (weight, bias, built)
+        return built
+
+    @unbatched
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        return self.layer(weight.numpy(), None if bias is None else bias.numpy())(x)
+
+
+# %% [markdown]
+# ## Indices, adaptive max, power averages and 1-D pooling
+#
+# One more kernel covers the rest of max pooling. Describe the windows along each axis by a
+# table — where each window starts and how many taps it has — and the same loop serves a fixed
+# window (start $o s - p$, $k$ taps $d$ apart) and an adaptive one (start $\lfloor oH/O \rfloor$,
+# up to $\lceil (o+1)H/O \rceil$). It also returns `return_indices=True`'s second output: the
+# flat index $i_y W + i_x$ of each maximum, the first one found (NaN wins, as in PyTorch), which
+# SegNet's `nn.MaxUnpool2d` uses to put the values back (lesson 04's `MaxPool2d` calls this
+# kernel when `return_indices=True`).
+#
+# ## Exercise 8.8 — window tables and max pooling with indices
+#
+# Write `window_table` (both kinds of window) and the numba kernel `max_pool_indices`: for each
+# (image, channel) in parallel and each output position, the maximum over the taps of its row
+# and column windows that fall inside the input, and the flat index of the first maximum. A NaN
+# wins over everything that comes before it, as in PyTorch.
+#
+# `nn.LPPool2d` is the $p$-norm of each window; PyTorch computes it as an average pool of
+# $x^p$ times the window's area, to the power $1/p$, and so do we, reusing lesson 04's `avg_pool`. The 1-D
+# forms run the 2-D layers on a $(1, L)$ image, their operators lifted by `lift_1d`.
+
+# %%
+#| export layers.pooling
+#| exercise: per-axis window tables (fixed or adaptive); max over the windows with the flat index iy*W+ix of the first maximum
+def window_table(size: int, out: int, kernel: int = 0, stride: int = 1,
+                 padding: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per output position along one axis: the input index its window starts at (negative in the
+    padding) and its number of taps, both int64 (out,). kernel 0 means adaptive windows, rows
+    floor(o·size/out) up to ceil((o+1)·size/out) (PyTorch's adaptive pooling)."""
+    ### BEGIN SOLUTION
+    o = np.arange(out, dtype=np.int64)
+    if kernel == 0:
+        start = o * size // out
+        return start, -(-(o + 1) * size // out) - start
+    return o * stride - padding, np.full(out, kernel, np.int64)
+    ### END SOLUTION
+
+
+@njit(parallel=True, cache=True)
+def max_pool_indices(x, out, indices, y_start, y_taps, x_start, x_taps, dh, dw):
+    """out = max of x (N, C, H, W) over the windows of the row and column tables (window_table,
+    taps dh and dw apart, outside positions skipped); indices = flat iy·W + ix of the first maximum."""
+    n_batch, channels, height, width = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    ### BEGIN SOLUTION
+    for nc in prange(n_batch * channels):
+        n, c = nc // channels, nc % channels
+        for y in range(oh):
+            for x_ in range(ow):
+                best, where = -np.inf, -1
+                for i in range(y_taps[y]):
+                    iy = y_start[y] + i * dh
+                    if 0 <= iy < height:
+                        for j in range(x_taps[x_]):
+                            ix = x_start[x_] + j * dw
+                            if 0 <= ix < width:
+                                value = x[n, c, iy, ix]
+                                if where < 0 or value > best or np.isnan(value):
+                                    best, where = value, iy * width + ix
+                out[n, c, y, x_], indices[n, c, y, x_] = best, where
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 8.8"):
+    got = window_table(7, 3)
+    assert [list(got[0]), list(got[1])] == [[0, 2, 4], [3, 3, 3]], (
+        f"adaptive windows of 7 into 3: expected starts [0, 2, 4] and taps [3, 3, 3], got {got}")
+    for shape, kernel, stride, padding, dilation, ceil in [((2, 3, 9, 11), 3, 2, 1, 1, True),
+                                                             ((1, 2, 8, 7), (2, 3), (1, 2), (1, 0), (2, 1), False),
+                                                             ((1, 2, 6, 9), (3, 2), 2, 1, (1, 3), True)]:
+        x = rng.integers(-3, 3, shape).astype(np.float32)  # small integers: ties, where the first maximum wins
+        x[0, 0, 1, 1] = np.nan
+        want, want_index = F.max_pool2d(torch.from_numpy(x), kernel, stride, padding, dilation, ceil, return_indices=True)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (k if isinstance(k, tuple) else (k, k)
+                                                  for k in (kernel, stride, padding, dilation))
+        got, index = np.full(want.shape, np.inf, np.float32), np.full(want.shape, -7, np.int64)
+        max_pool_indices(x, got, index, *window_table(shape[2], want.shape[2], kh, sh, ph),
+                         *window_table(shape[3], want.shape[3], kw, sw, pw), dh, dw)
+        where = f"max_pool2d of {shape}, kernel {kernel}, stride {stride}, padding {padding}, dilation {dilation}"
+        assert np.array_equal(got, want.numpy(), equal_nan=True), f"{where}: expected the maxima, {agreement(got, want.numpy())}"
+        bad = np.argwhere(index != want_index.numpy())
+        assert not bad.size, (f"{where}: expected index {int(want_index.numpy()[tuple(bad[0])])} at {tuple(map(int, bad[0]))} "
+                              f"(PyTorch), got {index[tuple(bad[0])]}")
+    x = rng.standard_normal((1, 2, 7, 10), dtype=np.float32)
+    want, want_index = F.adaptive_max_pool2d(torch.from_numpy(x), (3, 4), return_indices=True)
+    got, index = np.empty(want.shape, np.float32), np.empty(want.shape, np.int64)
+    max_pool_indices(x, got, index, *window_table(7, 3), *window_table(10, 4), 1, 1)
+    assert np.array_equal(got, want.numpy()) and np.array_equal(index, want_index.numpy()), (
+        f"adaptive max pooling of (7, 10) to (3, 4): expected\n{want_index.numpy()[0, 0]}\ngot\n{index[0, 0]}")
+
+
+# %%
+#| export layers.pooling
+from kuiper.layers.conv import lift_1d, spatial_input
+
+
+@register("nn.AdaptiveMaxPool2d", "F.adaptive_max_pool2d")
+class AdaptiveMaxPool2d(Layer):
+    """Max pooling to a fixed output size, with the indices of the maxima if asked."""
+
+    dims = 2
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.size = adaptive_size(self)
+        self.return_indices = self.param("return_indices", bool, False)
+
+    @unbatched
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        data = as_nchw(self, x)
+        (height, width), (oh, ow) = data.shape[2:], self.output_shape(data)
+        out, indices = np.empty((*data.shape[:2], oh, ow), np.float32), np.empty((*data.shape[:2], oh, ow), np.int64)
+        max_pool_indices(data, out, indices, *window_table(height, oh), *window_table(width, ow), 1, 1)
+        return (Tensor(out, device=x.device), Tensor(indices, device=x.device)) if self.return_indices else Tensor(
+            out, device=x.device)
+
+    def output_shape(self, data: np.ndarray) -> tuple[int, int]:
+        return tuple(s if s is not None else d for s, d in zip(self.size, data.shape[2:]))
+
+
+@register("nn.LPPool2d", "F.lp_pool2d")
+class LPPool2d(Layer):
+    """The p-norm of each window, as PyTorch: (avg_pool(x^p) · kh·kw)^(1/p), no padding."""
+
+    dims = 2
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.p = float(self.param("norm_type", (int, float), minimum=1e-6))
+        self.kernel = pair(self.param("kernel_size"), "kernel_size", op, minimum=1)
+        stride = self.param("stride", object, None)
+        self.stride = self.kernel if stride in (None, ()) else pair(stride, "stride", op, minimum=1)
+        self.ceil_mode = self.param("ceil_mode", bool, False)
+
+    @unbatched
+    def forward(self, x: Tensor) -> Tensor:
+        data = np.power(as_nchw(self, x), np.float32(self.p))
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        oh = out_size(data.shape[2], kh, sh, 0, 1, self.ceil_mode)
+        ow = out_size(data.shape[3], kw, sw, 0, 1, self.ceil_mode)
+        out = np.empty((*data.shape[:2], oh, ow), np.float32)
+        avg_pool(data, out, kh, kw, sh, sw, 0, 0, True, 0)
+        with np.errstate(invalid="ignore"):  # a negative sum to a fractional power is NaN, as in PyTorch
+            return Tensor(np.power(out * np.float32(kh * kw), np.float32(1 / self.p)), device=x.device)
+
+
+def one_d(layer_2d: type[Layer]) -> type[Layer]:
+    """The 1-D form of a 2-D pooling layer: its operator lifted by lift_1d, (N, C, L) run as
+    (N, C, 1, L) and every output squeezed back to (N, C, L')."""
+    class Pool1d(layer_2d):
+        dims = 1
+
+        def __init__(self, op):
+            super().__init__(lift_1d(op))
+
+        @unbatched
+        def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
+            result = super().forward(Tensor(spatial_input(self.op, x, 1), device=x.device))
+            outputs = tuple(Tensor(r.numpy()[:, :, 0], device=x.device)
+                            for r in (result if isinstance(result, tuple) else (result,)))
+            return outputs if isinstance(result, tuple) else outputs[0]
+
+    Pool1d.__name__ = Pool1d.__qualname__ = layer_2d.__name__.replace("2d", "1d")
+    return Pool1d
+
+
+MaxPool1d = register("nn.MaxPool1d", "F.max_pool1d")(one_d(MaxPool2d))
+AvgPool1d = register("nn.AvgPool1d", "F.avg_pool1d")(one_d(AvgPool2d))
+AdaptiveAvgPool1d = register("nn.AdaptiveAvgPool1d", "F.adaptive_avg_pool1d")(one_d(AdaptiveAvgPool2d))
+AdaptiveMaxPool1d = register("nn.AdaptiveMaxPool1d", "F.adaptive_max_pool1d")(one_d(AdaptiveMaxPool2d))
+LPPool1d = register("nn.LPPool1d", "F.lp_pool1d")(one_d(LPPool2d))
+
+
+# %% [markdown]
+# ## Unfold and Fold: im2col and col2im as operators
+#
+# `nn.Unfold` *is* im2col: every sliding block of the image as a column, $(N, C k_h k_w, L)$,
+# rows ordered $(c, i, j)$ as lesson 04's `im2col_image` writes them. `nn.Fold` is col2im, adding the
+# (overlapping) blocks back into an image of `output_size` — what the transposed convolution
+# does after its matrix multiply. Folding an unfolded image does not give the image back: each
+# pixel comes back once per window that covers it.
+#
+# ## Exercise 8.9 — unfold and fold
+#
+# Write `unfold` with `im2col_image` (one image at a time) and `fold` with `col2im`: for both,
+# the number of windows along each axis is `out_size` of the *image* size (for `fold`, the
+# `output_size`), and a window that does not fit, or columns that do not match the windows,
+# are a `ShapeError` naming the shapes.
+
+# %%
+#| export layers.conv
+#| exercise: unfold every window into a column with im2col_image; fold adds the columns back with col2im; ShapeError when they do not fit
+def unfold(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+           dilation: tuple[int, int]) -> np.ndarray:
+    """F.unfold: x (N, C, H, W) float32 -> columns (N, C·kh·kw, L), L windows in row-major order."""
+    ### BEGIN SOLUTION
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    oh, ow = out_size(x.shape[2], kh, sh, ph, dh), out_size(x.shape[3], kw, sw, pw, dw)
+    if min(oh, ow) < 1:
+        raise ShapeError(f"a {kh}×{kw} window (dilation {dilation}) does not fit in {x.shape} padded by {padding}")
+    cols = np.empty((x.shape[0], x.shape[1] * kh * kw, oh * ow), np.float32)
+    for n in range(x.shape[0]):
+        im2col_image(x[n], cols[n], kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    return cols
+    ### END SOLUTION
+
+
+def fold(cols: np.ndarray, size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+         padding: tuple[int, int], dilation: tuple[int, int]) -> np.ndarray:
+    """F.fold: columns (N, C·kh·kw, L) float32 -> (N, C, *size), overlapping windows added."""
+    ### BEGIN SOLUTION
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    bh, bw = out_size(size[0], kh, sh, ph, dh), out_size(size[1], kw, sw, pw, dw)
+    if cols.ndim != 3 or cols.shape[1] % (kh * kw) or cols.shape[2] != bh * bw:
+        raise ShapeError(f"expected columns (N, C·{kh * kw}, {bh * bw}) for an output {size}, got {cols.shape}")
+    out = np.zeros((cols.shape[0], cols.shape[1] // (kh * kw), *size), np.float32)
+    col2im(cols, out, kh, kw, sh, sw, ph, pw, dh, dw, bh, bw)
+    return out
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 8.9"):
+    x = rng.standard_normal((2, 3, 9, 8), dtype=np.float32)
+    for kernel, stride, padding, dilation in [((3, 3), (1, 1), (1, 1), (1, 1)), ((2, 3), (2, 1), (1, 0), (1, 2)),
+                                              ((3, 2), (1, 3), (0, 2), (2, 1))]:
+        where = f"kernel {kernel}, stride {stride}, padding {padding}, dilation {dilation}"
+        want = F.unfold(torch.from_numpy(x), kernel, dilation, padding, stride).numpy()
+        got = unfold(x, kernel, stride, padding, dilation)
+        assert got.shape == want.shape, f"unfold of {x.shape}, {where}: expected shape {want.shape}, got {got.shape}"
+        assert np.allclose(got, want), f"unfold of {x.shape}, {where}: expected F.unfold's columns, {agreement(got, want)}"
+        want = F.fold(torch.from_numpy(got), (9, 8), kernel, dilation, padding, stride).numpy()
+        back = fold(got, (9, 8), kernel, stride, padding, dilation)
+        assert back.shape == want.shape, f"fold to (9, 8), {where}: expected shape {want.shape}, got {back.shape}"
+        assert np.allclose(back, want, atol=1e-5), f"fold to (9, 8), {where}: expected F.fold's image, {agreement(back, want)}"
+    err = raises(ShapeError, fold, got[:, :, :-1], (9, 8), kernel, stride, padding, dilation)
+    assert str(got.shape[2]) in str(err), f"expected the message to name the {got.shape[2]} windows, got: {err}"
+    err = raises(ShapeError, unfold, x, (11, 3), (1, 1), (0, 0), (1, 1))
+    assert "11" in str(err), f"expected the message to name the 11×3 window, got: {err}"
+
+
+# %%
+#| export layers.conv
+@register("nn.Unfold", "F.unfold")
+class Unfold(Layer):
+    """(N, C, H, W) -> (N, C·kh·kw, L): every sliding block as a column (im2col)."""
+
+    dims = 2
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.window = window_params(self)
+
+    @unbatched
+    def forward(self, x: Tensor) -> Tensor:
+        data = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        if data.ndim != 4:
+            raise ShapeError(f"{self.op.where()}: expected input (N, C, H, W), got {data.shape}")
+        try:
+            return Tensor(unfold(data, *self.window), device=x.device)
+        except ShapeError as err:
+            raise ShapeError(f"{self.op.where()}: {err}") from None
+
+
+@register("nn.Fold", "F.fold")
+class Fold(Layer):
+    """(N, C·kh·kw, L) -> (N, C, H, W): blocks added back into an image of output_size (col2im)."""
+
+    dims = 1  # an unbatched input is (C·kh·kw, L)
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.window = window_params(self)
+        self.size = pair(self.param("output_size"), "output_size", op, minimum=1)
+
+    @unbatched
+    def forward(self, x: Tensor) -> Tensor:
+        try:
+            return Tensor(fold(np.ascontiguousarray(x.numpy(), dtype=np.float32), self.size, *self.window),
+                          device=x.device)
+        except ShapeError as err:
+            raise ShapeError(f"{self.op.where()}: {err}") from None
+
+
+def window_params(layer: Layer) -> tuple[tuple[int, int], ...]:
+    """kernel_size, stride, padding and dilation of Fold / Unfold as pairs."""
+    return (pair(layer.param("kernel_size"), "kernel_size", layer.op, minimum=1),
+            pair(layer.param("stride", object, 1), "stride", layer.op, minimum=1),
+            pair(layer.param("padding", object, 0), "padding", layer.op),
+            pair(layer.param("dilation", object, 1), "dilation", layer.op, minimum=1))
+
+
+# %% [markdown]
+# Each new layer against PyTorch, built from a PNNX-style operator as the loader would build it:
+
+# %%
+def make(kind, params, attrs=None):
+    """The registered layer for a PNNX operator of `kind`."""
+    attrs = {k: Attribute(v.shape, "float32", v) for k, v in (attrs or {}).items()}
+    return create_layer(Operator(kind, "op", ["0"], ["out"], params, attrs, line=1))
+
+
+x = rng.standard_normal((2, 8, 13, 11), dtype=np.float32)
+tx = torch.from_numpy(x)
+weight, weight_1d = rng.standard_normal((4, 8, 3, 3), dtype=np.float32), rng.standard_normal((4, 8, 3), dtype=np.float32)
+conv = dict(in_channels=8, out_channels=4, bias=False)
+cases = {
+    "nn.Conv2d reflect": (make("nn.Conv2d", conv | dict(kernel_size=(3, 3), padding=(2, 2), padding_mode="reflect"),
+                               dict(weight=weight)), F.conv2d(F.pad(tx, (2, 2, 2, 2), mode="reflect"), torch.from_numpy(weight))),
+    "nn.Conv1d same": (make("nn.Conv1d", conv | dict(kernel_size=(3,), padding="same"), dict(weight=weight_1d)),
+                       F.conv1d(tx[:, :, 0], torch.from_numpy(weight_1d), padding="same")),
+    "nn.MaxPool2d indices": (make("nn.MaxPool2d", dict(kernel_size=(2, 2), stride=(2, 2), return_indices=True)),
+                             F.max_pool2d(tx, 2, 2, return_indices=True)[1]),
+    "nn.AdaptiveMaxPool2d (6,6)": (make("nn.AdaptiveMaxPool2d", dict(output_size=(6, 6))),
+                                   F.adaptive_max_pool2d(tx, (6, 6))),
+    "nn.LPPool2d p=2 3/2": (make("nn.LPPool2d", dict(norm_type=2.0, kernel_size=(3, 3), stride=(2, 2))),
+                            F.lp_pool2d(tx, 2.0, 3, 2)),
+    "nn.Unfold 3×3": (make("nn.Unfold", dict(kernel_size=(3, 3), padding=(1, 1))), F.unfold(tx, 3, padding=1)),
+}
+for name, (layer, want) in cases.items():
+    got = layer(Tensor(x[:, :, 0] if "1d" in name else x))
+    got = (got[1] if isinstance(got, tuple) else got).numpy()
+    print(f"{name:28} {str(got.shape):18} {agreement(got.astype(np.float32), want.numpy().astype(np.float32))}")
+
+# %% [markdown]
 # ## What you built
 #
 # `kuiper/vision/segment.py`: per-pixel softmax and argmax, the confusion matrix and mIoU, the
 # colour overlay, and a pipeline that letterboxes photos in and maps the scores back to each
-# photo's size, behind `kuiper segment`. Lesson 09 leaves images for text: the weights of language
+# photo's size, behind `kuiper segment`. And in `kuiper/layers/`: convolutions with every padding
+# mode, in 1-D and with weights that arrive as inputs (`conv.py`), max pooling with indices,
+# adaptive max and power-average pooling in 1-D and 2-D (`pooling.py`), and Fold and Unfold, each
+# matching PyTorch. Lesson 09 leaves images for text: the weights of language
 # models, in GGUF and safetensors files.

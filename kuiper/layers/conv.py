@@ -1,15 +1,19 @@
-# Generated from solutions/04_conv_pooling.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/04_conv_pooling.py, solutions/08_segmentation.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
+from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 from numba import njit, prange
 
-from kuiper.errors import LayerError, ShapeError
+from kuiper.errors import LayerError, ShapeError, UnsupportedError
 from kuiper.layer import Layer
+from kuiper.pnnx import Attribute, Operator
 from kuiper.registry import register
 from kuiper.tensor import Tensor
 
@@ -230,3 +234,227 @@ class ConvTranspose2d(ConvLayer):
         if self.bias is not None:
             out += self.bias[:, None, None]
         return Tensor(out, device=x.device)
+
+
+def unbatched(forward: Callable) -> Callable:
+    """Decorator of a forward method of a layer with `self.dims` spatial axes: an input without its
+    batch axis, (C, *spatial), runs as a batch of one and every output loses the batch axis again
+    (as PyTorch allows)."""
+    @functools.wraps(forward)
+    def run(self, x: Tensor, *rest: Tensor) -> Tensor | tuple[Tensor, ...]:
+        if x.ndim != self.dims + 1:
+            return forward(self, x, *rest)
+        result = forward(self, Tensor(x.numpy()[None], device=x.device), *rest)  # (C, ...) -> (1, C, ...)
+        outputs = tuple(Tensor(r.numpy()[0], device=x.device)
+                        for r in (result if isinstance(result, tuple) else (result,)))
+        return outputs if isinstance(result, tuple) else outputs[0]
+    return run
+
+
+PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+LEADING = {"kernel_size": 1, "stride": 1, "dilation": 1, "padding": 0, "output_padding": 0, "output_size": 1}
+
+
+def lift_1d(op: Operator) -> Operator:
+    """A 1-D window operator as its 2-D form over a (1, L) image: each window parameter (3, or
+    (3,)) gets a leading 1 (0 for paddings), a weight (K, C, k) becomes (K, C, 1, k)."""
+    params = dict(op.params)
+    for key, lead in LEADING.items():
+        value = params.get(key)
+        if type(value) is int or (isinstance(value, tuple) and len(value) == 1):
+            params[key] = (lead, value if type(value) is int else value[0])
+    attrs = dict(op.attrs)
+    if "weight" in attrs and attrs["weight"].data is not None and attrs["weight"].data.ndim == 3:
+        data = attrs["weight"].data[:, :, None]  # (K, C, k) -> (K, C, 1, k)
+        attrs["weight"] = replace(attrs["weight"], shape=data.shape, data=data)
+    return replace(op, params=params, attrs=attrs)
+
+
+def conv_sides(padding: object, dims: int, kernel: tuple[int, int], dilation: tuple[int, int],
+               op: Operator) -> list[tuple[int, int]]:
+    """(before, after) padding of both axes of the lifted 2-D window of a `dims`-D convolution:
+    'valid', 'same' (d(k-1) in all, the odd one after, as PyTorch's _convolution_same), one int
+    per axis, or F.pad's (left, right[, top, bottom]). LayerError otherwise."""
+    if padding == "valid":
+        return [(0, 0), (0, 0)]
+    if padding == "same":
+        return [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation)]
+    values = (padding,) * dims if type(padding) is int else padding
+    if not (isinstance(values, tuple) and len(values) in (dims, 2 * dims)
+            and all(type(v) is int and v >= 0 for v in values)):
+        raise LayerError(f"{op.where()}: padding should be 'same', 'valid' or {dims} ints (or {2 * dims} in F.pad's "
+                         f"order), each at least 0, got {padding!r}")
+    if len(values) == dims:
+        return [(0, 0)] * (2 - dims) + [(p, p) for p in values]
+    return [(0, 0)] * (2 - dims) + [values[i:i + 2] for i in range(0, len(values), 2)][::-1]  # last axis first
+
+
+def conv_operator(op: Operator, kind: str, params: dict, weight: np.ndarray, bias: np.ndarray | None) -> Operator:
+    """An operator of type `kind` named after `op` that holds `weight` and `bias` as its weights."""
+    attrs = {"weight": Attribute(weight.shape, "float32", weight)}
+    if bias is not None:
+        attrs["bias"] = Attribute(bias.shape, "float32", bias)
+    return replace(op, type=kind, params=params | {"bias": bias is not None}, attrs=attrs)
+
+
+def spatial_input(op: Operator, x: Tensor, dims: int) -> np.ndarray:
+    """x as float32 (N, C, H, W): a 1-D input (N, C, L) gains H = 1; ShapeError otherwise."""
+    data = np.asarray(x.numpy(), dtype=np.float32)
+    if data.ndim != dims + 2:
+        raise ShapeError(f"{op.where()}: expected input (N, C, {'L' if dims == 1 else 'H, W'}), got {data.shape}")
+    return data[:, :, None] if dims == 1 else data  # (N, C, L) -> (N, C, 1, L)
+
+
+@register("nn.Conv1d", "nn.Conv2d")
+class Convolution(Layer):
+    """nn.Conv1d / nn.Conv2d with every padding_mode and 'same' padding: pad, then Conv2d."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.dims = 1 if op.type.endswith("1d") else 2
+        lifted = lift_1d(op) if self.dims == 1 else op
+        mode = self.param("padding_mode", str, "zeros")
+        if mode not in PADDING_MODES:
+            raise UnsupportedError(f"{op.where()}: padding_mode {mode!r} is not supported "
+                                   f"(supported: {', '.join(PADDING_MODES)})")
+        kernel = pair(lifted.params.get("kernel_size"), "kernel_size", op, minimum=1)
+        dilation = pair(lifted.params.get("dilation", 1), "dilation", op, minimum=1)
+        self.sides = conv_sides(op.params.get("padding", 0), self.dims, kernel, dilation, op)
+        self.np_mode = PADDING_MODES[mode]
+        symmetric = mode == "zeros" and all(lo == hi for lo, hi in self.sides)
+        padding = tuple(lo for lo, _ in self.sides) if symmetric else (0, 0)
+        self.pad_first = not symmetric
+        self.conv = Conv2d(replace(lifted, type="nn.Conv2d", params=lifted.params | {
+            "padding": padding, "padding_mode": "zeros"}))
+
+    @unbatched
+    def forward(self, x: Tensor) -> Tensor:
+        data = spatial_input(self.op, x, self.dims)
+        if self.pad_first:
+            data = np.pad(data, [(0, 0), (0, 0), *self.sides], mode=self.np_mode)
+        out = self.conv(Tensor(data, device=x.device)).numpy()
+        return Tensor(out[:, :, 0] if self.dims == 1 else out, device=x.device)
+
+
+@register("nn.ConvTranspose1d")
+class ConvTranspose(Layer):
+    """nn.ConvTranspose1d as ConvTranspose2d over a (1, L) image."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.conv = ConvTranspose2d(replace(lift_1d(op), type="nn.ConvTranspose2d"))
+
+    dims = 1
+
+    @unbatched
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv(Tensor(spatial_input(self.op, x, 1), device=x.device)).numpy()
+        return Tensor(out[:, :, 0], device=x.device)
+
+
+@register("F.conv1d", "F.conv2d", "F.conv_transpose1d", "F.conv_transpose2d")
+class FunctionalConv(Layer):
+    """F.conv1d/2d and F.conv_transpose1d/2d: the weight (and bias) are inputs, a Convolution or
+    ConvTranspose is built from them, and kept while the same weight tensor comes back."""
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.transposed = "transpose" in op.type
+        self.dims = 1 if op.type.endswith("1d") else 2
+        self.built: tuple[object, object, Layer] | None = None
+
+    def layer(self, weight: np.ndarray, bias: np.ndarray | None) -> Layer:
+        """The layer for this weight (K, C/g, *window) or, transposed, (C, K/g, *window)."""
+        if self.built is not None and self.built[0] is weight and self.built[1] is bias:
+            return self.built[2]
+        if weight.ndim != self.dims + 2:
+            raise ShapeError(f"{self.op.where()}: expected a weight of {self.dims + 2} dimensions, got {weight.shape}")
+        groups = self.param("groups", int, 1, minimum=1)
+        channels = (weight.shape[0], weight.shape[1] * groups)
+        c_in, c_out = channels if self.transposed else channels[::-1]
+        params = self.op.params | {"in_channels": c_in, "out_channels": c_out, "kernel_size": weight.shape[2:]}
+        kind = f"nn.Conv{'Transpose' if self.transposed else ''}{self.dims}d"
+        op = conv_operator(self.op, kind, params, np.asarray(weight, np.float32),
+                           None if bias is None else np.asarray(bias, np.float32))
+        built = ConvTranspose(op) if self.transposed and self.dims == 1 else (
+            ConvTranspose2d(op) if self.transposed else Convolution(op))
+        self.built = (weight, bias, built)
+        return built
+
+    @unbatched
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        return self.layer(weight.numpy(), None if bias is None else bias.numpy())(x)
+
+
+def unfold(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+           dilation: tuple[int, int]) -> np.ndarray:
+    """F.unfold: x (N, C, H, W) float32 -> columns (N, C·kh·kw, L), L windows in row-major order."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    oh, ow = out_size(x.shape[2], kh, sh, ph, dh), out_size(x.shape[3], kw, sw, pw, dw)
+    if min(oh, ow) < 1:
+        raise ShapeError(f"a {kh}×{kw} window (dilation {dilation}) does not fit in {x.shape} padded by {padding}")
+    cols = np.empty((x.shape[0], x.shape[1] * kh * kw, oh * ow), np.float32)
+    for n in range(x.shape[0]):
+        im2col_image(x[n], cols[n], kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    return cols
+
+
+def fold(cols: np.ndarray, size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+         padding: tuple[int, int], dilation: tuple[int, int]) -> np.ndarray:
+    """F.fold: columns (N, C·kh·kw, L) float32 -> (N, C, *size), overlapping windows added."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    bh, bw = out_size(size[0], kh, sh, ph, dh), out_size(size[1], kw, sw, pw, dw)
+    if cols.ndim != 3 or cols.shape[1] % (kh * kw) or cols.shape[2] != bh * bw:
+        raise ShapeError(f"expected columns (N, C·{kh * kw}, {bh * bw}) for an output {size}, got {cols.shape}")
+    out = np.zeros((cols.shape[0], cols.shape[1] // (kh * kw), *size), np.float32)
+    col2im(cols, out, kh, kw, sh, sw, ph, pw, dh, dw, bh, bw)
+    return out
+
+
+@register("nn.Unfold", "F.unfold")
+class Unfold(Layer):
+    """(N, C, H, W) -> (N, C·kh·kw, L): every sliding block as a column (im2col)."""
+
+    dims = 2
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.window = window_params(self)
+
+    @unbatched
+    def forward(self, x: Tensor) -> Tensor:
+        data = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        if data.ndim != 4:
+            raise ShapeError(f"{self.op.where()}: expected input (N, C, H, W), got {data.shape}")
+        try:
+            return Tensor(unfold(data, *self.window), device=x.device)
+        except ShapeError as err:
+            raise ShapeError(f"{self.op.where()}: {err}") from None
+
+
+@register("nn.Fold", "F.fold")
+class Fold(Layer):
+    """(N, C·kh·kw, L) -> (N, C, H, W): blocks added back into an image of output_size (col2im)."""
+
+    dims = 1  # an unbatched input is (C·kh·kw, L)
+
+    def __init__(self, op):
+        super().__init__(op)
+        self.window = window_params(self)
+        self.size = pair(self.param("output_size"), "output_size", op, minimum=1)
+
+    @unbatched
+    def forward(self, x: Tensor) -> Tensor:
+        try:
+            return Tensor(fold(np.ascontiguousarray(x.numpy(), dtype=np.float32), self.size, *self.window),
+                          device=x.device)
+        except ShapeError as err:
+            raise ShapeError(f"{self.op.where()}: {err}") from None
+
+
+def window_params(layer: Layer) -> tuple[tuple[int, int], ...]:
+    """kernel_size, stride, padding and dilation of Fold / Unfold as pairs."""
+    return (pair(layer.param("kernel_size"), "kernel_size", layer.op, minimum=1),
+            pair(layer.param("stride", object, 1), "stride", layer.op, minimum=1),
+            pair(layer.param("padding", object, 0), "padding", layer.op),
+            pair(layer.param("dilation", object, 1), "dilation", layer.op, minimum=1))
