@@ -65,21 +65,7 @@ def test_workbook_keeps_signatures_and_hides_solutions(lesson):
             assert c.outputs == [] and c.execution_count is None
 
 
-# Lessons whose untouched workbook does not yet run to the end with every check TODO: (why, strict).
-# The lesson's author fixes the lesson (see AUTHORING.md), then removes it here; strict: a fixed lesson fails.
-RUN_ALL_NOT_YET = {
-    8: ("a demo cell calls Exercise 8.1 (conv_transpose2d), which is taught in the lesson but not exported: "
-        "no reference to fall back on", False),
-    9: ("Exercise 9.1 (Cursor.value) is a method the demo cells reach before the wrapper can stand in", False),
-    10: ("the SmolLM2 tokenizer demo calls Exercise 10.3 (BPE by rank) through a class the wrapper does not reach", False),
-    13: ("Exercise 13.8 is a numba.cuda kernel (never wrapped) that a demo cell launches", False),
-}
-
-
-@pytest.mark.parametrize("lesson", [
-    pytest.param(lesson, marks=pytest.mark.xfail(strict=RUN_ALL_NOT_YET[lesson.number][1],
-                                                 reason=RUN_ALL_NOT_YET[lesson.number][0]))
-    if lesson.number in RUN_ALL_NOT_YET else lesson for lesson in LESSONS], ids=lambda lesson: lesson.source.stem)
+@pytest.mark.parametrize("lesson", LESSONS, ids=lambda lesson: lesson.source.stem)
 def test_workbook_runs_to_the_end_with_every_check_todo(lesson):
     """Run All on the workbook as handed out: no cell stops it (demo cells fall back to the reference)
     and every check says TODO, naming its own exercise."""
