@@ -131,3 +131,31 @@ def test_export_routes_cells_and_blanks_exercises(tmp_path):
     assert "'9.1': {'lesson': '09_things', 'what': 'return twice x', 'module': 'kuiper.things'" in index
     assert sync.build_modules(tmp_path, {"9.1": "def twice(x):\n    return x + x"})[
         tmp_path / "kuiper" / "things.py"].endswith("def twice(x):\n    return x + x\n")
+
+
+def test_exercise_methods_notebook_exercises_and_kernels_are_wrapped():
+    """Every kind of exercise gets `@exercise` and a reference: a method of a class (only the methods
+    holding a solution), a function the package does not export (its solution's code, annotations lazy,
+    numba's cache dropped) and a CUDA kernel (device functions that kernels call stay plain)."""
+    nb = nbformat.v4.new_notebook(cells=[
+        cell("#| default_exp things"),
+        cell("#| export\n#| exercise: read it\nclass Cursor:\n    def take(self, n):\n        return n\n\n"
+             "    def value(self, t):\n        ### BEGIN SOLUTION\n        return self.take(t)\n"
+             "        ### END SOLUTION"),
+        cell("#| exercise: fill it\n@njit(parallel=True, cache=True)\ndef fill(x: np.ndarray) -> None:\n"
+             "    ### BEGIN SOLUTION\n    x[:] = 1\n    ### END SOLUTION"),
+        cell("#| export\n#| exercise: add\n@cuda.jit(device=True)\ndef one(a):\n    ### BEGIN SOLUTION\n    return a\n"
+             "    ### END SOLUTION\n\n\n@cuda.jit\ndef add(a):\n    ### BEGIN SOLUTION\n    a[0] = one(a[0])\n"
+             "    ### END SOLUTION"),
+    ])
+    index = sync.exercise_index(nb, 9, "09_things")
+    assert [(entry["names"], entry["wrapped"]) for entry in index.values()] == [
+        (["Cursor.value"], ["Cursor.value"]), (["fill"], ["fill"]), (["one", "add"], ["add"])]
+    assert index["9.2"]["module"] is None and index["9.2"]["reference"] == (
+        "from __future__ import annotations\n@njit(parallel=True)\ndef fill(x: np.ndarray) -> None:\n    x[:] = 1")
+    assert "reference" not in index["9.1"]
+    student = sync.workbook(nb, 9)
+    assert '    @exercise("9.1")\n    def value(self, t):\n' in student.cells[0].source
+    assert '@exercise("9.2")\n@njit(parallel=True, cache=True)\ndef fill' in student.cells[1].source
+    kernels = student.cells[2].source
+    assert kernels.count("@exercise") == 1 and '@exercise("9.3")\n@cuda.jit\ndef add' in kernels
