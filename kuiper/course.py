@@ -97,6 +97,8 @@ def exercise(label: str) -> Callable[[F], F]:
       check of any other exercise, so an unsolved or buggy exercise never changes another's verdict;
     * the student's code elsewhere (demo cells), falling back to the reference, with a printed note,
       while it still raises NotImplementedError: "Run All" runs to the end.
+
+    It wraps functions, methods, generators and numba.cuda kernels (see `_Kernel`).
     """
 
     def wrap(func: Any) -> Any:
