@@ -97,9 +97,13 @@ def exercise(label: str) -> Callable[[F], F]:
       check of any other exercise, so an unsolved or buggy exercise never changes another's verdict;
     * the student's code elsewhere (demo cells), falling back to the reference, with a printed note,
       while it still raises NotImplementedError: "Run All" runs to the end.
+
+    It wraps functions, methods, generators and numba.cuda kernels (see `_Kernel`).
     """
 
     def wrap(func: Any) -> Any:
+        if type(func).__module__.startswith("numba.cuda"):
+            return _Kernel(label, func)
         if inspect.isgeneratorfunction(func):
             @functools.wraps(func)
             def run_generator(*args: Any, **kwargs: Any) -> Any:
@@ -138,6 +142,43 @@ def exercise(label: str) -> Callable[[F], F]:
     return wrap
 
 
+class _Kernel:
+    """A CUDA kernel exercise (`@cuda.jit`, on a GPU or numba's simulator), launched as
+    `kernel[blocks, threads](*args)` under the rules of `exercise`. A kernel that still holds its
+    `raise NotImplementedError("Exercise N.M: ...")` counts as unsolved before it is launched: on a
+    GPU a kernel cannot raise."""
+
+    def __init__(self, label: str, kernel: Any) -> None:
+        self.label, self.kernel = label, kernel
+        self.function = getattr(kernel, "py_func", None) or kernel.fn  # the GPU's dispatcher, the simulator's
+        self.__name__, self.__doc__ = self.function.__name__, self.function.__doc__
+
+    def __getitem__(self, config: Any) -> Callable[..., None]:
+        return functools.partial(self._launch, config)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.kernel, name)
+
+    def _launch(self, config: Any, *args: Any) -> None:
+        checking = _CHECKING.get()
+        if checking not in (None, self.label):
+            return reference(self.label, self)[config](*args)
+        try:
+            if self._unsolved():
+                raise NotImplementedError(f"Exercise {self.label}")
+            return self.kernel[config](*args)
+        except NotImplementedError:
+            if checking == self.label:
+                raise
+            _note(self.label)
+            return reference(self.label, self)[config](*args)
+
+    def _unsolved(self) -> bool:
+        code = self.function.__code__
+        return "NotImplementedError" in code.co_names and any(
+            isinstance(c, str) and LABEL.match(c) and LABEL.match(c)[1] == self.label for c in code.co_consts)
+
+
 def _note(label: str) -> None:
     """Say once per exercise that a demo runs on the reference."""
     if label not in _noted:
@@ -150,10 +191,14 @@ def reference(label: str, student: Any) -> Any:
 
     A plain Python function is rebound to the student's globals (the notebook's namespace) on top of
     its module's, so it uses the notebook's classes and, through their wrappers, the other exercises.
-    numba functions are returned as they are. LookupError when the exercise has no reference."""
+    numba functions are returned as they are. An exercise that the package does not export carries
+    its solution's code in kuiper/exercises.py ("reference"): it runs once per notebook, in a copy of
+    the notebook's namespace. LookupError when the exercise has no reference."""
     from kuiper.exercises import EXERCISES
 
     entry = EXERCISES.get(label)
+    if entry is not None and entry["module"] is None and "reference" in entry:
+        return _notebook_reference(label, entry["reference"], student)[student.__name__]
     if entry is None or entry["module"] is None:
         raise LookupError(f"Exercise {label} has no reference in the package")
     name = next((n for n in entry["names"] if n.rsplit(".", 1)[-1] == student.__name__), None)
@@ -169,6 +214,20 @@ def reference(label: str, student: Any) -> Any:
                                  found.__name__, found.__defaults__, found.__closure__)
     rebound.__kwdefaults__ = found.__kwdefaults__
     return rebound
+
+
+_references: dict[tuple[str, int], dict[str, Any]] = {}
+
+
+def _notebook_reference(label: str, code: str, student: Any) -> dict[str, Any]:
+    """The namespace in which the reference code of a notebook-only exercise ran: a copy of the
+    student's (the notebook's) globals, taken the first time, so the student's own definitions stay."""
+    key = (label, id(student.__globals__))
+    if key not in _references:
+        namespace = dict(student.__globals__)
+        exec(compile(code, f"<reference of Exercise {label}>", "exec"), namespace)  # noqa: S102  (the course's own code)
+        _references[key] = namespace
+    return _references[key]
 
 
 def agreement(got: Any, want: Any, tolerance: float = 1e-5) -> str:

@@ -1017,8 +1017,8 @@ def unpack_tuples(model: PnnxGraph) -> PnnxGraph:
             operators[operators.index(producer)] = replace(producer, outputs=op.outputs)
         elif op.type in UNPACK:
             if len(inputs) != len(op.outputs):
-                raise GraphError(f"{op.where()} unpacks {len(op.outputs)} values from {op.inputs}, "
-                                 f"which hold {len(inputs)} tensors")
+                raise GraphError(f"{model.path.name}: {op.where()} unpacks {len(op.outputs)} values "
+                                 f"from {op.inputs}, which hold {len(inputs)} tensors")
             alias.update(zip(op.outputs, inputs))
         elif op.type == "pnnx.Output" and len(inputs) > 1:
             operators += [replace(op, name=f"{op.name}.{i}", inputs=[name]) for i, name in enumerate(inputs)]

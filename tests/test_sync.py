@@ -65,21 +65,7 @@ def test_workbook_keeps_signatures_and_hides_solutions(lesson):
             assert c.outputs == [] and c.execution_count is None
 
 
-# Lessons whose untouched workbook does not yet run to the end with every check TODO: (why, strict).
-# The lesson's author fixes the lesson (see AUTHORING.md), then removes it here; strict: a fixed lesson fails.
-RUN_ALL_NOT_YET = {
-    8: ("a demo cell calls Exercise 8.1 (conv_transpose2d), which is taught in the lesson but not exported: "
-        "no reference to fall back on", False),
-    9: ("Exercise 9.1 (Cursor.value) is a method the demo cells reach before the wrapper can stand in", False),
-    10: ("the SmolLM2 tokenizer demo calls Exercise 10.3 (BPE by rank) through a class the wrapper does not reach", False),
-    13: ("Exercise 13.8 is a numba.cuda kernel (never wrapped) that a demo cell launches", False),
-}
-
-
-@pytest.mark.parametrize("lesson", [
-    pytest.param(lesson, marks=pytest.mark.xfail(strict=RUN_ALL_NOT_YET[lesson.number][1],
-                                                 reason=RUN_ALL_NOT_YET[lesson.number][0]))
-    if lesson.number in RUN_ALL_NOT_YET else lesson for lesson in LESSONS], ids=lambda lesson: lesson.source.stem)
+@pytest.mark.parametrize("lesson", LESSONS, ids=lambda lesson: lesson.source.stem)
 def test_workbook_runs_to_the_end_with_every_check_todo(lesson):
     """Run All on the workbook as handed out: no cell stops it (demo cells fall back to the reference)
     and every check says TODO, naming its own exercise."""
@@ -158,3 +144,31 @@ def test_merged_imports_do_not_depend_on_set_order():
                               cwd=Path(__file__).parents[1], env={"PYTHONHASHSEED": str(seed), "PATH": ""}).stdout
                for seed in range(8)}
     assert outputs == {"import Zed\nimport zed\nfrom m import b, Function, function\n"}, outputs
+
+
+def test_exercise_methods_notebook_exercises_and_kernels_are_wrapped():
+    """Every kind of exercise gets `@exercise` and a reference: a method of a class (only the methods
+    holding a solution), a function the package does not export (its solution's code, annotations lazy,
+    numba's cache dropped) and a CUDA kernel (device functions that kernels call stay plain)."""
+    nb = nbformat.v4.new_notebook(cells=[
+        cell("#| default_exp things"),
+        cell("#| export\n#| exercise: read it\nclass Cursor:\n    def take(self, n):\n        return n\n\n"
+             "    def value(self, t):\n        ### BEGIN SOLUTION\n        return self.take(t)\n"
+             "        ### END SOLUTION"),
+        cell("#| exercise: fill it\n@njit(parallel=True, cache=True)\ndef fill(x: np.ndarray) -> None:\n"
+             "    ### BEGIN SOLUTION\n    x[:] = 1\n    ### END SOLUTION"),
+        cell("#| export\n#| exercise: add\n@cuda.jit(device=True)\ndef one(a):\n    ### BEGIN SOLUTION\n    return a\n"
+             "    ### END SOLUTION\n\n\n@cuda.jit\ndef add(a):\n    ### BEGIN SOLUTION\n    a[0] = one(a[0])\n"
+             "    ### END SOLUTION"),
+    ])
+    index = sync.exercise_index(nb, 9, "09_things")
+    assert [(entry["names"], entry["wrapped"]) for entry in index.values()] == [
+        (["Cursor.value"], ["Cursor.value"]), (["fill"], ["fill"]), (["one", "add"], ["add"])]
+    assert index["9.2"]["module"] is None and index["9.2"]["reference"] == (
+        "from __future__ import annotations\n@njit(parallel=True)\ndef fill(x: np.ndarray) -> None:\n    x[:] = 1")
+    assert "reference" not in index["9.1"]
+    student = sync.workbook(nb, 9)
+    assert '    @exercise("9.1")\n    def value(self, t):\n' in student.cells[0].source
+    assert '@exercise("9.2")\n@njit(parallel=True, cache=True)\ndef fill' in student.cells[1].source
+    kernels = student.cells[2].source
+    assert kernels.count("@exercise") == 1 and '@exercise("9.3")\n@cuda.jit\ndef add' in kernels

@@ -274,30 +274,64 @@ def _jit_callees(nb: nbformat.NotebookNode) -> set[str]:
     return names
 
 
-def exercise_functions(source: str, jit_callees: set[str] = frozenset()) -> list[tuple[ast.FunctionDef, str, bool]]:
-    """(def node, qualified name, wrapped) for each top-level function of an exercise cell.
-
-    Qualified: 'Tensor.pad' for `@patch_to(Tensor) def pad`. Wrapped: the workbook decorates it with
-    `@exercise("N.M")`; CUDA kernels and jit functions that other jit code calls are left plain."""
-    tree = ast.parse("\n".join(line for line in strip_directives(source).splitlines()
-                               if line.strip() not in (BEGIN, END)))
+def _functions(tree: ast.Module) -> list[tuple[ast.FunctionDef, str, bool]]:
+    """(def node, qualified name, is a method of a class in the cell) for each top-level function
+    ('Tensor.pad' for `@patch_to(Tensor) def pad`) and each method of a top-level class ('Cursor.value')."""
     found = []
     for node in tree.body:
-        if not isinstance(node, ast.FunctionDef):
-            continue
-        decorators = [_decorator(d) for d in node.decorator_list]
-        owner = next((ast.unparse(d.args[0]) for d in node.decorator_list
-                      if _decorator(d) == "patch_to" and isinstance(d, ast.Call) and d.args), None)
-        jit = any(d in JIT for d in decorators)
-        wrapped = not any(d.startswith("cuda.") for d in decorators) and not (jit and node.name in jit_callees)
-        found.append((node, f"{owner}.{node.name}" if owner else node.name, wrapped))
+        if isinstance(node, ast.FunctionDef):
+            owner = next((ast.unparse(d.args[0]) for d in node.decorator_list
+                          if _decorator(d) == "patch_to" and isinstance(d, ast.Call) and d.args), None)
+            found.append((node, f"{owner}.{node.name}" if owner else node.name, False))
+        elif isinstance(node, ast.ClassDef):
+            found += [(method, f"{node.name}.{method.name}", True) for method in node.body
+                      if isinstance(method, ast.FunctionDef)]
     return found
+
+
+def _device_function(decorators: list[ast.expr]) -> bool:
+    """`@cuda.jit(device=True)`: a GPU function only kernels call."""
+    return any(_decorator(d) == "cuda.jit" and isinstance(d, ast.Call)
+               and any(k.arg == "device" for k in d.keywords) for d in decorators)
+
+
+def exercise_functions(source: str, jit_callees: set[str] = frozenset()) -> list[tuple[ast.FunctionDef, str, bool]]:
+    """(def node, qualified name, wrapped) for each function of an exercise cell: its top-level
+    functions, and the methods of its classes that hold a solution block.
+
+    Qualified: 'Tensor.pad' for `@patch_to(Tensor) def pad`, 'Cursor.value' for a method. Wrapped: the
+    workbook decorates it with `@exercise("N.M")`; CUDA device functions and jit functions that other
+    jit code calls are left plain (numba cannot call a Python wrapper from compiled code)."""
+    code = strip_directives(source)
+    solutions = [i for i, line in enumerate(code.splitlines(), 1) if line.strip() == BEGIN]
+    found = []
+    for node, name, method in _functions(ast.parse(code)):
+        if method and not any(node.lineno <= line <= node.end_lineno for line in solutions):
+            continue
+        jit = any(_decorator(d) in JIT for d in node.decorator_list)
+        wrapped = not _device_function(node.decorator_list) and not (jit and node.name in jit_callees)
+        found.append((node, name, wrapped))
+    return found
+
+
+def reference_code(source: str, names: list[str]) -> str:
+    """The solution of the functions `names` of an exercise cell that is not exported, as code the
+    wrapper runs to get their reference (kuiper.course.reference); annotations lazy, numba's
+    `cache=True` dropped, since code that has no file cannot be cached."""
+    tree = ast.parse(solution_code(source))
+    keep = [node for node, name, _ in _functions(tree) if name in names]
+    for node in keep:
+        for deco in node.decorator_list:
+            if isinstance(deco, ast.Call) and _decorator(deco) in JIT:
+                deco.keywords = [k for k in deco.keywords if k.arg != "cache"]
+    return PRELUDE + ast.unparse(ast.Module(body=keep, type_ignores=[]))
 
 
 def exercise_index(nb: nbformat.NotebookNode, number: int, stem: str = "") -> dict[str, dict]:
     """Where each exercise's reference lives: label -> lesson, what to do, module, names, wrapped names.
 
-    Only exported exercises have a reference in the package (module None otherwise)."""
+    An exported exercise's reference is in the package (module); one that is not exported (module
+    None) carries the code of its top-level functions (reference), and only those are wrapped."""
     index, default = {}, None
     labels = {i: (label, what) for i, label, what in exercises(nb, number)}
     callees = _jit_callees(nb)
@@ -311,9 +345,12 @@ def exercise_index(nb: nbformat.NotebookNode, number: int, stem: str = "") -> di
         label, what = labels[i]
         functions = exercise_functions(cell.source, callees)
         module = f"{PACKAGE}.{found['export'] or default}" if "export" in found else None
+        top_level = {name for _, name, method in _functions(ast.parse(solution_code(cell.source))) if not method}
+        wrapped = [name for _, name, wrap in functions if wrap and (module or name in top_level)]
         index[label] = {"lesson": stem, "what": what, "module": module,
-                        "names": [name for _, name, _ in functions],
-                        "wrapped": [name for _, name, wrapped in functions if wrapped and module]}
+                        "names": [name for _, name, _ in functions], "wrapped": wrapped}
+        if module is None and wrapped:
+            index[label]["reference"] = reference_code(cell.source, wrapped)
     return index
 
 
@@ -332,7 +369,7 @@ def wrap_exercise(source: str, label: str, wrapped: list[str]) -> str:
         return source
     lines = source.splitlines()
     at = []
-    for node, name, _ in exercise_functions(source):
+    for node, name, _ in _functions(ast.parse(source)):
         if name in wrapped:
             jit = any(_decorator(d) in JIT for d in node.decorator_list)
             line = min(d.lineno for d in node.decorator_list) if jit else node.lineno
