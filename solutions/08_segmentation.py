@@ -295,7 +295,9 @@ with check("Exercise 8.4"):
     assert got.shape == (3, 3), f"(3, 3) expected, got {got.shape}"
     assert (got == want).all(), f"expected\n{want}\ngot\n{got}"
     a, b = np.random.default_rng(3).integers(0, 4, (2, 50, 60))
-    assert (confusion_matrix(a, b, 4) == [[((a == t) & (b == p)).sum() for p in range(4)] for t in range(4)]).all(), "random maps: counts differ"
+    want = np.array([[((a == t) & (b == p)).sum() for p in range(4)] for t in range(4)])
+    got = confusion_matrix(a, b, 4)
+    assert (got == want).all(), f"random 50 × 60 maps of 4 classes: expected\n{want}\ngot\n{got}"
 
 # %% [markdown]
 # ## Exercise 8.5 — IoU and mIoU
