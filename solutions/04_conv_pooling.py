@@ -28,6 +28,7 @@
 # | 4.7 | adaptive average pooling to any output size (numba) |
 # | 4.8 | the activation kernels ReLU6, SiLU and Hardswish (numba) |
 # | 4.9 | resizing one axis: nearest and bilinear, with either `align_corners` |
+# | 4.10 | an $e^x$ made of multiplies and adds, so that numba vectorises SiLU and sigmoid |
 
 # %%
 #| default_exp layers.conv
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kuiper.course import agreement, check, raises
+from kuiper.course import agreement, check, patch_to, raises
 from kuiper.pnnx import Attribute, Operator
 from kuiper.tensor import Tensor
 
@@ -238,8 +239,11 @@ with check("Exercise 4.2"):
 # Your kernel is correct; three changes make it fast enough for the engine, and they are the kind
 # of change that matters on every CPU:
 #
-# 1. **One image at a time.** The column matrix of one image (up to a few MB) stays in cache
-#    between being written and being multiplied; a whole batch's does not.
+# 1. **A few images at a time.** The columns of several images side by side,
+#    $(C K_h K_w, n, L)$, make one matrix multiply for all of them: every kernel and every matrix
+#    multiply starts its threads once, and on a busy machine each start waits for a core, so
+#    fewer, larger calls win. The images per call are as many as keep the columns within
+#    `COLUMN_BYTES`, so memory stays bounded for big images and batches.
 # 2. **Reuse one buffer.** A fresh multi-megabyte array costs a page fault per 4 KB the first time
 #    it is touched; `scratch` hands out the same memory on every call. One buffer **per thread**:
 #    the layers of a graph run one after another, but two graphs run in two threads at once would
@@ -251,27 +255,32 @@ with check("Exercise 4.2"):
 # %%
 #| export
 @njit(parallel=True, cache=True)
-def im2col_image(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
-    """Unfold one image x (C, H, W) into cols (C*kh*kw, oh*ow); a row per (c, i, j) tap of the window."""
-    channels, height, width = x.shape
-    for row in prange(channels * kh * kw):
+def im2col_images(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    """Unfold images x (N, C, H, W) into cols (C*kh*kw, N, oh*ow): a row per (c, i, j) tap of the
+    window, the images side by side along it."""
+    n_batch, channels, height, width = x.shape
+    for task in prange(channels * kh * kw * n_batch):
+        row, n = task // n_batch, task % n_batch
         c, i, j = row // (kh * kw), row // kw % kh, row % kw
         shift = j * dw - pw  # output column x_ reads input column x_ * sw + shift
         x_lo = min(ow, max(0, -(shift // sw)))
         x_hi = max(x_lo, min(ow, (width - 1 - shift) // sw + 1))
         for y in range(oh):
             iy = y * sh - ph + i * dh
-            line = cols[row, y * ow:(y + 1) * ow]
+            line = cols[row, n, y * ow:(y + 1) * ow]
             if iy < 0 or iy >= height:
                 line[:] = 0.0
                 continue
             line[:x_lo] = 0.0
             if sw == 1:
-                line[x_lo:x_hi] = x[c, iy, x_lo + shift:x_hi + shift]
+                line[x_lo:x_hi] = x[n, c, iy, x_lo + shift:x_hi + shift]
             else:
                 for x_ in range(x_lo, x_hi):
-                    line[x_] = x[c, iy, x_ * sw + shift]
+                    line[x_] = x[n, c, iy, x_ * sw + shift]
             line[x_hi:] = 0.0
+
+
+COLUMN_BYTES = 32 * 2**20  # the most column memory one im2col + matrix multiply may use
 
 
 _scratch = threading.local()
@@ -288,15 +297,15 @@ def scratch(shape: tuple[int, ...]) -> np.ndarray:
 
 
 # %%
-with check("im2col_image agrees with your im2col"):
+with check("im2col_images agrees with your im2col"):
     x = rng.standard_normal((2, 5, 11, 9), dtype=np.float32)
     for k, s, p, d in [(3, 1, 1, 1), (3, 2, 1, 1), (5, 2, 2, 2), (1, 1, 0, 1), (7, 2, 3, 1)]:
         oh, ow = out_size(11, k, s, p, d), out_size(9, k, s, p, d)
         want = np.empty((2, 5 * k * k, oh * ow), np.float32)
         im2col(x, want, k, k, s, s, p, p, d, d, oh, ow)
-        got = np.empty((5 * k * k, oh * ow), np.float32)
-        im2col_image(x[1], got, k, k, s, s, p, p, d, d, oh, ow)
-        assert np.array_equal(got, want[1]), f"k={k} s={s} p={p} d={d} differs"
+        got = np.empty((5 * k * k, 2, oh * ow), np.float32)
+        im2col_images(x, got, k, k, s, s, p, p, d, d, oh, ow)
+        assert np.array_equal(got, want.transpose(1, 0, 2)), f"k={k} s={s} p={p} d={d} differs"
 
 # %% [markdown]
 # ## Depthwise convolution: a direct kernel
@@ -305,7 +314,7 @@ with check("im2col_image agrees with your im2col"):
 # multiply degenerates to a $1 \times 9$ by $9 \times HW$ product per channel, and im2col's copy
 # costs more than the arithmetic. A direct numba loop, parallel over (image, channel), is faster;
 # it walks each output row once per window tap, using the same $[x_{lo}, x_{hi})$ range as
-# `im2col_image` so that the inner loop has no bounds test.
+# `im2col_images` so that the inner loop has no bounds test.
 # (A channel multiplier $m$ — output channel $k$ reading input channel $k / m$ — comes free.)
 #
 # ## Exercise 4.3 — the depthwise kernel
@@ -314,7 +323,7 @@ with check("im2col_image agrees with your im2col"):
 # (`out` arrives uninitialised), then for every tap $(i, j)$ of the window whose input row
 # $y s_h - p_h + i d_h$ lies inside the image, add `w[k, 0, i, j]` times the input row shifted by
 # $j d_w - p_w$, over the outputs $[x_{lo}, x_{hi})$ whose input column lies inside (compute them
-# as `im2col_image` does). There is no bias here: the layer adds it.
+# as `im2col_images` does). There is no bias here: the layer adds it.
 
 # %%
 #| export
@@ -390,14 +399,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The layer reads and checks its parameters once. `forward` picks the fastest path:
 #
 # * a $1 \times 1$ convolution with stride 1 and no padding **is** a matrix multiply on the input
-#   as it lies (no im2col at all);
+#   as it lies (no im2col at all) for one image; for a batch, the last path below (whose im2col
+#   is then a mere copy) makes one matrix multiply of many;
 # * a depthwise convolution runs the direct kernel;
-# * small feature maps (the last stage of the network, 7 × 7) unfold the whole batch side by
-#   side and make **one** matrix multiply: a product with only 49 columns per image keeps BLAS
-#   far from its peak, one with $8 \cdot 49$ columns does not;
-# * everything else is, image by image, `im2col_image` into the scratch buffer and one matrix
-#   multiply per group, written straight into the output: $W$ is reshaped to
-#   $(g, K/g, C/g \cdot K_h K_w)$ and the columns to $(g, C/g \cdot K_h K_w, L)$.
+# * grouped convolutions (rare beyond depthwise), image by image, `im2col_images` into the scratch
+#   buffer and one matrix multiply per group, written straight into the output: $W$ is reshaped
+#   to $(g, K/g, C/g \cdot K_h K_w)$ and the columns to $(g, C/g \cdot K_h K_w, L)$;
+# * everything else unfolds as many images at a time as `COLUMN_BYTES` allows and makes one matrix
+#   multiply for them: $(K, C K_h K_w) \times (C K_h K_w, n L)$. Its product is channel-major,
+#   $(K, n, L)$; the epilogue reads it through a transposed view and writes the output
+#   $(n, K, L)$, so the reordering costs no extra pass.
+#
+# Every path ends in one `epilogue` pass that adds the bias and applies the activation the layer
+# absorbed, if any (the section *Fusing the activation into the convolution* below writes it).
 
 # %%
 #| export
@@ -422,9 +436,6 @@ def conv_padding(value: object, kernel: tuple[int, int], dilation: tuple[int, in
             raise LayerError(f"{op.where()}: padding='same' with an even window is asymmetric, not supported")
         return total[0] // 2, total[1] // 2
     return pair(value, "padding", op)
-
-
-SMALL_MAP = 100  # below this many output pixels, one GEMM for the whole batch beats one per image
 
 
 class ConvLayer(Layer):
@@ -463,6 +474,8 @@ class Conv2d(ConvLayer):
         self.weight_ = self.weight("weight", (self.c_out, self.c_in // self.groups, *self.kernel))
         self.gemm_weight = np.ascontiguousarray(self.weight_.reshape(self.groups, self.c_out // self.groups, -1))
         self.depthwise = self.groups == self.c_in and self.groups > 1
+        self.shift = np.zeros(self.c_out, np.float32) if self.bias is None else self.bias
+        self.activation = IDENTITY  # the activation fused into the epilogue (see "Fusing", below)
 
     def forward(self, x: Tensor) -> Tensor:
         data = self.input(x)
@@ -470,27 +483,32 @@ class Conv2d(ConvLayer):
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
         oh, ow = out_size(height, kh, sh, ph, dh), out_size(width, kw, sw, pw, dw)
         if self.depthwise:
-            out = np.empty((n_batch, self.c_out, oh, ow), np.float32)
-            depthwise_conv(data, self.weight_, out, sh, sw, ph, pw, dh, dw)
-        elif (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
+            planes = np.empty((n_batch, self.c_out, oh * ow), np.float32)
+            depthwise_conv(data, self.weight_, planes.reshape(n_batch, self.c_out, oh, ow), sh, sw, ph, pw, dh, dw)
+        elif (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and (n_batch == 1 or self.groups > 1):
             cols = data.reshape(n_batch, self.groups, -1, height * width)
-            out = np.matmul(self.gemm_weight, cols).reshape(n_batch, self.c_out, oh, ow)
-        elif self.groups == 1 and oh * ow < SMALL_MAP:
-            cols = scratch((self.c_in * kh * kw, n_batch, oh * ow))
+            planes = np.matmul(self.gemm_weight, cols).reshape(n_batch, self.c_out, oh * ow)
+        elif self.groups > 1:
+            planes = np.empty((n_batch, self.groups, self.c_out // self.groups, oh * ow), np.float32)
+            cols = scratch((self.c_in * kh * kw, 1, oh * ow))
             for n in range(n_batch):
-                im2col_image(data[n], cols[:, n], kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-            out = self.gemm_weight[0] @ cols.reshape(self.c_in * kh * kw, n_batch * oh * ow)
-            out = np.ascontiguousarray(out.reshape(self.c_out, n_batch, oh, ow).transpose(1, 0, 2, 3))
+                im2col_images(data[n:n + 1], cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+                np.matmul(self.gemm_weight, cols.reshape(self.groups, -1, oh * ow), out=planes[n])
+            planes = planes.reshape(n_batch, self.c_out, oh * ow)
         else:
-            out = np.empty((n_batch, self.groups, self.c_out // self.groups, oh * ow), np.float32)
-            cols = scratch((self.c_in * kh * kw, oh * ow))
-            for n in range(n_batch):
-                im2col_image(data[n], cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-                np.matmul(self.gemm_weight, cols.reshape(self.groups, -1, oh * ow), out=out[n])
-            out = out.reshape(n_batch, self.c_out, oh, ow)
-        if self.bias is not None:
-            out += self.bias[:, None, None]
-        return Tensor(out, device=x.device)
+            out = np.empty((n_batch, self.c_out, oh * ow), np.float32)
+            rows = self.c_in * kh * kw
+            step = max(1, COLUMN_BYTES // (4 * rows * oh * ow))  # images per matrix multiply
+            for start in range(0, n_batch, step):
+                images = data[start:start + step]
+                cols = scratch((rows, len(images), oh * ow))
+                im2col_images(images, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+                product = self.gemm_weight[0] @ cols.reshape(rows, -1)  # (K, n·OH·OW)
+                epilogue(product.reshape(self.c_out, len(images), oh * ow).transpose(1, 0, 2), self.shift,
+                         self.activation, out[start:start + step])
+            return Tensor(out.reshape(n_batch, self.c_out, oh, ow), device=x.device)
+        epilogue(planes, self.shift, self.activation, planes)  # + bias, then the fused activation
+        return Tensor(planes.reshape(n_batch, self.c_out, oh, ow), device=x.device)
 
 
 # %%
@@ -1429,6 +1447,225 @@ class Constant(Layer):
     def forward(self) -> Tensor:
         return self.value
 
+
+# %% [markdown]
+# ## Fusing the activation into the convolution
+#
+# In MobileNet and YOLO every convolution is followed by an activation. Run as two layers, the
+# activation reads the whole feature map back from memory, writes it again, and starts the threads
+# once more, for a few operations per element. The convolution already makes one pass over its
+# output to add the bias: the activation can ride along in that *epilogue*. The graph asks each
+# layer whether it can absorb the one operator that reads its output (`Layer.fuse`, lesson 03;
+# `RuntimeGraph` builds its plan from the answers, lesson 02), and `Conv2d` says yes to the
+# activations its epilogue knows.
+#
+# SiLU and sigmoid need $e^x$, and there is a catch: numba compiles `np.exp` in a loop to one call
+# of the C library's scalar `expf` per element (LLVM can only vectorise it with Intel's SVML vector
+# math library, which pip's llvmlite does not ship), so the loop runs one element at a time. An
+# $e^x$ made only of multiplies, adds and integer operations vectorises like the rest of the loop.
+# The classic recipe, from the Cephes library's `expf` (S. L. Moshier, *Methods and Programs for
+# Mathematical Functions*, 1989; the same one herumi/fmath and KuiperInfer use):
+#
+# 1. **range reduction**: $x = k \ln 2 + r$ with $k = \lfloor x \log_2 e + \tfrac12 \rfloor$, so
+#    $|r| \le \tfrac12 \ln 2$; $\ln 2$ is split into a short `LN2_HI` (exact in float32, so
+#    $k \cdot$ `LN2_HI` is exact) and the rest `LN2_LO`, and $r$ = x − k·`LN2_HI` − k·`LN2_LO`;
+# 2. **polynomial**: on that small range $e^r \approx 1 + r + r^2 p(r)$, $p$ a degree-5
+#    polynomial (`EXP_POLY`, highest power first, evaluated by Horner's rule);
+# 3. **scale**: $e^x = 2^k e^r$, and $2^k$ is the float32 whose exponent bits are $k + 127$:
+#    `bits_as_float32((k + 127) << 23)`. Results below the smallest normal float32 ($k < -126$)
+#    need an exponent below the range, so multiply by $2^{\lfloor k/2 \rfloor}$ and
+#    $2^{k - \lfloor k/2 \rfloor}$ instead: each fits, and the product rounds to the subnormal.
+#
+# Clamping $x$ to $[-104, 89]$ first keeps $k$ in range; below, $e^x$ underflows to 0 and above it
+# overflows to `inf` by itself. NaN must stay NaN.
+
+# %%
+#| export layers.activation
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+
+@intrinsic
+def bits_as_float32(typingctx, bits):
+    """The float32 whose IEEE-754 bit pattern is the int32 `bits` (an LLVM bitcast: free at run time)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+# Cephes expf.c: log2(e), ln 2 split in two, and p(r) from its highest power down.
+LOG2E, LN2_HI, LN2_LO = np.float32(1.44269504088896341), np.float32(0.693359375), np.float32(-2.12194440e-4)
+EXP_POLY = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                                          1.6666665459e-1, 5.0000001201e-1))
+
+# %%
+#| export layers.activation
+@njit(cache=True)
+def exp_approx(x):
+    """e^x for a float32 x, within 1 ulp (Cephes expf); vectorises in a numba loop, unlike np.exp."""
+    if x != x:
+        return x
+    x = min(max(x, np.float32(-104.0)), np.float32(89.0))
+    k = np.floor(x * LOG2E + np.float32(0.5))
+    r = x - k * LN2_HI - k * LN2_LO
+    p = EXP_POLY[0]
+    for c in EXP_POLY[1:]:
+        p = p * r + c
+    half, rest = np.int32(k) >> 1, np.int32(k) - (np.int32(k) >> 1)
+    return (p * r * r + r + np.float32(1.0)) * bits_as_float32((half + 127) << 23) * bits_as_float32((rest + 127) << 23)
+
+
+# %%
+@njit(parallel=True)
+def exp_all(x, out):
+    for i in prange(x.size):
+        out[i] = exp_approx(x[i])
+
+
+# exp_approx against e^x in double precision, over the whole float32 range
+bits = np.arange(0, 2**32, 4099, dtype=np.uint32)  # a million float32s spread over every exponent
+edges = np.float32([np.nan, np.inf, -np.inf, 0.0, -0.0, 88.72, 88.73, -87.3, -103.2, -103.3, -104.5])
+x = np.concatenate([bits.view(np.float32), np.linspace(-105, 90, 100_000, dtype=np.float32), edges])
+got = np.empty_like(x)
+exp_all(x, got)
+with np.errstate(over="ignore", invalid="ignore"):
+    exact = np.exp(x.astype(np.float64))
+    nearest = exact.astype(np.float32)
+normal = np.isfinite(nearest) & (nearest >= np.finfo(np.float32).tiny)
+ulps = np.abs(got[normal] - exact[normal]) / np.spacing(nearest[normal])
+worst = int(np.argmax(ulps))
+assert ulps[worst] <= 1.0, (f"at x = {x[normal][worst]!r}: expected {nearest[normal][worst]!r}, "
+                            f"got {got[normal][worst]!r} ({ulps[worst]:.1f} ulp off)")
+for value, want in [(np.nan, np.nan), (np.inf, np.inf), (-np.inf, 0.0), (89.0, np.inf), (-104.5, 0.0),
+                    (-100.0, np.float32(np.exp(-100.0))), (0.0, 1.0)]:
+    one = np.empty(1, np.float32)
+    exp_all(np.float32([value]), one)
+    assert np.allclose(one, [want], rtol=1e-6, atol=2e-45, equal_nan=True), f"exp_approx({value}): expected {want}, got {one[0]}"
+print(f"max error where e^x is a normal float32: {ulps.max():.2f} ulp over {normal.sum():,} values")
+
+# %% [markdown]
+# Both loops below run over the same 4 million values; only the one calling `exp_approx`
+# vectorises:
+
+# %%
+@njit(parallel=True)
+def exp_scalar(x, out):
+    for i in prange(x.size):
+        out[i] = np.exp(x[i])
+
+
+values, out = rng.standard_normal(4_000_000, dtype=np.float32), np.empty(4_000_000, np.float32)
+for kernel in (exp_scalar, exp_all):
+    kernel(values, out)
+    seconds = best_of(lambda: kernel(values, out))
+    print(f"{kernel.__name__:10} {seconds * 1e3:6.2f} ms")  # NBVAL_IGNORE_OUTPUT
+
+# %% [markdown]
+# ## Exercise 4.10 — the convolution's epilogue
+#
+# Write `epilogue`: one pass over the output planes `(N, K, OH·OW)` that adds each channel's bias,
+# then applies the activation picked by a small integer code (the table below). Put the `if` on the
+# code *outside* the inner loop, so that each inner loop is straight arithmetic that vectorises,
+# and use `exp_approx` for SiLU and sigmoid. It reads `planes` and writes `out`, which may be the
+# same array (in place), or a contiguous array beside a strided view (the small-map path of
+# `Conv2d.forward` makes its product channel-major). Keep the constants float32.
+
+# %%
+#| export
+import copy
+
+from kuiper.layers.activation import exp_approx, Hardsigmoid, Hardswish, ReLU, ReLU6, Sigmoid, SiLU
+
+IDENTITY, RELU, RELU6, SILU, HARDSWISH, SIGMOID, HARDSIGMOID = range(7)
+
+# %%
+#| export
+#| exercise: one prange over (n, k); per code an inner loop: v = planes[n, k, i] + bias[k], then identity, relu, relu6, silu, hardswish, sigmoid or hardsigmoid
+@njit(parallel=True, cache=True)
+def epilogue(planes, bias, activation, out):
+    """out[n, k] = activation(planes[n, k] + bias[k]) for planes and out (N, K, L), float32."""
+    ### BEGIN SOLUTION
+    n_batch, k_out, size = planes.shape
+    one, zero, six = np.float32(1.0), np.float32(0.0), np.float32(6.0)
+    for nk in prange(n_batch * k_out):
+        n, k = nk // k_out, nk % k_out
+        src, dst, b = planes[n, k], out[n, k], bias[k]
+        if activation == IDENTITY:
+            for i in range(size):
+                dst[i] = src[i] + b
+        elif activation == RELU:
+            for i in range(size):
+                dst[i] = max(src[i] + b, zero)
+        elif activation == RELU6:
+            for i in range(size):
+                dst[i] = min(max(src[i] + b, zero), six)
+        elif activation == SILU:
+            for i in range(size):
+                v = src[i] + b
+                dst[i] = v / (one + exp_approx(-v))
+        elif activation == HARDSWISH:
+            for i in range(size):
+                v = src[i] + b
+                dst[i] = v * min(max(v / six + np.float32(0.5), zero), one)
+        elif activation == SIGMOID:
+            for i in range(size):
+                dst[i] = one / (one + exp_approx(-(src[i] + b)))
+        else:
+            for i in range(size):
+                dst[i] = min(max((src[i] + b) / six + np.float32(0.5), zero), one)
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 4.10"):
+    planes = rng.standard_normal((2, 3, 50), dtype=np.float32) * 4
+    bias = np.float32([0.5, -1.0, 2.0])
+    v = torch.from_numpy(planes + bias[:, None])
+    want = {IDENTITY: v, RELU: F.relu(v), RELU6: F.relu6(v), SILU: F.silu(v), HARDSWISH: F.hardswish(v),
+            SIGMOID: torch.sigmoid(v), HARDSIGMOID: F.hardsigmoid(v)}
+    names = dict(enumerate(["identity", "relu", "relu6", "silu", "hardswish", "sigmoid", "hardsigmoid"]))
+    for code, expected in want.items():
+        strided = np.ascontiguousarray(planes.transpose(1, 0, 2)).transpose(1, 0, 2)  # same values
+        for where, source, out in [("into a new array", planes, np.full_like(planes, np.nan)),
+                                   ("from a strided view", strided, np.full_like(planes, np.nan))]:
+            epilogue(source, bias, code, out)
+            error = np.abs(out - expected.numpy()).max()
+            assert error < 1e-5, f"{names[code]}, {where}: expected PyTorch's values, differs by {error:.1e}"
+
+
+# %%
+#| export
+EPILOGUES = {ReLU: RELU, ReLU6: RELU6, SiLU: SILU, Hardswish: HARDSWISH, Sigmoid: SIGMOID, Hardsigmoid: HARDSIGMOID}
+
+
+@patch_to(Conv2d)
+def fuse(self, after: Layer) -> Conv2d | None:
+    """This convolution with `after`'s activation in its epilogue, if the epilogue has it (a copy:
+    the unfused layer stays as it was), else None."""
+    if self.activation != IDENTITY or type(after) not in EPILOGUES:
+        return None
+    fused = copy.copy(self)
+    fused.activation = EPILOGUES[type(after)]
+    return fused
+
+# %% [markdown]
+# A fused convolution must give what the convolution and then the activation give, for every
+# activation the epilogue knows and on every path of `forward` (here: 3×3, 1×1, depthwise, and a
+# small map):
+
+# %%
+for (c_in, c_out, kernel, groups, size) in [(8, 16, 3, 1, 12), (8, 16, 1, 1, 12), (8, 8, 3, 8, 12), (8, 16, 3, 1, 5)]:
+    conv = Conv2d(conv_op(c_in, c_out, kernel, padding=kernel // 2, groups=groups))
+    x = Tensor(rng.standard_normal((2, c_in, size, size), dtype=np.float32) * 3)
+    for kind in EPILOGUES:
+        activation = kind(Operator(kind.__name__, "act", ["1"], ["2"], {}, {}, line=1))
+        want = activation(conv(x)).numpy()
+        error = np.abs(conv.fuse(activation)(x).numpy() - want).max()
+        assert error < 1e-5, f"{kind.__name__} fused into {conv}: differs by {error:.1e}"
+print("fused == convolution then activation, for", ", ".join(kind.__name__ for kind in EPILOGUES))
 
 # %% [markdown]
 # ## Every layer against PyTorch

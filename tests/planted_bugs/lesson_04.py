@@ -57,4 +57,11 @@ BUGS = {
         ("np.take(x, low, axis=axis) * (1 - weight) + np.take(x, high, axis=axis) * weight",
          "np.take(x, low, axis=axis) * weight + np.take(x, high, axis=axis) * (1 - weight)", "blend weights swapped"),
     ],
+    "4.10": [
+        ("                dst[i] = src[i] + b\n", "                dst[i] = src[i]\n", "identity: the bias is not added"),
+        ("dst[i] = min(max(src[i] + b, zero), six)", "dst[i] = max(src[i] + b, zero)", "ReLU6 not clipped at 6"),
+        ("dst[i] = v / (one + exp_approx(-v))", "dst[i] = v / (one + exp_approx(v))", "SiLU with e^v instead of e^-v"),
+        ("src, dst, b = planes[n, k], out[n, k], bias[k]", "src, dst, b = planes[n, k], out[n, k], bias[n]",
+         "the bias indexed by the image, not the channel"),
+    ],
 }
