@@ -385,7 +385,11 @@ with check("Exercise 4.3"):
 # should be working. Telling OpenMP to sleep when idle roughly halves ResNet-18's time on two
 # cores. OpenMP reads the setting when it is loaded, so the package sets it on import (unless you
 # chose a policy yourself); PyTorch imported later in the same process inherits it, which keeps
-# its idle threads from stealing kuiper's cores too.
+# its idle threads from stealing kuiper's cores too. OpenBLAS has the same habit, worse: after each
+# matrix multiply its threads spin for $2^{28}$ cycles, a tenth of a second. On two busy cores that
+# spinning was most of the CPU time of a MobileNetV2 forward pass; `import kuiper` sets
+# `OPENBLAS_THREAD_TIMEOUT=4` ($2^4$ cycles) before numpy loads OpenBLAS (in a notebook that
+# imported numpy first it is too late: start Jupyter with the variable set to get it there).
 
 # %%
 #| export
