@@ -5,6 +5,12 @@ KUIPER_BUILD=student makes `import kuiper` give the student's own build instead 
 
 import os as _os
 
+# numpy's OpenBLAS keeps its idle threads spinning for 2**28 cycles (a tenth of a second) after each
+# matrix multiply; on a machine with few cores they take the cores that numba's threads and the
+# next multiply need (measured: 2-10 x the CPU time of a CNN forward on two busy cores). 2**4
+# cycles makes them sleep almost at once. OpenBLAS reads this when numpy loads it: set before numpy.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 if _os.environ.get("KUIPER_BUILD") == "student":
     from kuiper import workspace as _workspace
 

@@ -174,11 +174,13 @@ class ModelRow:
         return self.kuiper_ms / self.torch_ms
 
     def as_json(self) -> dict:
-        """The stable JSON form: model, batch, kuiper_ms, torch_ms, ratio, peak_bytes[, onnxruntime_ms]."""
+        """The stable JSON form: model, batch, kuiper_ms, torch_ms, ratio, peak_bytes[, onnxruntime_ms,
+        ratio_onnxruntime (kuiper's time over onnxruntime's)]."""
         row = {"model": self.model, "batch": self.batch, "kuiper_ms": round(self.kuiper_ms, 3),
                "torch_ms": round(self.torch_ms, 3), "ratio": round(self.ratio, 3), "peak_bytes": self.peak_bytes}
         if self.onnxruntime_ms is not None:
             row["onnxruntime_ms"] = round(self.onnxruntime_ms, 3)
+            row["ratio_onnxruntime"] = round(self.kuiper_ms / self.onnxruntime_ms, 3)
         return row
 
 
@@ -223,14 +225,16 @@ def bench_models(paths: list[Path], batches: list[int], repeat: int = 5) -> list
 
 
 def format_model_rows(rows: list[ModelRow]) -> str:
-    """A plain-text table: ms per image for each engine, the ratio, and peak activation memory."""
+    """A plain-text table: ms per image for each engine, kuiper's ratio to each, and peak activation memory."""
     ort = any(r.onnxruntime_ms is not None for r in rows)
     head = f"{'model':20} {'batch':>5} {'kuiper ms/img':>14} {'torch ms/img':>13} {'ratio':>6} {'peak MiB':>9}"
-    lines = [head + (f" {'onnxruntime ms/img':>19}" if ort else "")]
+    lines = [head + (f" {'onnxruntime ms/img':>19} {'vs ort':>7}" if ort else "")]
     for r in rows:
         line = (f"{r.model:20} {r.batch:5d} {r.kuiper_ms:14.2f} {r.torch_ms:13.2f} {r.ratio:6.2f} "
                 f"{r.peak_bytes / 2**20:9.1f}")
-        lines.append(line + (f" {r.onnxruntime_ms:19.2f}" if r.onnxruntime_ms is not None else ""))
+        if r.onnxruntime_ms is not None:
+            line += f" {r.onnxruntime_ms:19.2f} {r.kuiper_ms / r.onnxruntime_ms:7.2f}"
+        lines.append(line)
     return "\n".join(lines)
 
 

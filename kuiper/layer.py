@@ -23,6 +23,11 @@ class Layer:
     def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
         raise NotImplementedError(f"{type(self).__name__} has no forward")
 
+    def fuse(self, after: "Layer") -> "Layer | None":
+        """One layer doing this layer's work and then `after`'s on the result (a convolution
+        absorbing its activation, lesson 04), or None where the two cannot merge: the default."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.op.where()})"
 

@@ -532,6 +532,7 @@ import heapq
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
+from dataclasses import replace
 
 from kuiper.errors import GraphError, KuiperError, ShapeError
 from kuiper.pnnx import Operator, PnnxGraph
@@ -741,7 +742,13 @@ with check("Exercise 2.4"):
 # 4. drops operands after their last use, recording the peak of what was alive (operands named in
 #    `keep` are saved in `graph.kept` first, for looking at intermediate results).
 #
-# It takes and returns numpy arrays or `Tensor`s, whichever it was given.
+# It takes and returns numpy arrays or `Tensor`s, whichever it was given. Two things make repeated
+# runs cheaper. The operators run from a *plan* made once: where a layer can also do the work of
+# the one operator that reads its output (`Layer.fuse` in lesson 03; lesson 04's convolution
+# absorbs the activation after it), one merged step replaces both and the tensor between them is
+# never made (unless it is named in `keep`). And the checks of steps 1 and 3 and the memory count
+# of step 4 run once per set of input shapes: every later shape follows from those, so a repeat
+# of the same shapes skips them (the peak is remembered).
 
 # %%
 #| export graph
@@ -796,8 +803,40 @@ def run_layer(layer: Layer, op: Operator, inputs: list[Tensor]) -> object:
                          f"{[tuple(x.shape) for x in inputs]}: {type(err).__name__}: {err}") from err
 
 
+def fused_plan(order: list[Operator], layers: dict[str, Layer]) -> list[tuple[Operator, Layer | None]]:
+    """The steps a forward pass runs: each operator (its layer None: the graph's current one), except
+    that a layer whose single output only one operator reads may absorb that reader (`Layer.fuse`):
+    the merged layer then runs as the first operator writing the reader's outputs, and the reader's
+    own step is dropped."""
+    readers: dict[str, list[Operator]] = defaultdict(list)
+    for op in order:
+        for name in op.inputs:
+            readers[name].append(op)
+    steps, absorbed = [], set()
+    for op in order:
+        if op.type in IO_TYPES or op.name in absorbed:
+            continue
+        after = readers[op.outputs[0]] if len(op.outputs) == 1 else []
+        fuse = getattr(layers[op.name], "fuse", None)
+        merged = None
+        if fuse is not None and len(after) == 1 and after[0].inputs == op.outputs and after[0].type not in IO_TYPES:
+            merged = fuse(layers[after[0].name])
+        if merged is None:
+            steps.append((op, None))
+        else:
+            absorbed.add(after[0].name)
+            steps.append((replace(op, outputs=after[0].outputs), merged))
+    return steps
+
+
+def keep_fused(plan: list[tuple[Operator, Layer | None]], keep: Collection[str]) -> bool:
+    """Whether the fused plan can run: it never makes the operands it fused away, so none may be kept."""
+    return not keep or all(name in {out for op, _ in plan for out in op.outputs} for name in keep)
+
+
 class RuntimeGraph:
-    """A PNNX model ready to run: operators in topological order, each with its layer."""
+    """A PNNX model ready to run: operators in topological order, each with its layer, and the plan
+    that runs them (merged steps where a layer absorbs the next)."""
 
     def __init__(self, model: PnnxGraph, make_layer: Callable[[Operator], Layer]):
         self.model = model
@@ -808,10 +847,18 @@ class RuntimeGraph:
             raise GraphError(f"{model.path.name} has no pnnx.Output operator: the graph returns nothing")
         self.layers = {op.name: make_layer(op) for op in self.order if op.type not in IO_TYPES}
         self.frees = last_uses(self.order)
+        self.make_plan()
+        self.peaks: dict[tuple, int] = {}  # input shapes already run (checked) -> their peak bytes
         self.timings: list[tuple[str, str, float]] = []
         self.peak_bytes = 0
         self.kept: dict[str, Tensor] = {}
         self.device = "cpu"  # where forward puts the inputs; lesson 13's `to` moves the layers and sets it
+
+    def make_plan(self) -> None:
+        """The fused plan of the current layers, and where each operand is last read (lesson 13's `to`
+        makes it again after placing the layers on a device)."""
+        self.plan = fused_plan(self.order, self.layers)
+        self.plan_frees = last_uses(self.inputs + [op for op, _ in self.plan] + self.outputs)
 
     def check_shape(self, op: Operator, name: str, value: Tensor) -> None:
         """ShapeError unless `value` fits operand `name`'s annotation (dimension 0, the batch, is free)."""
@@ -830,28 +877,33 @@ class RuntimeGraph:
         Operands named in `keep` are saved in `self.kept` (to look at intermediate results)."""
         if len(inputs) != len(self.inputs):
             raise ShapeError(f"{self.model.path.name} takes {len(self.inputs)} input(s), got {len(inputs)}")
-        values = {}
-        for op, x in zip(self.inputs, inputs):
-            values[op.outputs[0]] = (x if isinstance(x, Tensor) else Tensor(x)).to(self.device)
+        values = {op.outputs[0]: (x if isinstance(x, Tensor) else Tensor(x)).to(self.device)
+                  for op, x in zip(self.inputs, inputs)}
+        shapes = tuple(tuple(x.shape) for x in values.values())
+        checked = shapes in self.peaks  # a repeat of checked input shapes skips the checks below
+        steps, frees = (self.plan, self.plan_frees) if keep_fused(self.plan, keep) else (
+            [(op, None) for op in self.order if op.type not in IO_TYPES], self.frees)
+        for op in self.inputs if not checked else ():
             self.check_shape(op, op.outputs[0], values[op.outputs[0]])
-        self.timings, self.peak_bytes, self.kept = [], live_bytes(values), {}
-        for op in self.order:
-            if op.type in IO_TYPES:
-                continue
+        self.timings, self.peak_bytes, self.kept = [], self.peaks.get(shapes) or live_bytes(values), {}
+        for op, layer in steps:
             start = time.perf_counter()
-            result = run_layer(self.layers[op.name], op, [values[name] for name in op.inputs])
+            result = run_layer(layer or self.layers[op.name], op, [values[name] for name in op.inputs])
             self.timings.append((op.name, op.type, time.perf_counter() - start))
             results = result if isinstance(result, tuple) else (result,)
             if len(results) != len(op.outputs):
                 raise GraphError(f"{op.where()} returned {len(results)} outputs, the graph expects {len(op.outputs)}")
             for name, value in zip(op.outputs, results):
-                self.check_shape(op, name, value)
+                if not checked:
+                    self.check_shape(op, name, value)
                 values[name] = value
                 if name in keep:
                     self.kept[name] = value
-            self.peak_bytes = max(self.peak_bytes, live_bytes(values))
-            for name in self.frees[op.name]:
+            if not checked:
+                self.peak_bytes = max(self.peak_bytes, live_bytes(values))
+            for name in frees[op.name]:
                 del values[name]
+        self.peaks[shapes] = self.peak_bytes
         outputs = [values[op.inputs[0]] for op in self.outputs]
         if not any(isinstance(x, Tensor) for x in inputs):
             outputs = [t.numpy() for t in outputs]

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kuiper.course import agreement, check, raises
+from kuiper.course import agreement, check, patch_to, raises
 from kuiper.pnnx import Attribute, Operator
 from kuiper.tensor import Tensor
 
@@ -243,8 +243,11 @@ with check("Exercise 4.2"):
 # Your kernel is correct; three changes make it fast enough for the engine, and they are the kind
 # of change that matters on every CPU:
 #
-# 1. **One image at a time.** The column matrix of one image (up to a few MB) stays in cache
-#    between being written and being multiplied; a whole batch's does not.
+# 1. **A few images at a time.** The columns of several images side by side,
+#    $(C K_h K_w, n, L)$, make one matrix multiply for all of them: every kernel and every matrix
+#    multiply starts its threads once, and on a busy machine each start waits for a core, so
+#    fewer, larger calls win. The images per call are as many as keep the columns within
+#    `COLUMN_BYTES`, so memory stays bounded for big images and batches.
 # 2. **Reuse one buffer.** A fresh multi-megabyte array costs a page fault per 4 KB the first time
 #    it is touched; `scratch` hands out the same memory on every call. One buffer **per thread**:
 #    the layers of a graph run one after another, but two graphs run in two threads at once would
@@ -256,27 +259,32 @@ with check("Exercise 4.2"):
 # %%
 #| export
 @njit(parallel=True, cache=True)
-def im2col_image(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
-    """Unfold one image x (C, H, W) into cols (C*kh*kw, oh*ow); a row per (c, i, j) tap of the window."""
-    channels, height, width = x.shape
-    for row in prange(channels * kh * kw):
+def im2col_images(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    """Unfold images x (N, C, H, W) into cols (C*kh*kw, N, oh*ow): a row per (c, i, j) tap of the
+    window, the images side by side along it."""
+    n_batch, channels, height, width = x.shape
+    for task in prange(channels * kh * kw * n_batch):
+        row, n = task // n_batch, task % n_batch
         c, i, j = row // (kh * kw), row // kw % kh, row % kw
         shift = j * dw - pw  # output column x_ reads input column x_ * sw + shift
         x_lo = min(ow, max(0, -(shift // sw)))
         x_hi = max(x_lo, min(ow, (width - 1 - shift) // sw + 1))
         for y in range(oh):
             iy = y * sh - ph + i * dh
-            line = cols[row, y * ow:(y + 1) * ow]
+            line = cols[row, n, y * ow:(y + 1) * ow]
             if iy < 0 or iy >= height:
                 line[:] = 0.0
                 continue
             line[:x_lo] = 0.0
             if sw == 1:
-                line[x_lo:x_hi] = x[c, iy, x_lo + shift:x_hi + shift]
+                line[x_lo:x_hi] = x[n, c, iy, x_lo + shift:x_hi + shift]
             else:
                 for x_ in range(x_lo, x_hi):
-                    line[x_] = x[c, iy, x_ * sw + shift]
+                    line[x_] = x[n, c, iy, x_ * sw + shift]
             line[x_hi:] = 0.0
+
+
+COLUMN_BYTES = 32 * 2**20  # the most column memory one im2col + matrix multiply may use
 
 
 _scratch = threading.local()
@@ -293,15 +301,15 @@ def scratch(shape: tuple[int, ...]) -> np.ndarray:
 
 
 # %%
-with check("im2col_image agrees with your im2col"):
+with check("im2col_images agrees with your im2col"):
     x = rng.standard_normal((2, 5, 11, 9), dtype=np.float32)
     for k, s, p, d in [(3, 1, 1, 1), (3, 2, 1, 1), (5, 2, 2, 2), (1, 1, 0, 1), (7, 2, 3, 1)]:
         oh, ow = out_size(11, k, s, p, d), out_size(9, k, s, p, d)
         want = np.empty((2, 5 * k * k, oh * ow), np.float32)
         im2col(x, want, k, k, s, s, p, p, d, d, oh, ow)
-        got = np.empty((5 * k * k, oh * ow), np.float32)
-        im2col_image(x[1], got, k, k, s, s, p, p, d, d, oh, ow)
-        assert np.array_equal(got, want[1]), f"k={k} s={s} p={p} d={d} differs"
+        got = np.empty((5 * k * k, 2, oh * ow), np.float32)
+        im2col_images(x, got, k, k, s, s, p, p, d, d, oh, ow)
+        assert np.array_equal(got, want.transpose(1, 0, 2)), f"k={k} s={s} p={p} d={d} differs"
 
 # %% [markdown]
 # ## Depthwise convolution: a direct kernel
@@ -310,7 +318,7 @@ with check("im2col_image agrees with your im2col"):
 # multiply degenerates to a $1 \times 9$ by $9 \times HW$ product per channel, and im2col's copy
 # costs more than the arithmetic. A direct numba loop, parallel over (image, channel), is faster;
 # it walks each output row once per window tap, using the same $[x_{lo}, x_{hi})$ range as
-# `im2col_image` so that the inner loop has no bounds test.
+# `im2col_images` so that the inner loop has no bounds test.
 # (A channel multiplier $m$ — output channel $k$ reading input channel $k / m$ — comes free.)
 #
 # ## Exercise 4.3 — the depthwise kernel
@@ -319,7 +327,7 @@ with check("im2col_image agrees with your im2col"):
 # (`out` arrives uninitialised), then for every tap $(i, j)$ of the window whose input row
 # $y s_h - p_h + i d_h$ lies inside the image, add `w[k, 0, i, j]` times the input row shifted by
 # $j d_w - p_w$, over the outputs $[x_{lo}, x_{hi})$ whose input column lies inside (compute them
-# as `im2col_image` does). There is no bias here: the layer adds it.
+# as `im2col_images` does). There is no bias here: the layer adds it.
 
 # %%
 #| export
@@ -381,7 +389,11 @@ with check("Exercise 4.3"):
 # should be working. Telling OpenMP to sleep when idle roughly halves ResNet-18's time on two
 # cores. OpenMP reads the setting when it is loaded, so the package sets it on import (unless you
 # chose a policy yourself); PyTorch imported later in the same process inherits it, which keeps
-# its idle threads from stealing kuiper's cores too.
+# its idle threads from stealing kuiper's cores too. OpenBLAS has the same habit, worse: after each
+# matrix multiply its threads spin for $2^{28}$ cycles, a tenth of a second. On two busy cores that
+# spinning was most of the CPU time of a MobileNetV2 forward pass; `import kuiper` sets
+# `OPENBLAS_THREAD_TIMEOUT=4` ($2^4$ cycles) before numpy loads OpenBLAS (in a notebook that
+# imported numpy first it is too late: start Jupyter with the variable set to get it there).
 
 # %%
 #| export
@@ -395,14 +407,22 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The layer reads and checks its parameters once. `forward` picks the fastest path:
 #
 # * a $1 \times 1$ convolution with stride 1 and no padding **is** a matrix multiply on the input
-#   as it lies (no im2col at all);
+#   as it lies (no im2col at all) for one image; for a batch, the last path below (whose im2col
+#   is then a mere copy) makes one matrix multiply of many;
 # * a depthwise convolution runs the direct kernel;
-# * small feature maps (the last stage of the network, 7 × 7) unfold the whole batch side by
-#   side and make **one** matrix multiply: a product with only 49 columns per image keeps BLAS
-#   far from its peak, one with $8 \cdot 49$ columns does not;
-# * everything else is, image by image, `im2col_image` into the scratch buffer and one matrix
-#   multiply per group, written straight into the output: $W$ is reshaped to
-#   $(g, K/g, C/g \cdot K_h K_w)$ and the columns to $(g, C/g \cdot K_h K_w, L)$.
+# * grouped convolutions (rare beyond depthwise), image by image, `im2col_images` into the scratch
+#   buffer and one matrix multiply per group, written straight into the output: $W$ is reshaped
+#   to $(g, K/g, C/g \cdot K_h K_w)$ and the columns to $(g, C/g \cdot K_h K_w, L)$;
+# * everything else unfolds as many images at a time as `COLUMN_BYTES` allows and makes one matrix
+#   multiply for them: $(K, C K_h K_w) \times (C K_h K_w, n L)$. Its product is channel-major,
+#   $(K, n, L)$; the epilogue reads it through a transposed view and writes the output
+#   $(n, K, L)$, so the reordering costs no extra pass.
+#
+# Every path ends in one `epilogue` pass that adds the bias and applies the activation the layer
+# absorbed, if any: you write it in Exercise 6.6, when lesson 06 makes ResNet fast; the package's runs until then.
+
+# %%
+from kuiper.layers.conv import epilogue, IDENTITY  # the package's until you write yours (Exercise 6.6)
 
 # %%
 #| export
@@ -427,9 +447,6 @@ def conv_padding(value: object, kernel: tuple[int, int], dilation: tuple[int, in
             raise LayerError(f"{op.where()}: padding='same' with an even window is asymmetric, not supported")
         return total[0] // 2, total[1] // 2
     return pair(value, "padding", op)
-
-
-SMALL_MAP = 100  # below this many output pixels, one GEMM for the whole batch beats one per image
 
 
 class ConvLayer(Layer):
@@ -468,6 +485,8 @@ class Conv2d(ConvLayer):
         self.weight_ = self.weight("weight", (self.c_out, self.c_in // self.groups, *self.kernel))
         self.gemm_weight = np.ascontiguousarray(self.weight_.reshape(self.groups, self.c_out // self.groups, -1))
         self.depthwise = self.groups == self.c_in and self.groups > 1
+        self.shift = np.zeros(self.c_out, np.float32) if self.bias is None else self.bias
+        self.activation = IDENTITY  # the activation fused into the epilogue (lesson 06, "Fusing")
 
     def forward(self, x: Tensor) -> Tensor:
         data = self.input(x)
@@ -475,27 +494,32 @@ class Conv2d(ConvLayer):
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
         oh, ow = out_size(height, kh, sh, ph, dh), out_size(width, kw, sw, pw, dw)
         if self.depthwise:
-            out = np.empty((n_batch, self.c_out, oh, ow), np.float32)
-            depthwise_conv(data, self.weight_, out, sh, sw, ph, pw, dh, dw)
-        elif (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
+            planes = np.empty((n_batch, self.c_out, oh * ow), np.float32)
+            depthwise_conv(data, self.weight_, planes.reshape(n_batch, self.c_out, oh, ow), sh, sw, ph, pw, dh, dw)
+        elif (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and (n_batch == 1 or self.groups > 1):
             cols = data.reshape(n_batch, self.groups, -1, height * width)
-            out = np.matmul(self.gemm_weight, cols).reshape(n_batch, self.c_out, oh, ow)
-        elif self.groups == 1 and oh * ow < SMALL_MAP:
-            cols = scratch((self.c_in * kh * kw, n_batch, oh * ow))
+            planes = np.matmul(self.gemm_weight, cols).reshape(n_batch, self.c_out, oh * ow)
+        elif self.groups > 1:
+            planes = np.empty((n_batch, self.groups, self.c_out // self.groups, oh * ow), np.float32)
+            cols = scratch((self.c_in * kh * kw, 1, oh * ow))
             for n in range(n_batch):
-                im2col_image(data[n], cols[:, n], kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-            out = self.gemm_weight[0] @ cols.reshape(self.c_in * kh * kw, n_batch * oh * ow)
-            out = np.ascontiguousarray(out.reshape(self.c_out, n_batch, oh, ow).transpose(1, 0, 2, 3))
+                im2col_images(data[n:n + 1], cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+                np.matmul(self.gemm_weight, cols.reshape(self.groups, -1, oh * ow), out=planes[n])
+            planes = planes.reshape(n_batch, self.c_out, oh * ow)
         else:
-            out = np.empty((n_batch, self.groups, self.c_out // self.groups, oh * ow), np.float32)
-            cols = scratch((self.c_in * kh * kw, oh * ow))
-            for n in range(n_batch):
-                im2col_image(data[n], cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-                np.matmul(self.gemm_weight, cols.reshape(self.groups, -1, oh * ow), out=out[n])
-            out = out.reshape(n_batch, self.c_out, oh, ow)
-        if self.bias is not None:
-            out += self.bias[:, None, None]
-        return Tensor(out, device=x.device)
+            out = np.empty((n_batch, self.c_out, oh * ow), np.float32)
+            rows = self.c_in * kh * kw
+            step = max(1, COLUMN_BYTES // (4 * rows * oh * ow))  # images per matrix multiply
+            for start in range(0, n_batch, step):
+                images = data[start:start + step]
+                cols = scratch((rows, len(images), oh * ow))
+                im2col_images(images, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+                product = self.gemm_weight[0] @ cols.reshape(rows, -1)  # (K, n·OH·OW)
+                epilogue(product.reshape(self.c_out, len(images), oh * ow).transpose(1, 0, 2), self.shift,
+                         self.activation, out[start:start + step])
+            return Tensor(out.reshape(n_batch, self.c_out, oh, ow), device=x.device)
+        epilogue(planes, self.shift, self.activation, planes)  # + bias, then the fused activation
+        return Tensor(planes.reshape(n_batch, self.c_out, oh, ow), device=x.device)
 
 
 # %%

@@ -15,7 +15,8 @@
 # run the graph, and read the answer. `data/models/mobilenet_v2.pnnx.param` carries torchvision's
 # **real ImageNet weights**, so the engine you built will name what is in a photograph. ResNet-18,
 # MobileNetV3 and a UNet (random weights) check exactness against PyTorch on whole networks, and
-# the benchmark shows where the time goes.
+# the benchmark shows where the time goes; then you make the convolutions faster by fusing each
+# activation into the convolution's last pass.
 #
 # | exercise | what |
 # |---|---|
@@ -24,6 +25,7 @@
 # | 6.3 | top-k: the k most likely classes |
 # | 6.4 | `classify`: images in, probabilities out, in batches |
 # | 6.5 | a residual block, wired by hand from the graph's own layers |
+# | 6.6 | the convolution's epilogue: bias and a fused activation in one vectorised pass (numba) |
 
 # %%
 #| default_exp vision.classify
@@ -497,6 +499,244 @@ plt.show()
 print(f"peak activation memory: {resnet.peak_bytes / 2**20:.1f} MiB")
 
 # %% [markdown]
+# ## Fusing the activation into the convolution
+#
+# In MobileNet and YOLO every convolution is followed by an activation. Run as two layers, the
+# activation reads the whole feature map back from memory, writes it again, and starts the threads
+# once more, for a few operations per element. The convolution already makes one pass over its
+# output to add the bias: the activation can ride along in that *epilogue*. The graph asks each
+# layer whether it can absorb the one operator that reads its output (`Layer.fuse`, lesson 03;
+# `RuntimeGraph` builds its plan from the answers, lesson 02), and `Conv2d` says yes to the
+# activations its epilogue knows.
+#
+# SiLU and sigmoid need $e^x$, and there is a catch: numba compiles `np.exp` in a loop to one call
+# of the C library's scalar `expf` per element (LLVM can only vectorise it with Intel's SVML vector
+# math library, which pip's llvmlite does not ship), so the loop runs one element at a time. An
+# $e^x$ made only of multiplies, adds and integer operations vectorises like the rest of the loop.
+# The classic recipe, from the Cephes library's `expf` (S. L. Moshier, *Methods and Programs for
+# Mathematical Functions*, 1989; the same one herumi/fmath and KuiperInfer use):
+#
+# 1. **range reduction**: $x = k \ln 2 + r$ with $k = \lfloor x \log_2 e + \tfrac12 \rfloor$, so
+#    $|r| \le \tfrac12 \ln 2$; $\ln 2$ is split into a short `LN2_HI` (exact in float32, so
+#    $k \cdot$ `LN2_HI` is exact) and the rest `LN2_LO`, and $r$ = x − k·`LN2_HI` − k·`LN2_LO`;
+# 2. **polynomial**: on that small range $e^r \approx 1 + r + r^2 p(r)$, $p$ a degree-5
+#    polynomial (`EXP_POLY`, highest power first, evaluated by Horner's rule);
+# 3. **scale**: $e^x = 2^k e^r$, and $2^k$ is the float32 whose exponent bits are $k + 127$:
+#    `bits_as_float32((k + 127) << 23)`. Results below the smallest normal float32 ($k < -126$)
+#    need an exponent below the range, so multiply by $2^{\lfloor k/2 \rfloor}$ and
+#    $2^{k - \lfloor k/2 \rfloor}$ instead: each fits, and the product rounds to the subnormal.
+#
+# Clamping $x$ to $[-104, 89]$ first keeps $k$ in range; below, $e^x$ underflows to 0 and above it
+# overflows to `inf` by itself. NaN must stay NaN.
+
+# %%
+import itertools
+import timeit
+
+import torch
+import torch.nn.functional as F
+from numba import njit, prange
+
+from kuiper.course import patch_to
+from kuiper.layer import Layer
+from kuiper.layers.conv import Conv2d
+from kuiper.pnnx import Operator
+
+rng = np.random.default_rng(0)
+
+# %%
+#| export layers.activation
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+
+@intrinsic
+def bits_as_float32(typingctx, bits):
+    """The float32 whose IEEE-754 bit pattern is the int32 `bits` (an LLVM bitcast: free at run time)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+# Cephes expf.c: log2(e), ln 2 split in two, and p(r) from its highest power down.
+LOG2E, LN2_HI, LN2_LO = np.float32(1.44269504088896341), np.float32(0.693359375), np.float32(-2.12194440e-4)
+EXP_POLY = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                                          1.6666665459e-1, 5.0000001201e-1))
+
+# %%
+#| export layers.activation
+@njit(cache=True)
+def exp_approx(x):
+    """e^x for a float32 x, within 1 ulp (Cephes expf); vectorises in a numba loop, unlike np.exp."""
+    if x != x:
+        return x
+    x = min(max(x, np.float32(-104.0)), np.float32(89.0))
+    k = np.floor(x * LOG2E + np.float32(0.5))
+    r = x - k * LN2_HI - k * LN2_LO
+    p = EXP_POLY[0]
+    for c in EXP_POLY[1:]:
+        p = p * r + c
+    half, rest = np.int32(k) >> 1, np.int32(k) - (np.int32(k) >> 1)
+    return (p * r * r + r + np.float32(1.0)) * bits_as_float32((half + 127) << 23) * bits_as_float32((rest + 127) << 23)
+
+
+# %%
+@njit(parallel=True)
+def exp_all(x, out):
+    for i in prange(x.size):
+        out[i] = exp_approx(x[i])
+
+
+# exp_approx against e^x in double precision, over the whole float32 range
+bits = np.arange(0, 2**32, 4099, dtype=np.uint32)  # a million float32s spread over every exponent
+edges = np.float32([np.nan, np.inf, -np.inf, 0.0, -0.0, 88.72, 88.73, -87.3, -103.2, -103.3, -104.5])
+x = np.concatenate([bits.view(np.float32), np.linspace(-105, 90, 100_000, dtype=np.float32), edges])
+got = np.empty_like(x)
+exp_all(x, got)
+with np.errstate(over="ignore", invalid="ignore"):
+    exact = np.exp(x.astype(np.float64))
+    nearest = exact.astype(np.float32)
+normal = np.isfinite(nearest) & (nearest >= np.finfo(np.float32).tiny)
+ulps = np.abs(got[normal] - exact[normal]) / np.spacing(nearest[normal])
+worst = int(np.argmax(ulps))
+assert ulps[worst] <= 1.0, (f"at x = {x[normal][worst]!r}: expected {nearest[normal][worst]!r}, "
+                            f"got {got[normal][worst]!r} ({ulps[worst]:.1f} ulp off)")
+for value, want in [(np.nan, np.nan), (np.inf, np.inf), (-np.inf, 0.0), (89.0, np.inf), (-104.5, 0.0),
+                    (-100.0, np.float32(np.exp(-100.0))), (0.0, 1.0)]:
+    one = np.empty(1, np.float32)
+    exp_all(np.float32([value]), one)
+    assert np.allclose(one, [want], rtol=1e-6, atol=2e-45, equal_nan=True), f"exp_approx({value}): expected {want}, got {one[0]}"
+print(f"max error where e^x is a normal float32: {ulps.max():.2f} ulp over {normal.sum():,} values")
+
+# %% [markdown]
+# Both loops below run over the same 4 million values; only the one calling `exp_approx`
+# vectorises:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+@njit(parallel=True)
+def exp_scalar(x, out):
+    for i in prange(x.size):
+        out[i] = np.exp(x[i])
+
+
+values, out = rng.standard_normal(4_000_000, dtype=np.float32), np.empty(4_000_000, np.float32)
+for kernel in (exp_scalar, exp_all):
+    kernel(values, out)
+    seconds = min(timeit.repeat(lambda: kernel(values, out), number=1, repeat=5))
+    print(f"{kernel.__name__:10} {seconds * 1e3:6.2f} ms")
+
+# %% [markdown]
+# ## Exercise 6.6 — the convolution's epilogue
+#
+# Write `epilogue`: one pass over the output planes `(N, K, OH·OW)` that adds each channel's bias,
+# then applies the activation picked by a small integer code (the table below). Put the `if` on the
+# code *outside* the inner loop, so that each inner loop is straight arithmetic that vectorises,
+# and use `exp_approx` for SiLU and sigmoid. It reads `planes` and writes `out`, which may be the
+# same array (in place), or a contiguous array beside a strided view (the small-map path of
+# `Conv2d.forward` makes its product channel-major). Keep the constants float32.
+
+# %%
+#| export layers.conv
+import copy
+
+from kuiper.layers.activation import exp_approx, Hardsigmoid, Hardswish, ReLU, ReLU6, Sigmoid, SiLU
+
+IDENTITY, RELU, RELU6, SILU, HARDSWISH, SIGMOID, HARDSIGMOID = range(7)
+
+# %%
+#| export layers.conv
+#| exercise: one prange over (n, k); per code an inner loop: v = planes[n, k, i] + bias[k], then identity, relu, relu6, silu, hardswish, sigmoid or hardsigmoid
+@njit(parallel=True, cache=True)
+def epilogue(planes, bias, activation, out):
+    """out[n, k] = activation(planes[n, k] + bias[k]) for planes and out (N, K, L), float32."""
+    ### BEGIN SOLUTION
+    n_batch, k_out, size = planes.shape
+    one, zero, six = np.float32(1.0), np.float32(0.0), np.float32(6.0)
+    for nk in prange(n_batch * k_out):
+        n, k = nk // k_out, nk % k_out
+        src, dst, b = planes[n, k], out[n, k], bias[k]
+        if activation == IDENTITY:
+            for i in range(size):
+                dst[i] = src[i] + b
+        elif activation == RELU:
+            for i in range(size):
+                dst[i] = max(src[i] + b, zero)
+        elif activation == RELU6:
+            for i in range(size):
+                dst[i] = min(max(src[i] + b, zero), six)
+        elif activation == SILU:
+            for i in range(size):
+                v = src[i] + b
+                dst[i] = v / (one + exp_approx(-v))
+        elif activation == HARDSWISH:
+            for i in range(size):
+                v = src[i] + b
+                dst[i] = v * min(max(v / six + np.float32(0.5), zero), one)
+        elif activation == SIGMOID:
+            for i in range(size):
+                dst[i] = one / (one + exp_approx(-(src[i] + b)))
+        else:
+            for i in range(size):
+                dst[i] = min(max((src[i] + b) / six + np.float32(0.5), zero), one)
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 6.6"):
+    planes = rng.standard_normal((2, 3, 50), dtype=np.float32) * 4
+    bias = np.float32([0.5, -1.0, 2.0])
+    v = torch.from_numpy(planes + bias[:, None])
+    want = {IDENTITY: v, RELU: F.relu(v), RELU6: F.relu6(v), SILU: F.silu(v), HARDSWISH: F.hardswish(v),
+            SIGMOID: torch.sigmoid(v), HARDSIGMOID: F.hardsigmoid(v)}
+    names = dict(enumerate(["identity", "relu", "relu6", "silu", "hardswish", "sigmoid", "hardsigmoid"]))
+    for code, expected in want.items():
+        strided = np.ascontiguousarray(planes.transpose(1, 0, 2)).transpose(1, 0, 2)  # same values
+        for where, source, out in [("into a new array", planes, np.full_like(planes, np.nan)),
+                                   ("from a strided view", strided, np.full_like(planes, np.nan))]:
+            epilogue(source, bias, code, out)
+            error = np.abs(out - expected.numpy()).max()
+            assert error < 1e-5, f"{names[code]}, {where}: expected PyTorch's values, differs by {error:.1e}"
+
+
+# %%
+#| export layers.conv
+EPILOGUES = {ReLU: RELU, ReLU6: RELU6, SiLU: SILU, Hardswish: HARDSWISH, Sigmoid: SIGMOID, Hardsigmoid: HARDSIGMOID}
+
+
+@patch_to(Conv2d)
+def fuse(self, after: Layer) -> Conv2d | None:
+    """This convolution with `after`'s activation in its epilogue, if the epilogue has it (a copy:
+    the unfused layer stays as it was), else None."""
+    if self.activation != IDENTITY or type(after) not in EPILOGUES:
+        return None
+    fused = copy.copy(self)
+    fused.activation = EPILOGUES[type(after)]
+    return fused
+
+# %% [markdown]
+# A fused convolution must give what the convolution and then the activation give, for every
+# activation the epilogue knows and on every path of `forward` (here: 3×3, 1×1, depthwise, and a
+# small map):
+
+# %%
+convs = [op for op in graph.model.operators if op.type == "nn.Conv2d"]  # MobileNetV2's, loaded above
+picked = {"3×3 stride 2": convs[0], "1×1": next(op for op in convs if tuple(op.params["kernel_size"]) == (1, 1)),
+          "depthwise": next(op for op in convs if op.params["groups"] > 1)}
+for (what, op), size in itertools.product(picked.items(), (12, 5)):  # 5: the small-map path
+    conv = Conv2d(op)
+    x = Tensor(rng.standard_normal((2, op.params["in_channels"], size, size), dtype=np.float32) * 3)
+    for kind in EPILOGUES:
+        activation = kind(Operator(kind.__name__, "act", ["1"], ["2"], {}, {}, line=1))
+        want = activation(conv(x)).numpy()
+        error = np.abs(conv.fuse(activation)(x).numpy() - want).max()
+        assert error < 1e-5, f"{kind.__name__} fused into the {what} convolution on {size}×{size}: differs by {error:.1e}"
+print("fused == convolution then activation, for", ", ".join(kind.__name__ for kind in EPILOGUES))
+
+# %% [markdown]
 # ## Against PyTorch
 #
 # `kuiper bench` times kuiper and PyTorch (the traced model `tools/zoo.py` saved) in the same
@@ -512,7 +752,8 @@ print(format_model_rows(bench_models([MODELS / "resnet18.pnnx.param", MODELS / "
 # %% [markdown]
 # ## What you built
 #
-# `kuiper/vision/classify.py` prepares images and reads the answers; the command line runs it:
+# `kuiper/vision/classify.py` prepares images and reads the answers, and every convolution now ends
+# in your epilogue, with its activation fused and a vectorised $e^x$; the command line runs it:
 #
 # ```
 # kuiper run data/models/mobilenet_v2.pnnx.param data/images/*.jpg --top 5

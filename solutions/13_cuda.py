@@ -1491,6 +1491,7 @@ def to(self, device: str) -> RuntimeGraph:
     gives numpy arrays (or tensors), and moves them. DeviceError when the device is not available."""
     placement = importlib.import_module("kuiper.cuda.layers")  # late: it imports the layers, which import us
     self.layers = {name: placement.place(layer, device) for name, layer in self.layers.items()}
+    self.make_plan()  # the old plan holds the CPU layers it fused
     self.device = device
     return self
 

@@ -18,7 +18,7 @@ def requirement(spec: str) -> tuple[str, str]:
 def test_conda_environment_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pip_side = {requirement(s) for s in project["dependencies"]}
-    for extra in ("course", "dev"):
+    for extra in ("course", "dev", "bench"):
         pip_side |= {requirement(s) for s in project["optional-dependencies"][extra]}
     conda_side = set()
     for dep in yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]:

@@ -195,9 +195,19 @@ def quiet() -> Iterator[None]:
                 sys.stderr.write(log.read())
 
 
+def onnx_installed() -> bool:
+    """Whether the optional `onnx` package (torch's ONNX exporter needs it) is installed."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def exported(name: str, out: Path) -> bool:
-    """Whether `out` holds all the files of model `name` (the ONNX file is optional)."""
-    return all((Path(out) / f"{name}{suffix}").exists() for suffix in SUFFIXES)
+    """Whether `out` holds all the files of model `name`, NAME.onnx too when `onnx` is installed."""
+    suffixes = SUFFIXES + ((".onnx",) if onnx_installed() else ())
+    return all((Path(out) / f"{name}{suffix}").exists() for suffix in suffixes)
 
 
 def export(name: str, out: Path, force: bool = False) -> Path:
@@ -212,6 +222,10 @@ def export(name: str, out: Path, force: bool = False) -> Path:
     torch.manual_seed(0)
     model = entry.build(out / ".cache").eval()
     x = entry.sample()
+    if not force and all(file.exists() for file in files):  # only the ONNX file is missing
+        with torch.no_grad(), quiet():
+            export_onnx(model, x, out / f"{name}.onnx")
+        return files[0]
     with torch.no_grad():
         y = model(x)
     with tempfile.TemporaryDirectory() as tmp, quiet():
@@ -228,13 +242,15 @@ def export(name: str, out: Path, force: bool = False) -> Path:
 
 
 def export_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> None:
-    """The model as ONNX with a free batch dimension, for onnxruntime; skipped without `onnx`."""
-    try:
-        import onnx  # noqa: F401  (torch's exporter needs it)
-    except ImportError:
+    """The model as ONNX with a free batch dimension, for onnxruntime; skipped without `onnx`.
+    Written to a temporary file and renamed, so that a failed export leaves no half-written file."""
+    if not onnx_installed():
         return
-    torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["input"], output_names=["output"],
-                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        part = Path(tmp) / path.name
+        torch.onnx.export(model, (x,), str(part), dynamo=False, input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+        os.replace(part, path)
 
 
 def size(path: Path) -> str:

@@ -1,8 +1,10 @@
-# Generated from solutions/03_registry.py, solutions/04_conv_pooling.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/03_registry.py, solutions/04_conv_pooling.py, solutions/06_resnet.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from kuiper.layer import Layer
 from kuiper.registry import register
@@ -144,3 +146,34 @@ class Softmax(Layer):
         data = x.numpy()
         shifted = np.exp(data - data.max(axis=self.dim, keepdims=True))
         return Tensor(shifted / shifted.sum(axis=self.dim, keepdims=True), device=x.device)
+
+
+@intrinsic
+def bits_as_float32(typingctx, bits):
+    """The float32 whose IEEE-754 bit pattern is the int32 `bits` (an LLVM bitcast: free at run time)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+# Cephes expf.c: log2(e), ln 2 split in two, and p(r) from its highest power down.
+LOG2E, LN2_HI, LN2_LO = np.float32(1.44269504088896341), np.float32(0.693359375), np.float32(-2.12194440e-4)
+EXP_POLY = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                                          1.6666665459e-1, 5.0000001201e-1))
+
+
+@njit(cache=True)
+def exp_approx(x):
+    """e^x for a float32 x, within 1 ulp (Cephes expf); vectorises in a numba loop, unlike np.exp."""
+    if x != x:
+        return x
+    x = min(max(x, np.float32(-104.0)), np.float32(89.0))
+    k = np.floor(x * LOG2E + np.float32(0.5))
+    r = x - k * LN2_HI - k * LN2_LO
+    p = EXP_POLY[0]
+    for c in EXP_POLY[1:]:
+        p = p * r + c
+    half, rest = np.int32(k) >> 1, np.int32(k) - (np.int32(k) >> 1)
+    return (p * r * r + r + np.float32(1.0)) * bits_as_float32((half + 127) << 23) * bits_as_float32((rest + 127) << 23)

@@ -1,6 +1,7 @@
-# Generated from solutions/04_conv_pooling.py, solutions/08_segmentation.py by tools/sync.py: edit the lesson, not this file.
+# Generated from solutions/04_conv_pooling.py, solutions/06_resnet.py, solutions/08_segmentation.py by tools/sync.py: edit the lesson, not this file.
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
@@ -13,6 +14,7 @@ from numba import njit, prange
 
 from kuiper.errors import LayerError, ShapeError, UnsupportedError
 from kuiper.layer import Layer
+from kuiper.layers.activation import exp_approx, Hardsigmoid, Hardswish, ReLU, ReLU6, Sigmoid, SiLU
 from kuiper.pnnx import Attribute, Operator
 from kuiper.registry import register
 from kuiper.tensor import Tensor
@@ -29,27 +31,32 @@ def out_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation
 
 
 @njit(parallel=True, cache=True)
-def im2col_image(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
-    """Unfold one image x (C, H, W) into cols (C*kh*kw, oh*ow); a row per (c, i, j) tap of the window."""
-    channels, height, width = x.shape
-    for row in prange(channels * kh * kw):
+def im2col_images(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    """Unfold images x (N, C, H, W) into cols (C*kh*kw, N, oh*ow): a row per (c, i, j) tap of the
+    window, the images side by side along it."""
+    n_batch, channels, height, width = x.shape
+    for task in prange(channels * kh * kw * n_batch):
+        row, n = task // n_batch, task % n_batch
         c, i, j = row // (kh * kw), row // kw % kh, row % kw
         shift = j * dw - pw  # output column x_ reads input column x_ * sw + shift
         x_lo = min(ow, max(0, -(shift // sw)))
         x_hi = max(x_lo, min(ow, (width - 1 - shift) // sw + 1))
         for y in range(oh):
             iy = y * sh - ph + i * dh
-            line = cols[row, y * ow:(y + 1) * ow]
+            line = cols[row, n, y * ow:(y + 1) * ow]
             if iy < 0 or iy >= height:
                 line[:] = 0.0
                 continue
             line[:x_lo] = 0.0
             if sw == 1:
-                line[x_lo:x_hi] = x[c, iy, x_lo + shift:x_hi + shift]
+                line[x_lo:x_hi] = x[n, c, iy, x_lo + shift:x_hi + shift]
             else:
                 for x_ in range(x_lo, x_hi):
-                    line[x_] = x[c, iy, x_ * sw + shift]
+                    line[x_] = x[n, c, iy, x_ * sw + shift]
             line[x_hi:] = 0.0
+
+
+COLUMN_BYTES = 32 * 2**20  # the most column memory one im2col + matrix multiply may use
 
 
 _scratch = threading.local()
@@ -121,9 +128,6 @@ def conv_padding(value: object, kernel: tuple[int, int], dilation: tuple[int, in
     return pair(value, "padding", op)
 
 
-SMALL_MAP = 100  # below this many output pixels, one GEMM for the whole batch beats one per image
-
-
 class ConvLayer(Layer):
     """What Conv2d and ConvTranspose2d share: channels, groups, window, bias, and the input check."""
 
@@ -160,6 +164,8 @@ class Conv2d(ConvLayer):
         self.weight_ = self.weight("weight", (self.c_out, self.c_in // self.groups, *self.kernel))
         self.gemm_weight = np.ascontiguousarray(self.weight_.reshape(self.groups, self.c_out // self.groups, -1))
         self.depthwise = self.groups == self.c_in and self.groups > 1
+        self.shift = np.zeros(self.c_out, np.float32) if self.bias is None else self.bias
+        self.activation = IDENTITY  # the activation fused into the epilogue (lesson 06, "Fusing")
 
     def forward(self, x: Tensor) -> Tensor:
         data = self.input(x)
@@ -167,27 +173,41 @@ class Conv2d(ConvLayer):
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
         oh, ow = out_size(height, kh, sh, ph, dh), out_size(width, kw, sw, pw, dw)
         if self.depthwise:
-            out = np.empty((n_batch, self.c_out, oh, ow), np.float32)
-            depthwise_conv(data, self.weight_, out, sh, sw, ph, pw, dh, dw)
-        elif (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
+            planes = np.empty((n_batch, self.c_out, oh * ow), np.float32)
+            depthwise_conv(data, self.weight_, planes.reshape(n_batch, self.c_out, oh, ow), sh, sw, ph, pw, dh, dw)
+        elif (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and (n_batch == 1 or self.groups > 1):
             cols = data.reshape(n_batch, self.groups, -1, height * width)
-            out = np.matmul(self.gemm_weight, cols).reshape(n_batch, self.c_out, oh, ow)
-        elif self.groups == 1 and oh * ow < SMALL_MAP:
-            cols = scratch((self.c_in * kh * kw, n_batch, oh * ow))
+            planes = np.matmul(self.gemm_weight, cols).reshape(n_batch, self.c_out, oh * ow)
+        elif self.groups > 1:
+            planes = np.empty((n_batch, self.groups, self.c_out // self.groups, oh * ow), np.float32)
+            cols = scratch((self.c_in * kh * kw, 1, oh * ow))
             for n in range(n_batch):
-                im2col_image(data[n], cols[:, n], kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-            out = self.gemm_weight[0] @ cols.reshape(self.c_in * kh * kw, n_batch * oh * ow)
-            out = np.ascontiguousarray(out.reshape(self.c_out, n_batch, oh, ow).transpose(1, 0, 2, 3))
+                im2col_images(data[n:n + 1], cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+                np.matmul(self.gemm_weight, cols.reshape(self.groups, -1, oh * ow), out=planes[n])
+            planes = planes.reshape(n_batch, self.c_out, oh * ow)
         else:
-            out = np.empty((n_batch, self.groups, self.c_out // self.groups, oh * ow), np.float32)
-            cols = scratch((self.c_in * kh * kw, oh * ow))
-            for n in range(n_batch):
-                im2col_image(data[n], cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-                np.matmul(self.gemm_weight, cols.reshape(self.groups, -1, oh * ow), out=out[n])
-            out = out.reshape(n_batch, self.c_out, oh, ow)
-        if self.bias is not None:
-            out += self.bias[:, None, None]
-        return Tensor(out, device=x.device)
+            out = np.empty((n_batch, self.c_out, oh * ow), np.float32)
+            rows = self.c_in * kh * kw
+            step = max(1, COLUMN_BYTES // (4 * rows * oh * ow))  # images per matrix multiply
+            for start in range(0, n_batch, step):
+                images = data[start:start + step]
+                cols = scratch((rows, len(images), oh * ow))
+                im2col_images(images, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+                product = self.gemm_weight[0] @ cols.reshape(rows, -1)  # (K, n·OH·OW)
+                epilogue(product.reshape(self.c_out, len(images), oh * ow).transpose(1, 0, 2), self.shift,
+                         self.activation, out[start:start + step])
+            return Tensor(out.reshape(n_batch, self.c_out, oh, ow), device=x.device)
+        epilogue(planes, self.shift, self.activation, planes)  # + bias, then the fused activation
+        return Tensor(planes.reshape(n_batch, self.c_out, oh, ow), device=x.device)
+
+    def fuse(self, after: Layer) -> Conv2d | None:
+        """This convolution with `after`'s activation in its epilogue, if the epilogue has it (a copy:
+        the unfused layer stays as it was), else None."""
+        if self.activation != IDENTITY or type(after) not in EPILOGUES:
+            return None
+        fused = copy.copy(self)
+        fused.activation = EPILOGUES[type(after)]
+        return fused
 
 
 @njit(parallel=True, cache=True)
@@ -249,6 +269,45 @@ def unbatched(forward: Callable) -> Callable:
                         for r in (result if isinstance(result, tuple) else (result,)))
         return outputs if isinstance(result, tuple) else outputs[0]
     return run
+
+
+IDENTITY, RELU, RELU6, SILU, HARDSWISH, SIGMOID, HARDSIGMOID = range(7)
+
+
+@njit(parallel=True, cache=True)
+def epilogue(planes, bias, activation, out):
+    """out[n, k] = activation(planes[n, k] + bias[k]) for planes and out (N, K, L), float32."""
+    n_batch, k_out, size = planes.shape
+    one, zero, six = np.float32(1.0), np.float32(0.0), np.float32(6.0)
+    for nk in prange(n_batch * k_out):
+        n, k = nk // k_out, nk % k_out
+        src, dst, b = planes[n, k], out[n, k], bias[k]
+        if activation == IDENTITY:
+            for i in range(size):
+                dst[i] = src[i] + b
+        elif activation == RELU:
+            for i in range(size):
+                dst[i] = max(src[i] + b, zero)
+        elif activation == RELU6:
+            for i in range(size):
+                dst[i] = min(max(src[i] + b, zero), six)
+        elif activation == SILU:
+            for i in range(size):
+                v = src[i] + b
+                dst[i] = v / (one + exp_approx(-v))
+        elif activation == HARDSWISH:
+            for i in range(size):
+                v = src[i] + b
+                dst[i] = v * min(max(v / six + np.float32(0.5), zero), one)
+        elif activation == SIGMOID:
+            for i in range(size):
+                dst[i] = one / (one + exp_approx(-(src[i] + b)))
+        else:
+            for i in range(size):
+                dst[i] = min(max((src[i] + b) / six + np.float32(0.5), zero), one)
+
+
+EPILOGUES = {ReLU: RELU, ReLU6: RELU6, SiLU: SILU, Hardswish: HARDSWISH, Sigmoid: SIGMOID, Hardsigmoid: HARDSIGMOID}
 
 
 PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}

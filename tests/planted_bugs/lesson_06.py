@@ -34,4 +34,11 @@ BUGS = {
         ("return relu(conv2(relu(conv1(x))) + shortcut)", "return relu(conv2(conv1(x)) + shortcut)",
          "no ReLU between the convolutions"),
     ],
+    "6.6": [
+        ("                dst[i] = src[i] + b\n", "                dst[i] = src[i]\n", "identity: the bias is not added"),
+        ("dst[i] = min(max(src[i] + b, zero), six)", "dst[i] = max(src[i] + b, zero)", "ReLU6 not clipped at 6"),
+        ("dst[i] = v / (one + exp_approx(-v))", "dst[i] = v / (one + exp_approx(v))", "SiLU with e^v instead of e^-v"),
+        ("src, dst, b = planes[n, k], out[n, k], bias[k]", "src, dst, b = planes[n, k], out[n, k], bias[n]",
+         "the bias indexed by the image, not the channel"),
+    ],
 }
