@@ -520,10 +520,89 @@ with check("Exercise 14.6"):
                               f"got {out[tuple(bad[0])]:.5f}")
 
 # %% [markdown]
+# ## Integer dot products
+#
+# `qmatvec_kernel` still does float32 arithmetic: every int8 weight is widened to float32 before
+# its multiply-add, and the sum of a group is reduced across the vector register before its scale is
+# applied. x86 has a faster instruction for this: `vpmaddwd` multiplies pairs of int16 and adds
+# neighbouring products into int32, 32 multiply-adds per AVX-512 instruction, twice the float32
+# rate. llama.cpp uses it (and `vpdpbusd`, its int8 cousin) after rounding the activation vector $x$
+# to int8 in blocks of the weights' group, with one float32 scale $t_g$ per block:
+#
+# $$y_n = \sum_g s_{ng}\, t_g \sum_{k \in g} q_{nk}\, p_k, \qquad x_k \approx t_g\, p_k$$
+#
+# and the inner sum is exact in int32. Rounding $x$ to int8 costs accuracy, though: on SmolLM2 the
+# first token of this lesson's greedy test flips (fp32's top two logits there are 0.012 apart).
+# `vpmaddwd` takes int16, so we round $x$ to **int16** instead: $t_g = \max|x_g| / 32767$, 256 times
+# finer than int8, an error of about $10^{-5}$ of the block's largest value, which is float32's
+# own rounding error on a sum of a few hundred terms. A group's sum still fits int32: 32 products of
+# at most $32767 \cdot 127$ are $1.3 \cdot 10^8 < 2^{31}$ (and 256 of them would be too).
+#
+# LLVM finds `vpmaddwd` if the loop is written with care: numba does integer arithmetic in int64,
+# so the running sum is cast back with `np.int32(acc + ...)` at every step, which tells LLVM that
+# only 32 bits are needed (without it, it widens every value to int64 and multiplies those).
+
+# %%
+#| export
+@njit(fastmath=True, cache=True)
+def quantize_blocks(x, xq, xs):
+    """x (K,) float32 rounded to int16 xq (K,) with one float32 scale per block, xs (G,): blocks of K / G,
+    scale max |x| / 32767 per block, halves away from zero (`quantize`'s rule, with int16 for int8)."""
+    group = x.size // xs.size
+    for g in range(xs.size):
+        start, top = g * group, np.float32(0.0)
+        for j in range(group):
+            top = max(top, abs(x[start + j]))
+        scale = top / np.float32(32767)
+        inverse = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
+        xs[g] = scale
+        for j in range(group):
+            v = x[start + j] * inverse
+            xq[start + j] = np.int16(np.copysign(np.floor(abs(v) + np.float32(0.5)), v))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def qmatvec_int_kernel(xq, xs, q, scales, out):
+    """out[n] = Σ_g scales[n, g] · xs[g] · (xq_g · q[n, g]) with the group's dot in int32:
+    xq (K,) int16 and xs (G,) float32 from `quantize_blocks`, q (N, K) int8, scales (N, G)."""
+    n_rows, k = q.shape
+    n_groups = scales.shape[1]
+    group = k // n_groups
+    for n in prange(n_rows):
+        total = np.float32(0.0)
+        for g in range(n_groups):
+            start, acc = g * group, np.int32(0)
+            for j in range(group):  # np.int32(...): LLVM may keep 32 bits and use vpmaddwd
+                acc = np.int32(acc + np.int32(xq[start + j]) * np.int32(q[n, start + j]))
+            total += np.float32(acc) * (scales[n, g] * xs[g])
+        out[n] = total
+
+
+# %% [markdown]
+# The instructions LLVM chose are in the kernel's assembly: `vpmaddwd` is there, and the int64
+# widening (`vpmovsxbq`) is not. The product equals the float32 one of the rounded $x$ with $W$, and is
+# within float32's error of the one with $x$ itself:
+
+# %%
+qw = quantize(rng.standard_normal((96, 576), dtype=np.float32), 32)
+x = rng.standard_normal(576, dtype=np.float32)
+xq, xs = np.empty(576, np.int16), np.empty(18, np.float32)
+quantize_blocks(x, xq, xs)
+out = np.empty(96, np.float32)
+qmatvec_int_kernel(xq, xs, qw.q, qw.scales, out)
+rounded_x = (xq.reshape(18, 32) * xs[:, None]).reshape(576)
+print("int32 dot vs rounded x · W:", agreement(out, dequantize(qw) @ rounded_x))
+print("int32 dot vs x · W:        ", agreement(out, dequantize(qw) @ x))
+fresh = njit(parallel=True, fastmath=True)(qmatvec_int_kernel.py_func)  # not from numba's cache: its assembly is kept
+fresh(xq, xs, qw.q, qw.scales, out)
+asm = fresh.inspect_asm(fresh.signatures[0])
+print("vpmaddwd in the kernel:", "vpmaddwd" in asm or "vpdpwssd" in asm, "| int64 widening:", "vpmovsxbq" in asm)
+
+# %% [markdown]
 # From `BLAS_TOKENS` tokens on, the arithmetic outweighs the memory traffic and OpenBLAS's matrix
 # multiply is the better engine: blocks of 256 rows are widened into one float32 buffer and
 # multiplied there — at no point does the whole float32 matrix exist. `qmatvec` and `qmatmul` check
-# the shapes and pick the kernel.
+# the shapes and pick the kernel: one token (decode) goes through `qmatvec_int`, the int32 kernel.
 
 # %%
 #| export
@@ -550,6 +629,18 @@ def qmatvec(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
     return out
 
 
+def qmatvec_int(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
+    """x (K,) rounded to int16 blocks of qw's group, then @ dequantize(qw).T -> (N,) float32 with int32 dots."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.shape != (qw.shape[1],):
+        raise ShapeError(f"qmatvec_int: expected x of shape ({qw.shape[1]},) for a weight {qw.shape}, got {x.shape}")
+    xq, xs = np.empty(x.size, np.int16), np.empty(x.size // qw.group, np.float32)
+    quantize_blocks(x, xq, xs)
+    out = np.empty(qw.shape[0], np.float32)
+    qmatvec_int_kernel(xq, xs, qw.q, qw.scales, out)
+    return out
+
+
 def qmatmul(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
     """x (T, K) @ dequantize(qw).T -> (T, N) float32, never building the whole float32 matrix."""
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -557,7 +648,7 @@ def qmatmul(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
         raise ShapeError(f"qmatmul: expected x of shape (T, {qw.shape[1]}) for a weight {qw.shape}, got {x.shape}")
     n_tokens, (n_rows, k) = x.shape[0], qw.shape
     if n_tokens == 1:
-        return qmatvec(x[0], qw)[None]
+        return qmatvec_int(x[0], qw)[None]
     out = np.empty((n_tokens, n_rows), np.float32)
     if n_tokens < BLAS_TOKENS:
         qmatmul_kernel(x, qw.q, qw.scales, out)
