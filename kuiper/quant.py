@@ -158,37 +158,32 @@ def qmatmul_kernel(x, q, scales, out):
 
 
 @njit(fastmath=True, cache=True)
-def quantize_blocks(x, xq, xs):
-    """x (K,) float32 rounded to int16 xq (K,) with one float32 scale per block, xs (G,): blocks of K / G,
-    scale max |x| / 32767 per block, halves away from zero (`quantize`'s rule, with int16 for int8)."""
-    group = x.size // xs.size
-    for g in range(xs.size):
-        start, top = g * group, np.float32(0.0)
-        for j in range(group):
-            top = max(top, abs(x[start + j]))
-        scale = top / np.float32(32767)
-        inverse = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
-        xs[g] = scale
-        for j in range(group):
-            v = x[start + j] * inverse
-            xq[start + j] = np.int16(np.copysign(np.floor(abs(v) + np.float32(0.5)), v))
+def group_dot2(x, q0, q1, s0, s1):
+    """`group_dot` of one group of x with the same group of two rows q0 and q1: (x · q0) * s0, (x · q1) * s1."""
+    a0, a1 = np.float32(0.0), np.float32(0.0)
+    for j in range(x.size):
+        a0 += x[j] * np.float32(q0[j])
+        a1 += x[j] * np.float32(q1[j])
+    return a0 * s0, a1 * s1
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def qmatvec_int_kernel(xq, xs, q, scales, out):
-    """out[n] = Σ_g scales[n, g] · xs[g] · (xq_g · q[n, g]) with the group's dot in int32:
-    xq (K,) int16 and xs (G,) float32 from `quantize_blocks`, q (N, K) int8, scales (N, G)."""
+def qmatvec_pairs_kernel(x, q, scales, out):
+    """`qmatvec_kernel`'s result, rows in pairs sharing each load of x (an odd last row on its own)."""
     n_rows, k = q.shape
     n_groups = scales.shape[1]
-    group = k // n_groups
-    for n in prange(n_rows):
-        total = np.float32(0.0)
+    x_groups = x.reshape(n_groups, k // n_groups)
+    q_groups = q.reshape(n_rows, n_groups, k // n_groups)
+    for pair in prange((n_rows + 1) // 2):
+        n = 2 * pair
+        m = min(n + 1, n_rows - 1)  # the odd last row pairs with itself
+        total0, total1 = np.float32(0.0), np.float32(0.0)
         for g in range(n_groups):
-            start, acc = g * group, np.int32(0)
-            for j in range(group):  # np.int32(...): LLVM may keep 32 bits and use vpmaddwd
-                acc = np.int32(acc + np.int32(xq[start + j]) * np.int32(q[n, start + j]))
-            total += np.float32(acc) * (scales[n, g] * xs[g])
-        out[n] = total
+            d0, d1 = group_dot2(x_groups[g], q_groups[n, g], q_groups[m, g], scales[n, g], scales[m, g])
+            total0 += d0
+            total1 += d1
+        out[n] = total0
+        out[m] = total1
 
 
 BLAS_TOKENS = 16
@@ -210,19 +205,7 @@ def qmatvec(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
     if x.shape != (qw.shape[1],):
         raise ShapeError(f"qmatvec: expected x of shape ({qw.shape[1]},) for a weight {qw.shape}, got {x.shape}")
     out = np.empty(qw.shape[0], np.float32)
-    qmatvec_kernel(x, qw.q, qw.scales, out)
-    return out
-
-
-def qmatvec_int(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
-    """x (K,) rounded to int16 blocks of qw's group, then @ dequantize(qw).T -> (N,) float32 with int32 dots."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.shape != (qw.shape[1],):
-        raise ShapeError(f"qmatvec_int: expected x of shape ({qw.shape[1]},) for a weight {qw.shape}, got {x.shape}")
-    xq, xs = np.empty(x.size, np.int16), np.empty(x.size // qw.group, np.float32)
-    quantize_blocks(x, xq, xs)
-    out = np.empty(qw.shape[0], np.float32)
-    qmatvec_int_kernel(xq, xs, qw.q, qw.scales, out)
+    qmatvec_pairs_kernel(x, qw.q, qw.scales, out)
     return out
 
 
@@ -233,7 +216,7 @@ def qmatmul(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
         raise ShapeError(f"qmatmul: expected x of shape (T, {qw.shape[1]}) for a weight {qw.shape}, got {x.shape}")
     n_tokens, (n_rows, k) = x.shape[0], qw.shape
     if n_tokens == 1:
-        return qmatvec_int(x[0], qw)[None]
+        return qmatvec(x[0], qw)[None]
     out = np.empty((n_tokens, n_rows), np.float32)
     if n_tokens < BLAS_TOKENS:
         qmatmul_kernel(x, qw.q, qw.scales, out)

@@ -520,89 +520,61 @@ with check("Exercise 14.6"):
                               f"got {out[tuple(bad[0])]:.5f}")
 
 # %% [markdown]
-# ## Integer dot products
+# ## Two rows at a time
 #
-# `qmatvec_kernel` still does float32 arithmetic: every int8 weight is widened to float32 before
-# its multiply-add, and the sum of a group is reduced across the vector register before its scale is
-# applied. x86 has a faster instruction for this: `vpmaddwd` multiplies pairs of int16 and adds
-# neighbouring products into int32, 32 multiply-adds per AVX-512 instruction, twice the float32
-# rate. llama.cpp uses it (and `vpdpbusd`, its int8 cousin) after rounding the activation vector $x$
-# to int8 in blocks of the weights' group, with one float32 scale $t_g$ per block:
-#
-# $$y_n = \sum_g s_{ng}\, t_g \sum_{k \in g} q_{nk}\, p_k, \qquad x_k \approx t_g\, p_k$$
-#
-# and the inner sum is exact in int32. Rounding $x$ to int8 costs accuracy, though: on SmolLM2 the
-# first token of this lesson's greedy test flips (fp32's top two logits there are 0.012 apart).
-# `vpmaddwd` takes int16, so we round $x$ to **int16** instead: $t_g = \max|x_g| / 32767$, 256 times
-# finer than int8, an error of about $10^{-5}$ of the block's largest value, which is float32's
-# own rounding error on a sum of a few hundred terms. A group's sum still fits int32: 32 products of
-# at most $32767 \cdot 127$ are $1.3 \cdot 10^8 < 2^{31}$ (and 256 of them would be too).
-#
-# LLVM finds `vpmaddwd` if the loop is written with care: numba does integer arithmetic in int64,
-# so the running sum is cast back with `np.int32(acc + ...)` at every step, which tells LLVM that
-# only 32 bits are needed (without it, it widens every value to int64 and multiplies those).
+# `qmatvec_kernel` is not limited by memory: on one core it streams about 4 GB/s of int8 weights,
+# well under what the memory delivers, because each weight costs a widening, a convert and a
+# multiply-add, and each group a sum across the vector register. Part of that work is the same for
+# every row: loading $x$. Working on two rows at once loads each of $x$'s values once for both,
+# and gives the processor two independent sums to interleave. The arithmetic of each row is
+# exactly `group_dot`'s, so the result is the same to the last bit. (The other lever, llama.cpp's,
+# rounds $x$ to integers and sums int8 products with `vpmaddwd`; written in numba it measured
+# 0.7–0.9 × this float kernel, because LLVM picks 256-bit `vpmulld` for most of the loop.)
 
 # %%
 #| export
 @njit(fastmath=True, cache=True)
-def quantize_blocks(x, xq, xs):
-    """x (K,) float32 rounded to int16 xq (K,) with one float32 scale per block, xs (G,): blocks of K / G,
-    scale max |x| / 32767 per block, halves away from zero (`quantize`'s rule, with int16 for int8)."""
-    group = x.size // xs.size
-    for g in range(xs.size):
-        start, top = g * group, np.float32(0.0)
-        for j in range(group):
-            top = max(top, abs(x[start + j]))
-        scale = top / np.float32(32767)
-        inverse = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
-        xs[g] = scale
-        for j in range(group):
-            v = x[start + j] * inverse
-            xq[start + j] = np.int16(np.copysign(np.floor(abs(v) + np.float32(0.5)), v))
+def group_dot2(x, q0, q1, s0, s1):
+    """`group_dot` of one group of x with the same group of two rows q0 and q1: (x · q0) * s0, (x · q1) * s1."""
+    a0, a1 = np.float32(0.0), np.float32(0.0)
+    for j in range(x.size):
+        a0 += x[j] * np.float32(q0[j])
+        a1 += x[j] * np.float32(q1[j])
+    return a0 * s0, a1 * s1
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def qmatvec_int_kernel(xq, xs, q, scales, out):
-    """out[n] = Σ_g scales[n, g] · xs[g] · (xq_g · q[n, g]) with the group's dot in int32:
-    xq (K,) int16 and xs (G,) float32 from `quantize_blocks`, q (N, K) int8, scales (N, G)."""
+def qmatvec_pairs_kernel(x, q, scales, out):
+    """`qmatvec_kernel`'s result, rows in pairs sharing each load of x (an odd last row on its own)."""
     n_rows, k = q.shape
     n_groups = scales.shape[1]
-    group = k // n_groups
-    for n in prange(n_rows):
-        total = np.float32(0.0)
+    x_groups = x.reshape(n_groups, k // n_groups)
+    q_groups = q.reshape(n_rows, n_groups, k // n_groups)
+    for pair in prange((n_rows + 1) // 2):
+        n = 2 * pair
+        m = min(n + 1, n_rows - 1)  # the odd last row pairs with itself
+        total0, total1 = np.float32(0.0), np.float32(0.0)
         for g in range(n_groups):
-            start, acc = g * group, np.int32(0)
-            for j in range(group):  # np.int32(...): LLVM may keep 32 bits and use vpmaddwd
-                acc = np.int32(acc + np.int32(xq[start + j]) * np.int32(q[n, start + j]))
-            total += np.float32(acc) * (scales[n, g] * xs[g])
-        out[n] = total
+            d0, d1 = group_dot2(x_groups[g], q_groups[n, g], q_groups[m, g], scales[n, g], scales[m, g])
+            total0 += d0
+            total1 += d1
+        out[n] = total0
+        out[m] = total1
 
-
-# %% [markdown]
-# The instructions LLVM chose are in the kernel's assembly: `vpmaddwd` is there, and the int64
-# widening (`vpmovsxbq`) is not. The product equals the float32 one of the rounded $x$ with $W$, and is
-# within float32's error of the one with $x$ itself:
 
 # %%
-qw = quantize(rng.standard_normal((96, 576), dtype=np.float32), 32)
+qw = quantize(rng.standard_normal((97, 576), dtype=np.float32), 32)
 x = rng.standard_normal(576, dtype=np.float32)
-xq, xs = np.empty(576, np.int16), np.empty(18, np.float32)
-quantize_blocks(x, xq, xs)
-out = np.empty(96, np.float32)
-qmatvec_int_kernel(xq, xs, qw.q, qw.scales, out)
-rounded_x = (xq.reshape(18, 32) * xs[:, None]).reshape(576)
-print("int32 dot vs rounded x · W:", agreement(out, dequantize(qw) @ rounded_x))
-print("int32 dot vs x · W:        ", agreement(out, dequantize(qw) @ x))
-fresh = njit(parallel=True, fastmath=True)(qmatvec_int_kernel.py_func)  # not from numba's cache: its assembly is kept
-fresh(xq, xs, qw.q, qw.scales, out)
-asm = fresh.inspect_asm(fresh.signatures[0])
-print("vpmaddwd in the kernel:", "vpmaddwd" in asm or "vpdpwssd" in asm, "| int64 widening:", "vpmovsxbq" in asm)
+pairs, single = np.empty(97, np.float32), np.empty(97, np.float32)
+qmatvec_pairs_kernel(x, qw.q, qw.scales, pairs)
+qmatvec_kernel(x, qw.q, qw.scales, single)
+print("pairs vs one row at a time:", agreement(pairs, single), "| vs float64:", agreement(pairs, dequantize(qw) @ x))
 
 # %% [markdown]
 # From `BLAS_TOKENS` tokens on, the arithmetic outweighs the memory traffic and OpenBLAS's matrix
 # multiply is the better engine: blocks of 256 rows are widened into one float32 buffer and
 # multiplied there — at no point does the whole float32 matrix exist. `qmatvec` and `qmatmul` check
-# the shapes and pick the kernel: one token (decode) goes through `qmatvec_int`, the int32 kernel.
+# the shapes and pick the kernel: one token (decode) goes through `qmatvec_pairs_kernel`.
 
 # %%
 #| export
@@ -625,19 +597,7 @@ def qmatvec(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
     if x.shape != (qw.shape[1],):
         raise ShapeError(f"qmatvec: expected x of shape ({qw.shape[1]},) for a weight {qw.shape}, got {x.shape}")
     out = np.empty(qw.shape[0], np.float32)
-    qmatvec_kernel(x, qw.q, qw.scales, out)
-    return out
-
-
-def qmatvec_int(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
-    """x (K,) rounded to int16 blocks of qw's group, then @ dequantize(qw).T -> (N,) float32 with int32 dots."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.shape != (qw.shape[1],):
-        raise ShapeError(f"qmatvec_int: expected x of shape ({qw.shape[1]},) for a weight {qw.shape}, got {x.shape}")
-    xq, xs = np.empty(x.size, np.int16), np.empty(x.size // qw.group, np.float32)
-    quantize_blocks(x, xq, xs)
-    out = np.empty(qw.shape[0], np.float32)
-    qmatvec_int_kernel(xq, xs, qw.q, qw.scales, out)
+    qmatvec_pairs_kernel(x, qw.q, qw.scales, out)
     return out
 
 
@@ -648,7 +608,7 @@ def qmatmul(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
         raise ShapeError(f"qmatmul: expected x of shape (T, {qw.shape[1]}) for a weight {qw.shape}, got {x.shape}")
     n_tokens, (n_rows, k) = x.shape[0], qw.shape
     if n_tokens == 1:
-        return qmatvec_int(x[0], qw)[None]
+        return qmatvec(x[0], qw)[None]
     out = np.empty((n_tokens, n_rows), np.float32)
     if n_tokens < BLAS_TOKENS:
         qmatmul_kernel(x, qw.q, qw.scales, out)
@@ -732,9 +692,9 @@ if LONG:  # a benchmark: runs when asked (KUIPER_LONG=1), its stored output is s
 # be widened to float32, so `qmatvec` runs about as fast as OpenBLAS, at best. Once the weights come
 # from memory — the matrices of a real model, or the 113 MB `lm_head` even alone — the quarter of
 # the bytes shows, and `qmatvec` is several times faster. Prefill is arithmetic again, and
-# `qmatmul` comes close to OpenBLAS because OpenBLAS does its multiplying. (llama.cpp goes further
-# on CPUs with int8 dot-product instructions, AVX-VNNI or ARM's `sdot`, by rounding the activations
-# to int8 as well; numba cannot emit those, and the extra rounding would cost accuracy.)
+# `qmatmul` comes close to OpenBLAS because OpenBLAS does its multiplying. (The stored table was
+# measured with Exercise 14.5's one-row kernel; `qmatvec`'s pairs of rows were 1.26 × faster than it on
+# the 3072 × 576 gate/up matrix and 1.37 × on the `lm_head`, one core, from memory; even on 576 × 1536.)
 
 # %% [markdown]
 # ## Saving a Q8_0 GGUF file
@@ -1108,8 +1068,8 @@ if LONG:  # a benchmark: runs when asked (KUIPER_LONG=1)
     print(format_llm_rows(bench_llm(SMOLLM2, 64, 64, llama_cpp=False, transformers=False, int8=32)))
 
 # %% [markdown]
-# The int8 row reads about 2.8 times fewer bytes per token (538 → 190 MB) but is faster by less:
-# the rest of a decode step — attention over the cache, RoPE, norms, a hundred and twenty kernel
+# The int8 row reads about 3.6 times fewer bytes per token (538 → 151 MB at group 32) but is faster by
+# less: the rest of a decode step — attention over the cache, RoPE, norms, a hundred and twenty kernel
 # launches, and turning each int8 weight back into a float — does not shrink. The same rule as in lesson 06
 # applies: the part you did not optimise becomes the bottleneck. From the command line:
 #

@@ -12,9 +12,7 @@ from kuiper.quant import (
     from_q8_0,
     qmatmul,
     qmatvec,
-    qmatvec_int,
     quantize,
-    quantize_blocks,
     quantize_conv,
     round_half_away,
     save_q8_0_gguf,
@@ -98,42 +96,11 @@ def test_qmatmul_equals_dequantized_product(n, k, group, tokens):
     qw = quantize(weights(n, k, seed=n + k), group)
     x = np.random.default_rng(tokens).standard_normal((tokens, k), dtype=np.float32)
     want = x.astype(np.float64) @ dequantize(qw).T.astype(np.float64)
-    if tokens == 1:  # decode rounds x to int16 blocks (qmatvec_int): exact for the rounded x
-        want = rounded(x[0], group).astype(np.float64)[None] @ dequantize(qw).T.astype(np.float64)
     got = qmatmul(x, qw)
     assert got.shape == (tokens, n) and got.dtype == np.float32
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
-    exact = x[0].astype(np.float64) @ dequantize(qw).T.astype(np.float64)
     got1 = qmatvec(x[0], qw)
-    assert got1.shape == (n,) and np.abs(got1 - exact).max() <= 1e-5 * np.abs(exact).max()
-
-
-def rounded(x: np.ndarray, group: int) -> np.ndarray:
-    """x (K,) after quantize_blocks: int16 blocks of `group` values times their scales, float32."""
-    xq, xs = np.empty(x.size, np.int16), np.empty(x.size // group, np.float32)
-    quantize_blocks(np.ascontiguousarray(x, dtype=np.float32), xq, xs)
-    return (xq.reshape(-1, group) * xs[:, None]).reshape(-1)
-
-
-def test_quantize_blocks_rounds_to_int16_halves_away():
-    x = np.array([32767.0, 0.5, -0.5, 1.5, -2.5, 0.0, -32767.0, 100.4] + [0.0] * 8, np.float32)
-    xq, xs = np.empty(16, np.int16), np.empty(2, np.float32)
-    quantize_blocks(x, xq, xs)
-    assert xs.tolist() == [1.0, 0.0], "scale = max |x| / 32767 per block; an all-zero block has scale 0"
-    assert xq[:8].tolist() == [32767, 1, -1, 2, -3, 0, -32767, 100] and not xq[8:].any()
-
-
-@pytest.mark.parametrize("n, k, group", [(576, 576, 32), (1536, 576, 64), (576, 1536, 128)])
-def test_qmatvec_int_is_within_float32_error_of_the_float_product(n, k, group):
-    """int16 activations are 256 times finer than int8: measured 2.4e-5 of the largest output."""
-    qw = quantize(weights(n, k, seed=k), group)
-    x = np.random.default_rng(n).standard_normal(k).astype(np.float32)
-    x[7] = 40.0  # an outlier feature, like the residual stream's
-    exact = x.astype(np.float64) @ dequantize(qw).T.astype(np.float64)
-    got = qmatvec_int(x, qw)
-    assert got.dtype == np.float32 and np.abs(got - exact).max() <= 1e-4 * np.abs(exact).max()
-    with pytest.raises(ShapeError, match=rf"qmatvec_int: expected x of shape \({k},\).*got \(3,\)"):
-        qmatvec_int(x[:3], qw)
+    assert got1.shape == (n,) and np.abs(got1 - want[0]).max() <= 1e-5 * np.abs(want[0]).max()
 
 
 def test_qmatvec_accepts_any_float_vector():
@@ -255,10 +222,9 @@ def test_quantized_weight_is_a_model_weight():
     qw = quantize(weights(96, 128), 32)
     x = np.random.default_rng(0).standard_normal((5, 128), dtype=np.float32)
     want = x.astype(np.float64) @ dequantize(qw).T.astype(np.float64)
-    one = rounded(x[0], 32).astype(np.float64)[None] @ dequantize(qw).T.astype(np.float64)  # decode: int16 x
-    for tokens, expected in ((1, one), (5, want)):
+    for tokens in (1, 5):
         got = ops.matmul(x[:tokens], qw)  # the model's matmul hands a non-array weight to w.matmul
-        assert got.shape == (tokens, 96) and np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+        assert got.shape == (tokens, 96) and np.abs(got - want[:tokens]).max() <= 1e-5 * np.abs(want).max()
     np.testing.assert_array_equal(qw.matmul(x), qmatmul(x, qw))
 
 
@@ -400,3 +366,16 @@ def test_generate_int8_answers_paris(capsys):
     assert main(["generate", str(SMOLLM2), "--int8", "64", "--prompt", "What is the capital of France?",
                  "--max-tokens", "8", "--json"]) == 0
     assert "Paris" in json.loads(capsys.readouterr().out)["text"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 37])
+def test_pairs_kernel_equals_the_one_row_kernel(n):
+    """qmatvec's kernel works on two rows at once (an odd last row alone): same sums as Exercise 14.5's."""
+    from kuiper.quant import qmatvec_kernel, qmatvec_pairs_kernel
+
+    qw = quantize(weights(n, 192, seed=n), 32)
+    x = np.random.default_rng(n).standard_normal(192).astype(np.float32)
+    pairs, single = np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32)
+    qmatvec_pairs_kernel(x, qw.q, qw.scales, pairs)
+    qmatvec_kernel(x, qw.q, qw.scales, single)
+    np.testing.assert_allclose(pairs, single, rtol=1e-6, atol=1e-7 * np.abs(single).max())
