@@ -281,7 +281,28 @@ class LLMBench:
         if self.int8_weight_bytes:
             result |= {"int8_weight_bytes_per_token": self.int8_weight_bytes,
                        "int8_decode_bound_tok_s": round(self.bandwidth / self.int8_weight_bytes, 2)}
-        return result
+        return result | {"goals": {name: round(value, 3) for name, value in self.goals().items()}}
+
+    def row(self, engine: str, weights: str | None = None) -> LLMRow | None:
+        """The first row of `engine` (whose weights start with `weights`, if given), or None."""
+        return next((r for r in self.rows if r.engine == engine and (weights is None or r.weights.startswith(weights))),
+                    None)
+
+    def goals(self) -> dict[str, float]:
+        """The same-run ratios issue 18's goals are stated in: decode as a fraction of the bandwidth bound
+        (weight bytes per token / read bandwidth), int8 decode over fp32 decode, prefill over the other engines."""
+        fp32, int8 = self.row("kuiper", "fp32"), self.row("kuiper", "int8")
+        found = {"fp32_decode_of_bound": fp32.decode_tps * self.weight_bytes / self.bandwidth} if fp32 else {}
+        if fp32 and int8:
+            found |= {"int8_decode_of_bound": int8.decode_tps * self.int8_weight_bytes / self.bandwidth,
+                      "int8_decode_vs_fp32": int8.decode_tps / fp32.decode_tps,
+                      "int8_prefill_vs_fp32": int8.prefill_tps / fp32.prefill_tps}
+        for engine, weights in (("transformers", "fp32"), ("llama.cpp", "F32")):
+            other = self.row(engine, weights)
+            if fp32 and other:
+                found |= {f"fp32_prefill_vs_{engine}": fp32.prefill_tps / other.prefill_tps,
+                          f"fp32_decode_vs_{engine}": fp32.decode_tps / other.decode_tps}
+        return found
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
@@ -452,4 +473,7 @@ def format_llm_rows(bench: LLMBench) -> str:
     for r in bench.rows:
         ratio = f"{r.decode_tps / base:16.2f}" if base else f"{'':16}"
         lines.append(f"{r.engine:14} {r.weights:8} {r.prefill_tps:14.1f} {r.decode_tps:13.1f} {ratio}")
+    goals = bench.goals()
+    if goals:
+        lines.append("same-run ratios: " + ", ".join(f"{name} {value:.2f}" for name, value in goals.items()))
     return "\n".join(lines)

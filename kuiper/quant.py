@@ -157,6 +157,35 @@ def qmatmul_kernel(x, q, scales, out):
                 out[t, first + r] = acc
 
 
+@njit(fastmath=True, cache=True)
+def group_dot2(x, q0, q1, s0, s1):
+    """`group_dot` of one group of x with the same group of two rows q0 and q1: (x · q0) * s0, (x · q1) * s1."""
+    a0, a1 = np.float32(0.0), np.float32(0.0)
+    for j in range(x.size):
+        a0 += x[j] * np.float32(q0[j])
+        a1 += x[j] * np.float32(q1[j])
+    return a0 * s0, a1 * s1
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def qmatvec_pairs_kernel(x, q, scales, out):
+    """`qmatvec_kernel`'s result, rows in pairs sharing each load of x (an odd last row on its own)."""
+    n_rows, k = q.shape
+    n_groups = scales.shape[1]
+    x_groups = x.reshape(n_groups, k // n_groups)
+    q_groups = q.reshape(n_rows, n_groups, k // n_groups)
+    for pair in prange((n_rows + 1) // 2):
+        n = 2 * pair
+        m = min(n + 1, n_rows - 1)  # the odd last row pairs with itself
+        total0, total1 = np.float32(0.0), np.float32(0.0)
+        for g in range(n_groups):
+            d0, d1 = group_dot2(x_groups[g], q_groups[n, g], q_groups[m, g], scales[n, g], scales[m, g])
+            total0 += d0
+            total1 += d1
+        out[n] = total0
+        out[m] = total1
+
+
 BLAS_TOKENS = 16
 BLAS_ROWS = 256
 
@@ -176,7 +205,7 @@ def qmatvec(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
     if x.shape != (qw.shape[1],):
         raise ShapeError(f"qmatvec: expected x of shape ({qw.shape[1]},) for a weight {qw.shape}, got {x.shape}")
     out = np.empty(qw.shape[0], np.float32)
-    qmatvec_kernel(x, qw.q, qw.scales, out)
+    qmatvec_pairs_kernel(x, qw.q, qw.scales, out)
     return out
 
 

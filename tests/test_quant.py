@@ -366,3 +366,16 @@ def test_generate_int8_answers_paris(capsys):
     assert main(["generate", str(SMOLLM2), "--int8", "64", "--prompt", "What is the capital of France?",
                  "--max-tokens", "8", "--json"]) == 0
     assert "Paris" in json.loads(capsys.readouterr().out)["text"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 37])
+def test_pairs_kernel_equals_the_one_row_kernel(n):
+    """qmatvec's kernel works on two rows at once (an odd last row alone): same sums as Exercise 14.5's."""
+    from kuiper.quant import qmatvec_kernel, qmatvec_pairs_kernel
+
+    qw = quantize(weights(n, 192, seed=n), 32)
+    x = np.random.default_rng(n).standard_normal(192).astype(np.float32)
+    pairs, single = np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32)
+    qmatvec_pairs_kernel(x, qw.q, qw.scales, pairs)
+    qmatvec_kernel(x, qw.q, qw.scales, single)
+    np.testing.assert_allclose(pairs, single, rtol=1e-6, atol=1e-7 * np.abs(single).max())

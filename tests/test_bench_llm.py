@@ -1,0 +1,27 @@
+"""kuiper.bench's LLM table: the same-run ratios issue 18's goals are stated in (no timing here)."""
+
+from kuiper.bench import LLMBench, LLMRow, format_llm_rows
+
+
+def bench(*rows: LLMRow) -> LLMBench:
+    return LLMBench("m.gguf", list(rows), weight_bytes=500, bandwidth=10_000.0, peak_rss=2**30, int8_weight_bytes=125)
+
+
+def test_goals_are_ratios_of_rows_in_the_same_run():
+    result = bench(LLMRow("kuiper", "fp32", 300.0, 17.0), LLMRow("kuiper", "int8 g32", 330.0, 51.0),
+                   LLMRow("transformers", "fp32", 400.0, 10.0), LLMRow("llama.cpp", "F32", 200.0, 20.0))
+    goals = result.goals()
+    assert goals == {"fp32_decode_of_bound": 17.0 * 500 / 10_000, "int8_decode_of_bound": 51.0 * 125 / 10_000,
+                     "int8_decode_vs_fp32": 3.0, "int8_prefill_vs_fp32": 1.1,
+                     "fp32_prefill_vs_transformers": 0.75, "fp32_decode_vs_transformers": 1.7,
+                     "fp32_prefill_vs_llama.cpp": 1.5, "fp32_decode_vs_llama.cpp": 0.85}
+    text = format_llm_rows(result)
+    assert "decode bound 20.0 tok/s" in text and "peak RSS 1024 MiB" in text
+    assert "fp32_decode_of_bound 0.85" in text and "int8_decode_vs_fp32 3.00" in text
+    assert result.as_json()["goals"]["int8_prefill_vs_fp32"] == 1.1
+
+
+def test_goals_leave_out_what_was_not_run():
+    goals = bench(LLMRow("kuiper", "fp32", 300.0, 17.0)).goals()
+    assert list(goals) == ["fp32_decode_of_bound"]
+    assert "same-run ratios" not in format_llm_rows(bench(LLMRow("transformers", "fp32", 1.0, 1.0)))
