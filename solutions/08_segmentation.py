@@ -517,7 +517,7 @@ from numba import njit, prange
 from kuiper.course import raises
 from kuiper.errors import LayerError, ShapeError
 from kuiper.layer import Layer
-from kuiper.layers.conv import Conv2d, ConvTranspose2d, col2im, im2col_image, out_size, pair, unbatched
+from kuiper.layers.conv import Conv2d, ConvTranspose2d, col2im, im2col_images, out_size, pair, unbatched
 from kuiper.layers.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, adaptive_size, as_nchw, avg_pool
 from kuiper.registry import create_layer, register
 from kuiper.tensor import Tensor
@@ -624,11 +624,14 @@ with check("Exercise 8.7"):
 
 # %% [markdown]
 # The layers: `Convolution` pads (when the padding is not plain zeros on both sides alike) and
-# runs `Conv2d`; the 1-D forms lift their operator and add the height axis of one row;
+# runs `Conv2d`, and hands the activation after it to that `Conv2d`'s epilogue (lesson 06); the 1-D forms lift their operator and add the height axis of one row;
 # `FunctionalConv` builds its layer from the weight tensors it is given.
 
 # %%
 #| export layers.conv
+import copy
+
+
 def conv_operator(op: Operator, kind: str, params: dict, weight: np.ndarray, bias: np.ndarray | None) -> Operator:
     """An operator of type `kind` named after `op` that holds `weight` and `bias` as its weights."""
     attrs = {"weight": Attribute(weight.shape, "float32", weight)}
@@ -666,6 +669,15 @@ class Convolution(Layer):
         self.pad_first = not symmetric
         self.conv = Conv2d(replace(lifted, type="nn.Conv2d", params=lifted.params | {
             "padding": padding, "padding_mode": "zeros"}))
+
+    def fuse(self, after: Layer) -> Convolution | None:
+        """A copy whose convolution has `after`'s activation in its epilogue (lesson 06), if it takes it."""
+        conv = self.conv.fuse(after)
+        if conv is None:
+            return None
+        fused = copy.copy(self)
+        fused.conv = conv
+        return fused
 
     @unbatched
     def forward(self, x: Tensor) -> Tensor:
@@ -905,21 +917,21 @@ LPPool1d = register("nn.LPPool1d", "F.lp_pool1d")(one_d(LPPool2d))
 # ## Unfold and Fold: im2col and col2im as operators
 #
 # `nn.Unfold` *is* im2col: every sliding block of the image as a column, $(N, C k_h k_w, L)$,
-# rows ordered $(c, i, j)$ as lesson 04's `im2col_image` writes them. `nn.Fold` is col2im, adding the
+# rows ordered $(c, i, j)$ as lesson 04's `im2col_images` writes them. `nn.Fold` is col2im, adding the
 # (overlapping) blocks back into an image of `output_size` — what the transposed convolution
 # does after its matrix multiply. Folding an unfolded image does not give the image back: each
 # pixel comes back once per window that covers it.
 #
 # ## Exercise 8.9 — unfold and fold
 #
-# Write `unfold` with `im2col_image` (one image at a time) and `fold` with `col2im`: for both,
+# Write `unfold` with `im2col_images` (which puts the batch second) and `fold` with `col2im`: for both,
 # the number of windows along each axis is `out_size` of the *image* size (for `fold`, the
 # `output_size`), and a window that does not fit, or columns that do not match the windows,
 # are a `ShapeError` naming the shapes.
 
 # %%
 #| export layers.conv
-#| exercise: unfold every window into a column with im2col_image; fold adds the columns back with col2im; ShapeError when they do not fit
+#| exercise: unfold every window into a column with im2col_images; fold adds the columns back with col2im; ShapeError when they do not fit
 def unfold(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
            dilation: tuple[int, int]) -> np.ndarray:
     """F.unfold: x (N, C, H, W) float32 -> columns (N, C·kh·kw, L), L windows in row-major order."""
@@ -928,10 +940,9 @@ def unfold(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padd
     oh, ow = out_size(x.shape[2], kh, sh, ph, dh), out_size(x.shape[3], kw, sw, pw, dw)
     if min(oh, ow) < 1:
         raise ShapeError(f"a {kh}×{kw} window (dilation {dilation}) does not fit in {x.shape} padded by {padding}")
-    cols = np.empty((x.shape[0], x.shape[1] * kh * kw, oh * ow), np.float32)
-    for n in range(x.shape[0]):
-        im2col_image(x[n], cols[n], kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-    return cols
+    cols = np.empty((x.shape[1] * kh * kw, x.shape[0], oh * ow), np.float32)  # (C·kh·kw, N, L)
+    im2col_images(np.ascontiguousarray(x), cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    return np.ascontiguousarray(cols.transpose(1, 0, 2))  # (N, C·kh·kw, L)
     ### END SOLUTION
 
 

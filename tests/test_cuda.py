@@ -611,7 +611,7 @@ def test_a_cnn_graph_runs_on_cuda_through_the_device_seam_on_the_simulator():
     assert found["kinds"] == "['DeviceLayer']", found["kinds"]
     assert found["device"] == "cuda cuda"
     assert max(float(e) for e in found["error"].split()) < 1e-5, found["error"]
-    assert found["fallback"] == "HostFallback" and found["back"] == "Conv2d" and found["chunks"] == "True"
+    assert found["fallback"] == "HostFallback" and found["back"] == "Convolution" and found["chunks"] == "True"
     assert any("nn.Upsample 'up' (line 11) has no GPU kernel: it runs on the CPU" in line for line in lines), lines
 
 

@@ -5,6 +5,7 @@ kuiper.load and compared with torch (fp32 within 1e-4 of the output scale, indic
 their errors."""
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +176,16 @@ def test_pooling_with_indices_within_5x_torch(kind, params, shape, reference):
     data = kuiper.Tensor(x.numpy())
     ours, theirs = best(lambda: layer(data)), best(lambda: reference(x))
     assert ours <= 5 * theirs + 1e-3, f"{kind}: {ours * 1e3:.2f} ms, torch {theirs * 1e3:.2f} ms"
+
+
+@pytest.mark.parametrize("name, fused", [("resnet18", 9), ("mobilenet_v2", 35), ("yolov5n", 57)])
+def test_the_padding_wrapper_keeps_every_conv_activation_fused(name, fused):
+    """nn.Conv2d is built as lesson 08's Convolution wrapper: it must still hand the activation after it to
+    its Conv2d's epilogue (lesson 06), or every model silently loses the fusion."""
+    model = Path(__file__).resolve().parents[1] / "data" / "models" / f"{name}.pnnx.param"
+    graph = kuiper.load(model)
+    assert sum(layer is not None for _, layer in graph.plan) == fused
+    x, want = np.load(model.with_name(f"{name}.input.npy")), np.load(model.with_name(f"{name}.output.npy"))
+    got = graph(x)
+    got = got[0] if isinstance(got, tuple) else got
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()

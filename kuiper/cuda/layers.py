@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from operator import attrgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -14,11 +15,11 @@ from kuiper.errors import DeviceError, ShapeError
 from kuiper.expression import evaluate
 from kuiper.layer import Layer
 from kuiper.layers.activation import Hardsigmoid, Hardswish, ReLU, ReLU6, Sigmoid, SiLU
-from kuiper.layers.conv import Conv2d
+from kuiper.layers.conv import Conv2d, Convolution
 from kuiper.layers.expression import Expression
 from kuiper.layers.linear import Linear
 from kuiper.layers.pooling import AdaptiveAvgPool2d, MaxPool2d
-from kuiper.layers.resize import resize_axis, Upsample
+from kuiper.layers.resize import resample_table, Upsample
 from kuiper.layers.shape import (
     batch_shape,
     Concat,
@@ -37,7 +38,8 @@ log = logging.getLogger("kuiper.cuda")
 
 class Kernel(NamedTuple):
     """How device 'cuda' runs a layer class: run(layer, *input arrays, *weights) -> array or tuple of arrays,
-    the layer attributes holding weights (copied to the GPU once), and which layers of the class it can run."""
+    the layer attributes holding weights (dotted names reach inside; copied to the GPU once), and which layers
+    of the class it can run."""
 
     run: Callable[..., object]
     weights: tuple[str, ...] = ()
@@ -45,12 +47,12 @@ class Kernel(NamedTuple):
 
 
 def upsample(layer: Upsample, x):
-    """Nearest resizing of x (N, C, H, W) as `layer` says; the source pixels from lesson 04's resize_axis."""
+    """Nearest resizing of x (N, C, H, W) as `layer` says; the source pixels from lesson 04's resample_table."""
     size = layer.size or tuple(math.floor(d * s) for d, s in zip(x.shape[2:], layer.scale))
     if min(size) < 1:
         raise ShapeError(f"{layer.op.where()}: scale_factor {layer.scale} makes {x.shape} empty: {size}")
     scales = (None, None) if layer.size else tuple(float(s) for s in layer.scale)
-    rows, cols = (to_device(resize_axis(np.arange(n), 0, m, s, "nearest", False), "cuda")
+    rows, cols = (to_device(resample_table(n, m, s, "nearest", False)[0][:, 0], "cuda")  # (m,) int64 sources
                   for n, m, s in zip(x.shape[2:], size, scales))
     return resize_nearest(x, rows, cols)
 
@@ -68,6 +70,9 @@ ACTIVATION_NAMES = {ReLU: "relu", ReLU6: "relu6", Sigmoid: "sigmoid", SiLU: "sil
 KERNELS: dict[type[Layer], Kernel] = {
     Conv2d: Kernel(lambda layer, x, w, b: conv2d(x, w, b, layer.stride, layer.padding, layer.dilation, layer.groups),
                    ("weight_", "bias")),
+    Convolution: Kernel(lambda layer, x, w, b: conv2d(x, w, b, layer.conv.stride, layer.conv.padding,
+                                                       layer.conv.dilation, layer.conv.groups),
+                        ("conv.weight_", "conv.bias"), fits=lambda layer: layer.dims == 2 and not layer.pad_first),
     **{cls: Kernel(lambda layer, x: activation(x, ACTIVATION_NAMES[type(layer)])) for cls in ACTIVATION_NAMES},
     MaxPool2d: Kernel(lambda layer, x: pool2d(x, "max", layer.kernel, layer.stride, layer.padding, layer.dilation,
                                               layer.ceil_mode)),
@@ -96,8 +101,8 @@ class DeviceLayer:
 
     def __init__(self, layer: Layer, kernel: Kernel):
         self.layer, self.kernel = layer, kernel
-        self.weights = [None if getattr(layer, name) is None else to_device(np.asarray(getattr(layer, name)), "cuda")
-                        for name in kernel.weights]
+        found = [attrgetter(name)(layer) for name in kernel.weights]
+        self.weights = [None if w is None else to_device(np.asarray(w), "cuda") for w in found]
 
     def __call__(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
         return on_device(self.kernel.run(self.layer, *(x.data for x in inputs), *self.weights))

@@ -386,6 +386,15 @@ class Convolution(Layer):
         self.conv = Conv2d(replace(lifted, type="nn.Conv2d", params=lifted.params | {
             "padding": padding, "padding_mode": "zeros"}))
 
+    def fuse(self, after: Layer) -> Convolution | None:
+        """A copy whose convolution has `after`'s activation in its epilogue (lesson 06), if it takes it."""
+        conv = self.conv.fuse(after)
+        if conv is None:
+            return None
+        fused = copy.copy(self)
+        fused.conv = conv
+        return fused
+
     @unbatched
     def forward(self, x: Tensor) -> Tensor:
         data = spatial_input(self.op, x, self.dims)
@@ -452,10 +461,9 @@ def unfold(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padd
     oh, ow = out_size(x.shape[2], kh, sh, ph, dh), out_size(x.shape[3], kw, sw, pw, dw)
     if min(oh, ow) < 1:
         raise ShapeError(f"a {kh}×{kw} window (dilation {dilation}) does not fit in {x.shape} padded by {padding}")
-    cols = np.empty((x.shape[0], x.shape[1] * kh * kw, oh * ow), np.float32)
-    for n in range(x.shape[0]):
-        im2col_image(x[n], cols[n], kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-    return cols
+    cols = np.empty((x.shape[1] * kh * kw, x.shape[0], oh * ow), np.float32)  # (C·kh·kw, N, L)
+    im2col_images(np.ascontiguousarray(x), cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    return np.ascontiguousarray(cols.transpose(1, 0, 2))  # (N, C·kh·kw, L)
 
 
 def fold(cols: np.ndarray, size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
