@@ -670,7 +670,7 @@ class Convolution(Layer):
         self.conv = Conv2d(replace(lifted, type="nn.Conv2d", params=lifted.params | {
             "padding": padding, "padding_mode": "zeros"}))
 
-    def fuse(self, after: Layer) -> Convolution | None:
+    def fuse(self, after: Layer) -> "Convolution | None":
         """A copy whose convolution has `after`'s activation in its epilogue (lesson 06), if it takes it."""
         conv = self.conv.fuse(after)
         if conv is None:

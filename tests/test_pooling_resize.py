@@ -2,7 +2,6 @@
 modules exported with the pinned pnnx, loaded with kuiper.load and compared with torch (fp32 within
 1e-4 of the output scale, indices equal), plus the errors for settings kuiper does not support."""
 
-import time
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kuiper
+from kuiper.bench import median_ms
 from kuiper.errors import LayerError, UnsupportedError
 from tests.test_operators import check_model, make, seeded
 
@@ -108,16 +108,6 @@ def test_a_resize_of_the_wrong_rank_is_a_shape_error():
         up(kuiper.Tensor(np.zeros((1, 2, 5), np.float32)))
 
 
-def best(fn, repeat=5):
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind, params, shape, reference", [
     ("nn.Upsample", {"mode": "bilinear", "scale_factor": (2.0, 2.0), "align_corners": False}, (1, 128, 40, 40),
@@ -130,5 +120,5 @@ def test_new_operators_within_5x_torch(kind, params, shape, reference):
     layer = make(kind, params)
     x = seeded(*shape)
     data = kuiper.Tensor(x.numpy())
-    ours, theirs = best(lambda: layer(data)), best(lambda: reference(x))
+    ours, theirs = median_ms(lambda: layer(data)), median_ms(lambda: reference(x))
     assert ours <= 5 * theirs + 1e-3, f"{kind}: {ours * 1e3:.2f} ms, torch {theirs * 1e3:.2f} ms"

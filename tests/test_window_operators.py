@@ -4,7 +4,6 @@ and 1-D pooling, Fold and Unfold. Small torch modules exported with the pinned p
 kuiper.load and compared with torch (fp32 within 1e-4 of the output scale, indices equal), plus
 their errors."""
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kuiper
+from kuiper.bench import median_ms
 from kuiper.errors import LayerError, UnsupportedError
 from tests.test_layers import make as make_at_line
 from tests.test_operators import check_model, make, seeded
@@ -153,16 +153,6 @@ def test_bad_parameters_name_the_layer(kind, params, weights, message):
     assert "(line 17)" in str(caught.value)
 
 
-def best(fn, repeat=5):
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind, params, shape, reference", [
     ("nn.AdaptiveMaxPool2d", {"output_size": (7, 7), "return_indices": True}, (8, 256, 14, 14),
@@ -174,7 +164,7 @@ def test_pooling_with_indices_within_5x_torch(kind, params, shape, reference):
     layer = make(kind, params)
     x = seeded(*shape)
     data = kuiper.Tensor(x.numpy())
-    ours, theirs = best(lambda: layer(data)), best(lambda: reference(x))
+    ours, theirs = median_ms(lambda: layer(data)), median_ms(lambda: reference(x))
     assert ours <= 5 * theirs + 1e-3, f"{kind}: {ours * 1e3:.2f} ms, torch {theirs * 1e3:.2f} ms"
 
 
