@@ -558,38 +558,25 @@ for args in [(16, 32, 3, 1, 1), (16, 32, 1), (32, 32, 3, 2, 1, 1, 32), (8, 16, 3
 # way. The loops are so slow that we time them on a 1/64 slice of the work and scale up.
 
 # %%
+# NBVAL_IGNORE_OUTPUT
+from kuiper.bench import median_ms
+
 op = conv_op(64, 64, 3, 1, 1)
 x = rng.standard_normal((1, 64, 56, 56), dtype=np.float32)
 layer, weight, bias = Conv2d(op), op.attrs["weight"].data, op.attrs["bias"].data
-layer(Tensor(x))
-
-
-def best_of(fn, repeat=5):
-    """The fastest of `repeat` runs, in seconds."""
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-timings = {
-    "Python loops": best_of(lambda: conv2d_loops(x[:, :8, :7, :7], weight[:8, :8], bias[:8], 1, 1), 1)
+timings = {  # median milliseconds; the Python loops run 1/64 of the work, once
+    "Python loops": median_ms(lambda: conv2d_loops(x[:, :8, :7, :7], weight[:8, :8], bias[:8], 1, 1), 1, 0)
     * 8 * 8 * 64,
-    "im2col + GEMM": best_of(lambda: layer(Tensor(x))),
-    "PyTorch": best_of(lambda: F.conv2d(torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias),
-                                        padding=1)),
+    "im2col + GEMM": median_ms(lambda: layer(Tensor(x))),
+    "PyTorch": median_ms(lambda: F.conv2d(torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias),
+                                          padding=1)),
 }
-
-# %%
-# NBVAL_IGNORE_OUTPUT
-for name, seconds in timings.items():
-    print(f"{name:14} {seconds * 1e3:10.2f} ms")
+for name, ms in timings.items():
+    print(f"{name:14} {ms:10.2f} ms")
 fig, ax = plt.subplots(figsize=(6, 2.4))
 ax.barh(list(timings), list(timings.values()), color=["tab:gray", "tab:blue", "tab:orange"])
 ax.set_xscale("log")
-ax.set_xlabel("seconds, log scale (64→64 channels, 3×3, 56×56)")
+ax.set_xlabel("milliseconds, log scale (64→64 channels, 3×3, 56×56)")
 plt.tight_layout()
 plt.show()
 

@@ -51,7 +51,7 @@ def test_python_m_kuiper_prints_for_people():
     (["run", str(DATA / "models" / "yolov5n.pnnx.param"), IMAGES[0]], "yolov5n.pnnx.param gives"),
     (["bench", "nothing.pnnx.param"], "nothing.pnnx.param: no such file"),
     (["detect", str(DATA / "models" / "yolov5n.pnnx.param"), "gone.jpg"], "gone.jpg: no such file"),
-    (["detect", str(MOBILENET), IMAGES[0]], "outputs (1, 1000), not YOLO rows"),
+    (["detect", str(MOBILENET), IMAGES[0]], "outputs (1, 1000), not YOLOv5 rows (B, boxes, 5 + classes) nor a YOLOv8 head"),
 ])
 def test_bad_input_is_one_line_and_exit_1(args, message):
     done = subprocess.run([sys.executable, "-m", "kuiper", *args], capture_output=True, text=True)
