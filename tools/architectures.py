@@ -377,7 +377,23 @@ class Detect(nn.Module):
         return z if self.training else torch.cat(z, 1)
 
 
-class YOLOv5(nn.Module):
+class Wired(nn.Module):
+    """Layers numbered as ultralytics' model yaml numbers them (`model.0`, ...), each reading the one
+    before it (-1) or a list of earlier outputs (ultralytics' `from` column)."""
+
+    def wire(self, layers: list[tuple[int | list[int], nn.Module]]) -> None:
+        self.inputs = [f for f, _ in layers]
+        self.model = nn.ModuleList(m for _, m in layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for f, layer in zip(self.inputs, self.model):
+            x = layer(x if f == -1 else [x if j == -1 else outputs[j] for j in f])
+            outputs.append(x)
+        return x
+
+
+class YOLOv5(Wired):
     """YOLOv5 v6/v7 (yolov5*.yaml): CSP backbone, SPPF, PAN neck and Detect, as ultralytics numbers
     its layers (`model.0` ... `model.24`); the grids are fixed for square `img_size` inputs."""
 
@@ -417,15 +433,7 @@ class YOLOv5(nn.Module):
             (-1, C3(c(1024), c(1024), n(3), False)),            # 23 P5 out
             ([17, 20, 23], Detect(nc, (c(256), c(512), c(1024)), img_size)),
         ]
-        self.inputs = [f for f, _ in layers]
-        self.model = nn.ModuleList(m for _, m in layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outputs = []
-        for f, layer in zip(self.inputs, self.model):
-            x = layer(x if f == -1 else [x if j == -1 else outputs[j] for j in f])
-            outputs.append(x)
-        return x
+        self.wire(layers)
 
 
 def yolov5(variant: str = "s", nc: int = 80, img_size: int = 640) -> YOLOv5:
@@ -748,7 +756,7 @@ class DetectV8(nn.Module):
         return torch.cat((xywh, cls.sigmoid()), 1)
 
 
-class YOLOv8(nn.Module):
+class YOLOv8(Wired):
     """YOLOv8 (yolov8.yaml): C2f backbone, SPPF, PAN neck without the 1x1 lateral convs, and the
     decoupled anchor-free head, as ultralytics numbers its layers (`model.0` ... `model.22`)."""
 
@@ -786,15 +794,7 @@ class YOLOv8(nn.Module):
             (-1, C2f(c(512) + c(1024), c(1024), n(3))),         # 21 P5 out
             ([15, 18, 21], DetectV8(nc, (c(256), c(512), c(1024)))),
         ]
-        self.inputs = [f for f, _ in layers]
-        self.model = nn.ModuleList(m for _, m in layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outputs = []
-        for f, layer in zip(self.inputs, self.model):
-            x = layer(x if f == -1 else [x if j == -1 else outputs[j] for j in f])
-            outputs.append(x)
-        return x
+        self.wire(layers)
 
 
 def yolov8n(nc: int = 80) -> YOLOv8:
