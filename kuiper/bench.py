@@ -6,6 +6,7 @@ benchmark runs: kuiper itself never needs it.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -47,6 +48,19 @@ def import_torch():
         raise KuiperError("kuiper bench compares against PyTorch: pip install 'kuiper[course]'") from None
     torch.set_num_threads(numba.get_num_threads())
     return torch
+
+
+def same_run_ratio(fn: Callable[[], object], reference: Callable[[], object], repeat: int = 9) -> float:
+    """Fastest wall time of `fn` over the fastest of `reference`, the two timed alternately after one
+    warm-up call each, so that both see the same load (a ratio, not a time, is what a busy machine keeps)."""
+    fn(), reference()
+    best = [math.inf, math.inf]
+    for _ in range(repeat):
+        for i, call in enumerate((fn, reference)):
+            start = time.perf_counter()
+            call()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best[0] / best[1]
 
 
 def median_ms(fn: Callable[[], object], repeat: int = 5, warmup: int = 2) -> float:
