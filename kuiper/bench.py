@@ -134,7 +134,7 @@ OPERATOR_SUITE = {
     "resnet18": ("nn.Conv2d", "nn.MaxPool2d", "nn.ReLU"),
     "mobilenet_v2": ("nn.Conv2d", "nn.ReLU6"),
     "mobilenet_v3_small": ("nn.Hardswish", "nn.Hardsigmoid", "nn.AdaptiveAvgPool2d"),
-    "yolov5n": ("nn.SiLU", "nn.MaxPool2d"),
+    "yolov5n": ("nn.SiLU", "F.sigmoid", "nn.MaxPool2d"),
     "unet_shapes": ("nn.ConvTranspose2d", "nn.Conv2d"),
     "shufflenet_v2": ("nn.Conv2d", "nn.ChannelShuffle"),
     "squeezenet1_1": ("nn.Conv2d", "nn.MaxPool2d"),

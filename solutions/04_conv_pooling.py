@@ -26,7 +26,7 @@
 # | 4.5 | max pooling with padding, dilation and `ceil_mode` (numba) |
 # | 4.6 | average pooling: `count_include_pad`, `ceil_mode`, `divisor_override` (numba) |
 # | 4.7 | adaptive average pooling to any output size (numba) |
-# | 4.8 | the activation kernels ReLU6, SiLU and Hardswish (numba) |
+# | 4.8 | the activation kernels ReLU6 and Hardswish (numba) |
 # | 4.9 | the resampling table of one axis: nearest, nearest-exact, linear and cubic, either `align_corners` |
 # | 4.10 | Keys' bicubic convolution weights |
 # | 4.11 | the kernel that applies a resampling table to any axis (numba) |
@@ -989,23 +989,17 @@ class AdaptiveAvgPool2d(Layer):
 # %% [markdown]
 # ## Activations
 #
-# Element-wise functions, most of them one line of numpy. Two details matter for exactness: the
-# sigmoid is computed as $\tfrac12(\tanh(x/2)+1)$, which equals $1/(1+e^{-x})$ but never
-# overflows for large $|x|$, and the hard variants (MobileNetV3's cheap approximations) are clips:
-# $\text{hardsigmoid}(x) = \text{clip}(x/6 + 1/2, 0, 1)$, $\text{hardswish}(x) = x \cdot \text{hardsigmoid}(x)$.
+# Element-wise functions, most of them one line of numpy. The hard variants (MobileNetV3's cheap
+# approximations) are clips: $\text{hardswish}(x) = x \cdot \text{clip}(x/6 + 1/2, 0, 1)$.
 #
-# The three that run after almost every convolution of MobileNet and YOLO — ReLU6, SiLU and
-# Hardswish — get a numba loop instead: numpy would make a temporary array for every operation in
-# the formula and walk memory once per operation, the loop walks it once.
+# The two that run after almost every convolution of MobileNet — ReLU6 and Hardswish — get a numba
+# loop instead: numpy would make a temporary array for every operation in the formula and walk
+# memory once per operation, the loop walks it once. (The sigmoid, YOLO's SiLU and the hard
+# sigmoid join them in lesson 05, with an $e^x$ that such a loop can vectorise.)
 
 # %%
 #| export layers.activation
 from numba import njit, prange
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """1 / (1 + e^-x), computed through tanh so that it never overflows."""
-    return 0.5 * (np.tanh(0.5 * x) + 1)
 
 
 class Elementwise(Layer):
@@ -1022,14 +1016,14 @@ class Elementwise(Layer):
 # %% [markdown]
 # ## Exercise 4.8 — activation kernels
 #
-# Write the three loops. Each walks the flat views of `x` and `out` once, in parallel with
-# `prange`, and writes one float32 result per element: ReLU6 is $\min(\max(v, 0), 6)$, SiLU is
-# $v / (1 + e^{-v})$, Hardswish is $v \cdot \text{clip}(v/6 + \tfrac12, 0, 1)$. Keep the constants
-# float32 (`np.float32(6.0)`), so numba does not compute in double precision.
+# Write the two loops. Each walks the flat views of `x` and `out` once, in parallel with `prange`,
+# and writes one float32 result per element: ReLU6 is $\min(\max(v, 0), 6)$, Hardswish is
+# $v \cdot \text{clip}(v/6 + \tfrac12, 0, 1)$. Keep the constants float32 (`np.float32(6.0)`), so
+# numba does not compute in double precision.
 
 # %%
 #| export layers.activation
-#| exercise: flatten x and out (reshape(-1)), then one prange loop each: ReLU6, SiLU = v / (1 + e^-v), Hardswish = v * clip(v/6 + 1/2, 0, 1)
+#| exercise: flatten x and out (reshape(-1)), then one prange loop each: ReLU6, Hardswish = v * clip(v/6 + 1/2, 0, 1)
 @njit(parallel=True, cache=True)
 def relu6_kernel(x, out):
     """out = min(max(x, 0), 6), element by element."""
@@ -1037,17 +1031,6 @@ def relu6_kernel(x, out):
     flat_in, flat_out = x.reshape(-1), out.reshape(-1)
     for i in prange(flat_in.size):
         flat_out[i] = min(max(flat_in[i], np.float32(0.0)), np.float32(6.0))
-    ### END SOLUTION
-
-
-@njit(parallel=True, cache=True)
-def silu_kernel(x, out):
-    """out = x · sigmoid(x) = x / (1 + e^-x), element by element."""
-    ### BEGIN SOLUTION
-    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
-    for i in prange(flat_in.size):
-        v = flat_in[i]
-        flat_out[i] = v / (np.float32(1.0) + np.exp(-v))
     ### END SOLUTION
 
 
@@ -1066,7 +1049,7 @@ def hardswish_kernel(x, out):
 with check("Exercise 4.8"):
     x = np.concatenate([np.linspace(-10, 10, 80, dtype=np.float32), rng.standard_normal(1000, dtype=np.float32) * 4])
     x = x.reshape(1, 1, 3, -1)
-    for kernel, torch_fn in [(relu6_kernel, F.relu6), (silu_kernel, F.silu), (hardswish_kernel, F.hardswish)]:
+    for kernel, torch_fn in [(relu6_kernel, F.relu6), (hardswish_kernel, F.hardswish)]:
         want = torch_fn(torch.from_numpy(x)).numpy()
         got = np.full_like(x, np.nan)
         kernel(x, got)
@@ -1095,27 +1078,6 @@ class ReLU6(Elementwise):
     """min(max(x, 0), 6)."""
 
     fn = elementwise(relu6_kernel)
-
-
-@register("nn.Sigmoid", "F.sigmoid", "torch.sigmoid")
-class Sigmoid(Elementwise):
-    """1 / (1 + e^-x)."""
-
-    fn = staticmethod(sigmoid)
-
-
-@register("nn.SiLU", "F.silu")
-class SiLU(Elementwise):
-    """x · sigmoid(x), YOLOv5's activation."""
-
-    fn = elementwise(silu_kernel)
-
-
-@register("nn.Hardsigmoid", "F.hardsigmoid")
-class Hardsigmoid(Elementwise):
-    """clip(x / 6 + 1/2, 0, 1)."""
-
-    fn = staticmethod(lambda x: np.clip(x / 6 + 0.5, 0, 1))
 
 
 @register("nn.Hardswish", "F.hardswish")
@@ -1149,20 +1111,6 @@ class LeakyReLU(Layer):
     def forward(self, x: Tensor) -> Tensor:
         data = x.numpy()
         return Tensor(np.where(data >= 0, data, data * np.float32(self.slope)), device=x.device)
-
-
-@register("nn.Softmax", "F.softmax", "torch.softmax")
-class Softmax(Layer):
-    """exp(x) / sum(exp(x)) along `dim`, shifted by the maximum so that exp never overflows."""
-
-    def __init__(self, op):
-        super().__init__(op)
-        self.dim = self.param("dim", int)
-
-    def forward(self, x: Tensor) -> Tensor:
-        data = x.numpy()
-        shifted = np.exp(data - data.max(axis=self.dim, keepdims=True))
-        return Tensor(shifted / shifted.sum(axis=self.dim, keepdims=True), device=x.device)
 
 
 # %% [markdown]

@@ -30,11 +30,12 @@
 # | 5.3 | `parse`: one expression that uses the whole text |
 # | 5.4 | reverse-Polish order: the tree flattened for a stack machine |
 # | 5.5 | the stack machine that evaluates it over tensors |
-# | 5.6 | reductions: PyTorch's `dim` and `keepdim`, max/min with indices, var/std, norm, topk |
-# | 5.7 | normalisations from one `standardize` kernel |
-# | 5.8 | padding in PyTorch's four modes |
-# | 5.9 | advanced indexing and its writes: index_put, scatter, slice_scatter |
-# | 5.10 | scaled dot-product attention: masks, causal, grouped key heads |
+# | 5.6 | softmax and log-softmax in one numba pass per row, with the vectorised $e^x$ |
+# | 5.7 | reductions: PyTorch's `dim` and `keepdim`, max/min with indices, var/std, norm, topk |
+# | 5.8 | normalisations from one `standardize` kernel |
+# | 5.9 | padding in PyTorch's four modes |
+# | 5.10 | advanced indexing and its writes: index_put, scatter, slice_scatter |
+# | 5.11 | scaled dot-product attention: masks, causal, grouped key heads |
 
 # %%
 #| default_exp expression
@@ -45,6 +46,7 @@ import numpy as np
 
 from kuiper.course import agreement, check, patch_to, raises
 from kuiper.errors import KuiperError
+from kuiper.layers.activation import Elementwise  # lesson 04's element-wise layer, for the activations below
 
 # %% [markdown]
 # ## The grammar
@@ -616,7 +618,7 @@ from typing import Literal
 import numpy as np
 
 from kuiper.errors import LayerError
-from kuiper.expression import BINARY, UNARY, erf
+from kuiper.expression import BINARY, UNARY
 from kuiper.layer import Layer
 from kuiper.registry import register
 from kuiper.tensor import Tensor
@@ -751,25 +753,306 @@ def masked_fill(input, mask, value):
 
 
 # %% [markdown]
+# ## Vectorised $e^x$, erf and tanh
+#
+# GELU, tanh, Mish and softmax spend their time in $e^x$, erf and tanh, and there is a catch:
+# numba compiles `np.exp`, `math.erf` or `np.tanh` in a loop to one call of the C library's scalar
+# function per element (LLVM can only vectorise such calls with Intel's SVML vector math library,
+# which pip's llvmlite does not ship), so the loop runs one element at a time. A function made only
+# of multiplies, adds, divides and integer operations vectorises like the rest of the loop.
+#
+# For $e^x$, the classic recipe, from the Cephes library's `expf` (S. L. Moshier, *Methods and Programs for
+# Mathematical Functions*, 1989; the same one herumi/fmath and KuiperInfer use):
+#
+# 1. **range reduction**: $x = k \ln 2 + r$ with $k = \lfloor x \log_2 e + \tfrac12 \rfloor$, so
+#    $|r| \le \tfrac12 \ln 2$; $\ln 2$ is split into a short `LN2_HI` (exact in float32, so
+#    $k \cdot$ `LN2_HI` is exact) and the rest `LN2_LO`, and $r$ = x − k·`LN2_HI` − k·`LN2_LO`;
+# 2. **polynomial**: on that small range $e^r \approx 1 + r + r^2 p(r)$, $p$ a degree-5
+#    polynomial (`EXP_POLY`, highest power first, evaluated by Horner's rule);
+# 3. **scale**: $e^x = 2^k e^r$, and $2^k$ is the float32 whose exponent bits are $k + 127$:
+#    `bits_as_float32((k + 127) << 23)`. Results below the smallest normal float32 ($k < -126$)
+#    need an exponent below the range, so multiply by $2^{\lfloor k/2 \rfloor}$ and
+#    $2^{k - \lfloor k/2 \rfloor}$ instead: each fits, and the product rounds to the subnormal.
+#
+# Clamping $x$ to $[-104, 89]$ first keeps $k$ in range; below, $e^x$ underflows to 0 and above it
+# overflows to `inf` by itself. NaN must stay NaN.
+#
+# erf and tanh are odd and flat beyond a few units, so a *rational* function does: $x \cdot
+# p(x^2) / q(x^2)$ on $[-c, c]$, with $x$ clamped to that range first (beyond it, erf and tanh are
+# ±1 to float32 precision). The coefficients are Eigen's (`Eigen/src/Core/MathFunctionsImpl.h`, the
+# `generic_fast_erf_float` and `generic_fast_tanh_float` that TensorFlow and XLA use), highest power
+# first. Loops that call them need `error_model="numpy"`: by default numba checks every float
+# division for a zero divisor to raise Python's `ZeroDivisionError`, and that branch alone stops the
+# loop from vectorising.
+#
+# `activate` then runs one activation, picked by a small integer code, over a whole array in one
+# pass: one inner loop per code (the `if` outside the loop, so that each loop vectorises), on one
+# thread for small arrays, where starting the thread pool costs more than the work. Lesson 04's
+# `Elementwise` layers for the sigmoid, SiLU and the hard sigmoid are built on it here.
+
+# %%
+#| export layers.activation
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+
+@intrinsic
+def bits_as_float32(typingctx, bits):
+    """The float32 whose IEEE-754 bit pattern is the int32 `bits` (an LLVM bitcast: free at run time)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+# Cephes expf.c: log2(e), ln 2 split in two, and p(r) from its highest power down.
+LOG2E, LN2_HI, LN2_LO = np.float32(1.44269504088896341), np.float32(0.693359375), np.float32(-2.12194440e-4)
+EXP_POLY = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                                          1.6666665459e-1, 5.0000001201e-1))
+
+
+@njit(cache=True, error_model="numpy")
+def exp_approx(x):
+    """e^x for a float32 x, within 1 ulp (Cephes expf); vectorises in a numba loop, unlike np.exp."""
+    if x != x:
+        return x
+    x = min(max(x, np.float32(-104.0)), np.float32(89.0))
+    k = np.floor(x * LOG2E + np.float32(0.5))
+    r = x - k * LN2_HI - k * LN2_LO
+    p = EXP_POLY[0]
+    for c in EXP_POLY[1:]:
+        p = p * r + c
+    half, rest = np.int32(k) >> 1, np.int32(k) - (np.int32(k) >> 1)
+    return (p * r * r + r + np.float32(1.0)) * bits_as_float32((half + 127) << 23) * bits_as_float32((rest + 127) << 23)
+
+
+# Eigen's erf and tanh: x·p(x²)/q(x²) on [-clamp, clamp], p and q from the highest power down.
+ERF_CLAMP, TANH_CLAMP = np.float32(4.0), np.float32(7.90531110763549805)
+ERF_P = tuple(np.float32(c) for c in (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+                                       -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+                                       -1.60960333262415e-02))
+ERF_Q = tuple(np.float32(c) for c in (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+                                       -7.37332916720468e-03, -1.42647390514189e-02))
+TANH_P = tuple(np.float32(c) for c in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
+                                        5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
+                                        4.89352455891786e-03))
+TANH_Q = tuple(np.float32(c) for c in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
+                                        4.89352518554385e-03))
+
+
+@njit(cache=True, error_model="numpy")
+def odd_rational(x, clamp, p_coeffs, q_coeffs):
+    """x·p(x²)/q(x²) for a float32 x clamped to [-clamp, clamp]; p and q by Horner's rule. NaN stays NaN."""
+    x = min(max(x, -clamp), clamp)
+    x2 = x * x
+    p, q = p_coeffs[0], q_coeffs[0]
+    for c in p_coeffs[1:]:
+        p = p * x2 + c
+    for c in q_coeffs[1:]:
+        q = q * x2 + c
+    return x * p / q
+
+
+@njit(cache=True, error_model="numpy")
+def erf_approx(x):
+    """erf(x) for a float32 x, within 5e-7 (Eigen's rational approximation); vectorises, unlike math.erf."""
+    return odd_rational(x, ERF_CLAMP, ERF_P, ERF_Q)
+
+
+@njit(cache=True, error_model="numpy")
+def tanh_approx(x):
+    """tanh(x) for a float32 x, within 5e-7 (Eigen's rational approximation); vectorises, unlike np.tanh."""
+    return odd_rational(x, TANH_CLAMP, TANH_P, TANH_Q)
+
+
+GELU, GELU_TANH, TANH, MISH, SIGMOID, SILU, HARDSIGMOID = range(7)
+SQRT_HALF, SQRT_2_OVER_PI, GELU_CUBIC = np.float32(0.5 ** 0.5), np.float32((2 / np.pi) ** 0.5), np.float32(0.044715)
+PARALLEL_SIZE = 1 << 16  # elements: below this, one thread is done before a pool of them has started
+CHUNK = 1 << 14  # elements per parallel task
+
+
+@njit(cache=True, error_model="numpy")
+def activate_range(x, out, start, stop, code):
+    """out[i] = activation `code` of x[i] for start ≤ i < stop, x and out flat float32; one inner loop
+    per code, so that each is straight arithmetic that vectorises."""
+    one, half, two = np.float32(1.0), np.float32(0.5), np.float32(2.0)
+    x, out = x[start:stop], out[start:stop]  # indices from 0: numba then needs no check for negative ones
+    if code == GELU:
+        for i in range(x.size):
+            out[i] = half * x[i] * (one + erf_approx(x[i] * SQRT_HALF))
+    elif code == GELU_TANH:
+        for i in range(x.size):
+            v = x[i]
+            out[i] = half * v * (one + tanh_approx(SQRT_2_OVER_PI * (v + GELU_CUBIC * v * v * v)))
+    elif code == TANH:
+        for i in range(x.size):
+            out[i] = tanh_approx(x[i])
+    elif code == SIGMOID:
+        for i in range(x.size):
+            out[i] = one / (one + exp_approx(-x[i]))
+    elif code == SILU:
+        for i in range(x.size):
+            out[i] = x[i] / (one + exp_approx(-x[i]))
+    elif code == HARDSIGMOID:
+        for i in range(x.size):
+            out[i] = min(max(x[i] / np.float32(6.0) + half, np.float32(0.0)), one)
+    else:  # Mish: x·tanh(log(1 + eˣ)) = x·n / (n + 2) with n = eˣ(eˣ + 2); x itself above 20, as softplus
+        for i in range(x.size):
+            e = exp_approx(min(x[i], np.float32(20.0)))
+            n = e * (e + two)
+            out[i] = x[i] * (n / (n + two))
+
+
+@njit(parallel=True, cache=True)
+def activate_parallel(x, out, code):
+    """activate_range over all of flat x, in chunks of CHUNK elements spread over the threads."""
+    for chunk in prange((x.size + CHUNK - 1) // CHUNK):
+        activate_range(x, out, chunk * CHUNK, min((chunk + 1) * CHUNK, x.size), code)
+
+
+def activate(x: np.ndarray, code: int) -> np.ndarray:
+    """Activation `code` (GELU, GELU_TANH, TANH, MISH, SIGMOID, SILU, HARDSIGMOID) of every element of x,
+    as a new float32 array of x's shape: one pass, on one thread below PARALLEL_SIZE elements."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    if x.size < PARALLEL_SIZE:
+        activate_range(x.reshape(-1), out.reshape(-1), 0, x.size, code)
+    else:
+        activate_parallel(x.reshape(-1), out.reshape(-1), code)
+    return out
+
+
+@register("nn.Sigmoid", "F.sigmoid", "torch.sigmoid")
+class Sigmoid(Elementwise):
+    """1 / (1 + e^-x)."""
+
+    fn = staticmethod(lambda x: activate(x, SIGMOID))
+
+
+@register("nn.SiLU", "F.silu")
+class SiLU(Elementwise):
+    """x · sigmoid(x), YOLOv5's activation."""
+
+    fn = staticmethod(lambda x: activate(x, SILU))
+
+
+@register("nn.Hardsigmoid", "F.hardsigmoid")
+class Hardsigmoid(Elementwise):
+    """clip(x / 6 + 1/2, 0, 1), MobileNetV3's gate."""
+
+    fn = staticmethod(lambda x: activate(x, HARDSIGMOID))
+
+
+# %%
+from numba import njit, prange
+
+from kuiper.layers.activation import erf_approx, exp_approx, tanh_approx
+
+
+@njit(parallel=True)
+def approximate_all(x, out):
+    for i in prange(x.size):
+        out[0, i], out[1, i], out[2, i] = exp_approx(x[i]), erf_approx(x[i]), tanh_approx(x[i])
+
+
+# exp_approx against e^x in double precision, over the whole float32 range
+bits = np.arange(0, 2**32, 4099, dtype=np.uint32)  # a million float32s spread over every exponent
+edges = np.float32([np.nan, np.inf, -np.inf, 0.0, -0.0, 88.72, 88.73, -87.3, -103.2, -103.3, -104.5])
+x = np.concatenate([bits.view(np.float32), np.linspace(-105, 90, 100_000, dtype=np.float32), edges])
+got = np.empty((3, x.size), np.float32)
+with np.errstate(over="ignore", invalid="ignore"):
+    approximate_all(x, got)
+    exact = np.exp(x.astype(np.float64))
+    nearest = exact.astype(np.float32)
+normal = np.isfinite(nearest) & (nearest >= np.finfo(np.float32).tiny)
+ulps = np.abs(got[0][normal] - exact[normal]) / np.spacing(nearest[normal])
+worst = int(np.argmax(ulps))
+assert ulps[worst] <= 1.0, (f"at x = {x[normal][worst]!r}: expected {nearest[normal][worst]!r}, "
+                            f"got {got[0][normal][worst]!r} ({ulps[worst]:.1f} ulp off)")
+special = {np.nan: (np.nan, np.nan, np.nan), np.inf: (np.inf, 1, 1), -np.inf: (0, -1, -1), 0.0: (1, 0, 0),
+           89.0: (np.inf, 1, 1), -104.5: (0, -1, -1), -100.0: (np.float32(np.exp(-100.0)), -1, -1)}
+one = np.empty((3, len(special)), np.float32)
+approximate_all(np.float32(list(special)), one)
+assert np.allclose(one.T, list(special.values()), rtol=1e-6, atol=2e-45, equal_nan=True), \
+    f"exp, erf, tanh of {list(special)}: expected\n{np.float32(list(special.values()))}\ngot\n{one.T}"
+print(f"exp_approx: at most {ulps.max():.2f} ulp where e^x is a normal float32, over {normal.sum():,} values")
+for row, (name, exact_fn) in enumerate([("erf", erf), ("tanh", np.tanh)]):
+    finite = np.isfinite(x)
+    error = np.abs(got[row + 1][finite] - exact_fn(x[finite].astype(np.float64))).max()
+    assert error <= 5e-7, f"{name}_approx: expected within 5e-7 of {name}, got {error:.1e} off"
+    print(f"{name}_approx: at most {error:.1e} from {name} over the same values")
+
+# %% [markdown]
 # The activations are the same pattern with settings. Each function below is registered under its
 # `nn.` module name and its `F.` function name, and its parameter names are PyTorch's, so
 # `nn.Softplus beta=2 threshold=10` and `F.softplus` both land here. Formulas follow the PyTorch
-# documentation of each module.
+# documentation of each module; GELU, tanh and Mish run `activate`, one vectorised pass.
+#
+# ## Exercise 5.6 — softmax in one pass per row
+#
+# Softmax normalises exponentials along one dimension: $e^{x_i - m} / \sum_j e^{x_j - m}$, with
+# $m$ the row's maximum so that no $e^x$ overflows; log-softmax is $x_i - m - \log \sum_j
+# e^{x_j - m}$. numpy needs five passes and three temporary arrays for it. Write `softmax_rows`:
+# for each row of `x` (in parallel over the rows), find the maximum, then store each
+# `exp_approx(x − m)` in `out` while summing them, then either scale `out` by 1/sum or, when `log`
+# is true, overwrite it with x − m − log(sum). A row that holds a NaN gives NaNs, as in PyTorch.
 
 # %%
 #| export layers.elementwise
+#| exercise: softmax_rows: per row (prange) the maximum, out = exp_approx(x − max) and its sum, then out / sum, or x − max − log(sum) when log
+import math
+
+from numba import njit, prange
+
+from kuiper.layers.activation import activate, exp_approx, GELU, GELU_TANH, MISH, TANH
+
+
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def softmax_rows(x, out, log):
+    """Softmax (log False) or log-softmax (log True) of each row of x (R, C) into out (R, C), float32, C ≥ 1."""
+    ### BEGIN SOLUTION
+    rows, size = x.shape
+    for r in prange(rows):
+        top = x[r, 0]
+        for i in range(1, size):
+            top = max(top, x[r, i])
+        total = np.float32(0.0)
+        for i in range(size):
+            out[r, i] = exp_approx(x[r, i] - top)
+            total += out[r, i]
+        if log:
+            shift = top + np.log(total)
+            for i in range(size):
+                out[r, i] = x[r, i] - shift
+        else:
+            scale = np.float32(1.0) / total
+            for i in range(size):
+                out[r, i] *= scale
+    ### END SOLUTION
+
+
+def along_rows(input: np.ndarray, dim: int, log: bool) -> np.ndarray:
+    """softmax_rows along dimension `dim` of input (any shape, float32 out of the same shape)."""
+    x = np.moveaxis(np.asarray(input, dtype=np.float32), dim, -1)
+    rows = np.ascontiguousarray(x).reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (R, C): C along dim
+    out = np.empty_like(rows)
+    if rows.size:
+        softmax_rows(rows, out, log)
+    return np.moveaxis(out.reshape(x.shape), -1, dim)
+
+
+@function("nn.Softmax", "F.softmax", "torch.softmax")
 def softmax(input, dim: int):
     """exp(x) / Σ exp(x) along dim, shifted by the maximum."""
-    shifted = np.exp(input - input.max(axis=dim, keepdims=True))
-    return shifted / shifted.sum(axis=dim, keepdims=True)
+    return along_rows(input, dim, log=False)
 
 
 @function("nn.GELU", "F.gelu")
 def gelu(input, approximate: Literal["none", "tanh"] = "none"):
     """x·Φ(x) with Φ the normal CDF: exact through erf, or its tanh approximation."""
-    if approximate == "tanh":
-        return 0.5 * input * (1 + np.tanh(math.sqrt(2 / math.pi) * (input + 0.044715 * input ** 3)))
-    return 0.5 * input * (1 + erf(input / np.float32(math.sqrt(2))))
+    return activate(input, GELU_TANH if approximate == "tanh" else GELU)
 
 
 @function("nn.ELU", "F.elu")
@@ -802,7 +1085,7 @@ function("nn.Softplus", "F.softplus")(softplus)
 @function("nn.Mish", "F.mish")
 def mish(input):
     """x·tanh(softplus(x))."""
-    return input * np.tanh(softplus(input))
+    return activate(input, MISH)
 
 
 @function("nn.Softsign", "F.softsign")
@@ -814,7 +1097,7 @@ def softsign(input):
 @function("nn.Tanh", "F.tanh")
 def tanh(input):
     """The hyperbolic tangent."""
-    return np.tanh(input)
+    return activate(input, TANH)
 
 
 @function("nn.PReLU", "F.prelu")
@@ -863,8 +1146,7 @@ def logsigmoid(input):
 @function("nn.LogSoftmax", "F.log_softmax", "torch.log_softmax")
 def log_softmax(input, dim: int):
     """x − log Σ exp(x) along dim, shifted by the maximum."""
-    shifted = input - input.max(axis=dim, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
+    return along_rows(input, dim, log=True)
 
 
 @function("nn.Softmin", "F.softmin")
@@ -885,6 +1167,20 @@ def glu(input, dim=-1):
     a, b = np.split(input, 2, axis=dim)
     return a * (0.5 * (np.tanh(0.5 * b) + 1))
 
+
+# %%
+scores = np.random.default_rng(3).standard_normal((2, 3, 5), dtype=np.float32) * 4
+scores[0, 1, 2] = 90.0  # e^90 overflows float32: the maximum must be subtracted first
+
+with check("Exercise 5.6"):
+    for dim, log in [(-1, False), (1, False), (-1, True), (1, True)]:
+        name = f"{'log_softmax' if log else 'softmax'}(dim={dim})"
+        got = along_rows(scores, dim, log)
+        want = (torch.log_softmax if log else torch.softmax)(torch.from_numpy(scores), dim).numpy()
+        assert got.shape == want.shape, f"{name} of {scores.shape}: expected shape {want.shape}, got {got.shape}"
+        assert np.allclose(got, want, atol=1e-5), f"{name}: expected\n{want[0].round(4)}\ngot\n{got[0].round(4)}"
+    got = along_rows(np.float32([[1.0, np.nan, 2.0]]), -1, False)
+    assert np.isnan(got).all(), f"softmax of [1, nan, 2]: expected [nan, nan, nan] as PyTorch gives, got {got[0]}"
 
 # %% [markdown]
 # One line of a `.param` file becomes a layer with no code of its own: the settings are read by
@@ -913,9 +1209,8 @@ with check("table-driven layers"):
 # settings: `dim` is an int, a tuple or absent (all dimensions), `keepdim` keeps the folded
 # dimensions with size 1, and `max`/`min` with a `dim` return values *and* indices (two outputs
 # in the graph).
-
-# %% [markdown]
-# ## Exercise 5.6 — reductions
+#
+# ## Exercise 5.7 — reductions
 #
 # Write the bodies below with numpy. `axes` turns PNNX's `dim` (an int, a list or absent) into a
 # numpy `axis`; every reduction honours `keepdim`. `extreme` builds `torch.max`/`torch.min`: one
@@ -1100,7 +1395,7 @@ def same(got: np.ndarray, want, what: str) -> None:
     assert np.allclose(got, want, rtol=1e-5, atol=1e-5), f"{what}: expected\n{np.round(want, 4)}\ngot\n{np.round(got, 4)}"
 
 
-with check("Exercise 5.6"):
+with check("Exercise 5.7"):
     assert axes([0, 2]) == (0, 2) and axes(1) == 1 and axes(None) is None, \
         f"expected axes([0, 2]), axes(1), axes(None) = (0, 2), 1, None, got {axes([0, 2])}, {axes(1)}, {axes(None)}"
     same(sum_over(r, dim=[0, 2], keepdim=True), T(r).sum(dim=(0, 2), keepdim=True), "sum(dim=[0, 2], keepdim=True)")
@@ -1143,7 +1438,7 @@ with check("Exercise 5.6"):
 # channels; InstanceNorm: each channel of each sample), then scale and shift by learnt weights.
 
 # %% [markdown]
-# ## Exercise 5.7 — normalisations
+# ## Exercise 5.8 — normalisations
 #
 # `standardize` is the one kernel: (x − mean) / √(var + eps) over `axes`, with the biased variance.
 # `scale_shift` multiplies by `weight` and adds `bias`, laid along the channel axis 1 or along the
@@ -1155,10 +1450,12 @@ with check("Exercise 5.6"):
 
 # %%
 #| export layers.normalization
-#| exercise: standardize over axes (biased variance, eps inside the root), scale_shift per channel, and LayerNorm, GroupNorm, InstanceNorm, BatchNorm, RMSNorm from them
+#| exercise: standardize over axes (biased variance, eps inside the root), scale_shift per channel, LayerNorm as one numba pass per row, and GroupNorm, InstanceNorm, BatchNorm, RMSNorm
+import math
 from typing import Literal
 
 import numpy as np
+from numba import njit, prange
 
 from kuiper.layers.elementwise import function
 
@@ -1184,12 +1481,38 @@ def scale_shift(x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | Non
     ### END SOLUTION
 
 
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def layer_norm_rows(x, weight, bias, eps, out):
+    """out[r] = (x[r] − mean) / √(var + eps) · weight + bias for each row r of x (R, C), float32;
+    weight and bias (C,). Three passes over a row that stays in cache: sum, squared deviations, output."""
+    ### BEGIN SOLUTION
+    rows, size = x.shape
+    for r in prange(rows):
+        total = 0.0  # float64 sums: a row of 768 values near 1e4 keeps its mean to float32 precision
+        for i in range(size):
+            total += x[r, i]
+        mean = np.float32(total / size)
+        squares = 0.0
+        for i in range(size):
+            squares += (x[r, i] - mean) * (x[r, i] - mean)
+        scale = np.float32(1.0 / np.sqrt(squares / size + eps))
+        for i in range(size):
+            out[r, i] = (x[r, i] - mean) * scale * weight[i] + bias[i]
+    ### END SOLUTION
+
+
 @function("nn.LayerNorm", "F.layer_norm")
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, elementwise_affine=True):
     """Standardise over the trailing len(normalized_shape) dimensions, then weight·x + bias."""
     ### BEGIN SOLUTION
     count = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
-    return scale_shift(standardize(input, tuple(range(-count, 0)), eps), weight, bias, -1)
+    size = math.prod(input.shape[-count:])
+    x = np.ascontiguousarray(input, dtype=np.float32).reshape(-1, size)  # (rows, normalised elements)
+    weight = np.ones(size, np.float32) if weight is None else np.ascontiguousarray(weight, np.float32).reshape(-1)
+    bias = np.zeros(size, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32).reshape(-1)
+    out = np.empty_like(x)
+    layer_norm_rows(x, weight, bias, np.float32(eps), out)
+    return out.reshape(input.shape)
     ### END SOLUTION
 
 
@@ -1248,7 +1571,7 @@ w6, b6 = (np.random.default_rng(8).standard_normal((2, 6), dtype=np.float32))
 w4, b4 = (np.random.default_rng(9).standard_normal((2, 4), dtype=np.float32))
 stats = np.abs(w6) + 0.5
 
-with check("Exercise 5.7"):
+with check("Exercise 5.8"):
     same(standardize(images, (1, 3), 0.5), (T(images) - T(images).mean(dim=(1, 3), keepdim=True))
          / torch.sqrt(T(images).var(dim=(1, 3), unbiased=False, keepdim=True) + 0.5), "standardize over (1, 3), eps=0.5")
     same(scale_shift(images, w6, b6, 1), T(images) * T(w6)[:, None, None] + T(b6)[:, None, None], "scale_shift along axis 1")
@@ -1294,7 +1617,7 @@ def normalize(input, p=2.0, dim=1, eps=1e-12):
 # circular `wrap`.
 
 # %% [markdown]
-# ## Exercise 5.8 — padding
+# ## Exercise 5.9 — padding
 #
 # `pad_widths` turns PyTorch's `(last_lo, last_hi, prev_lo, prev_hi, ...)` into numpy's list of
 # `(lo, hi)` pairs, one per dimension from the first (missing leading ones are `(0, 0)`). `pad`
@@ -1351,7 +1674,7 @@ def padder(mode: str, dims: int) -> Callable:
 # %%
 grid = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
 
-with check("Exercise 5.8"):
+with check("Exercise 5.9"):
     got = pad_widths((1, 2, 3, 4), 4)
     assert got == [(0, 0), (0, 0), (3, 4), (1, 2)], f"pad_widths((1, 2, 3, 4), 4): expected [(0, 0), (0, 0), (3, 4), (1, 2)], got {got}"
     for mode in ("constant", "reflect", "replicate", "circular"):
@@ -1714,7 +2037,7 @@ def clone(input, memory_format=None):
 
 
 # %% [markdown]
-# ## Exercise 5.9 — writing through an index
+# ## Exercise 5.10 — writing through an index
 #
 # `x[expr]` in PyTorch is advanced indexing; PNNX writes it as `Tensor.index expr=[None,[1,0]]`,
 # one entry per leading dimension (None for `:`), and numpy's indexing follows the same rules.
@@ -1825,7 +2148,7 @@ class SliceCopy(Slice):
 grid = np.arange(4 * 5, dtype=np.float32).reshape(4, 5)
 rows, cols = np.array([2, 0, 2]), np.array([1, 4, 1])
 
-with check("Exercise 5.9"):
+with check("Exercise 5.10"):
     same(index(grid, (None, (3, 0))), T(grid)[:, [3, 0]], "index(grid, [None, [3, 0]]) = grid[:, [3, 0]]")
     same(index(grid, ((True, False, True, False), (1, 4))), T(grid)[[True, False, True, False], [1, 4]],
          "index with a bool list then an int list")
@@ -1863,7 +2186,7 @@ with check("Exercise 5.9"):
 # the attention weights averaged over the heads. The layer is the same `Function` as before; it follows the
 # exercise's functions in the same cell.
 #
-# ## Exercise 5.10 — scaled dot-product attention
+# ## Exercise 5.11 — scaled dot-product attention
 #
 # `additive_mask` turns a mask into the numbers to add: a float mask as it is, a bool mask 0 or
 # −∞ (`allowed` says which bool value may be seen), no mask 0. `causal_mask(L, S)` is 0 on and
@@ -2004,7 +2327,7 @@ keep = rng.random((5, 7)) > 0.3
 keep[:, 0] = True  # every query may see at least one key
 bias = rng.standard_normal((4, 5, 7), dtype=np.float32)
 
-with check("Exercise 5.10"):
+with check("Exercise 5.11"):
     got = additive_mask(np.array([True, False]), allowed=False)
     assert got.tolist() == [-np.inf, 0.0], f"additive_mask([True, False], allowed=False): expected [-inf, 0.0], got {got.tolist()}"
     got = causal_mask(2, 3)

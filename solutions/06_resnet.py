@@ -509,25 +509,9 @@ print(f"peak activation memory: {resnet.peak_bytes / 2**20:.1f} MiB")
 # `RuntimeGraph` builds its plan from the answers, lesson 02), and `Conv2d` says yes to the
 # activations its epilogue knows.
 #
-# SiLU and sigmoid need $e^x$, and there is a catch: numba compiles `np.exp` in a loop to one call
-# of the C library's scalar `expf` per element (LLVM can only vectorise it with Intel's SVML vector
-# math library, which pip's llvmlite does not ship), so the loop runs one element at a time. An
-# $e^x$ made only of multiplies, adds and integer operations vectorises like the rest of the loop.
-# The classic recipe, from the Cephes library's `expf` (S. L. Moshier, *Methods and Programs for
-# Mathematical Functions*, 1989; the same one herumi/fmath and KuiperInfer use):
-#
-# 1. **range reduction**: $x = k \ln 2 + r$ with $k = \lfloor x \log_2 e + \tfrac12 \rfloor$, so
-#    $|r| \le \tfrac12 \ln 2$; $\ln 2$ is split into a short `LN2_HI` (exact in float32, so
-#    $k \cdot$ `LN2_HI` is exact) and the rest `LN2_LO`, and $r$ = x − k·`LN2_HI` − k·`LN2_LO`;
-# 2. **polynomial**: on that small range $e^r \approx 1 + r + r^2 p(r)$, $p$ a degree-5
-#    polynomial (`EXP_POLY`, highest power first, evaluated by Horner's rule);
-# 3. **scale**: $e^x = 2^k e^r$, and $2^k$ is the float32 whose exponent bits are $k + 127$:
-#    `bits_as_float32((k + 127) << 23)`. Results below the smallest normal float32 ($k < -126$)
-#    need an exponent below the range, so multiply by $2^{\lfloor k/2 \rfloor}$ and
-#    $2^{k - \lfloor k/2 \rfloor}$ instead: each fits, and the product rounds to the subnormal.
-#
-# Clamping $x$ to $[-104, 89]$ first keeps $k$ in range; below, $e^x$ underflows to 0 and above it
-# overflows to `inf` by itself. NaN must stay NaN.
+# SiLU and sigmoid need $e^x$: the epilogue calls lesson 05's `exp_approx`, made only of multiplies,
+# adds and integer operations, so that the loop vectorises; `np.exp` in a numba loop is one call of
+# the C library's scalar `expf` per element.
 
 # %%
 import itertools
@@ -539,77 +523,11 @@ from numba import njit, prange
 
 from kuiper.course import patch_to
 from kuiper.layer import Layer
+from kuiper.layers.activation import exp_approx
 from kuiper.layers.conv import Conv2d
 from kuiper.pnnx import Operator
 
 rng = np.random.default_rng(0)
-
-# %%
-#| export layers.activation
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic
-
-
-@intrinsic
-def bits_as_float32(typingctx, bits):
-    """The float32 whose IEEE-754 bit pattern is the int32 `bits` (an LLVM bitcast: free at run time)."""
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return types.float32(types.int32), codegen
-
-
-# Cephes expf.c: log2(e), ln 2 split in two, and p(r) from its highest power down.
-LOG2E, LN2_HI, LN2_LO = np.float32(1.44269504088896341), np.float32(0.693359375), np.float32(-2.12194440e-4)
-EXP_POLY = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
-                                          1.6666665459e-1, 5.0000001201e-1))
-
-# %%
-#| export layers.activation
-@njit(cache=True)
-def exp_approx(x):
-    """e^x for a float32 x, within 1 ulp (Cephes expf); vectorises in a numba loop, unlike np.exp."""
-    if x != x:
-        return x
-    x = min(max(x, np.float32(-104.0)), np.float32(89.0))
-    k = np.floor(x * LOG2E + np.float32(0.5))
-    r = x - k * LN2_HI - k * LN2_LO
-    p = EXP_POLY[0]
-    for c in EXP_POLY[1:]:
-        p = p * r + c
-    half, rest = np.int32(k) >> 1, np.int32(k) - (np.int32(k) >> 1)
-    return (p * r * r + r + np.float32(1.0)) * bits_as_float32((half + 127) << 23) * bits_as_float32((rest + 127) << 23)
-
-
-# %%
-@njit(parallel=True)
-def exp_all(x, out):
-    for i in prange(x.size):
-        out[i] = exp_approx(x[i])
-
-
-# exp_approx against e^x in double precision, over the whole float32 range
-bits = np.arange(0, 2**32, 4099, dtype=np.uint32)  # a million float32s spread over every exponent
-edges = np.float32([np.nan, np.inf, -np.inf, 0.0, -0.0, 88.72, 88.73, -87.3, -103.2, -103.3, -104.5])
-x = np.concatenate([bits.view(np.float32), np.linspace(-105, 90, 100_000, dtype=np.float32), edges])
-got = np.empty_like(x)
-exp_all(x, got)
-with np.errstate(over="ignore", invalid="ignore"):
-    exact = np.exp(x.astype(np.float64))
-    nearest = exact.astype(np.float32)
-normal = np.isfinite(nearest) & (nearest >= np.finfo(np.float32).tiny)
-ulps = np.abs(got[normal] - exact[normal]) / np.spacing(nearest[normal])
-worst = int(np.argmax(ulps))
-assert ulps[worst] <= 1.0, (f"at x = {x[normal][worst]!r}: expected {nearest[normal][worst]!r}, "
-                            f"got {got[normal][worst]!r} ({ulps[worst]:.1f} ulp off)")
-for value, want in [(np.nan, np.nan), (np.inf, np.inf), (-np.inf, 0.0), (89.0, np.inf), (-104.5, 0.0),
-                    (-100.0, np.float32(np.exp(-100.0))), (0.0, 1.0)]:
-    one = np.empty(1, np.float32)
-    exp_all(np.float32([value]), one)
-    assert np.allclose(one, [want], rtol=1e-6, atol=2e-45, equal_nan=True), f"exp_approx({value}): expected {want}, got {one[0]}"
-print(f"max error where e^x is a normal float32: {ulps.max():.2f} ulp over {normal.sum():,} values")
 
 # %% [markdown]
 # Both loops below run over the same 4 million values; only the one calling `exp_approx`
@@ -621,6 +539,12 @@ print(f"max error where e^x is a normal float32: {ulps.max():.2f} ulp over {norm
 def exp_scalar(x, out):
     for i in prange(x.size):
         out[i] = np.exp(x[i])
+
+
+@njit(parallel=True)
+def exp_all(x, out):
+    for i in prange(x.size):
+        out[i] = exp_approx(x[i])
 
 
 values, out = rng.standard_normal(4_000_000, dtype=np.float32), np.empty(4_000_000, np.float32)

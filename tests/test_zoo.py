@@ -60,7 +60,8 @@ def test_matches_pytorch_at_batch_8(name):
 
 
 @pytest.mark.parametrize("name, kind", [("vit_tiny", "nn.Linear"), ("vit_tiny", "nn.LayerNorm"), ("vit_tiny", "nn.GELU"),
-                                        ("vit_tiny", "F.softmax"), ("shufflenet_v2", "nn.ChannelShuffle")])
+                                        ("vit_tiny", "F.softmax"), ("yolov5n", "F.sigmoid"),
+                                        ("shufflenet_v2", "nn.ChannelShuffle")])
 def test_bench_times_the_same_computation_in_torch(name, kind):
     """`kuiper bench ops` compares each layer with a torch twin: the twin must compute what the layer does."""
     from kuiper.bench import torch_twin

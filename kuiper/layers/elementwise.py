@@ -9,10 +9,12 @@ from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
+from numba import njit, prange
 
 from kuiper.errors import LayerError
-from kuiper.expression import BINARY, erf, UNARY
+from kuiper.expression import BINARY, UNARY
 from kuiper.layer import Layer
+from kuiper.layers.activation import activate, exp_approx, GELU, GELU_TANH, MISH, TANH
 from kuiper.registry import register
 from kuiper.tensor import Tensor
 
@@ -146,18 +148,48 @@ def masked_fill(input, mask, value):
     return np.where(mask, np.asarray(value, dtype=input.dtype), input)
 
 
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def softmax_rows(x, out, log):
+    """Softmax (log False) or log-softmax (log True) of each row of x (R, C) into out (R, C), float32, C ≥ 1."""
+    rows, size = x.shape
+    for r in prange(rows):
+        top = x[r, 0]
+        for i in range(1, size):
+            top = max(top, x[r, i])
+        total = np.float32(0.0)
+        for i in range(size):
+            out[r, i] = exp_approx(x[r, i] - top)
+            total += out[r, i]
+        if log:
+            shift = top + np.log(total)
+            for i in range(size):
+                out[r, i] = x[r, i] - shift
+        else:
+            scale = np.float32(1.0) / total
+            for i in range(size):
+                out[r, i] *= scale
+
+
+def along_rows(input: np.ndarray, dim: int, log: bool) -> np.ndarray:
+    """softmax_rows along dimension `dim` of input (any shape, float32 out of the same shape)."""
+    x = np.moveaxis(np.asarray(input, dtype=np.float32), dim, -1)
+    rows = np.ascontiguousarray(x).reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (R, C): C along dim
+    out = np.empty_like(rows)
+    if rows.size:
+        softmax_rows(rows, out, log)
+    return np.moveaxis(out.reshape(x.shape), -1, dim)
+
+
+@function("nn.Softmax", "F.softmax", "torch.softmax")
 def softmax(input, dim: int):
     """exp(x) / Σ exp(x) along dim, shifted by the maximum."""
-    shifted = np.exp(input - input.max(axis=dim, keepdims=True))
-    return shifted / shifted.sum(axis=dim, keepdims=True)
+    return along_rows(input, dim, log=False)
 
 
 @function("nn.GELU", "F.gelu")
 def gelu(input, approximate: Literal["none", "tanh"] = "none"):
     """x·Φ(x) with Φ the normal CDF: exact through erf, or its tanh approximation."""
-    if approximate == "tanh":
-        return 0.5 * input * (1 + np.tanh(math.sqrt(2 / math.pi) * (input + 0.044715 * input ** 3)))
-    return 0.5 * input * (1 + erf(input / np.float32(math.sqrt(2))))
+    return activate(input, GELU_TANH if approximate == "tanh" else GELU)
 
 
 @function("nn.ELU", "F.elu")
@@ -190,7 +222,7 @@ function("nn.Softplus", "F.softplus")(softplus)
 @function("nn.Mish", "F.mish")
 def mish(input):
     """x·tanh(softplus(x))."""
-    return input * np.tanh(softplus(input))
+    return activate(input, MISH)
 
 
 @function("nn.Softsign", "F.softsign")
@@ -202,7 +234,7 @@ def softsign(input):
 @function("nn.Tanh", "F.tanh")
 def tanh(input):
     """The hyperbolic tangent."""
-    return np.tanh(input)
+    return activate(input, TANH)
 
 
 @function("nn.PReLU", "F.prelu")
@@ -251,8 +283,7 @@ def logsigmoid(input):
 @function("nn.LogSoftmax", "F.log_softmax", "torch.log_softmax")
 def log_softmax(input, dim: int):
     """x − log Σ exp(x) along dim, shifted by the maximum."""
-    shifted = input - input.max(axis=dim, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
+    return along_rows(input, dim, log=True)
 
 
 @function("nn.Softmin", "F.softmin")

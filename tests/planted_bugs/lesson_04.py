@@ -46,8 +46,8 @@ BUGS = {
     "4.8": [
         ("min(max(flat_in[i], np.float32(0.0)), np.float32(6.0))", "max(flat_in[i], np.float32(0.0))",
          "ReLU6 not clipped at 6"),
-        ("v / (np.float32(1.0) + np.exp(-v))", "v / (np.float32(1.0) + np.exp(v))", "SiLU with e^v instead of e^-v"),
         ("v / np.float32(6.0) + np.float32(0.5)", "v / np.float32(6.0)", "Hardswish without the + 1/2"),
+        ("flat_out[i] = v * min(", "flat_out[i] = min(", "Hardswish returns the hard sigmoid, not x times it"),
     ],
     "4.9": [
         ("return src if cubic else np.maximum(src, 0.0)", "return np.maximum(src, 0.0)",

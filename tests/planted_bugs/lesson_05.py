@@ -39,6 +39,13 @@ BUGS = {
          "a list becomes a tuple"),
     ],
     "5.6": [
+        ("top = max(top, x[r, i])", "top = x[r, i]", "the last element instead of the row's maximum"),
+        ("total += out[r, i]", "total = out[r, i]", "the sum keeps only the last exponential"),
+        ("shift = top + np.log(total)", "shift = np.log(total)", "log-softmax forgets the maximum it subtracted"),
+        ("x = np.moveaxis(np.asarray(input, dtype=np.float32), dim, -1)", "x = np.asarray(input, dtype=np.float32)",
+         "always along the last dimension"),
+    ],
+    "5.7": [
         ("return tuple(dim) if isinstance(dim, (tuple, list)) else dim", "return dim",
          "a list of dims is passed to numpy as a list"),
         ("return (values, index) if keepdim else (values.squeeze(dim), index.squeeze(dim))",
@@ -49,7 +56,7 @@ BUGS = {
          "out = np.log(np.sum(np.exp(input), axis=axes(dim), keepdims=True))", "logsumexp without the shift overflows"),
         ("np.argsort(-input if largest else input", "np.argsort(-input", "topk ignores largest=False"),
     ],
-    "5.7": [
+    "5.8": [
         ("return (x - mean) / np.sqrt(var + np.float32(eps))", "return (x - mean) / (np.sqrt(var) + np.float32(eps))",
          "eps added outside the square root"),
         ("var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)", "var = x.var(axis=axes, ddof=1, keepdims=True)",
@@ -57,10 +64,14 @@ BUGS = {
         ("grouped = input.reshape(n, num_groups, -1)", "grouped = input.reshape(n, -1, num_groups)",
          "groups interleaved channels instead of blocks"),
         ("x = x if weight is None else x * weight", "x = x", "weight ignored"),
-        ("count = 1 if isinstance(normalized_shape, int) else len(normalized_shape)\n    return", "count = 1\n    return",
+        ("count = 1 if isinstance(normalized_shape, int) else len(normalized_shape)\n    size", "count = 1\n    size",
          "LayerNorm always over the last dimension only"),
+        ("scale = np.float32(1.0 / np.sqrt(squares / size + eps))", "scale = np.float32(1.0 / np.sqrt(squares / (size - 1) + eps))",
+         "LayerNorm's row kernel with the unbiased variance"),
+        ("out[r, i] = (x[r, i] - mean) * scale * weight[i] + bias[i]", "out[r, i] = (x[r, i] - mean) * scale * weight[i]",
+         "LayerNorm's row kernel forgets the bias"),
     ],
-    "5.8": [
+    "5.9": [
         ("for i in range(0, len(pad), 2)][::-1]", "for i in range(0, len(pad), 2)]",
          "pads the first dimensions, not the last"),
         ('"replicate": "edge"', '"replicate": "reflect"', "replicate mirrors instead of repeating the edge"),
@@ -69,7 +80,7 @@ BUGS = {
         ("sides = (padding,) * (2 * dims) if isinstance(padding, int) else padding",
          "sides = (padding, padding) if isinstance(padding, int) else padding", "an int pads only the last dimension"),
     ],
-    "5.9": [
+    "5.10": [
         ("slice(None) if item is None else np.asarray(item)", "None if item is None else np.asarray(item)",
          "None becomes a new axis, not `:`"),
         ("        np.add.at(out, key, values)\n", "        out[key] += values\n", "repeated indices add only once"),
@@ -78,7 +89,7 @@ BUGS = {
          "assign writes over the input"),
         ("else src[tuple(slice(0, n) for n in index.shape)]\n", "else src\n", "src not cut to index's shape"),
     ],
-    "5.10": [
+    "5.11": [
         ("np.full((length, keys), -np.inf, np.float32), 1)", "np.full((length, keys), -np.inf, np.float32), 0)",
          "the causal mask hides the diagonal too"),
         ("np.where(mask == allowed, np.float32(0), np.float32(-np.inf))",
