@@ -761,8 +761,8 @@ def masked_fill(input, mask, value):
 # which pip's llvmlite does not ship), so the loop runs one element at a time. A function made only
 # of multiplies, adds, divides and integer operations vectorises like the rest of the loop.
 #
-# For $e^x$, the classic recipe, from the Cephes library's `expf` (S. L. Moshier, *Methods and Programs for
-# Mathematical Functions*, 1989; the same one herumi/fmath and KuiperInfer use):
+# For $e^x$, the classic recipe, from the Cephes library's `expf` (S. L. Moshier, *Methods and
+# Programs for Mathematical Functions*, 1989; the same one herumi/fmath and KuiperInfer use):
 #
 # 1. **range reduction**: $x = k \ln 2 + r$ with $k = \lfloor x \log_2 e + \tfrac12 \rfloor$, so
 #    $|r| \le \tfrac12 \ln 2$; $\ln 2$ is split into a short `LN2_HI` (exact in float32, so
@@ -946,11 +946,6 @@ class Hardsigmoid(Elementwise):
 
 
 # %%
-from numba import njit, prange
-
-from kuiper.layers.activation import erf_approx, exp_approx, tanh_approx
-
-
 @njit(parallel=True)
 def approximate_all(x, out):
     for i in prange(x.size):
@@ -1006,7 +1001,7 @@ import math
 
 from numba import njit, prange
 
-from kuiper.layers.activation import activate, exp_approx, GELU, GELU_TANH, MISH, TANH
+from kuiper.layers.activation import activate, exp_approx, GELU, GELU_TANH, MISH, SIGMOID, TANH
 
 
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
@@ -1165,7 +1160,7 @@ def softmax2d(input):
 def glu(input, dim=-1):
     """a·sigmoid(b), where a and b are the two halves of x along dim."""
     a, b = np.split(input, 2, axis=dim)
-    return a * (0.5 * (np.tanh(0.5 * b) + 1))
+    return a * activate(b, SIGMOID)
 
 
 # %%

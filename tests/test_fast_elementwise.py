@@ -108,6 +108,16 @@ def test_activation_within_5x_torch(name, shape):
 
 
 @pytest.mark.slow
+def test_mobilenet_gate_within_5x_torch():
+    """MobileNetV3's Hardsigmoid gates are (8, C, 1, 1): a few hundred values, so the time is the call itself
+    (one thread, no temporaries), not the arithmetic."""
+    layer, x = make("nn.Hardsigmoid", {}), RNG.standard_normal((8, 96, 1, 1), dtype=np.float32)
+    data, tx = kuiper.Tensor(x), torch.from_numpy(x)
+    ratio = same_run_ratio(lambda: layer(data), lambda: F.hardsigmoid(tx))
+    assert ratio <= 5, f"Hardsigmoid on {x.shape}: expected at most 5 x torch's time, got {ratio:.2f} x"
+
+
+@pytest.mark.slow
 def test_vit_attention_softmax_within_5x_torch():
     layer, x = make("F.softmax", {"dim": -1}), RNG.standard_normal((8, 3, 197, 197), dtype=np.float32)
     data, tx = kuiper.Tensor(x), torch.from_numpy(x)

@@ -14,7 +14,7 @@ from numba import njit, prange
 from kuiper.errors import LayerError
 from kuiper.expression import BINARY, UNARY
 from kuiper.layer import Layer
-from kuiper.layers.activation import activate, exp_approx, GELU, GELU_TANH, MISH, TANH
+from kuiper.layers.activation import activate, exp_approx, GELU, GELU_TANH, MISH, SIGMOID, TANH
 from kuiper.registry import register
 from kuiper.tensor import Tensor
 
@@ -302,4 +302,4 @@ def softmax2d(input):
 def glu(input, dim=-1):
     """a·sigmoid(b), where a and b are the two halves of x along dim."""
     a, b = np.split(input, 2, axis=dim)
-    return a * (0.5 * (np.tanh(0.5 * b) + 1))
+    return a * activate(b, SIGMOID)
