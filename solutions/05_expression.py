@@ -984,64 +984,10 @@ for row, (name, exact_fn) in enumerate([("erf", erf), ("tanh", np.tanh)]):
 # `nn.` module name and its `F.` function name, and its parameter names are PyTorch's, so
 # `nn.Softplus beta=2 threshold=10` and `F.softplus` both land here. Formulas follow the PyTorch
 # documentation of each module; GELU, tanh and Mish run `activate`, one vectorised pass.
-#
-# ## Exercise 5.6 — softmax in one pass per row
-#
-# Softmax normalises exponentials along one dimension: $e^{x_i - m} / \sum_j e^{x_j - m}$, with
-# $m$ the row's maximum so that no $e^x$ overflows; log-softmax is $x_i - m - \log \sum_j
-# e^{x_j - m}$. numpy needs five passes and three temporary arrays for it. Write `softmax_rows`:
-# for each row of `x` (in parallel over the rows), find the maximum, then store each
-# `exp_approx(x − m)` in `out` while summing them, then either scale `out` by 1/sum or, when `log`
-# is true, overwrite it with x − m − log(sum). A row that holds a NaN gives NaNs, as in PyTorch.
 
 # %%
 #| export layers.elementwise
-#| exercise: softmax_rows: per row (prange) the maximum, out = exp_approx(x − max) and its sum, then out / sum, or x − max − log(sum) when log
-import math
-
-from numba import njit, prange
-
-from kuiper.layers.activation import activate, exp_approx, GELU, GELU_TANH, MISH, SIGMOID, TANH
-
-
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def softmax_rows(x, out, log):
-    """Softmax (log False) or log-softmax (log True) of each row of x (R, C) into out (R, C), float32, C ≥ 1."""
-    ### BEGIN SOLUTION
-    rows, size = x.shape
-    for r in prange(rows):
-        top = x[r, 0]
-        for i in range(1, size):
-            top = max(top, x[r, i])
-        total = np.float32(0.0)
-        for i in range(size):
-            out[r, i] = exp_approx(x[r, i] - top)
-            total += out[r, i]
-        if log:
-            shift = top + np.log(total)
-            for i in range(size):
-                out[r, i] = x[r, i] - shift
-        else:
-            scale = np.float32(1.0) / total
-            for i in range(size):
-                out[r, i] *= scale
-    ### END SOLUTION
-
-
-def along_rows(input: np.ndarray, dim: int, log: bool) -> np.ndarray:
-    """softmax_rows along dimension `dim` of input (any shape, float32 out of the same shape)."""
-    x = np.moveaxis(np.asarray(input, dtype=np.float32), dim, -1)
-    rows = np.ascontiguousarray(x).reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (R, C): C along dim
-    out = np.empty_like(rows)
-    if rows.size:
-        softmax_rows(rows, out, log)
-    return np.moveaxis(out.reshape(x.shape), -1, dim)
-
-
-@function("nn.Softmax", "F.softmax", "torch.softmax")
-def softmax(input, dim: int):
-    """exp(x) / Σ exp(x) along dim, shifted by the maximum."""
-    return along_rows(input, dim, log=False)
+from kuiper.layers.activation import activate, GELU, GELU_TANH, MISH, SIGMOID, TANH
 
 
 @function("nn.GELU", "F.gelu")
@@ -1138,6 +1084,73 @@ def logsigmoid(input):
     return -np.logaddexp(0, -input)
 
 
+@function("nn.GLU", "F.glu")
+def glu(input, dim=-1):
+    """a·sigmoid(b), where a and b are the two halves of x along dim."""
+    a, b = np.split(input, 2, axis=dim)
+    return a * activate(b, SIGMOID)
+
+
+# %% [markdown]
+# ## Exercise 5.6 — softmax in one pass per row
+#
+# Softmax normalises exponentials along one dimension: $e^{x_i - m} / \sum_j e^{x_j - m}$, with
+# $m$ the row's maximum so that no $e^x$ overflows; log-softmax is $x_i - m - \log \sum_j
+# e^{x_j - m}$. numpy needs five passes and three temporary arrays for it. Write `softmax_rows`:
+# for each row of `x` (in parallel over the rows), find the maximum, then store each
+# `exp_approx(x − m)` in `out` while summing them, then either scale `out` by 1/sum or, when `log`
+# is true, overwrite it with x − m − log(sum). A row that holds a NaN gives NaNs, as in PyTorch.
+
+# %%
+#| export layers.elementwise
+#| exercise: softmax_rows: per row (prange) the maximum, out = exp_approx(x − max) and its sum, then out / sum, or x − max − log(sum) when log
+import math
+
+from numba import njit, prange
+
+from kuiper.layers.activation import exp_approx
+
+
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def softmax_rows(x, out, log):
+    """Softmax (log False) or log-softmax (log True) of each row of x (R, C) into out (R, C), float32, C ≥ 1."""
+    ### BEGIN SOLUTION
+    rows, size = x.shape
+    for r in prange(rows):
+        top = x[r, 0]
+        for i in range(1, size):
+            top = max(top, x[r, i])
+        total = np.float32(0.0)
+        for i in range(size):
+            out[r, i] = exp_approx(x[r, i] - top)
+            total += out[r, i]
+        if log:
+            shift = top + np.log(total)
+            for i in range(size):
+                out[r, i] = x[r, i] - shift
+        else:
+            scale = np.float32(1.0) / total
+            for i in range(size):
+                out[r, i] *= scale
+    ### END SOLUTION
+
+
+def along_rows(input: np.ndarray, dim: int, log: bool) -> np.ndarray:
+    """softmax_rows along dimension `dim` of input (any shape, float32 out of the same shape)."""
+    x = np.moveaxis(np.asarray(input, dtype=np.float32), dim, -1)
+    rows = np.ascontiguousarray(x).reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (R, C): C along dim
+    out = np.empty_like(rows)
+    if rows.size:
+        softmax_rows(rows, out, log)
+    return np.moveaxis(out.reshape(x.shape), -1, dim)
+
+
+@function("nn.Softmax", "F.softmax", "torch.softmax")
+def softmax(input, dim: int):
+    """exp(x) / Σ exp(x) along dim, shifted by the maximum."""
+    return along_rows(input, dim, log=False)
+
+
 @function("nn.LogSoftmax", "F.log_softmax", "torch.log_softmax")
 def log_softmax(input, dim: int):
     """x − log Σ exp(x) along dim, shifted by the maximum."""
@@ -1154,13 +1167,6 @@ def softmin(input, dim: int):
 def softmax2d(input):
     """softmax over the channels (dimension −3) at every pixel."""
     return softmax(input, -3)
-
-
-@function("nn.GLU", "F.glu")
-def glu(input, dim=-1):
-    """a·sigmoid(b), where a and b are the two halves of x along dim."""
-    a, b = np.split(input, 2, axis=dim)
-    return a * activate(b, SIGMOID)
 
 
 # %%
@@ -1431,8 +1437,7 @@ with check("Exercise 5.7"):
 # The same `function` decorator covers the remaining families. Normalisations subtract a mean and
 # divide by a deviation over some dimensions (LayerNorm: the last ones; GroupNorm: groups of
 # channels; InstanceNorm: each channel of each sample), then scale and shift by learnt weights.
-
-# %% [markdown]
+#
 # ## Exercise 5.8 — normalisations
 #
 # `standardize` is the one kernel: (x − mean) / √(var + eps) over `axes`, with the biased variance.
@@ -1610,8 +1615,7 @@ def normalize(input, p=2.0, dim=1, eps=1e-12):
 # Padding: PyTorch lists the pads of the *last* dimension first, `(left, right, top, bottom)`;
 # numpy's `np.pad` wants one pair per dimension from the first, and calls replicate `edge` and
 # circular `wrap`.
-
-# %% [markdown]
+#
 # ## Exercise 5.9 — padding
 #
 # `pad_widths` turns PyTorch's `(last_lo, last_hi, prev_lo, prev_hi, ...)` into numpy's list of

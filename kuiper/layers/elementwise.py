@@ -148,44 +148,6 @@ def masked_fill(input, mask, value):
     return np.where(mask, np.asarray(value, dtype=input.dtype), input)
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def softmax_rows(x, out, log):
-    """Softmax (log False) or log-softmax (log True) of each row of x (R, C) into out (R, C), float32, C ≥ 1."""
-    rows, size = x.shape
-    for r in prange(rows):
-        top = x[r, 0]
-        for i in range(1, size):
-            top = max(top, x[r, i])
-        total = np.float32(0.0)
-        for i in range(size):
-            out[r, i] = exp_approx(x[r, i] - top)
-            total += out[r, i]
-        if log:
-            shift = top + np.log(total)
-            for i in range(size):
-                out[r, i] = x[r, i] - shift
-        else:
-            scale = np.float32(1.0) / total
-            for i in range(size):
-                out[r, i] *= scale
-
-
-def along_rows(input: np.ndarray, dim: int, log: bool) -> np.ndarray:
-    """softmax_rows along dimension `dim` of input (any shape, float32 out of the same shape)."""
-    x = np.moveaxis(np.asarray(input, dtype=np.float32), dim, -1)
-    rows = np.ascontiguousarray(x).reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (R, C): C along dim
-    out = np.empty_like(rows)
-    if rows.size:
-        softmax_rows(rows, out, log)
-    return np.moveaxis(out.reshape(x.shape), -1, dim)
-
-
-@function("nn.Softmax", "F.softmax", "torch.softmax")
-def softmax(input, dim: int):
-    """exp(x) / Σ exp(x) along dim, shifted by the maximum."""
-    return along_rows(input, dim, log=False)
-
-
 @function("nn.GELU", "F.gelu")
 def gelu(input, approximate: Literal["none", "tanh"] = "none"):
     """x·Φ(x) with Φ the normal CDF: exact through erf, or its tanh approximation."""
@@ -280,6 +242,51 @@ def logsigmoid(input):
     return -np.logaddexp(0, -input)
 
 
+@function("nn.GLU", "F.glu")
+def glu(input, dim=-1):
+    """a·sigmoid(b), where a and b are the two halves of x along dim."""
+    a, b = np.split(input, 2, axis=dim)
+    return a * activate(b, SIGMOID)
+
+
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def softmax_rows(x, out, log):
+    """Softmax (log False) or log-softmax (log True) of each row of x (R, C) into out (R, C), float32, C ≥ 1."""
+    rows, size = x.shape
+    for r in prange(rows):
+        top = x[r, 0]
+        for i in range(1, size):
+            top = max(top, x[r, i])
+        total = np.float32(0.0)
+        for i in range(size):
+            out[r, i] = exp_approx(x[r, i] - top)
+            total += out[r, i]
+        if log:
+            shift = top + np.log(total)
+            for i in range(size):
+                out[r, i] = x[r, i] - shift
+        else:
+            scale = np.float32(1.0) / total
+            for i in range(size):
+                out[r, i] *= scale
+
+
+def along_rows(input: np.ndarray, dim: int, log: bool) -> np.ndarray:
+    """softmax_rows along dimension `dim` of input (any shape, float32 out of the same shape)."""
+    x = np.moveaxis(np.asarray(input, dtype=np.float32), dim, -1)
+    rows = np.ascontiguousarray(x).reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (R, C): C along dim
+    out = np.empty_like(rows)
+    if rows.size:
+        softmax_rows(rows, out, log)
+    return np.moveaxis(out.reshape(x.shape), -1, dim)
+
+
+@function("nn.Softmax", "F.softmax", "torch.softmax")
+def softmax(input, dim: int):
+    """exp(x) / Σ exp(x) along dim, shifted by the maximum."""
+    return along_rows(input, dim, log=False)
+
+
 @function("nn.LogSoftmax", "F.log_softmax", "torch.log_softmax")
 def log_softmax(input, dim: int):
     """x − log Σ exp(x) along dim, shifted by the maximum."""
@@ -296,10 +303,3 @@ def softmin(input, dim: int):
 def softmax2d(input):
     """softmax over the channels (dimension −3) at every pixel."""
     return softmax(input, -3)
-
-
-@function("nn.GLU", "F.glu")
-def glu(input, dim=-1):
-    """a·sigmoid(b), where a and b are the two halves of x along dim."""
-    a, b = np.split(input, 2, axis=dim)
-    return a * activate(b, SIGMOID)
