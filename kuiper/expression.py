@@ -45,6 +45,7 @@ BINARY = {"add": np.add, "sub": np.subtract, "rsub": lambda a, b: np.subtract(b,
           "xor": np.bitwise_xor, "lshift": np.left_shift, "rshift": np.right_shift,
           "size": lambda x, dim: np.shape(x)[int(dim)]}
 FUNCTIONS = {name: (fn, 1) for name, fn in UNARY.items()} | {name: (fn, 2) for name, fn in BINARY.items()}
+CONSTANTS = {"None": None, "True": True, "False": False}  # Python's constants, as PNNX writes them
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,9 @@ class Input:
 
 @dataclass(frozen=True)
 class Number:
-    """A constant."""
+    """A constant: a number, or one of CONSTANTS (None, True, False)."""
 
-    value: int | float
+    value: int | float | bool | None
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class Parser:
         return tuple(items)
 
     def expr(self) -> Input | Number | Call | ListOf:
-        """expr := input | number | name "(" args ")" | "[" args "]" """
+        """expr := input | number | constant | name "(" args ")" | "[" args "]" """
         token = self.peek()
         if token is None:
             raise self.fail("expected an expression, found the end")
@@ -148,6 +149,9 @@ class Parser:
             self.take("number")
             is_int = re.fullmatch(r"-?\d+", token.text)
             return Number(int(token.text) if is_int else float(token.text))
+        if token.text in CONSTANTS:
+            self.take("name")
+            return Number(CONSTANTS[token.text])
         if token.kind == "name":
             if token.text not in FUNCTIONS:
                 raise self.fail(f"unknown function {token.text!r}")
@@ -212,6 +216,8 @@ def parse_polish(text: str) -> Input | Number | Call:
             return Input(int(token.text[1:]))
         if token.kind == "number":
             return Number(int(token.text) if re.fullmatch(r"-?\d+", token.text) else float(token.text))
+        if token.text in CONSTANTS:
+            return Number(CONSTANTS[token.text])
         if token.text not in FUNCTIONS:
             raise ExpressionError(f"column {token.column}: unknown function {token.text!r} in {text!r}")
         return Call(token.text, tuple(node() for _ in range(FUNCTIONS[token.text][1])))

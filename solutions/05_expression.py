@@ -54,14 +54,16 @@ from kuiper.layers.activation import Elementwise  # lesson 04's element-wise lay
 # Everything PNNX writes fits four rules (`|` separates alternatives, quoted text is literal):
 #
 # ```
-# expr  := input | number | name "(" args ")" | "[" args "]"
+# expr  := input | number | constant | name "(" args ")" | "[" args "]"
 # args  := expr ("," expr)*
 # input := "@" digits                      e.g. @0
 # number:= ["-"] digits ["." digits] [("e"|"E") ["+"|"-"] digits]   e.g. 2, -1, 2.000000e+00
+# constant:= "None" | "True" | "False"
 # ```
 #
 # A `name` is a function from the table below; the bracketed list form (`[@0,@1]`) builds a list,
-# which PNNX uses for shapes. Errors in the text are `ExpressionError`s that give the column.
+# which PNNX uses for shapes and for indices (`x[:, i]` with `i` computed in the graph is
+# `Tensor.index` of `[None,@0]`: None stands for `:`). Errors in the text are `ExpressionError`s that give the column.
 
 # %%
 #| export errors
@@ -115,6 +117,7 @@ BINARY = {"add": np.add, "sub": np.subtract, "rsub": lambda a, b: np.subtract(b,
           "xor": np.bitwise_xor, "lshift": np.left_shift, "rshift": np.right_shift,
           "size": lambda x, dim: np.shape(x)[int(dim)]}
 FUNCTIONS = {name: (fn, 1) for name, fn in UNARY.items()} | {name: (fn, 2) for name, fn in BINARY.items()}
+CONSTANTS = {"None": None, "True": True, "False": False}  # Python's constants, as PNNX writes them
 
 # %% [markdown]
 # ## Exercise 5.1 — the tokenizer
@@ -191,9 +194,9 @@ class Input:
 
 @dataclass(frozen=True)
 class Number:
-    """A constant."""
+    """A constant: a number, or one of CONSTANTS (None, True, False)."""
 
-    value: int | float
+    value: int | float | bool | None
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,7 @@ class ListOf:
 # consumes it if it is what the grammar expects and raises an `ExpressionError` with its column
 # otherwise, and `parse` (the next exercise) runs `expr` once over the whole text. Write `expr`: look at the current token and build an `Input`, a `Number`, a `Call`
 # (check the name is in `FUNCTIONS` and has the right number of arguments) or a `ListOf`.
+# The names in `CONSTANTS` (`None`, `True`, `False`) are constants too: a `Number` of their value.
 
 # %%
 #| export
@@ -258,10 +262,10 @@ class Parser:
 
 # %%
 #| export
-#| exercise: parse one expr at self.pos: Input, Number, Call (known name, right arity) or ListOf
+#| exercise: parse one expr at self.pos: Input, Number (also None/True/False), Call (known name, right arity) or ListOf
 @patch_to(Parser)
 def expr(self) -> Input | Number | Call | ListOf:
-    """expr := input | number | name "(" args ")" | "[" args "]" """
+    """expr := input | number | constant | name "(" args ")" | "[" args "]" """
     token = self.peek()
     ### BEGIN SOLUTION
     if token is None:
@@ -273,6 +277,9 @@ def expr(self) -> Input | Number | Call | ListOf:
         self.take("number")
         is_int = re.fullmatch(r"-?\d+", token.text)
         return Number(int(token.text) if is_int else float(token.text))
+    if token.text in CONSTANTS:
+        self.take("name")
+        return Number(CONSTANTS[token.text])
     if token.kind == "name":
         if token.text not in FUNCTIONS:
             raise self.fail(f"unknown function {token.text!r}")
@@ -296,7 +303,8 @@ with check("Exercise 5.2"):
     for text, want in [("add(@0,mul(@1,2.000000e+00))", Call("add", (Input(0), Call("mul", (Input(1), Number(2.0)))))),
                        ("[@0,-1]", ListOf((Input(0), Number(-1)))), ("sqrt(@12)", Call("sqrt", (Input(12),))),
                        ("[size(@0,2),[1,2.5]]", ListOf((Call("size", (Input(0), Number(2))),
-                                                         ListOf((Number(1), Number(2.5))))))]:
+                                                         ListOf((Number(1), Number(2.5)))))),
+                       ("[None,@0,True]", ListOf((Number(None), Input(0), Number(True))))]:
         got = Parser(text).expr()
         assert repr(got) == repr(want), f"{text!r}: expected {want}, got {got}"  # repr tells 2 from 2.0
     for bad, column in [("add(@0)", 0), ("foo(@0)", 0), ("add(@0,@1", 9), ("sqrt(@0,@1)", 0), ("[@0,)", 4), (")", 0)]:
@@ -492,6 +500,8 @@ def parse_polish(text: str) -> Input | Number | Call:
             return Input(int(token.text[1:]))
         if token.kind == "number":
             return Number(int(token.text) if re.fullmatch(r"-?\d+", token.text) else float(token.text))
+        if token.text in CONSTANTS:
+            return Number(CONSTANTS[token.text])
         if token.text not in FUNCTIONS:
             raise ExpressionError(f"column {token.column}: unknown function {token.text!r} in {text!r}")
         return Call(token.text, tuple(node() for _ in range(FUNCTIONS[token.text][1])))
@@ -565,7 +575,28 @@ class Expression(Layer):
 
     def forward(self, *inputs: Tensor) -> Tensor:
         result = evaluate(self.program, [x.numpy() for x in inputs])
-        return Tensor(np.asarray(result), device=inputs[0].device if inputs else "cpu")
+        device = inputs[0].device if inputs else "cpu"
+        if isinstance(result, list) and (any(item is None for item in result)
+                                         or len({np.shape(item) for item in result}) > 1):
+            return Items(result, device)  # no array holds [None, i] or indices of different shapes
+        return Tensor(np.asarray(result), device=device)
+
+
+class Items(Tensor):
+    """A list operand that no array can hold, e.g. the indices [None, i] of x[:, i] (None for `:`):
+    numpy() gives the list itself; as a tensor it is a (len,) int64 placeholder."""
+
+    def __init__(self, items: list, device: str = "cpu"):
+        super().__init__(np.zeros(len(items), np.int64), device=device)
+        self.items = items
+
+    def numpy(self) -> list:
+        return self.items
+
+    def to(self, device: str) -> Tensor:
+        """The list with each array on `device`."""
+        return Items([item if item is None or np.isscalar(item) else Tensor(item, device=self.device).to(device).data
+                      for item in self.items], device)
 
 
 # %%
@@ -1694,12 +1725,15 @@ for _dims in (1, 2, 3):
 
 # %% [markdown]
 # Matrix products are numpy's `matmul`, which broadcasts batch dimensions exactly as
-# `torch.matmul` does; `addmm` is beta·input + alpha·(mat1 @ mat2); `torch.einsum` takes any
+# `torch.matmul` does. A stack of products (attention's q·kᵀ per head) is one BLAS call per matrix:
+# we run those on one BLAS thread, since waking OpenBLAS's threads for each small product costs more
+# than they bring (measured on two busy cores: 10 to 600× torch's time, one thread under 1×); `addmm` is beta·input + alpha·(mat1 @ mat2); `torch.einsum` takes any
 # number of inputs and its equation, which `np.einsum` reads the same way.
 
 # %%
 #| export layers.linalg
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from kuiper.errors import LayerError
 from kuiper.layer import Layer
@@ -1707,12 +1741,18 @@ from kuiper.layers.elementwise import function
 from kuiper.registry import register
 from kuiper.tensor import Tensor
 
+BLAS = ThreadpoolController()  # numpy's BLAS library, whose thread count a stack of products limits
+
 
 @function("torch.matmul", "Tensor.matmul", "torch.mm", "Tensor.mm", "torch.bmm", "Tensor.bmm", "torch.mv",
           "Tensor.mv")
 def matmul(input, other):
-    """The matrix product, batch dimensions broadcast (a vector operand is a row or a column)."""
-    return np.matmul(input, other)
+    """The matrix product, batch dimensions broadcast (a vector operand is a row or a column); a stack
+    of products (an operand of 3 or more dimensions) runs on one BLAS thread."""
+    if max(np.ndim(input), np.ndim(other)) < 3:
+        return np.matmul(input, other)
+    with BLAS.limit(limits=1, user_api="blas"):
+        return np.matmul(input, other)
 
 
 @function("F.linear")
@@ -1797,8 +1837,8 @@ def t(input):
 
 @function("torch.unbind", "Tensor.unbind")
 def unbind(input, dim=0):
-    """The slices of input along dim, as a tuple."""
-    return tuple(np.take(input, i, axis=dim) for i in range(input.shape[dim]))
+    """The slices of input along dim, as a tuple of views (no copies, as torch.unbind)."""
+    return tuple(np.moveaxis(input, dim, 0))
 
 
 @function("torch.narrow", "Tensor.narrow")
@@ -2069,7 +2109,7 @@ def index_put(input, indices, values, accumulate=False):
     """A copy of input with input[indices] = values, or += values (repeated indices adding up)."""
     ### BEGIN SOLUTION
     out = input.copy()
-    key = tuple(np.asarray(item) for item in indices)
+    key = tuple(slice(None) if item is None else np.asarray(item) for item in indices)
     if accumulate:
         np.add.at(out, key, values)
     else:
@@ -2204,7 +2244,7 @@ import numpy as np
 
 from kuiper.errors import ShapeError
 from kuiper.layers.elementwise import Function, function, softmax
-from kuiper.layers.linalg import linear
+from kuiper.layers.linalg import linear, matmul
 from kuiper.registry import register
 
 
@@ -2231,7 +2271,7 @@ def attention_weights(query: np.ndarray, key: np.ndarray, mask: np.ndarray, scal
     """softmax(q·kᵀ·scale + mask) over the keys: (..., L, E) and (..., S, E) -> (..., L, S), scale 1/√E by default."""
     ### BEGIN SOLUTION
     scale = 1 / np.sqrt(query.shape[-1]) if scale is None else scale
-    scores = np.matmul(query, np.swapaxes(key, -1, -2)) * np.float32(scale)
+    scores = matmul(query, np.swapaxes(key, -1, -2)) * np.float32(scale)
     return softmax(scores + mask, -1)
     ### END SOLUTION
 
@@ -2249,7 +2289,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: L
     if enable_gqa and key.ndim > 2 and key.shape[-3] != query.shape[-3]:
         groups = query.shape[-3] // key.shape[-3]
         key, value = np.repeat(key, groups, axis=-3), np.repeat(value, groups, axis=-3)
-    return np.matmul(attention_weights(query, key, mask, scale), value)
+    return matmul(attention_weights(query, key, mask, scale), value)
     ### END SOLUTION
 
 
@@ -2303,7 +2343,7 @@ def multihead_attention(input, key=None, value=None, attn_mask=None, key_padding
     if added and np.ndim(mask):
         mask = np.pad(mask, [(0, 0)] * (np.ndim(mask) - 1) + [(0, added)])
     weights = attention_weights(q, k, mask)  # (N, H, L, S)
-    out = linear(merge_heads(np.matmul(weights, v)), out_proj_weight, out_proj_bias)
+    out = linear(merge_heads(matmul(weights, v)), out_proj_weight, out_proj_bias)
     return (out if batch_first else np.swapaxes(out, 0, 1)), weights.mean(axis=1)
 
 

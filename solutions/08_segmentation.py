@@ -21,7 +21,8 @@
 # matrix, IoU and mIoU, the colour overlay, masks mapped back to the photo) and, on top of it, the
 # command `kuiper segment`; then, in lesson 04's `kuiper/layers/`, the window operators of other
 # segmentation networks: every convolution padding mode, 1-D and functional convolutions, max
-# pooling with indices, adaptive max and power-average pooling, `nn.Fold` and `nn.Unfold`.
+# pooling with indices, adaptive max and power-average pooling, `nn.Fold` and `nn.Unfold`, and the
+# spatial transformer's `F.affine_grid` and `F.grid_sample` (`kuiper/layers/grid.py`).
 #
 # **Prerequisites:** lesson 04 (convolution, `nn.ConvTranspose2d`, `nn.Upsample`), lesson 06
 # (`softmax`, `load_image`) and lesson 07 (`letterbox`). **Time:** about two hours.
@@ -37,6 +38,7 @@
 # | 8.7 | 1-D windows as 2-D ones, and the padding of each side (`'same'`, `F.pad`'s order) |
 # | 8.8 | window tables and max pooling with the indices of the maxima (numba) |
 # | 8.9 | `unfold` and `fold`: im2col and col2im as operators |
+# | 8.10 | `affine_grid` and the `grid_sample` kernel (numba): sampling at any point |
 
 # %%
 #| default_exp vision.segment
@@ -1064,12 +1066,288 @@ for name, (layer, want) in cases.items():
     print(f"{name:28} {str(got.shape):18} {agreement(got.astype(np.float32), want.numpy().astype(np.float32))}")
 
 # %% [markdown]
+# ## Sampling anywhere: `affine_grid` and `grid_sample`
+#
+# Resizing samples the input on a regular lattice; a *spatial transformer* (Jaderberg et al. 2015,
+# "Spatial Transformer Networks") samples it wherever a **grid** says. `F.grid_sample(x, grid)`
+# takes x $(N, C, H, W)$ and a grid $(N, H_o, W_o, 2)$ of $(x, y)$ positions in $[-1, 1]$ —
+# $-1$ the left (top) of the image, $1$ the right (bottom) — and returns $(N, C, H_o, W_o)$, each
+# output pixel read from its position; 5-D inputs take $(x, y, z)$ grids. Reading a position takes
+# the three steps of lesson 04's resampling, per point instead of per axis:
+#
+# 1. **unnormalize**: $[-1, 1]$ to pixels. With `align_corners=True` $\pm 1$ are the *centres* of the
+#    end pixels, $u = \frac{g + 1}{2}(S - 1)$; otherwise their outer *edges*, $u = \frac{(g + 1) S - 1}{2}$.
+# 2. **padding_mode**: `zeros` reads 0 outside the image; `border` clips $u$ into $[0, S - 1]$;
+#    `reflection` mirrors $u$ at the image's edges (the end centres, or the end edges) until it
+#    lies inside, then clips.
+# 3. **mode**: `nearest` rounds (half to even), `bilinear` mixes the 2 neighbours of each axis
+#    by $1 - t$ and $t$, `bicubic` the 4 neighbours by Keys' cubic weights (lesson 04), with the
+#    padding applied to each neighbour rather than to $u$.
+#
+# Each axis gives a short list of source pixels and weights (`axis_taps`, -1 for a pixel outside the
+# image); an output is the sum of the products over the axes' lists. `F.affine_grid` makes the
+# grid of an affine map $\theta$ $(N, 2, 3)$: the output pixel centres in $[-1, 1]$, as
+# $(x, y, 1)$, times $\theta^\top$. Together they rotate, scale, shear or crop an image inside a
+# network.
+
+# %%
+#| export layers.grid
+import math
+from typing import Literal
+
+import numpy as np
+from numba import njit, prange
+
+from kuiper.errors import ShapeError
+from kuiper.layers.elementwise import function
+
+BILINEAR, NEAREST, BICUBIC = 0, 1, 2  # F.grid_sample's settings as the kernel's codes
+ZEROS, BORDER, REFLECTION = 0, 1, 2
+MODES = {"bilinear": BILINEAR, "nearest": NEAREST, "bicubic": BICUBIC}
+PADDINGS = {"zeros": ZEROS, "border": BORDER, "reflection": REFLECTION}
+
+
+@njit(cache=True)
+def unnormalize(coord: np.float32, size: int, align_corners: bool) -> np.float32:
+    """A grid value in [-1, 1] as a pixel coordinate along an axis of `size` pixels: ±1 the end pixels'
+    centres (align_corners) or outer edges. In float32 as PyTorch's CPU kernel computes it: where
+    `nearest` meets a tie (a 2× downsampling), the last bit decides the pixel."""
+    if align_corners:
+        return (coord + np.float32(1)) * np.float32((size - 1) / 2)
+    return (coord + np.float32(1)) * np.float32(size / 2) - np.float32(0.5)
+
+
+@njit(cache=True)
+def reflect(coord: np.float32, low: np.float32, twice_span: np.float32) -> np.float32:
+    """coord mirrored at low and at low + twice_span / 2 until it lies between them: its distance
+    from low, modulo twice the span, folded back at the span."""
+    if twice_span <= 0:
+        return np.float32(0)
+    distance = abs(coord - low)
+    extra = distance - np.trunc(distance / twice_span) * twice_span
+    return min(extra, twice_span - extra) + low
+
+
+@njit(cache=True)
+def pad_coordinate(coord: np.float32, size: int, padding: int, align_corners: bool) -> np.float32:
+    """A pixel coordinate after padding mode `padding` (PADDINGS): zeros leaves it, border clips it into
+    [0, size - 1] (NaN to 0, as PyTorch), reflection mirrors it at the end centres (align_corners) or
+    edges, then clips."""
+    if padding == REFLECTION:
+        low = np.float32(0 if align_corners else -0.5)
+        coord = reflect(coord, low, np.float32(2 * (size - 1) if align_corners else 2 * size))
+    if padding != ZEROS:
+        coord = min(max(np.float32(0), coord), np.float32(size - 1))
+    return coord
+
+
+@njit(cache=True)
+def cubic(d: float, a: float = -0.75) -> float:
+    """Keys' cubic convolution weight of a tap at distance d, |d| < 2 (Keys 1981; lesson 04's
+    cubic_weights one tap at a time, for nopython code; PyTorch's a = -0.75)."""
+    d = abs(d)
+    if d <= 1:
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+    return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+
+@njit(cache=True)
+def tap(coord: float, size: int) -> int:
+    """The pixel at integer-valued coord, or -1 outside [0, size - 1] (NaN too)."""
+    return int(coord) if 0 <= coord <= size - 1 else -1
+
+
+@njit(cache=True)
+def axis_taps(coord: float, size: int, mode: int, padding: int, align_corners: bool, index: np.ndarray,
+              weight: np.ndarray) -> int:
+    """Fill index (int64) and weight (float64), 4 each, with the source pixels of grid value coord
+    along one axis in `mode` (MODES; -1 for a pixel outside); return how many (1, 2 or 4)."""
+    src = unnormalize(coord, size, align_corners)
+    if mode == BICUBIC:  # the padding applies to each tap, not to the coordinate
+        low = np.floor(src)
+        for k in range(4):
+            index[k] = tap(pad_coordinate(low - 1 + k, size, padding, align_corners), size)
+            weight[k] = cubic(src - low + 1 - k)
+        return 4
+    src = pad_coordinate(src, size, padding, align_corners)
+    if mode == NEAREST:
+        index[0], weight[0] = tap(round(src), size), 1.0  # round half to even, as std::nearbyint
+        return 1
+    low = np.floor(src)
+    index[0], weight[0] = tap(low, size), 1 - (src - low)
+    index[1], weight[1] = tap(low + 1, size), src - low
+    return 2
+
+
+# %% [markdown]
+# ## Exercise 8.10 — the affine grid and the sampling kernel
+#
+# Write `affine_grid`: the centres of the output's pixels along each axis of `size[2:]` in $[-1, 1]$
+# (`np.linspace(-1, 1, n)` with `align_corners`, 0 for a single pixel; otherwise $(2i + 1)/n - 1$),
+# as points $(x, y[, z], 1)$ — $x$ runs along the *last* axis — times $\theta^\top$. Then the numba
+# kernel `grid_sample_kernel`: for each row of output points in parallel, the taps of each axis
+# from `axis_taps` (a 2-value grid has one depth, no $z$); their products, the point's taps inside the
+# image as (flat pixel, weight) pairs; and for each channel the weighted sum of those pixels. A tap
+# outside reads 0 and can be left out — unless its weight is NaN (a NaN in the grid), which PyTorch
+# lets through.
+
+# %%
+#| export layers.grid
+#| exercise: affine_grid: pixel centres in [-1, 1] as (x, y[, z], 1) times θᵀ; grid_sample_kernel: per output point the axes' taps, per channel the weighted sum over the taps inside
+def affine_grid(theta: np.ndarray, size: tuple[int, ...], align_corners: bool) -> np.ndarray:
+    """F.affine_grid: theta (N, 2, 3) or (N, 3, 4) float32 and size (N, C, H, W) or (N, C, D, H, W) ->
+    grid (N, H, W, 2) or (N, D, H, W, 3) float32, theta @ (x, y[, z], 1) at each output pixel centre."""
+    ### BEGIN SOLUTION
+    axes = [(np.linspace(-1, 1, n) if n > 1 else np.zeros(1)) if align_corners else (np.arange(n) * 2 + 1) / n - 1
+            for n in size[2:]]
+    coords = np.meshgrid(*axes, indexing="ij")  # each (H, W) or (D, H, W)
+    base = np.stack([*coords[::-1], np.ones_like(coords[0])], axis=-1).astype(np.float32)  # (..., x y [z] 1)
+    grid = base.reshape(1, -1, base.shape[-1]) @ theta.transpose(0, 2, 1)  # (N, points, 2 or 3)
+    return grid.reshape(len(theta), *size[2:], theta.shape[1])
+    ### END SOLUTION
+
+
+@njit(parallel=True, cache=True)
+def grid_sample_kernel(x, grid, out, mode, padding, align_corners):
+    """out[n, c, d, h, w] = x (N, C, D, H, W) float32 read at grid[n, d, h, w] ((x, y, z), or (x, y) with
+    D = 1) by axis_taps in `mode` and `padding` (MODES, PADDINGS); out (N, C, Do, Ho, Wo) float32."""
+    batch, channels, depth, height, width = x.shape
+    _, out_d, out_h, out_w, k = grid.shape
+    pixels = x.reshape(batch, channels, depth * height * width)  # (N, C, D·H·W)
+    ### BEGIN SOLUTION
+    for p in prange(batch * out_d * out_h):
+        n, od, oh = p // (out_d * out_h), p // out_h % out_d, p % out_h
+        ix, iy, iz = np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(4, np.int64)
+        wx, wy, wz = np.ones(4), np.ones(4), np.ones(4)
+        offset, weight = np.empty(64, np.int64), np.empty(64)  # the point's taps: flat pixel, weight
+        for ow in range(out_w):
+            g = grid[n, od, oh, ow]
+            nx = axis_taps(g[0], width, mode, padding, align_corners, ix, wx)
+            ny = axis_taps(g[1], height, mode, padding, align_corners, iy, wy)
+            nz = axis_taps(g[2], depth, mode, padding, align_corners, iz, wz) if k == 3 else 1
+            count = 0
+            for a in range(nz):
+                for b in range(ny):
+                    for e in range(nx):
+                        w = wz[a] * wy[b] * wx[e]
+                        if iz[a] >= 0 and iy[b] >= 0 and ix[e] >= 0:
+                            offset[count], weight[count] = (iz[a] * height + iy[b]) * width + ix[e], w
+                            count += 1
+                        elif np.isnan(w):  # outside: 0, but NaN · 0 is NaN, as in PyTorch
+                            offset[count], weight[count] = 0, w
+                            count += 1
+            for c in range(channels):
+                total = 0.0
+                for t in range(count):
+                    total += weight[t] * pixels[n, c, offset[t]]
+                out[n, c, od, oh, ow] = total
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 8.10"):
+    for size in [(2, 1, 4, 5), (2, 1, 1, 3), (2, 3, 3, 4, 2)]:
+        theta = rng.standard_normal((2, len(size) - 2, len(size) - 1), dtype=np.float32)
+        for align in (False, True):
+            want = F.affine_grid(torch.from_numpy(theta), size, align).numpy()
+            got = affine_grid(theta, size, align)
+            assert got.shape == want.shape, f"affine_grid to {size}: expected shape {want.shape}, got {got.shape}"
+            assert np.allclose(got, want, atol=1e-5), (
+                f"affine_grid to {size}, align_corners={align}: expected F.affine_grid's grid, {agreement(got, want)}")
+    x = rng.standard_normal((2, 3, 5, 7), dtype=np.float32)
+    grid = rng.uniform(-2.5, 2.5, (2, 4, 6, 2)).astype(np.float32)  # far outside the image too
+    x3 = rng.standard_normal((1, 2, 3, 4, 5), dtype=np.float32)
+    grid3 = rng.uniform(-1.5, 1.5, (1, 2, 3, 4, 3)).astype(np.float32)
+    for mode, padding, align in [("bilinear", "zeros", False), ("nearest", "border", True),
+                                 ("bicubic", "reflection", False), ("bilinear", "reflection", True)]:
+        want = F.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), mode, padding, align).numpy()
+        got = np.full((2, 3, 1, 4, 6), np.nan, np.float32)
+        grid_sample_kernel(x[:, :, None], grid[:, None], got, MODES[mode], PADDINGS[padding], align)
+        assert np.allclose(got[:, :, 0], want, atol=1e-5), (
+            f"grid_sample {mode}, {padding}, align_corners={align} of {x.shape}: expected F.grid_sample's, "
+            f"{agreement(got[:, :, 0], want)}")
+        if mode != "bicubic":
+            want = F.grid_sample(torch.from_numpy(x3), torch.from_numpy(grid3), mode, padding, align).numpy()
+            got = np.full(want.shape, np.nan, np.float32)
+            grid_sample_kernel(x3, grid3, got, MODES[mode], PADDINGS[padding], align)
+            assert np.allclose(got, want, atol=1e-5), (
+                f"grid_sample {mode}, {padding}, align_corners={align} of 5-D {x3.shape}: expected F.grid_sample's, "
+                f"{agreement(got, want)}")
+
+
+# %% [markdown]
+# The layers check what they are given: a grid of the wrong rank or width, or a batch that
+# differs from the input's, is a `ShapeError` naming both shapes; an unknown `mode` or `padding_mode`
+# is refused when the model loads (the `Literal` annotations); PyTorch has no bicubic 3-D sampling,
+# and neither have we.
+
+# %%
+#| export layers.grid
+MAX_POINTS = 1 << 28  # an affine grid of more points than this is a damaged file, not a model
+
+
+@function("F.grid_sample")
+def grid_sample(input: np.ndarray, grid: np.ndarray, mode: Literal["bilinear", "nearest", "bicubic"] = "bilinear",
+                padding_mode: Literal["zeros", "border", "reflection"] = "zeros",
+                align_corners: bool = False) -> np.ndarray:
+    """F.grid_sample: input (N, C, H, W) with grid (N, Ho, Wo, 2) -> (N, C, Ho, Wo), or (N, C, D, H, W)
+    with (N, Do, Ho, Wo, 3) -> (N, C, Do, Ho, Wo), float32. ShapeError if they do not fit."""
+    dims = input.ndim - 2
+    if dims not in (2, 3) or grid.shape != (input.shape[0], *grid.shape[1:-1], dims) or grid.ndim != input.ndim:
+        raise ShapeError(f"expected an input (N, C, H, W) with a grid (N, Ho, Wo, 2), or (N, C, D, H, W) with "
+                         f"(N, Do, Ho, Wo, 3); got input {input.shape} and grid {grid.shape}")
+    if dims == 3 and mode == "bicubic":
+        raise ShapeError(f"mode='bicubic' samples 4-D inputs only, got {input.shape}")
+    x5, grid5 = (input, grid) if dims == 3 else (input[:, :, None], grid[:, None])  # (N, C, D, H, W), (N, Do, Ho, Wo, k)
+    out = np.empty((*x5.shape[:2], *grid5.shape[1:4]), np.float32)
+    grid_sample_kernel(np.ascontiguousarray(x5, np.float32), np.ascontiguousarray(grid5, np.float32), out,
+                       MODES[mode], PADDINGS[padding_mode], align_corners)
+    return out if dims == 3 else out[:, :, 0]
+
+
+@function("F.affine_grid", name="affine_grid")
+def affine_grid_layer(theta: np.ndarray, size: tuple, align_corners: bool = False) -> np.ndarray:
+    """F.affine_grid of theta (N, 2, 3) for size (N, C, H, W), or (N, 3, 4) for (N, C, D, H, W); the batch
+    comes from theta. ShapeError if they do not fit or the grid would exceed MAX_POINTS."""
+    dims = len(size) - 2
+    if dims not in (2, 3) or theta.shape[1:] != (dims, dims + 1) or min(size[2:]) < 1:
+        raise ShapeError(f"expected theta (N, 2, 3) with size (N, C, H, W), or (N, 3, 4) with (N, C, D, H, W); "
+                         f"got theta {theta.shape} and size {tuple(size)}")
+    if len(theta) * math.prod(size[2:]) > MAX_POINTS:
+        raise ShapeError(f"an affine grid of {len(theta)}×{tuple(size[2:])} points exceeds {MAX_POINTS}")
+    return affine_grid(np.asarray(theta, np.float32), tuple(size), align_corners)
+
+
+# %% [markdown]
+# Every setting against PyTorch, through the registered layers as a loaded model runs them: a
+# rotation by 30° with a zoom, applied to a random image, then each mode and padding.
+
+# %%
+angle = math.radians(30)
+theta = np.array([[[math.cos(angle), -math.sin(angle), 0.2], [math.sin(angle), math.cos(angle), 0]]], np.float32) * 1.3
+x = rng.standard_normal((1, 3, 12, 16), dtype=np.float32)
+for align in (False, True):
+    make_grid = create_layer(Operator("F.affine_grid", "grid", ["0"], ["1"], {"size": (1, 3, 9, 11),
+                                                                            "align_corners": align}, line=1))
+    grid = make_grid(Tensor(theta)).numpy()
+    for mode in MODES:
+        for padding in PADDINGS:
+            layer = create_layer(Operator("F.grid_sample", "sample", ["0", "1"], ["2"], {
+                "mode": mode, "padding_mode": padding, "align_corners": align}, line=2))
+            got = layer(Tensor(x), Tensor(grid)).numpy()
+            want = F.grid_sample(torch.from_numpy(x), F.affine_grid(torch.from_numpy(theta), (1, 3, 9, 11), align),
+                                 mode, padding, align)
+            print(f"align_corners={align!s:5} {mode:8} {padding:10} {str(got.shape):14} {agreement(got, want.numpy())}")
+
+
+# %% [markdown]
 # ## What you built
 #
 # `kuiper/vision/segment.py`: per-pixel softmax and argmax, the confusion matrix and mIoU, the
 # colour overlay, and a pipeline that letterboxes photos in and maps the scores back to each
 # photo's size, behind `kuiper segment`. And in `kuiper/layers/`: convolutions with every padding
 # mode, in 1-D and with weights that arrive as inputs (`conv.py`), max pooling with indices,
-# adaptive max and power-average pooling in 1-D and 2-D (`pooling.py`), and Fold and Unfold, each
+# adaptive max and power-average pooling in 1-D and 2-D (`pooling.py`), Fold and Unfold, and
+# sampling at any point, `affine_grid` and `grid_sample` in every mode and padding (`grid.py`), each
 # matching PyTorch. Lesson 09 leaves images for text: the weights of language
 # models, in GGUF and safetensors files.

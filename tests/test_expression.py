@@ -63,6 +63,24 @@ def test_constants_lists_and_shapes():
     assert run("rsub(@0,1)", np.float32(3)) == -2
 
 
+def test_python_constants_are_numbers():
+    # pnnx writes x[:, i] with i computed in the graph as Tensor.index of expr=[None,@0]
+    assert parse("[None,@0,True,False]") == ListOf((Number(None), Input(0), Number(True), Number(False)))
+    i = np.array([2, 0])
+    got = run("[None,@0]", i)
+    assert got[0] is None and np.array_equal(got[1], i)
+
+
+def test_a_list_no_array_holds_passes_as_items():
+    op = Operator("pnnx.Expression", "pnnx_expr_0", ["0", "1"], ["2"], params={"expr": ("None", "@0", "@1")}, line=5)
+    rows, cols = np.array([1, 3]), np.array([[0], [2]])
+    out = Expression(op)(Tensor(rows), Tensor(cols))
+    assert out.numpy()[0] is None and out.shape == (3,)
+    assert [a.tolist() for a in out.numpy()[1:]] == [[1, 3], [[0], [2]]]
+    same = Expression(Operator("pnnx.Expression", "e", ["0", "1"], ["2"], params={"expr": ("@0", "@1")}, line=6))
+    assert same(Tensor(rows), Tensor(rows)).numpy().tolist() == [[1, 3], [1, 3]]  # one array: stacked as before
+
+
 @settings(max_examples=60)
 @given(st.recursive(st.sampled_from(["@0", "@1", "2", "-1.500000e+00"]),
                     lambda inner: st.tuples(st.sampled_from(["add", "sub", "mul", "max"]), inner, inner).map(

@@ -377,6 +377,20 @@ def test_embedding_indexing_scatter(tmp_path):
     check_model(Indexing(), (x, ids, table, index, src), tmp_path, names)
 
 
+class GraphIndex(nn.Module):
+    def forward(self, x, i, j):
+        y = x.clone()
+        y[:, i] = 0.5  # index_put with None for the first dimension
+        return x[:, i], x[i, :, j], x[:, :, j], y
+
+
+def test_indices_computed_by_the_graph(tmp_path):
+    # pnnx writes them as Tensor.index of expr=[None,@0]: None is `:`, and no one array holds the list
+    x = seeded(4, 5, 6)
+    i, j = torch.tensor([3, 0, 3]), torch.tensor([[1], [5]])
+    check_model(GraphIndex(), (x, i, j), tmp_path, ["x[:, i]", "x[i, :, j]", "x[:, :, j]", "y[:, i] = 0.5"])
+
+
 def test_index_out_of_range_is_a_layer_error(tmp_path):
     graph = kuiper.load(export(nn.Embedding(10, 4), (torch.tensor([[1, 2]]),), tmp_path))
     with pytest.raises(LayerError, match=r"nn.Embedding .*\(line \d+\).*out of bounds"):
@@ -411,3 +425,38 @@ def test_pixel_shuffle_takes_any_leading_axes(shape):
     assert np.array_equal(shuffled, F.pixel_shuffle(torch.from_numpy(x), 2).numpy())
     unshuffled = make("nn.PixelUnshuffle", {"downscale_factor": 2})(kuiper.Tensor(shuffled)).numpy()
     assert np.array_equal(unshuffled, x)
+
+
+def test_stacked_products_match_torch_on_one_blas_thread(monkeypatch):
+    # a stack of small products woke OpenBLAS's threads once per matrix: one thread is 5-600x faster under load
+    from kuiper.layers import linalg
+
+    threads, real = [], np.matmul
+
+    def spy(a, b):
+        threads.append([lib["num_threads"] for lib in linalg.BLAS.info() if lib["user_api"] == "blas"])
+        return real(a, b)
+
+    layer = make("torch.matmul", {}, n_in=2)
+    default = [lib["num_threads"] for lib in linalg.BLAS.info() if lib["user_api"] == "blas"]
+    rng = np.random.default_rng(4)
+    for a_shape, b_shape in [((2, 3, 5, 4), (2, 3, 4, 6)), ((2, 3, 5, 4), (4, 6)), ((5, 4), (3, 4, 2)), ((3, 5, 4), (4,)),
+                             ((2, 1, 5, 4), (3, 4, 6)), ((5, 4), (4, 6))]:
+        a, b = rng.standard_normal(a_shape, dtype=np.float32), rng.standard_normal(b_shape, dtype=np.float32)
+        monkeypatch.setattr(linalg.np, "matmul", spy)
+        got = layer(kuiper.Tensor(a), kuiper.Tensor(b)).numpy()
+        monkeypatch.undo()
+        agree(got, torch.matmul(torch.from_numpy(a), torch.from_numpy(b)), f"matmul {a_shape} @ {b_shape}")
+        stacked = max(len(a_shape), len(b_shape)) >= 3
+        want = [1] * len(default) if stacked else default
+        assert threads[-1] == want, f"{a_shape} @ {b_shape}: expected BLAS threads {want}, got {threads[-1]}"
+
+
+def test_unbind_gives_views_equal_to_torch():
+    x = np.random.default_rng(5).standard_normal((2, 3, 4), dtype=np.float32)
+    got = make("torch.unbind", {"dim": 1}, n_in=1)(kuiper.Tensor(x))
+    want = torch.unbind(torch.from_numpy(x), dim=1)
+    assert len(got) == len(want) == 3
+    for g, w in zip(got, want):
+        agree(g.numpy(), w, "unbind dim=1")
+        assert np.shares_memory(g.numpy(), x), "unbind copied a slice"

@@ -39,4 +39,4 @@ def test_ci_and_workflow_run_the_readme_test_command():
 
 def test_torch_is_not_a_runtime_dependency():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert {requirement(s)[0] for s in project["dependencies"]} == {"numpy", "numba", "pillow", "regex"}
+    assert {requirement(s)[0] for s in project["dependencies"]} == {"numpy", "numba", "pillow", "regex", "threadpoolctl"}

@@ -1,9 +1,10 @@
 """Lesson 08's window operators of segmentation networks as PyTorch users write them: convolution
 padding modes, 1-D and functional convolutions, max pooling with indices, adaptive max, power-average
-and 1-D pooling, Fold and Unfold. Small torch modules exported with the pinned pnnx, loaded with
+and 1-D pooling, Fold and Unfold, affine_grid and grid_sample. Small torch modules exported with the pinned pnnx, loaded with
 kuiper.load and compared with torch (fp32 within 1e-4 of the output scale, indices equal), plus
 their errors."""
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,10 @@ from torch import nn
 import kuiper
 from kuiper.bench import same_run_ratio
 from kuiper.errors import LayerError, UnsupportedError
+from kuiper.layers.grid import grid_sample
+from kuiper.pnnx import Operator
+from kuiper.registry import create_layer
+from kuiper.tensor import Tensor
 from tests.test_layers import make as make_at_line
 from tests.test_operators import check_model, make, seeded
 
@@ -179,3 +184,78 @@ def test_the_padding_wrapper_keeps_every_conv_activation_fused(name, fused):
     got = graph(x)
     got = got[0] if isinstance(got, tuple) else got
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+class Sampler(nn.Module):
+    """affine_grid then grid_sample in one setting, 2-D or 3-D."""
+
+    def __init__(self, size, mode, padding_mode, align_corners):
+        super().__init__()
+        self.size, self.settings = size, dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+
+    def forward(self, x, theta, grid):
+        made = F.affine_grid(theta, self.size, align_corners=self.settings["align_corners"])
+        return made, F.grid_sample(x, made, **self.settings), F.grid_sample(x, grid, **self.settings)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
+def test_affine_grid_and_grid_sample_match_torch(tmp_path, mode, padding_mode, align_corners):
+    rng = torch.Generator().manual_seed(17)
+    x = torch.randn(2, 3, 9, 13, generator=rng)
+    theta = torch.tensor([[[0.9, -0.5, 0.2], [0.5, 0.9, -0.1]], [[1.6, 0.3, 0.0], [-0.2, 1.4, 0.3]]])
+    grid = torch.rand(2, 7, 5, 2, generator=rng) * 6 - 3  # far outside the image: several reflections
+    check_model(Sampler((2, 3, 6, 8), mode, padding_mode, align_corners), (x, theta, grid), tmp_path,
+                ["affine_grid", "grid_sample of the affine grid", "grid_sample of a random grid"])
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_3d_affine_grid_and_grid_sample_match_torch(tmp_path, mode, padding_mode, align_corners):
+    rng = torch.Generator().manual_seed(18)
+    x = torch.randn(1, 2, 4, 5, 6, generator=rng)
+    theta = torch.randn(1, 3, 4, generator=rng)
+    grid = torch.rand(1, 3, 4, 5, 3, generator=rng) * 4 - 2
+    check_model(Sampler((1, 2, 3, 4, 5), mode, padding_mode, align_corners), (x, theta, grid), tmp_path,
+                ["affine_grid 3-D", "grid_sample of the affine grid", "grid_sample of a random grid"])
+
+
+def test_grid_sample_of_sizes_one_and_nan():
+    x = np.arange(5, dtype=np.float32).reshape(1, 1, 1, 5)  # one row: reflection of a single pixel
+    grid = np.array([[[[-4.2, 0.7], [0.3, np.nan], [2.6, -1.0]]]], np.float32)  # NaN: 0 or NaN as in torch
+    for mode, padding, align in itertools.product(["bilinear", "nearest", "bicubic"], ["zeros", "border", "reflection"],
+                                                  [False, True]):
+        want = F.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), mode, padding, align).numpy()
+        got = grid_sample(x, grid, mode, padding, align)
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{mode} {padding} align_corners={align}")
+
+
+def test_nearest_ties_of_a_2x_downsampling_pick_torchs_pixel():
+    # the identity's grid at half the size lands on x.5 exactly: float32 rounding, as torch's, decides
+    x = np.random.default_rng(3).standard_normal((1, 2, 12, 16), dtype=np.float32)
+    for padding in ["zeros", "border", "reflection"]:
+        grid = F.affine_grid(torch.tensor([[[1.0, 0, 0], [0, 1, 0]]]), (1, 2, 6, 8), align_corners=False)
+        want = F.grid_sample(torch.from_numpy(x), grid, "nearest", padding, align_corners=False).numpy()
+        np.testing.assert_array_equal(grid_sample(x, grid.numpy(), "nearest", padding, False), want, err_msg=padding)
+
+
+@pytest.mark.parametrize("x_shape, grid_shape, mode, message", [
+    ((1, 2, 4, 4), (1, 3, 3, 3), "bilinear", r"grid \(1, 3, 3, 3\)"),
+    ((2, 2, 4, 4), (1, 3, 3, 2), "bilinear", r"input \(2, 2, 4, 4\) and grid \(1, 3, 3, 2\)"),
+    ((1, 2, 3, 4, 4), (1, 2, 3, 3, 3), "bicubic", "bicubic.*4-D"),
+])
+def test_grid_sample_shapes_that_do_not_fit_name_the_layer(x_shape, grid_shape, mode, message):
+    layer = create_layer(Operator("F.grid_sample", "sample", ["0", "1"], ["2"], {"mode": mode}, line=9))
+    with pytest.raises(LayerError, match=rf"F.grid_sample 'sample' \(line 9\).*{message}"):
+        layer(Tensor(np.zeros(x_shape, np.float32)), Tensor(np.zeros(grid_shape, np.float32)))
+
+
+def test_grid_sample_settings_and_affine_sizes_are_checked():
+    with pytest.raises(LayerError, match="padding_mode='wrap' is not supported; supported: 'zeros', 'border'"):
+        create_layer(Operator("F.grid_sample", "s", ["0", "1"], ["2"], {"padding_mode": "wrap"}, line=3))
+    for size, message in [((1, 3, 40000, 40000), "exceeds"), ((1, 3, 4), "got theta")]:
+        layer = create_layer(Operator("F.affine_grid", "a", ["0"], ["1"], {"size": size}, line=4))
+        with pytest.raises(LayerError, match=rf"F.affine_grid 'a' \(line 4\).*{message}"):
+            layer(Tensor(np.zeros((1, 2, 3), np.float32)))

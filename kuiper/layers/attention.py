@@ -7,7 +7,7 @@ import numpy as np
 
 from kuiper.errors import ShapeError
 from kuiper.layers.elementwise import Function, function, softmax
-from kuiper.layers.linalg import linear
+from kuiper.layers.linalg import linear, matmul
 from kuiper.registry import register
 
 
@@ -29,7 +29,7 @@ def causal_mask(length: int, keys: int) -> np.ndarray:
 def attention_weights(query: np.ndarray, key: np.ndarray, mask: np.ndarray, scale: float | None = None) -> np.ndarray:
     """softmax(q·kᵀ·scale + mask) over the keys: (..., L, E) and (..., S, E) -> (..., L, S), scale 1/√E by default."""
     scale = 1 / np.sqrt(query.shape[-1]) if scale is None else scale
-    scores = np.matmul(query, np.swapaxes(key, -1, -2)) * np.float32(scale)
+    scores = matmul(query, np.swapaxes(key, -1, -2)) * np.float32(scale)
     return softmax(scores + mask, -1)
 
 
@@ -45,7 +45,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: L
     if enable_gqa and key.ndim > 2 and key.shape[-3] != query.shape[-3]:
         groups = query.shape[-3] // key.shape[-3]
         key, value = np.repeat(key, groups, axis=-3), np.repeat(value, groups, axis=-3)
-    return np.matmul(attention_weights(query, key, mask, scale), value)
+    return matmul(attention_weights(query, key, mask, scale), value)
 
 
 def split_heads(x: np.ndarray, heads: int) -> np.ndarray:
@@ -94,7 +94,7 @@ def multihead_attention(input, key=None, value=None, attn_mask=None, key_padding
     if added and np.ndim(mask):
         mask = np.pad(mask, [(0, 0)] * (np.ndim(mask) - 1) + [(0, added)])
     weights = attention_weights(q, k, mask)  # (N, H, L, S)
-    out = linear(merge_heads(np.matmul(weights, v)), out_proj_weight, out_proj_bias)
+    out = linear(merge_heads(matmul(weights, v)), out_proj_weight, out_proj_bias)
     return (out if batch_first else np.swapaxes(out, 0, 1)), weights.mean(axis=1)
 
 

@@ -32,4 +32,25 @@ class Expression(Layer):
 
     def forward(self, *inputs: Tensor) -> Tensor:
         result = evaluate(self.program, [x.numpy() for x in inputs])
-        return Tensor(np.asarray(result), device=inputs[0].device if inputs else "cpu")
+        device = inputs[0].device if inputs else "cpu"
+        if isinstance(result, list) and (any(item is None for item in result)
+                                         or len({np.shape(item) for item in result}) > 1):
+            return Items(result, device)  # no array holds [None, i] or indices of different shapes
+        return Tensor(np.asarray(result), device=device)
+
+
+class Items(Tensor):
+    """A list operand that no array can hold, e.g. the indices [None, i] of x[:, i] (None for `:`):
+    numpy() gives the list itself; as a tensor it is a (len,) int64 placeholder."""
+
+    def __init__(self, items: list, device: str = "cpu"):
+        super().__init__(np.zeros(len(items), np.int64), device=device)
+        self.items = items
+
+    def numpy(self) -> list:
+        return self.items
+
+    def to(self, device: str) -> Tensor:
+        """The list with each array on `device`."""
+        return Items([item if item is None or np.isscalar(item) else Tensor(item, device=self.device).to(device).data
+                      for item in self.items], device)

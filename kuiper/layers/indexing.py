@@ -52,8 +52,8 @@ def t(input):
 
 @function("torch.unbind", "Tensor.unbind")
 def unbind(input, dim=0):
-    """The slices of input along dim, as a tuple."""
-    return tuple(np.take(input, i, axis=dim) for i in range(input.shape[dim]))
+    """The slices of input along dim, as a tuple of views (no copies, as torch.unbind)."""
+    return tuple(np.moveaxis(input, dim, 0))
 
 
 @function("torch.narrow", "Tensor.narrow")
@@ -178,7 +178,7 @@ def index(input, expr):
 def index_put(input, indices, values, accumulate=False):
     """A copy of input with input[indices] = values, or += values (repeated indices adding up)."""
     out = input.copy()
-    key = tuple(np.asarray(item) for item in indices)
+    key = tuple(slice(None) if item is None else np.asarray(item) for item in indices)
     if accumulate:
         np.add.at(out, key, values)
     else:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from kuiper.errors import LayerError
 from kuiper.layer import Layer
@@ -10,11 +11,18 @@ from kuiper.registry import register
 from kuiper.tensor import Tensor
 
 
+BLAS = ThreadpoolController()  # numpy's BLAS library, whose thread count a stack of products limits
+
+
 @function("torch.matmul", "Tensor.matmul", "torch.mm", "Tensor.mm", "torch.bmm", "Tensor.bmm", "torch.mv",
           "Tensor.mv")
 def matmul(input, other):
-    """The matrix product, batch dimensions broadcast (a vector operand is a row or a column)."""
-    return np.matmul(input, other)
+    """The matrix product, batch dimensions broadcast (a vector operand is a row or a column); a stack
+    of products (an operand of 3 or more dimensions) runs on one BLAS thread."""
+    if max(np.ndim(input), np.ndim(other)) < 3:
+        return np.matmul(input, other)
+    with BLAS.limit(limits=1, user_api="blas"):
+        return np.matmul(input, other)
 
 
 @function("F.linear")

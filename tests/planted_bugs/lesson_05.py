@@ -13,6 +13,8 @@ BUGS = {
          "only the first digit of @12"),
         ("return Number(int(token.text) if is_int else float(token.text))", "return Number(float(token.text))",
          "integers become floats"),
+        ("        return Number(CONSTANTS[token.text])", "        return Number(token.text)",
+         "None, True and False stay text"),
         ("        if len(args) != arity:\n", "        if len(args) < arity:\n", "too many arguments accepted"),
         ('        self.take("punct", "[")\n        return ListOf(self.args("]"))',
          '        self.take("punct", "[")\n        return ListOf(self.args(")"))', "a list closed by ')'"),

@@ -66,4 +66,17 @@ BUGS = {
          "fold counts windows without dilation"),
         ("if min(oh, ow) < 1:", "if False:", "unfold does not reject a window larger than the image"),
     ],
+    "8.10": [
+        ("np.stack([*coords[::-1], np.ones_like(coords[0])], axis=-1)",
+         "np.stack([*coords, np.ones_like(coords[0])], axis=-1)", "affine_grid puts y first, x second"),
+        ("if align_corners else (np.arange(n) * 2 + 1) / n - 1", "if align_corners else np.linspace(-1, 1, n)",
+         "affine_grid puts the end pixels' centres at ±1 without align_corners too"),
+        ("nz = axis_taps(g[2], depth, mode, padding, align_corners, iz, wz) if k == 3 else 1",
+         "nz = 1", "the kernel reads only the first depth of a 5-D input"),
+        ("if iz[a] >= 0 and iy[b] >= 0 and ix[e] >= 0:", "if iz[a] >= 0 and ix[e] >= 0:",
+         "rows outside the image are read (row -1: the previous row's last pixel)"),
+        ("w = wz[a] * wy[b] * wx[e]", "w = wy[b] * wx[e]", "the depth weights are left out"),
+        ("(iz[a] * height + iy[b]) * width + ix[e]", "(iz[a] * width + iy[b]) * height + ix[e]",
+         "the flat pixel swaps height and width"),
+    ],
 }
