@@ -41,4 +41,14 @@ BUGS = {
         ("src, dst, b = planes[n, k], out[n, k], bias[k]", "src, dst, b = planes[n, k], out[n, k], bias[n]",
          "the bias indexed by the image, not the channel"),
     ],
+    "6.7": [
+        ("+ (i * dh // sh) * cols + j * dw // sw", "+ (i * dh // sh) * ow + j * dw // sw",
+         "the tap offsets step rows by the output width, not the plane's row length"),
+        ("row, f = out[first + n, k, y], n * image + y * cols", "row, f = out[first + n, k, y], y * cols",
+         "every image of a group copied out of the first image's place"),
+        ("size = -(-((count - 1) * image + (oh - 1) * cols + ow) // VECTOR) * VECTOR",
+         "size = -(-((oh - 1) * cols + ow) // VECTOR) * VECTOR", "the taps added over the first image of a group only"),
+        ("((i * dh % sh) * sw + j * dw % sw) * plane", "((i * dh % sh) * sw + j % sw) * plane",
+         "the column phase of a tap ignores the dilation"),
+    ],
 }
