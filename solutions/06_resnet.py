@@ -766,16 +766,13 @@ print("fused == convolution then activation, for", ", ".join(kind.__name__ for k
 #
 # `phase_span` sizes a plane: along each axis an image needs room for every phase's share of the
 # input, and for the reads of its last output to end in zeros before the next row's (or image's)
-# first input. `fill_phases` copies one channel of a group of images in (only the input's places:
-# the gaps stay zero from the buffer's first use), `add_taps` is the hot loop. The same method in
+# first input. `fill_phases` copies one channel of a group of images into zeroed planes (only the
+# input's places: the gaps stay zero), `add_taps` is the hot loop. The same method in
 # C++ engines is hand-vectorised per kernel size (ncnn's `convdw3x3s1`, `convdw3x3s2`, ...); here
 # one loop serves every kernel size, stride and dilation, and LLVM vectorises it.
 
 # %%
 #| export layers.conv
-import numba
-
-THREADS = numba.config.NUMBA_NUM_THREADS  # chunks of work: one per thread, each with its own buffers
 VECTOR = 32           # the flat loops run in whole blocks of this many floats
 TASK_FLOATS = 16384   # about what one task's images may fill of a phase plane (64 KiB)
 BLOCK = 2048          # floats of the accumulator that stay in the L1 cache while every tap adds to them
@@ -854,15 +851,15 @@ def add_taps(acc, phases, weights, offsets):
 # * `offsets[i·kw + j]`: where tap $(i, j)$ reads, relative to the output it adds to: its plane
 #   ($(i d_h \bmod s_h) \cdot s_w + j d_w \bmod s_w$) times `plane`, plus $\lfloor i d_h / s_h \rfloor$ rows
 #   of `cols`, plus $\lfloor j d_w / s_w \rfloor$;
-# * a `prange` over chunks of the tasks (output channel, group of images), each chunk with its own
-#   zeroed `phases` ($s_h s_w$ planes) and `acc`; per task: `fill_phases` from input channel
-#   $k \cdot C / K$, `add_taps` over the first `size` floats of `acc`, where
-#   `size` = (images in this group − 1) · `image` + (OH − 1) · `cols` + OW rounded up to a multiple of
-#   `VECTOR`; then copy row $y$ of image $n$ out of `acc` from place $n \cdot$ `image` + $y \cdot$ `cols`.
+# * a `prange` over the tasks (output channel $k$, group of images); each task zeroes its own
+#   `phases` ($s_h s_w$ planes of `plane` floats), fills them from input channel $k \cdot C / K$
+#   (`fill_phases`), makes an `acc` of `size` floats = (images in this group − 1) · `image` +
+#   (OH − 1) · `cols` + OW, rounded up to a multiple of `VECTOR`, adds the taps into it
+#   (`add_taps`), and copies row $y$ of image $n$ out of `acc` from place $n \cdot$ `image` + $y \cdot$ `cols`.
 
 # %%
 #| export layers.conv
-#| exercise: tap offsets; prange over chunks of (channel, image group) tasks, each chunk with zeroed phases and acc; fill_phases, add_taps, copy the rows out
+#| exercise: tap offsets; prange over (channel, image group) tasks: zeroed phases, fill_phases, acc of `size` floats, add_taps, copy the rows out
 @njit(parallel=True, cache=True)
 def depthwise_conv_flat(x, w, out, sh, sw, ph, pw, dh, dw):
     """out[n, k] = w[k] ⋆ x[n, k // m], as `depthwise_conv` (lesson 04) computes it, for x (N, C, H, W),
@@ -885,23 +882,18 @@ def depthwise_conv_flat(x, w, out, sh, sw, ph, pw, dh, dw):
     for i in range(kh):
         for j in range(kw):
             offsets[i * kw + j] = ((i * dh % sh) * sw + j * dw % sw) * plane + (i * dh // sh) * cols + j * dw // sw
-    tasks = k_out * groups
-    chunks = min(tasks, THREADS)
-    longest = -(-((group - 1) * image + (oh - 1) * cols + ow) // VECTOR) * VECTOR
-    for chunk in prange(chunks):
+    for task in prange(k_out * groups):
+        k, first = task // groups, task % groups * group
+        count = min(group, n_batch - first)
         phases = np.zeros(sh * sw * plane, np.float32)
-        acc = np.empty(longest, np.float32)
-        for task in range(chunk * tasks // chunks, (chunk + 1) * tasks // chunks):
-            k, first = task // groups, task % groups * group
-            count = min(group, n_batch - first)
-            fill_phases(x, first, count, k * channels // k_out, phases, plane, image, cols, sh, sw, ph, pw)
-            size = -(-((count - 1) * image + (oh - 1) * cols + ow) // VECTOR) * VECTOR
-            add_taps(acc[:size], phases, weights[k], offsets)
-            for n in range(count):
-                for y in range(oh):
-                    row, f = out[first + n, k, y], n * image + y * cols
-                    for x_ in range(ow):
-                        row[x_] = acc[f + x_]
+        fill_phases(x, first, count, k * channels // k_out, phases, plane, image, cols, sh, sw, ph, pw)
+        acc = np.empty(-(-((count - 1) * image + (oh - 1) * cols + ow) // VECTOR) * VECTOR, np.float32)
+        add_taps(acc, phases, weights[k], offsets)
+        for n in range(count):
+            for y in range(oh):
+                row, f = out[first + n, k, y], n * image + y * cols
+                for x_ in range(ow):
+                    row[x_] = acc[f + x_]
     ### END SOLUTION
 
 

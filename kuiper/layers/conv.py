@@ -9,7 +9,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -313,7 +312,6 @@ def epilogue(planes, bias, activation, out):
 EPILOGUES = {ReLU: RELU, ReLU6: RELU6, SiLU: SILU, Hardswish: HARDSWISH, Sigmoid: SIGMOID, Hardsigmoid: HARDSIGMOID}
 
 
-THREADS = numba.config.NUMBA_NUM_THREADS  # chunks of work: one per thread, each with its own buffers
 VECTOR = 32           # the flat loops run in whole blocks of this many floats
 TASK_FLOATS = 16384   # about what one task's images may fill of a phase plane (64 KiB)
 BLOCK = 2048          # floats of the accumulator that stay in the L1 cache while every tap adds to them
@@ -402,23 +400,18 @@ def depthwise_conv_flat(x, w, out, sh, sw, ph, pw, dh, dw):
     for i in range(kh):
         for j in range(kw):
             offsets[i * kw + j] = ((i * dh % sh) * sw + j * dw % sw) * plane + (i * dh // sh) * cols + j * dw // sw
-    tasks = k_out * groups
-    chunks = min(tasks, THREADS)
-    longest = -(-((group - 1) * image + (oh - 1) * cols + ow) // VECTOR) * VECTOR
-    for chunk in prange(chunks):
+    for task in prange(k_out * groups):
+        k, first = task // groups, task % groups * group
+        count = min(group, n_batch - first)
         phases = np.zeros(sh * sw * plane, np.float32)
-        acc = np.empty(longest, np.float32)
-        for task in range(chunk * tasks // chunks, (chunk + 1) * tasks // chunks):
-            k, first = task // groups, task % groups * group
-            count = min(group, n_batch - first)
-            fill_phases(x, first, count, k * channels // k_out, phases, plane, image, cols, sh, sw, ph, pw)
-            size = -(-((count - 1) * image + (oh - 1) * cols + ow) // VECTOR) * VECTOR
-            add_taps(acc[:size], phases, weights[k], offsets)
-            for n in range(count):
-                for y in range(oh):
-                    row, f = out[first + n, k, y], n * image + y * cols
-                    for x_ in range(ow):
-                        row[x_] = acc[f + x_]
+        fill_phases(x, first, count, k * channels // k_out, phases, plane, image, cols, sh, sw, ph, pw)
+        acc = np.empty(-(-((count - 1) * image + (oh - 1) * cols + ow) // VECTOR) * VECTOR, np.float32)
+        add_taps(acc, phases, weights[k], offsets)
+        for n in range(count):
+            for y in range(oh):
+                row, f = out[first + n, k, y], n * image + y * cols
+                for x_ in range(ow):
+                    row[x_] = acc[f + x_]
 
 
 Conv2d.depthwise_kernel = staticmethod(depthwise_conv_flat)
