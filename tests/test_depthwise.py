@@ -105,22 +105,21 @@ def test_padding_modes_around_the_flat_kernel(padding, mode):
     assert_close(create_layer(op)(Tensor(x.numpy())).numpy(), want, f"padding {padding!r}, mode {mode}")
 
 
-# (channels, size, kernel, stride, bound): ConvNeXt-Tiny's 7x7 (first and last stage), MobileNetV2's 3x3 (stride 1
-# and 2, large and small maps), MobileNetV3-Small's 5x5. Measured under the load of seven sessions on two cores
-# (kuiper / torch, batch 1 and 8): about 0.5-1 on the 56x56 maps, 1-3 on the 7x7 and 14x14 ones, where oneDNN's
-# channel-blocked kernels waste nothing on padding; lesson 04's kernel was 2-90 on the same shapes.
-ZOO_SHAPES = [(96, 56, 7, 1, 2.5), (144, 56, 3, 2, 2.5), (768, 7, 7, 1, 5), (384, 14, 3, 1, 5), (960, 7, 3, 1, 5),
-              (576, 7, 5, 1, 5)]
+# (channels, size, kernel, stride): ConvNeXt-Tiny's 7x7 (first and last stage), MobileNetV2's 3x3 (stride 1 and 2,
+# large and small maps), MobileNetV3-Small's 5x5. Measured kuiper / torch under the load of seven sessions on two
+# cores, batch 1 and 8: about 0.3-1 on the 56x56 maps, 1-3 on the 7x7 and 14x14 ones (where oneDNN's channel-blocked
+# kernels waste nothing on padding); lesson 04's kernel was 2-90 on the same shapes.
+ZOO_SHAPES = [(96, 56, 7, 1), (144, 56, 3, 2), (768, 7, 7, 1), (384, 14, 3, 1), (960, 7, 3, 1), (576, 7, 5, 1)]
 
 
 @pytest.mark.parametrize("batch", [1, 8])
-@pytest.mark.parametrize("channels, size, kernel, stride, bound", ZOO_SHAPES)
-def test_depthwise_within_bound_of_torch(channels, size, kernel, stride, bound, batch):
-    """Issue 17: no operator slower than 5x torch on the zoo's shapes (2.5x where the maps are large)."""
+@pytest.mark.parametrize("channels, size, kernel, stride", ZOO_SHAPES)
+def test_depthwise_within_5x_torch(channels, size, kernel, stride, batch):
+    """Issue 17: no operator slower than 5x torch on the zoo's shapes."""
     layer = Conv2d(depthwise_op(channels, kernel, stride, kernel // 2))
     x = torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(5))
     data = Tensor(x.numpy())
     with torch.no_grad():
-        ratio = same_run_ratio(lambda: layer(data), lambda: torch_conv(layer.op, x))
-    assert ratio <= bound, (f"{channels}x{size}x{size}, {kernel}x{kernel} stride {stride}, batch {batch}: "
-                            f"expected at most {bound} x torch's time, got {ratio:.2f} x")
+        ratio = same_run_ratio(lambda: layer(data), lambda: torch_conv(layer.op, x), repeat=15)
+    assert ratio <= 5, (f"{channels}x{size}x{size}, {kernel}x{kernel} stride {stride}, batch {batch}: "
+                        f"expected at most 5 x torch's time, got {ratio:.2f} x")

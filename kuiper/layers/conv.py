@@ -389,12 +389,12 @@ def depthwise_conv_flat(x, w, out, sh, sw, ph, pw, dh, dw):
     kh, kw = w.shape[2], w.shape[3]
     if n_batch == 0 or oh <= 0 or ow <= 0:
         return
-    rows = phase_span(height, ph, sh, oh, (kh - 1) * dh // sh)
-    cols = phase_span(width, pw, sw, ow, (kw - 1) * dw // sw)
+    reach_r, reach_c = (kh - 1) * dh // sh, (kw - 1) * dw // sw  # the window's reach in a phase plane
+    rows, cols = phase_span(height, ph, sh, oh, reach_r), phase_span(width, pw, sw, ow, reach_c)
     image = rows * cols
     group = max(1, min(n_batch, TASK_FLOATS // image))
     groups = -(-n_batch // group)
-    plane = (group + 2) * image + VECTOR
+    plane = (group - 1) * image + max(image, (oh - 1 + reach_r) * cols + ow + reach_c) + VECTOR
     weights = w.reshape(k_out, kh * kw)
     offsets = np.empty(kh * kw, np.int64)
     for i in range(kh):
