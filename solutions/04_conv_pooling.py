@@ -409,7 +409,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # * a $1 \times 1$ convolution with stride 1 and no padding **is** a matrix multiply on the input
 #   as it lies (no im2col at all) for one image; for a batch, the last path below (whose im2col
 #   is then a mere copy) makes one matrix multiply of many;
-# * a depthwise convolution runs the direct kernel;
+# * a depthwise convolution runs the direct kernel, `depthwise_kernel` (the one above; lesson 06
+#   swaps in a faster one);
 # * grouped convolutions (rare beyond depthwise), image by image, `im2col_images` into the scratch
 #   buffer and one matrix multiply per group, written straight into the output: $W$ is reshaped
 #   to $(g, K/g, C/g \cdot K_h K_w)$ and the columns to $(g, C/g \cdot K_h K_w, L)$;
@@ -476,6 +477,8 @@ class ConvLayer(Layer):
 class Conv2d(ConvLayer):
     """2-d convolution: 1×1 as a GEMM, depthwise as a direct kernel, the rest as im2col + GEMM."""
 
+    depthwise_kernel = staticmethod(depthwise_conv)  # lesson 06 swaps in a faster one (same arguments)
+
     def __init__(self, op):
         super().__init__(op)
         self.padding = conv_padding(self.param("padding", object, 0), self.kernel, self.dilation, op)
@@ -495,7 +498,7 @@ class Conv2d(ConvLayer):
         oh, ow = out_size(height, kh, sh, ph, dh), out_size(width, kw, sw, pw, dw)
         if self.depthwise:
             planes = np.empty((n_batch, self.c_out, oh * ow), np.float32)
-            depthwise_conv(data, self.weight_, planes.reshape(n_batch, self.c_out, oh, ow), sh, sw, ph, pw, dh, dw)
+            self.depthwise_kernel(data, self.weight_, planes.reshape(n_batch, self.c_out, oh, ow), sh, sw, ph, pw, dh, dw)
         elif (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and (n_batch == 1 or self.groups > 1):
             cols = data.reshape(n_batch, self.groups, -1, height * width)
             planes = np.matmul(self.gemm_weight, cols).reshape(n_batch, self.c_out, oh * ow)

@@ -16,7 +16,7 @@
 # **real ImageNet weights**, so the engine you built will name what is in a photograph. ResNet-18,
 # MobileNetV3 and a UNet (random weights) check exactness against PyTorch on whole networks, and
 # the benchmark shows where the time goes; then you make the convolutions faster by fusing each
-# activation into the convolution's last pass.
+# activation into the convolution's last pass, and the depthwise ones by laying their input flat.
 #
 # | exercise | what |
 # |---|---|
@@ -26,6 +26,7 @@
 # | 6.4 | `classify`: images in, probabilities out, in batches |
 # | 6.5 | a residual block, wired by hand from the graph's own layers |
 # | 6.6 | the convolution's epilogue: bias and a fused activation in one vectorised pass (numba) |
+# | 6.7 | a depthwise convolution kernel whose every inner loop is long and vectorised (numba) |
 
 # %%
 #| default_exp vision.classify
@@ -661,6 +662,209 @@ for (what, op), size in itertools.product(picked.items(), (12, 5)):  # 5: the sm
 print("fused == convolution then activation, for", ", ".join(kind.__name__ for kind in EPILOGUES))
 
 # %% [markdown]
+# ## A faster depthwise kernel
+#
+# MobileNet, ShuffleNet and ConvNeXt spend much of their time in depthwise convolutions, and
+# lesson 04's kernel is slow on them: 5 to 30 × PyTorch's time at batch 8. Its innermost loop runs
+# along one output row, once per tap. On the 7 × 7 and 14 × 14 maps of a network's last stages that
+# loop has 3 to 14 iterations: too short for 8-wide vector instructions, each with its own bounds
+# computation, and every tap reads and writes the whole row again. The cure is to make every inner
+# loop long and straight:
+#
+# 1. **Padding as real zeros.** Copy the input into a zeroed buffer, rows one after another with
+#    zero columns between them, images one after another with zero rows between them. Then tap
+#    $(i, j)$ of *every* output reads the buffer at the output's own flat position plus one fixed
+#    offset, and one tap is one loop over all the outputs of a group of images:
+#    `acc[f] += w[i, j] * phases[f + offset[i, j]]`, thousands of iterations, no bounds test. The gaps
+#    are shared (the zeros right of a row are the zeros left of the next) and only as wide as the
+#    window reaches; the outputs that fall in a gap are computed and thrown away.
+# 2. **Strides as phase planes.** With stride $s$, split the padded input into $s_h \times s_w$
+#    *phase planes*, plane $(a, b)$ holding the pixels whose row is $a$ and column $b$ modulo the stride
+#    (space-to-depth). Output $(y, x)$'s tap $(i, j)$ reads padded pixel $(s_h y + i d_h, s_w x + j d_w)$:
+#    it lies in plane $(i d_h \bmod s_h, j d_w \bmod s_w)$ at $(y + \lfloor i d_h / s_h \rfloor,
+#    x + \lfloor j d_w / s_w \rfloor)$, again a fixed offset. A strided convolution becomes $s_h s_w$
+#    unstrided ones on smaller planes.
+# 3. **Four taps per pass**, over a block of the accumulator small enough to stay in the L1 cache:
+#    `acc[f] += w0 * s0[f] + w1 * s1[f] + w2 * s2[f] + w3 * s3[f]` reads and writes `acc` once for
+#    four multiply-adds.
+#
+# `phase_span` sizes a plane: along each axis an image needs room for every phase's share of the
+# input, and for the reads of its last output to end in zeros before the next row's (or image's)
+# first input. `fill_phases` copies one channel of a group of images into zeroed planes (only the
+# input's places: the gaps stay zero), `add_taps` is the hot loop. The same method in
+# C++ engines is hand-vectorised per kernel size (ncnn's `convdw3x3s1`, `convdw3x3s2`, ...); here
+# one loop serves every kernel size, stride and dilation, and LLVM vectorises it. What it costs: on
+# a 7 × 7 map with a 7 × 7 window the planes are 10 × 10, so half the multiply-adds land in gaps;
+# PyTorch's oneDNN instead vectorises across 16 channels at a time and wastes none, and stays ahead there.
+
+# %%
+#| export layers.conv
+VECTOR = 32           # the flat loops run in whole blocks of this many floats
+TASK_FLOATS = 16384   # about what one task's images may fill of a phase plane (64 KiB)
+BLOCK = 2048          # floats of the accumulator that stay in the L1 cache while every tap adds to them
+
+
+@njit(cache=True)
+def phase_span(size: int, pad: int, stride: int, out: int, reach: int) -> int:
+    """Rows (or columns) of one image in a phase plane: room for every phase's share of the padded
+    input, and for the reads of the last of `out` outputs, which go `reach` places further, to end in
+    zeros before the next row's (or image's) first input."""
+    span = 0
+    for phase in range(stride):
+        first = max(0, -((phase - pad) // stride))         # the first place that holds an input
+        end = (size + pad - phase + stride - 1) // stride  # one past the last
+        span = max(span, end, out + reach - first)
+    return span
+
+
+@njit(cache=True)
+def fill_phases(x, first, count, c, phases, plane, image, cols, sh, sw, ph, pw):
+    """Copy channel c of the images first .. first+count-1 of x (N, C, H, W) into the phase planes:
+    padded pixel (py, px) of image n goes to plane (py % sh, px % sw), flat place
+    n·image + (py // sh)·cols + px // sw. The other places are left as they are (zeros)."""
+    height, width = x.shape[2], x.shape[3]
+    for n in range(count):
+        for iy in range(height):
+            a, r = (iy + ph) % sh, (iy + ph) // sh
+            src, base = x[first + n, c, iy], a * sw * plane + n * image + r * cols
+            if sw == 2:  # even and odd columns apart in one loop, which LLVM vectorises
+                even = phases[base + pw % 2 * plane + pw // 2:]  # input column 0 is in phase pw % 2
+                odd = phases[base + (1 - pw % 2) * plane + (pw + 1) // 2:]
+                for q in range(width // 2):
+                    even[q], odd[q] = src[2 * q], src[2 * q + 1]
+                if width % 2:
+                    even[width // 2] = src[width - 1]
+                continue
+            for b in range(sw):
+                ix0 = (b - pw) % sw  # the first input column in phase b
+                dst = phases[base + b * plane + (ix0 + pw) // sw:]
+                if sw == 1:  # a contiguous copy, vectorised
+                    for q in range(width - ix0):
+                        dst[q] = src[ix0 + q]
+                else:
+                    for q in range((width - ix0 + sw - 1) // sw):
+                        dst[q] = src[ix0 + q * sw]
+
+
+@njit(cache=True, fastmath=True)
+def add_taps(acc, phases, weights, offsets):
+    """acc[f] = Σ_t weights[t] · phases[offsets[t] + f] for every f of acc (float32, 1-D): a block of
+    acc at a time, four taps per pass over it, then the last taps one by one."""
+    taps = weights.size
+    for f0 in range(0, acc.size, BLOCK):
+        block = acc[f0:f0 + BLOCK]
+        block[:] = 0.0
+        for t in range(0, taps - 3, 4):
+            w0, w1, w2, w3 = weights[t], weights[t + 1], weights[t + 2], weights[t + 3]
+            s0, s1 = phases[offsets[t] + f0:], phases[offsets[t + 1] + f0:]
+            s2, s3 = phases[offsets[t + 2] + f0:], phases[offsets[t + 3] + f0:]
+            for f in range(block.size):
+                block[f] += w0 * s0[f] + w1 * s1[f] + w2 * s2[f] + w3 * s3[f]
+        for t in range(taps - taps % 4, taps):
+            w0, s0 = weights[t], phases[offsets[t] + f0:]
+            for f in range(block.size):
+                block[f] += w0 * s0[f]
+
+# %% [markdown]
+# ## Exercise 6.7 — the flat depthwise kernel
+#
+# Write `depthwise_conv_flat`, with the arguments and result of lesson 04's `depthwise_conv`.
+# Given above: the plane sizes `rows`, `cols` (from `phase_span`), `image = rows · cols`, the
+# `group` of images one task takes (as many as fit in `TASK_FLOATS`), the plane length `plane`
+# (the group, room for the reads past its last image, and a vector block), and `weights`, one row of
+# $k_h k_w$ taps per output channel. You write:
+#
+# * `offsets[i·kw + j]`: where tap $(i, j)$ reads, relative to the output it adds to: its plane
+#   ($(i d_h \bmod s_h) \cdot s_w + j d_w \bmod s_w$) times `plane`, plus $\lfloor i d_h / s_h \rfloor$ rows
+#   of `cols`, plus $\lfloor j d_w / s_w \rfloor$;
+# * a `prange` over the tasks (output channel $k$, group of images); each task zeroes its own
+#   `phases` ($s_h s_w$ planes of `plane` floats), fills them from input channel $k \cdot C / K$
+#   (`fill_phases`), makes an `acc` of `size` floats = (images in this group − 1) · `image` +
+#   (OH − 1) · `cols` + OW, rounded up to a multiple of `VECTOR`, adds the taps into it
+#   (`add_taps`), and copies row $y$ of image $n$ out of `acc` from place $n \cdot$ `image` + $y \cdot$ `cols`.
+
+# %%
+#| export layers.conv
+#| exercise: tap offsets; prange over (channel, image group) tasks: zeroed phases, fill_phases, acc of `size` floats, add_taps, copy the rows out
+@njit(parallel=True, cache=True)
+def depthwise_conv_flat(x, w, out, sh, sw, ph, pw, dh, dw):
+    """out[n, k] = w[k] ⋆ x[n, k // m], as `depthwise_conv` (lesson 04) computes it, for x (N, C, H, W),
+    w (K, 1, kh, kw), out (N, K, OH, OW), all float32 and C-contiguous: every image of a group laid
+    flat in zero-padded phase planes, so that each tap is one long vectorised loop (see above)."""
+    n_batch, channels, height, width = x.shape
+    _, k_out, oh, ow = out.shape
+    kh, kw = w.shape[2], w.shape[3]
+    if n_batch == 0 or oh <= 0 or ow <= 0:
+        return
+    reach_r, reach_c = (kh - 1) * dh // sh, (kw - 1) * dw // sw  # the window's reach in a phase plane
+    rows, cols = phase_span(height, ph, sh, oh, reach_r), phase_span(width, pw, sw, ow, reach_c)
+    image = rows * cols
+    group = max(1, min(n_batch, TASK_FLOATS // image))
+    groups = -(-n_batch // group)
+    plane = (group - 1) * image + max(image, (oh - 1 + reach_r) * cols + ow + reach_c) + VECTOR
+    weights = w.reshape(k_out, kh * kw)
+    ### BEGIN SOLUTION
+    offsets = np.empty(kh * kw, np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            offsets[i * kw + j] = ((i * dh % sh) * sw + j * dw % sw) * plane + (i * dh // sh) * cols + j * dw // sw
+    for task in prange(k_out * groups):
+        k, first = task // groups, task % groups * group
+        count = min(group, n_batch - first)
+        phases = np.zeros(sh * sw * plane, np.float32)
+        fill_phases(x, first, count, k * channels // k_out, phases, plane, image, cols, sh, sw, ph, pw)
+        acc = np.empty(-(-((count - 1) * image + (oh - 1) * cols + ow) // VECTOR) * VECTOR, np.float32)
+        add_taps(acc, phases, weights[k], offsets)
+        for n in range(count):
+            for y in range(oh):
+                row, f = out[first + n, k, y], n * image + y * cols
+                for x_ in range(ow):
+                    row[x_] = acc[f + x_]
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 6.7"):
+    for shape, k_out, (kh, kw), (sh, sw), (ph, pw), (dh, dw) in [
+            ((2, 4, 7, 7), 4, (7, 7), (1, 1), (3, 3), (1, 1)), ((1, 6, 14, 14), 6, (5, 5), (2, 2), (2, 2), (1, 1)),
+            ((3, 3, 10, 11), 3, (3, 3), (2, 2), (1, 1), (1, 1)), ((1, 2, 9, 8), 4, (3, 5), (1, 2), (2, 1), (2, 1)),
+            ((2, 3, 12, 13), 3, (3, 3), (3, 2), (0, 3), (2, 2)), ((3, 2, 80, 80), 2, (3, 3), (1, 1), (1, 1), (1, 1))]:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        w = rng.standard_normal((k_out, 1, kh, kw), dtype=np.float32)
+        want = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), None, (sh, sw), (ph, pw), (dh, dw),
+                        groups=shape[1]).numpy()
+        got = np.full(want.shape, np.nan, np.float32)
+        depthwise_conv_flat(x, w, got, sh, sw, ph, pw, dh, dw)
+        where = f"x {shape}, {k_out} outputs, kernel {(kh, kw)}, stride {(sh, sw)}, padding {(ph, pw)}, dilation {(dh, dw)}"
+        error = np.abs(got - want).max() / np.abs(want).max()
+        assert error <= 1e-5, f"{where}: expected F.conv2d's output, differs by {error:.1e} of its scale"
+
+# %% [markdown]
+# The layer runs whatever kernel `Conv2d.depthwise_kernel` holds: from here on, the flat one
+# (`kuiper/layers/conv.py` keeps lesson 04's as the plain statement of the same sum), and your
+# epilogue still adds the bias and the fused activation after it. Both kernels against
+# PyTorch on ConvNeXt-Tiny's and MobileNetV2's shapes at batch 8, each pair timed alternately in one
+# process (`same_run_ratio`: the machine's load hits both alike):
+
+# %%
+#| export layers.conv
+Conv2d.depthwise_kernel = staticmethod(depthwise_conv_flat)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from kuiper.bench import same_run_ratio
+from kuiper.layers.conv import depthwise_conv
+
+for c, size, k, s in [(96, 56, 7, 1), (768, 7, 7, 1), (144, 56, 3, 2), (960, 7, 3, 1)]:
+    x = rng.standard_normal((8, c, size, size), dtype=np.float32)
+    w = rng.standard_normal((c, 1, k, k), dtype=np.float32)
+    out = np.empty((8, c, (size - 1) // s + 1, (size - 1) // s + 1), np.float32)
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+    ratios = [same_run_ratio(lambda: kernel(x, w, out, s, s, k // 2, k // 2, 1, 1),
+                             lambda: F.conv2d(tx, tw, None, s, k // 2, 1, c)) for kernel in (depthwise_conv, depthwise_conv_flat)]
+    print(f"{c:4} × {size:3}², {k}×{k} stride {s}: lesson 04's {ratios[0]:5.1f} × torch, flat {ratios[1]:4.1f} × torch")
+
+# %% [markdown]
 # ## Against PyTorch
 #
 # `kuiper bench` times kuiper and PyTorch (the traced model `tools/zoo.py` saved) in the same
@@ -677,7 +881,8 @@ print(format_model_rows(bench_models([MODELS / "resnet18.pnnx.param", MODELS / "
 # ## What you built
 #
 # `kuiper/vision/classify.py` prepares images and reads the answers, and every convolution now ends
-# in your epilogue, with its activation fused and a vectorised $e^x$; the command line runs it:
+# in your epilogue, with its activation fused and a vectorised $e^x$, and every depthwise one runs
+# your flat kernel; the command line runs it:
 #
 # ```
 # kuiper run data/models/mobilenet_v2.pnnx.param data/images/*.jpg --top 5

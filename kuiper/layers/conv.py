@@ -155,6 +155,8 @@ class ConvLayer(Layer):
 class Conv2d(ConvLayer):
     """2-d convolution: 1×1 as a GEMM, depthwise as a direct kernel, the rest as im2col + GEMM."""
 
+    depthwise_kernel = staticmethod(depthwise_conv)  # lesson 06 swaps in a faster one (same arguments)
+
     def __init__(self, op):
         super().__init__(op)
         self.padding = conv_padding(self.param("padding", object, 0), self.kernel, self.dilation, op)
@@ -174,7 +176,7 @@ class Conv2d(ConvLayer):
         oh, ow = out_size(height, kh, sh, ph, dh), out_size(width, kw, sw, pw, dw)
         if self.depthwise:
             planes = np.empty((n_batch, self.c_out, oh * ow), np.float32)
-            depthwise_conv(data, self.weight_, planes.reshape(n_batch, self.c_out, oh, ow), sh, sw, ph, pw, dh, dw)
+            self.depthwise_kernel(data, self.weight_, planes.reshape(n_batch, self.c_out, oh, ow), sh, sw, ph, pw, dh, dw)
         elif (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and (n_batch == 1 or self.groups > 1):
             cols = data.reshape(n_batch, self.groups, -1, height * width)
             planes = np.matmul(self.gemm_weight, cols).reshape(n_batch, self.c_out, oh * ow)
@@ -308,6 +310,111 @@ def epilogue(planes, bias, activation, out):
 
 
 EPILOGUES = {ReLU: RELU, ReLU6: RELU6, SiLU: SILU, Hardswish: HARDSWISH, Sigmoid: SIGMOID, Hardsigmoid: HARDSIGMOID}
+
+
+VECTOR = 32           # the flat loops run in whole blocks of this many floats
+TASK_FLOATS = 16384   # about what one task's images may fill of a phase plane (64 KiB)
+BLOCK = 2048          # floats of the accumulator that stay in the L1 cache while every tap adds to them
+
+
+@njit(cache=True)
+def phase_span(size: int, pad: int, stride: int, out: int, reach: int) -> int:
+    """Rows (or columns) of one image in a phase plane: room for every phase's share of the padded
+    input, and for the reads of the last of `out` outputs, which go `reach` places further, to end in
+    zeros before the next row's (or image's) first input."""
+    span = 0
+    for phase in range(stride):
+        first = max(0, -((phase - pad) // stride))         # the first place that holds an input
+        end = (size + pad - phase + stride - 1) // stride  # one past the last
+        span = max(span, end, out + reach - first)
+    return span
+
+
+@njit(cache=True)
+def fill_phases(x, first, count, c, phases, plane, image, cols, sh, sw, ph, pw):
+    """Copy channel c of the images first .. first+count-1 of x (N, C, H, W) into the phase planes:
+    padded pixel (py, px) of image n goes to plane (py % sh, px % sw), flat place
+    n·image + (py // sh)·cols + px // sw. The other places are left as they are (zeros)."""
+    height, width = x.shape[2], x.shape[3]
+    for n in range(count):
+        for iy in range(height):
+            a, r = (iy + ph) % sh, (iy + ph) // sh
+            src, base = x[first + n, c, iy], a * sw * plane + n * image + r * cols
+            if sw == 2:  # even and odd columns apart in one loop, which LLVM vectorises
+                even = phases[base + pw % 2 * plane + pw // 2:]  # input column 0 is in phase pw % 2
+                odd = phases[base + (1 - pw % 2) * plane + (pw + 1) // 2:]
+                for q in range(width // 2):
+                    even[q], odd[q] = src[2 * q], src[2 * q + 1]
+                if width % 2:
+                    even[width // 2] = src[width - 1]
+                continue
+            for b in range(sw):
+                ix0 = (b - pw) % sw  # the first input column in phase b
+                dst = phases[base + b * plane + (ix0 + pw) // sw:]
+                if sw == 1:  # a contiguous copy, vectorised
+                    for q in range(width - ix0):
+                        dst[q] = src[ix0 + q]
+                else:
+                    for q in range((width - ix0 + sw - 1) // sw):
+                        dst[q] = src[ix0 + q * sw]
+
+
+@njit(cache=True, fastmath=True)
+def add_taps(acc, phases, weights, offsets):
+    """acc[f] = Σ_t weights[t] · phases[offsets[t] + f] for every f of acc (float32, 1-D): a block of
+    acc at a time, four taps per pass over it, then the last taps one by one."""
+    taps = weights.size
+    for f0 in range(0, acc.size, BLOCK):
+        block = acc[f0:f0 + BLOCK]
+        block[:] = 0.0
+        for t in range(0, taps - 3, 4):
+            w0, w1, w2, w3 = weights[t], weights[t + 1], weights[t + 2], weights[t + 3]
+            s0, s1 = phases[offsets[t] + f0:], phases[offsets[t + 1] + f0:]
+            s2, s3 = phases[offsets[t + 2] + f0:], phases[offsets[t + 3] + f0:]
+            for f in range(block.size):
+                block[f] += w0 * s0[f] + w1 * s1[f] + w2 * s2[f] + w3 * s3[f]
+        for t in range(taps - taps % 4, taps):
+            w0, s0 = weights[t], phases[offsets[t] + f0:]
+            for f in range(block.size):
+                block[f] += w0 * s0[f]
+
+
+@njit(parallel=True, cache=True)
+def depthwise_conv_flat(x, w, out, sh, sw, ph, pw, dh, dw):
+    """out[n, k] = w[k] ⋆ x[n, k // m], as `depthwise_conv` (lesson 04) computes it, for x (N, C, H, W),
+    w (K, 1, kh, kw), out (N, K, OH, OW), all float32 and C-contiguous: every image of a group laid
+    flat in zero-padded phase planes, so that each tap is one long vectorised loop (see above)."""
+    n_batch, channels, height, width = x.shape
+    _, k_out, oh, ow = out.shape
+    kh, kw = w.shape[2], w.shape[3]
+    if n_batch == 0 or oh <= 0 or ow <= 0:
+        return
+    reach_r, reach_c = (kh - 1) * dh // sh, (kw - 1) * dw // sw  # the window's reach in a phase plane
+    rows, cols = phase_span(height, ph, sh, oh, reach_r), phase_span(width, pw, sw, ow, reach_c)
+    image = rows * cols
+    group = max(1, min(n_batch, TASK_FLOATS // image))
+    groups = -(-n_batch // group)
+    plane = (group - 1) * image + max(image, (oh - 1 + reach_r) * cols + ow + reach_c) + VECTOR
+    weights = w.reshape(k_out, kh * kw)
+    offsets = np.empty(kh * kw, np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            offsets[i * kw + j] = ((i * dh % sh) * sw + j * dw % sw) * plane + (i * dh // sh) * cols + j * dw // sw
+    for task in prange(k_out * groups):
+        k, first = task // groups, task % groups * group
+        count = min(group, n_batch - first)
+        phases = np.zeros(sh * sw * plane, np.float32)
+        fill_phases(x, first, count, k * channels // k_out, phases, plane, image, cols, sh, sw, ph, pw)
+        acc = np.empty(-(-((count - 1) * image + (oh - 1) * cols + ow) // VECTOR) * VECTOR, np.float32)
+        add_taps(acc, phases, weights[k], offsets)
+        for n in range(count):
+            for y in range(oh):
+                row, f = out[first + n, k, y], n * image + y * cols
+                for x_ in range(ow):
+                    row[x_] = acc[f + x_]
+
+
+Conv2d.depthwise_kernel = staticmethod(depthwise_conv_flat)
 
 
 PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}

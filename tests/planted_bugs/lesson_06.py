@@ -41,4 +41,13 @@ BUGS = {
         ("src, dst, b = planes[n, k], out[n, k], bias[k]", "src, dst, b = planes[n, k], out[n, k], bias[n]",
          "the bias indexed by the image, not the channel"),
     ],
+    "6.7": [
+        ("+ (i * dh // sh) * cols + j * dw // sw", "+ (i * dh // sh) * ow + j * dw // sw",
+         "the tap offsets step rows by the output width, not the plane's row length"),
+        ("row, f = out[first + n, k, y], n * image + y * cols", "row, f = out[first + n, k, y], y * cols",
+         "every image of a group copied out of the first image's place"),
+        ("fill_phases(x, first, count,", "fill_phases(x, 0, count,", "every group of images filled from the first images"),
+        ("((i * dh % sh) * sw + j * dw % sw) * plane", "((i * dh % sh) * sw + j % sw) * plane",
+         "the column phase of a tap ignores the dilation"),
+    ],
 }
