@@ -1112,7 +1112,8 @@ if LONG:  # a benchmark: runs when asked (KUIPER_LONG=1)
 # The scales are float16 bits. Lesson 09's `half_to_float` decodes them exactly, but with a branch
 # and an `ldexp` for every block of every row it would cost more than the block's 32 products;
 # `HALVES`, all 65,536 halves as float32, makes each scale one load from a 256 KB table. Prefill
-# widens 256 rows at a time with lesson 09's `dequantize` and hands them to BLAS, as `qmatmul` does.
+# of 16 tokens or more widens 256 rows at a time with lesson 09's `dequantize` and hands them to BLAS,
+# as `qmatmul` does; fewer tokens run the matrix-vector kernel once each.
 #
 # ## Exercise 14.8 — the Q4_1 matrix-vector kernel
 #
@@ -1226,15 +1227,16 @@ class Q4_1Weight:
         return self.blocks.nbytes
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
-        """x (T, K) @ w.T -> (T, N) float32: one token through `q4_1_matvec_kernel`, more through lesson
-        09's `dequantize` of BLAS_ROWS rows at a time and BLAS; ShapeError if x is not (T, K)."""
+        """x (T, K) @ w.T -> (T, N) float32: fewer than BLAS_TOKENS tokens through `q4_1_matvec_kernel`, more
+        through lesson 09's `dequantize` of BLAS_ROWS rows at a time and BLAS; ShapeError if x is not (T, K)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         (n, k), tokens = self.shape, len(x)
         if x.ndim != 2 or x.shape[1] != k:
             raise ShapeError(f"Q4_1Weight.matmul: expected x of shape (T, {k}) for a weight {self.shape}, got {x.shape}")
         out = np.empty((tokens, n), np.float32)
-        if tokens == 1:
-            q4_1_matvec_kernel(x[0], self.blocks, HALVES, out[0])
+        if tokens < BLAS_TOKENS:  # a few tokens: the matrix-vector kernel for each, as fast as a widening
+            for t in range(tokens):
+                q4_1_matvec_kernel(x[t], self.blocks, HALVES, out[t])
             return out
         for first in range(0, n, BLAS_ROWS):
             rows = self.blocks[first:first + BLAS_ROWS]

@@ -191,6 +191,22 @@ def test_smollm2_blocks_logits_match_float32(smollm2_pair):
     close(blocks.forward(np.array([5]), len(ids)), fp32.forward(np.array([5]), len(ids)))
 
 
+def test_smollm2_blocks_logits_match_transformers(smollm2_pair):
+    """transformers dequantizes the same file to float32: the blocks' logits agree to 1e-3 (measured: 6e-5
+    on logits up to 41, the float32 path's own tolerance in test_llm)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("accelerate")
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(SMOLLM2.parent, gguf_file=SMOLLM2.name, dtype=torch.float32).eval()
+    (_, tokenizer), (blocks, _) = smollm2_pair
+    ids = tokenizer.encode("def fibonacci(n):\n    if n < 2:")
+    with torch.no_grad():
+        want = reference(torch.tensor([ids])).logits[0].numpy()
+    got = blocks.forward(np.array(ids), 0, all_logits=True)
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1e-3, np.abs(got - want).max()
+
+
 def test_smollm2_blocks_greedy_tokens_equal_float32(smollm2_pair):
     from kuiper.llm.tokenizer import chat_prompt
 
