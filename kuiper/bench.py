@@ -260,17 +260,20 @@ BENCH_TEXT = ("The history of astronomy is the story of people looking up and as
 
 @dataclass
 class LLMRow:
-    """One engine on one model: prompt and generated tokens per second."""
+    """One engine on one model: prompt and generated tokens per second, and for kuiper's rows the peak
+    resident set size (bytes) of loading and running that model alone (None where it was not measured)."""
 
     engine: str
     weights: str
     prefill_tps: float
     decode_tps: float
+    peak_rss: int | None = None
 
     def as_json(self) -> dict:
         """The stable JSON form."""
-        return {"engine": self.engine, "weights": self.weights, "prefill_tok_s": round(self.prefill_tps, 2),
-                "decode_tok_s": round(self.decode_tps, 2)}
+        return ({"engine": self.engine, "weights": self.weights, "prefill_tok_s": round(self.prefill_tps, 2),
+                 "decode_tok_s": round(self.decode_tps, 2)}
+                | ({"peak_rss_bytes": self.peak_rss} if self.peak_rss else {}))
 
 
 @dataclass
@@ -305,8 +308,13 @@ class LLMBench:
     def goals(self) -> dict[str, float]:
         """The same-run ratios issue 18's goals are stated in: decode as a fraction of the bandwidth bound
         (weight bytes per token / read bandwidth), int8 decode over fp32 decode, prefill over the other engines."""
-        fp32, int8 = self.row("kuiper", "fp32"), self.row("kuiper", "int8")
+        fp32, int8, blocks = self.row("kuiper", "fp32"), self.row("kuiper", "int8"), self.row("kuiper", "gguf")
         found = {"fp32_decode_of_bound": fp32.decode_tps * self.weight_bytes / self.bandwidth} if fp32 else {}
+        for name, other in (("fp32", fp32), ("int8", int8)):
+            if blocks and other:
+                found[f"gguf_decode_vs_{name}"] = blocks.decode_tps / other.decode_tps
+                if blocks.peak_rss and other.peak_rss:
+                    found[f"gguf_peak_rss_vs_{name}"] = blocks.peak_rss / other.peak_rss
         if fp32 and int8:
             found |= {"int8_decode_of_bound": int8.decode_tps * self.int8_weight_bytes / self.bandwidth,
                       "int8_decode_vs_fp32": int8.decode_tps / fp32.decode_tps,
@@ -325,6 +333,29 @@ def _read_all(a: np.ndarray) -> float:
     for i in numba.prange(a.size):
         total += a[i]
     return total
+
+
+def reset_peak_rss() -> None:
+    """Start the process's peak resident set size afresh (Linux: write 5 to /proc/self/clear_refs); elsewhere
+    nothing, and `peak_rss` keeps the process's peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss() -> int:
+    """Bytes: the peak resident set size since `reset_peak_rss` (VmHWM of /proc/self/status), or without /proc
+    the process's peak (getrusage, whose ru_maxrss is in KiB on Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def read_bandwidth(mebibytes: int = 512, repeat: int = 5) -> float:
@@ -430,30 +461,44 @@ def gguf_type(path: Path) -> str:
 
 def bench_llm(path: str | Path, prompt_tokens: int = 64, decode_tokens: int = 64, llama_cpp: bool = True,
               llama_cpp_files: list[Path] | None = None, transformers: bool = True,
-              int8: int | None = None, device: str = "cpu") -> LLMBench:
+              int8: int | None = None, device: str = "cpu", weights: str = "fp32") -> LLMBench:
     """kuiper float32 (and int8 with groups of `int8` weights) vs transformers float32 and llama.cpp, tok/s,
-    on the CPU or, with `device='cuda'`, kuiper float32 and transformers on the GPU (llama.cpp stays out)."""
-    import resource
-
+    on the CPU or, with `device='cuda'`, kuiper float32 and transformers on the GPU (llama.cpp stays out).
+    `weights='gguf'` adds a first row: the GGUF file's Q4_1/Q8_0 blocks run as they are (lesson 14).
+    Each kuiper row's peak RSS is measured from a reset before its model is loaded (Linux)."""
     from kuiper.llm.model import load
 
     path = Path(path)
     if not path.exists():
         raise KuiperError(f"{path}: no such model file or folder")
-    model, tokenizer = load(path, max_seq_len=prompt_tokens + decode_tokens + 8)
+    max_seq_len, rows = prompt_tokens + decode_tokens + 8, []
+    if weights == "gguf":
+        from kuiper.quant import load_gguf_blocks
+
+        reset_peak_rss()
+        blocks, tokenizer = load_gguf_blocks(path, max_seq_len)
+        ids = prompt_ids(tokenizer, prompt_tokens)
+        seconds = kuiper_rates(blocks, ids, decode_tokens)
+        rows.append(LLMRow("kuiper", f"gguf {gguf_type(path)}", *per_second(seconds, len(ids), decode_tokens),
+                           peak_rss()))
+        del blocks
+    reset_peak_rss()
+    model, tokenizer = load(path, max_seq_len=max_seq_len)
     model.to(device)
     ids = prompt_ids(tokenizer, prompt_tokens)
-    rows = [LLMRow("kuiper", "fp32", *per_second(kuiper_rates(model, ids, decode_tokens), len(ids), decode_tokens))]
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    seconds = kuiper_rates(model, ids, decode_tokens)
+    fp32 = LLMRow("kuiper", "fp32", *per_second(seconds, len(ids), decode_tokens), peak_rss())
+    rows.append(fp32)
     weight_bytes, bandwidth, int8_bytes = model.weight_bytes, read_bandwidth(), None
     if int8:
         from kuiper.quant import quantize_model
 
+        reset_peak_rss()  # the int8 path is made from the float32 model: its peak includes it
         quantized = quantize_model(model, int8)
         del model
         int8_bytes = quantized.weight_bytes
-        rows.append(LLMRow("kuiper", f"int8 g{int8}",
-                           *per_second(kuiper_rates(quantized, ids, decode_tokens), len(ids), decode_tokens)))
+        seconds = kuiper_rates(quantized, ids, decode_tokens)
+        rows.append(LLMRow("kuiper", f"int8 g{int8}", *per_second(seconds, len(ids), decode_tokens), peak_rss()))
         del quantized
     else:
         del model
@@ -466,7 +511,7 @@ def bench_llm(path: str | Path, prompt_tokens: int = 64, decode_tokens: int = 64
         seconds = llama_cpp_rates(Path(file), ids, decode_tokens)
         if seconds is not None:
             rows.append(LLMRow("llama.cpp", gguf_type(Path(file)), *per_second(seconds, len(ids), decode_tokens)))
-    return LLMBench(path.name, rows, weight_bytes, bandwidth, peak_rss, int8_bytes)
+    return LLMBench(path.name, rows, weight_bytes, bandwidth, fp32.peak_rss, int8_bytes)
 
 
 def per_second(seconds: tuple[float, float], prompt_tokens: int, decode_tokens: int) -> tuple[float, float]:
@@ -483,10 +528,12 @@ def format_llm_rows(bench: LLMBench) -> str:
     if bench.int8_weight_bytes:
         lines[0] += (f"; int8: {bench.int8_weight_bytes / 1e6:.0f} MB per token -> decode bound "
                      f"{bench.bandwidth / bench.int8_weight_bytes:.1f} tok/s")
-    lines.append(f"{'engine':14} {'weights':8} {'prefill tok/s':>14} {'decode tok/s':>13} {'vs transformers':>16}")
+    lines.append(f"{'engine':14} {'weights':9} {'prefill tok/s':>14} {'decode tok/s':>13} {'vs transformers':>16} "
+                 f"{'peak RSS MiB':>13}")
     for r in bench.rows:
         ratio = f"{r.decode_tps / base:16.2f}" if base else f"{'':16}"
-        lines.append(f"{r.engine:14} {r.weights:8} {r.prefill_tps:14.1f} {r.decode_tps:13.1f} {ratio}")
+        rss = f"{r.peak_rss / 2**20:13.0f}" if r.peak_rss else ""
+        lines.append(f"{r.engine:14} {r.weights:9} {r.prefill_tps:14.1f} {r.decode_tps:13.1f} {ratio} {rss}".rstrip())
     goals = bench.goals()
     if goals:
         lines.append("same-run ratios: " + ", ".join(f"{name} {value:.2f}" for name, value in goals.items()))

@@ -236,7 +236,13 @@ def load_llm(args: argparse.Namespace):
 
     if not Path(args.model).exists():
         raise KuiperError(f"{args.model}: no such model file or folder")
-    model, tokenizer = load_model(args.model, max_seq_len=args.context)
+    check_weights(args.model, args.weights, args.int8, args.device)
+    if args.weights == "gguf":
+        from kuiper.quant import load_gguf_blocks
+
+        model, tokenizer = load_gguf_blocks(args.model, args.context)
+    else:
+        model, tokenizer = load_model(args.model, max_seq_len=args.context)
     if tokenizer is None:
         raise KuiperError(f"{args.model} has no tokenizer (tokenizer.json beside config.json)")
     if args.int8:
@@ -244,6 +250,18 @@ def load_llm(args: argparse.Namespace):
 
         model = quantize_model(model, args.int8)
     return (model if args.device == "cpu" else model.to(args.device)), tokenizer
+
+
+def check_weights(model: str, weights: str, int8: int | None, device: str) -> None:
+    """KuiperError for a --weights gguf that cannot be: not a .gguf file, or with --int8 or --device cuda."""
+    if weights != "gguf":
+        return
+    if Path(model).suffix != ".gguf":
+        raise KuiperError(f"--weights gguf runs a .gguf file's blocks, got {model}")
+    if int8:
+        raise KuiperError("--weights gguf runs the file's own blocks; --int8 quantizes float32 weights: choose one")
+    if device != "cpu":
+        raise KuiperError(f"--weights gguf runs on the CPU only, not --device {device}")
 
 
 def sampler_from(args: argparse.Namespace):
@@ -333,8 +351,10 @@ def chat(args: argparse.Namespace) -> None:
 def bench(args: argparse.Namespace) -> list[dict]:
     """Time kuiper against PyTorch: whole models, or every conv, pool and activation of the zoo (`ops`)."""
     if len(args.targets) == 1 and is_llm(Path(args.targets[0])):
+        check_weights(args.targets[0], args.weights, None, args.device)  # --int8 adds its row to gguf's
         result = benchmarks.bench_llm(args.targets[0], args.prompt_tokens, args.decode_tokens,
-                                      llama_cpp_files=args.llama_cpp, int8=args.int8, device=args.device)
+                                      llama_cpp_files=args.llama_cpp, int8=args.int8, device=args.device,
+                                      weights=args.weights)
         if not args.json:
             print(benchmarks.format_llm_rows(result))
         return [result.as_json()]
@@ -397,9 +417,12 @@ def grade_workbooks(args: argparse.Namespace) -> object:
 
 
 def add_int8(parser: argparse.ArgumentParser) -> None:
-    """--int8 GROUP: quantize the linear weights to int8 after loading."""
+    """--int8 GROUP: quantize the linear weights to int8 after loading; --weights: float32, or the GGUF blocks."""
     parser.add_argument("--int8", type=integer(1), choices=(32, 64, 128), metavar="GROUP",
                         help="run with int8 linear weights, one scale per GROUP weights (32, 64 or 128)")
+    parser.add_argument("--weights", choices=("fp32", "gguf"), default="fp32",
+                        help="fp32: dequantize the file to float32 at load (default); gguf: keep a .gguf file's "
+                             "Q4_1 and Q8_0 blocks and multiply by them directly, several times less memory")
 
 
 def is_llm(path: Path) -> bool:

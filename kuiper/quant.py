@@ -4,14 +4,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 from kuiper.errors import DTypeError, ShapeError
-from kuiper.llm.gguf import GGUFFile
-from kuiper.llm.model import Llama
+from kuiper.llm.gguf import dequantize as dequantize_gguf, GGUFFile
+from kuiper.llm.model import fuse, Llama, model_from_gguf, rope_runs
+from kuiper.llm.tokenizer import load_tokenizer, Tokenizer
 
 
 def round_half_away(v: np.ndarray) -> np.ndarray:
@@ -53,6 +56,10 @@ class QuantizedWeight:
     def matmul(self, x: np.ndarray) -> np.ndarray:
         """x (T, K) @ w.T -> (T, N): what `kuiper.llm.ops.matmul` calls for a weight that is not an array."""
         return qmatmul(x, self)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        """The float32 rows (T, K) of token ids `rows` (T,): an embedding lookup on an int8 table."""
+        return dequantize(QuantizedWeight(self.q[rows], self.scales[rows], self.group))
 
 
 def dequantize(qw: QuantizedWeight) -> np.ndarray:
@@ -314,3 +321,108 @@ def quantize_model(model: Llama, group: int = 64) -> Llama:
     quantized.head = quantize(model.head, group)
     quantized.k_cache, quantized.v_cache = np.zeros_like(model.k_cache), np.zeros_like(model.v_cache)
     return quantized
+
+
+#: Every IEEE half as float32, indexed by its 16 bits: a block's scale is one load.
+HALVES = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+@njit(cache=True)
+def half(halves, row, at):
+    """The float32 value of the float16 whose little-endian bytes are row[at], row[at + 1]."""
+    return halves[np.int64(row[at]) | np.int64(row[at + uint64(1)]) << 8]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def q4_1_matvec_kernel(x, blocks, halves, out):
+    """out[n] = Σ_b d_nb (x_b · q_nb) + m_nb Σ x_b: x (K,) float32, blocks (N, K // 32 * 20) uint8 Q4_1 rows,
+    two rows at a time sharing each load of x (an odd last row with itself)."""
+    n_blocks = uint64(x.size // 32)
+    sums = np.zeros(n_blocks, np.float32)
+    for b in range(n_blocks):
+        for j in range(uint64(32)):
+            sums[b] += x[uint64(32) * b + j]
+    n_rows = blocks.shape[0]
+    for pair in prange((n_rows + 1) // 2):
+        n, m = 2 * pair, min(2 * pair + 1, n_rows - 1)  # the odd last row pairs with itself
+        row0, row1 = blocks[n], blocks[m]
+        total0, total1 = np.float32(0.0), np.float32(0.0)
+        for b in range(n_blocks):
+            at, xb = uint64(20) * b, uint64(32) * b
+            acc0, acc1 = np.float32(0.0), np.float32(0.0)
+            for j in range(uint64(16)):
+                low, high = x[xb + j], x[xb + uint64(16) + j]
+                byte0, byte1 = row0[at + uint64(4) + j], row1[at + uint64(4) + j]
+                acc0 += low * np.float32(byte0 & 0x0F) + high * np.float32(byte0 >> 4)
+                acc1 += low * np.float32(byte1 & 0x0F) + high * np.float32(byte1 >> 4)
+            total0 += half(halves, row0, at) * acc0 + half(halves, row0, at + uint64(2)) * sums[b]
+            total1 += half(halves, row1, at) * acc1 + half(halves, row1, at + uint64(2)) * sums[b]
+        out[n], out[m] = total0, total1
+
+
+Q4_1_BLOCK_BYTES = 20
+
+
+@dataclass(frozen=True, eq=False)
+class Q4_1Weight:
+    """A weight matrix (N, K) kept as GGUF Q4_1 blocks: `blocks` uint8 (N, K // 32 * 20), often a view of the file."""
+
+    blocks: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.blocks.dtype != np.uint8 or self.blocks.ndim != 2 or self.blocks.shape[1] % Q4_1_BLOCK_BYTES:
+            raise ShapeError(f"Q4_1Weight: expected uint8 blocks (N, K // 32 * {Q4_1_BLOCK_BYTES}), "
+                             f"got {self.blocks.dtype} {self.blocks.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(N, K), the shape of the float matrix it stands for."""
+        return self.blocks.shape[0], self.blocks.shape[1] // Q4_1_BLOCK_BYTES * 32
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the blocks."""
+        return self.blocks.nbytes
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        """x (T, K) @ w.T -> (T, N) float32: fewer than BLAS_TOKENS tokens through `q4_1_matvec_kernel`, more
+        through lesson 09's `dequantize` of BLAS_ROWS rows at a time and BLAS; ShapeError if x is not (T, K)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        (n, k), tokens = self.shape, len(x)
+        if x.ndim != 2 or x.shape[1] != k:
+            raise ShapeError(f"Q4_1Weight.matmul: expected x of shape (T, {k}) for a weight {self.shape}, got {x.shape}")
+        out = np.empty((tokens, n), np.float32)
+        if tokens < BLAS_TOKENS:  # a few tokens: the matrix-vector kernel for each, as fast as a widening
+            for t in range(tokens):
+                q4_1_matvec_kernel(x[t], self.blocks, HALVES, out[t])
+            return out
+        for first in range(0, n, BLAS_ROWS):
+            rows = self.blocks[first:first + BLAS_ROWS]
+            out[:, first:first + len(rows)] = x @ dequantize_gguf(rows, "Q4_1", (len(rows), k)).T
+        return out
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        """The float32 rows (T, K) of token ids `rows` (T,): an embedding lookup."""
+        blocks = self.blocks[rows]
+        return dequantize_gguf(blocks, "Q4_1", (len(blocks), self.shape[1]))
+
+
+def block_matrix(file: GGUFFile, get: Any, layer: int | None, parts: list[tuple[str, int | None]]) -> Any:
+    """The `matrix` of lesson 11's `model_from_gguf` that keeps the file's blocks: Q4_1 as a Q4_1Weight over
+    the mapped bytes, Q8_0 as a group-32 QuantizedWeight (`from_q8_0`), any other type (or parts of mixed
+    types) in float32 (`fuse`). Stacked parts and GGUF's RoPE order (`rope_runs`) copy rows of blocks, never floats."""
+    infos = [file.tensors[get.check(name, layer)] for name, _ in parts]
+    kind = infos[0].type
+    if kind not in ("Q4_1", "Q8_0") or any(info.type != kind for info in infos):
+        return fuse(get, layer, parts)
+    runs = [file.raw(info.name).reshape(info.shape[0], -1)[stored]
+            for info, (_, heads) in zip(infos, parts) for _, stored in rope_runs(info.shape[0], heads)]
+    blocks = runs[0] if len(runs) == 1 else np.concatenate(runs)
+    return Q4_1Weight(blocks) if kind == "Q4_1" else from_q8_0(blocks, (len(blocks), infos[0].shape[1]))
+
+
+def load_gguf_blocks(path: str | Path, max_seq_len: int = 2048) -> tuple[Llama, Tokenizer | None]:
+    """The model of a .gguf file with its Q4_1 and Q8_0 matrices kept quantized (`block_matrix`), and its
+    tokenizer: what `--weights gguf` runs. GGUFError as lesson 11's loader raises them."""
+    file = GGUFFile(path)
+    return model_from_gguf(file, max_seq_len, partial(block_matrix, file)), load_tokenizer(file.metadata)

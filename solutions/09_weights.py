@@ -133,7 +133,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from kuiper.errors import GGUFError
+from kuiper.errors import GGUFError, ShapeError
 
 #: ggml type id -> (name, elements per block, bytes per block).
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
@@ -324,7 +324,8 @@ def _read_metadata(self, cursor: Cursor, n_kv: int) -> dict[str, Any]:
 def _place(self, name: str, ne: list[int], type_id: int, start: int, misalignment: int) -> TensorInfo:
     """The TensorInfo of one tensor, after checking its type and that its bytes lie in the file."""
     if type_id not in GGML_TYPES:
-        raise GGUFError(f"{self.path}: tensor {name!r} has unknown ggml type id {type_id}")
+        raise GGUFError(f"{self.path}: tensor {name!r} has unknown ggml type id {type_id}; expected one of "
+                        f"ggml's {len(GGML_TYPES)} types (ids 0 to {max(GGML_TYPES)})")
     type_name, block, block_bytes = GGML_TYPES[type_id]
     shape = tuple(reversed(ne))
     if min(ne) == 0:
@@ -349,6 +350,14 @@ def info(self, name: str) -> TensorInfo:
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         raise GGUFError(f"{self.path}: no tensor {name!r} among its {len(self.tensors)}{hint}")
     return self.tensors[name]
+
+
+@patch_to(GGUFFile)
+def release(self) -> None:
+    """Drop the pages of the file read so far from this process's memory (madvise MADV_DONTNEED, where the
+    system has it): they stay in the operating system's page cache and come back when touched again."""
+    if hasattr(mmap, "MADV_DONTNEED"):
+        self._buffer.madvise(mmap.MADV_DONTNEED)
 
 
 @patch_to(GGUFFile)
@@ -651,38 +660,49 @@ with check("Exercise 9.5"):
 # With the three kernels, `dequantize` turns the stored bytes of any tensor kuiper supports into
 # float32 values of numpy `shape`:
 #
-# * `F32`: the bytes viewed as little-endian float32 (`"<f4"`) and reshaped, **no copy**: for an
-#   F32 tensor the result is a read-only view of the mapped file;
-# * `F16`: viewed as `"<f2"`, widened to float32;
-# * `BF16`: the top half of a float32, so view the bytes as `"<u2"`, widen to `uint32`, shift left
-#   by 16 and view as float32;
-# * a block type of `KERNELS`: cut `raw` into rows of the type's bytes per block (`GGML_TYPES`),
-#   run the kernel into an `(n_blocks, block)` float32 array, and reshape. The blocks run along
-#   each row, so the flat output already has the tensor's row layout.
+# * `F32` with no `out`: the bytes viewed as little-endian float32 (`"<f4"`) and reshaped, **no
+#   copy**: for an F32 tensor the result is a read-only view of the mapped file;
+# * otherwise the values are written into `out`, a float32 array of `shape` — the caller's, or a new
+#   one (`np.empty`) when `out` is None — and `out` is returned:
+#   * `F32` and `F16`: the bytes viewed as `"<f4"` or `"<f2"`, reshaped and assigned, `out[...] = ...`
+#     (numpy widens float16 on the way, chunk by chunk, with no temporary array);
+#   * `BF16`: the top half of a float32, so view the bytes as `"<u2"` and shift them left by 16 straight
+#     into `out`'s bits: `np.left_shift(..., 16, out=out.view(np.uint32), dtype=np.uint32)`;
+#   * a block type of `KERNELS`: cut `raw` into rows of the type's bytes per block (`GGML_TYPES`)
+#     and run the kernel into `out` viewed as `(n_blocks, block)`. The blocks run along each row, so
+#     the flat output already has the tensor's row layout.
 #
-# `tensor(name)` below calls it with a tensor's bytes, type and shape.
+# Why `out`? Lesson 11 stacks the q, k and v matrices of a layer into one; decoding each straight
+# into its rows of the stacked matrix writes every float32 weight once, where decoding and then
+# stacking would write it twice. `tensor(name)` below calls it with a tensor's bytes, type and
+# shape (and, for lesson 11, an `out` and a range of rows).
 
 # %%
 #| export llm.gguf
-#| exercise: F32 -> view '<f4'; F16 -> view '<f2' as float32; BF16 -> '<u2' as uint32 << 16 viewed as float32; else blocks of GGML_TYPES bytes through KERNELS
+#| exercise: F32 without out -> a view '<f4'; else into out (np.empty when None): F32/F16 assigned; BF16 '<u2' shifted by 16 into out's uint32 bits; blocks through KERNELS
 #: The block quantizations kuiper decodes: ggml type name -> kernel(blocks, out).
 KERNELS = {"Q4_0": dequantize_q4_0, "Q4_1": dequantize_q4_1, "Q8_0": dequantize_q8_0}
 
 
-def dequantize(raw: np.ndarray, ggml_type: str, shape: tuple[int, ...]) -> np.ndarray:
-    """The float32 values of a tensor stored as `ggml_type` in the bytes `raw`, in numpy `shape`."""
+def dequantize(raw: np.ndarray, ggml_type: str, shape: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
+    """The float32 values of a tensor stored as `ggml_type` in the bytes `raw`, in numpy `shape`: written
+    into `out` (C-contiguous float32 of that shape) when given, else a new array, or for F32 a view of `raw`.
+    ShapeError if `out` is not such an array."""
+    if out is not None and (out.shape != tuple(shape) or out.dtype != np.float32 or not out.flags.c_contiguous):
+        raise ShapeError(f"dequantize: out must be C-contiguous float32 of shape {tuple(shape)}, "
+                         f"got {out.dtype} {out.shape}")
     ### BEGIN SOLUTION
-    if ggml_type == "F32":
+    if ggml_type == "F32" and out is None:
         return raw.view("<f4").reshape(shape)
-    if ggml_type == "F16":
-        return raw.view("<f2").astype(np.float32).reshape(shape)
-    if ggml_type == "BF16":
-        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
-    _, block, block_bytes = GGML_TYPES[TYPE_IDS[ggml_type]]
-    blocks = raw.reshape(-1, block_bytes)
-    out = np.empty((len(blocks), block), np.float32)
-    KERNELS[ggml_type](blocks, out)
-    return out.reshape(shape)
+    out = np.empty(shape, np.float32) if out is None else out
+    if ggml_type in ("F32", "F16"):
+        out[...] = raw.view("<f4" if ggml_type == "F32" else "<f2").reshape(shape)
+    elif ggml_type == "BF16":
+        np.left_shift(raw.view("<u2").reshape(shape), 16, out=out.view(np.uint32), dtype=np.uint32)
+    else:
+        _, block, block_bytes = GGML_TYPES[TYPE_IDS[ggml_type]]
+        KERNELS[ggml_type](raw.reshape(-1, block_bytes), out.reshape(-1, block))
+    return out
     ### END SOLUTION
 
 
@@ -704,20 +724,36 @@ with check("Exercise 9.6"):
         stored = gguf.quants.quantize(values, qtype).ravel()
         got, want = dequantize(stored, kind, (4, 64)), gguf.quants.dequantize(stored.reshape(4, -1), qtype)
         assert got.shape == (4, 64) and np.array_equal(got, want), f"{kind}: expected gguf's values, got {agreement(got, want, 1e-7)}"
+    stacked = np.full((6, 64), np.nan, np.float32)  # decode into rows 1-4 of a bigger matrix, as lesson 11 does
+    halves = values.astype(np.float16)
+    for kind, stored, want in [("F32", values.tobytes(), values), ("F16", halves.tobytes(), halves),
+                               ("BF16", bf16.view(torch.uint8).numpy().tobytes(), bf16.float().numpy()),
+                               ("Q8_0", gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q8_0).tobytes(), None)]:
+        want = gguf.quants.dequantize(np.frombuffer(stored, np.uint8).reshape(4, -1), gguf.GGMLQuantizationType.Q8_0) if want is None else want
+        got = dequantize(np.frombuffer(stored, np.uint8), kind, (4, 64), out=stacked[1:5])
+        assert got is stacked[1:5] or np.shares_memory(got, stacked), f"{kind} with out: expected out back, got a new array"
+        assert np.array_equal(stacked[1:5], want) and np.isnan(stacked[[0, 5]]).all(), \
+            f"{kind} into out = rows 1-4 of a (6, 64) matrix: expected the values there and rows 0, 5 untouched, got {stacked[:, 0]}"
 
 # %% [markdown]
-# `tensor(name)` refuses a type it has no kernel for, with the list of those it has.
+# `tensor(name)` refuses a type it has no kernel for, with the list of those it has; it can also
+# decode a range of rows (every other row, say) into a caller's array.
 
 # %%
 #| export llm.gguf
 @patch_to(GGUFFile)
-def tensor(self, name: str) -> np.ndarray:
-    """The float32 values of tensor `name` in numpy shape (for F32, a read-only view of the file)."""
+def tensor(self, name: str, out: np.ndarray | None = None, rows: slice = slice(None)) -> np.ndarray:
+    """The float32 values of tensor `name` in numpy shape (for F32, a read-only view of the file); with
+    `rows`, a slice of the first axis, only those rows; written into `out` when given (see `dequantize`)."""
     info = self.info(name)
     if info.type not in ("F32", "F16", "BF16", *KERNELS):
         raise GGUFError(f"{self.path}: tensor {name!r} has type {info.type} (id {TYPE_IDS[info.type]}), "
                         f"which kuiper cannot dequantize; supported: F32, F16, BF16, {', '.join(KERNELS)}")
-    return dequantize(self.raw(name), info.type, info.shape)
+    raw, shape = self.raw(name), info.shape
+    if rows != slice(None):
+        raw = raw.reshape(shape[0], -1)[rows]  # (rows, bytes per row): a view, strided when rows.step > 1
+        shape = (len(raw), *shape[1:])
+    return dequantize(raw, info.type, shape, out)
 
 
 # %% [markdown]
@@ -910,8 +946,10 @@ def nbytes(self, name: str) -> int:
 
 
 @patch_to(SafetensorsFile)
-def tensor(self, name: str) -> np.ndarray:
-    """Tensor `name` as numpy: F16 and BF16 widened to float32, other dtypes as read-only views."""
+def tensor(self, name: str, out: np.ndarray | None = None, rows: slice = slice(None)) -> np.ndarray:
+    """Tensor `name` as numpy: F16 and BF16 widened to float32, other dtypes as read-only views; with
+    `rows` (a slice of the first axis) only those rows; written into `out` (float32) when given, as
+    lesson 09's GGUF `dequantize` does (BF16 shifted straight into out's bits, no temporary)."""
     if name not in self.tensors:
         close = get_close_matches(name, self.tensors, n=3)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -920,12 +958,19 @@ def tensor(self, name: str) -> np.ndarray:
     if dtype not in DTYPES:
         raise SafetensorsError(f"{self.path}: tensor {name!r} has dtype {dtype}, which kuiper cannot read; "
                                f"supported: {', '.join(DTYPES)}")
-    array = np.frombuffer(self._buffer, DTYPES[dtype], math.prod(shape), self._starts[name])
+    array = np.frombuffer(self._buffer, DTYPES[dtype], math.prod(shape), self._starts[name]).reshape(shape)
+    array = array if rows == slice(None) else array[rows]  # a 0-d tensor has no rows to slice
+    if out is None and dtype not in ("F16", "BF16"):
+        return array
+    out = np.empty(array.shape, np.float32) if out is None else out
+    if out.shape != array.shape or out.dtype != np.float32:
+        raise SafetensorsError(f"{self.path}: tensor {name!r} rows {rows} are {dtype} {array.shape}, "
+                               f"which do not fit out {out.dtype} {out.shape}")
     if dtype == "BF16":
-        array = (array.astype(np.uint32) << 16).view(np.float32)
-    elif dtype == "F16":
-        array = array.astype(np.float32)
-    return array.reshape(shape)
+        np.left_shift(array, 16, out=out.view(np.uint32), dtype=np.uint32)
+    else:
+        out[...] = array
+    return out
 
 
 # %%
@@ -1030,13 +1075,13 @@ class ShardedSafetensors:
                 raise SafetensorsError(f"{self.path}: weight_map puts {name!r} in {shard.path.name}, which lacks it")
         self.tensors = {name: shard.tensors[name] for name, shard in self._where.items()}
 
-    def tensor(self, name: str) -> np.ndarray:
+    def tensor(self, name: str, out: np.ndarray | None = None, rows: slice = slice(None)) -> np.ndarray:
         """Tensor `name` from the shard that holds it (as SafetensorsFile.tensor reads it)."""
         if name not in self._where:
             close = get_close_matches(name, self.tensors, n=3)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise SafetensorsError(f"{self.path}: no tensor {name!r} among its {len(self.tensors)}{hint}")
-        return self._where[name].tensor(name)
+        return self._where[name].tensor(name, out, rows)
 
 
 def open_checkpoint(folder: str | Path) -> SafetensorsFile | ShardedSafetensors:

@@ -785,8 +785,12 @@ class Llama:
 # The two file layouts name the same tensors differently; one table per layout maps our names to
 # theirs, and one function builds the `Llama` from either. GGUF's `llama` tensors store the rows
 # of q and k with RoPE's pairs interleaved (llama.cpp's converter permutes them for its rotation
-# kernel), so `unpermute` puts them back in rotate-half order. Fused matrices are the one copy the
-# loader makes; float32 tensors that need no fusing stay memory-mapped views of the file.
+# kernel): row $h d + 2i + j$ of head $h$ belongs at row $h d + j\,d/2 + i$ in rotate-half order.
+# `rope_runs` lists that reordering as runs of rows, and `fuse` decodes each run of each tensor
+# straight into its place in the fused matrix (lesson 09's `tensor(name, out, rows)`): every float32
+# weight is written once, with no dequantized copy to permute and no second copy to concatenate.
+# Float32 tensors that need no fusing stay memory-mapped views of the file. Every tensor's shape is
+# checked against the config before anything is allocated for it.
 
 # %%
 #| export llm.model
@@ -809,9 +813,14 @@ HF_NAMES = {"attn_norm": "input_layernorm.weight", "wq": "self_attn.q_proj.weigh
             "layer": "model.layers.{}."}
 
 
-def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
-    """GGUF llama q/k rows, RoPE pairs interleaved per head, back in rotate-half order."""
-    return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+def rope_runs(rows: int, heads: int | None = None) -> list[tuple[slice, slice]]:
+    """(rows in rotate-half order, the stored rows that go there) for GGUF's llama q or k of `rows` rows in
+    `heads` heads: stored row h·d + 2i + j goes to h·d + j·d/2 + i; all rows in place when heads is None."""
+    if heads is None:
+        return [(slice(None), slice(None))]
+    d = rows // heads
+    return [(slice(h * d + j * d // 2, h * d + (j + 1) * d // 2), slice(h * d + j, (h + 1) * d, 2))
+            for h in range(heads) for j in (0, 1)]
 
 
 def weight_shapes(config: Config) -> dict[str, tuple[int, ...]]:
@@ -825,46 +834,67 @@ def weight_shapes(config: Config) -> dict[str, tuple[int, ...]]:
 
 
 def checked_reader(weights: Any, config: Config, names: dict[str, str], error: type[KuiperError]) -> Any:
-    """get(name, layer=None): the tensor of our `name` from `weights` (a GGUFFile or safetensors file,
-    `names` its naming), after checking its stored shape against the config before reading it."""
+    """get(name, layer=None, out=None, rows=slice(None)): tensor `name` (our name) of `weights` into `out` if given;
+    get.check(name, layer): its stored name. Both check the stored shape against the config before reading."""
     expected = weight_shapes(config)
 
-    def get(name: str, layer: int | None = None) -> np.ndarray:
+    def check(name: str, layer: int | None = None) -> str:
         stored = names[name] if layer is None else names["layer"].format(layer) + names[name]
         if stored not in weights.tensors:
             weights.tensor(stored)  # raises the file's error, naming the closest tensors
         shape = tuple(weights.tensors[stored].shape)
         if shape != expected[name]:
             raise error(f"{weights.path}: tensor {stored!r} has shape {shape}, but the config needs {expected[name]}")
-        return weights.tensor(stored)
+        return stored
 
+    def get(name: str, layer: int | None = None, out: np.ndarray | None = None, rows: slice = slice(None)) -> np.ndarray:
+        return weights.tensor(check(name, layer), out, rows)
+
+    get.check, get.shapes = check, expected
     return get
 
 
-def build_block(config: Config, get: Any, interleaved: bool) -> Block:
-    """One layer's weights from `get(name)` in our names, fused and in rotate-half order."""
-    q, k = get("wq"), get("wk")
-    if interleaved:
-        q, k = unpermute(q, config.n_heads), unpermute(k, config.n_kv_heads)
-    return Block(attn_norm=get("attn_norm"), wqkv=np.concatenate([q, k, get("wv")]),
-                 wo=np.ascontiguousarray(get("wo")), ffn_norm=get("ffn_norm"),
-                 w_gate_up=np.concatenate([get("gate"), get("up")]), w_down=np.ascontiguousarray(get("down")),
-                 bqkv=np.concatenate([get("bq"), get("bk"), get("bv")]) if config.qkv_bias else None,
-                 q_norm=get("q_norm") if config.qk_norm else None, k_norm=get("k_norm") if config.qk_norm else None)
+def fuse(get: Any, layer: int | None, parts: list[tuple[str, int | None]]) -> np.ndarray:
+    """`parts` (our name, heads to put in rotate-half order or None) of `layer` stacked in one new float32 array,
+    each run of rows decoded straight into its place; a single part in order as `get` reads it."""
+    if len(parts) == 1 and parts[0][1] is None:
+        return get(parts[0][0], layer)
+    shapes = [get.shapes[name] for name, _ in parts if get.check(name, layer)]  # checked before allocating
+    out = np.empty((sum(shape[0] for shape in shapes), *shapes[0][1:]), np.float32)
+    start = 0
+    for (name, heads), shape in zip(parts, shapes):
+        for into, stored in rope_runs(shape[0], heads):
+            get(name, layer, out[start:start + shape[0]][into], stored)
+        start += shape[0]
+    return out
 
 
-def model_from_gguf(file: GGUFFile, max_seq_len: int = 2048) -> Llama:
-    """The Llama stored in an open GGUF file, dequantized to float32; GGUFError naming the key or
-    tensor whose value or shape does not fit the config."""
+def build_block(config: Config, get: Any, layer: int, interleaved: bool, matrix: Any = fuse) -> Block:
+    """One layer's weights from `get`, its matrices made by `matrix` (by default float32, fused, rotate-half order)."""
+    heads = (config.n_heads, config.n_kv_heads) if interleaved else (None, None)
+    return Block(attn_norm=get("attn_norm", layer), wqkv=matrix(get, layer, [("wq", heads[0]), ("wk", heads[1]), ("wv", None)]),
+                 wo=matrix(get, layer, [("wo", None)]), ffn_norm=get("ffn_norm", layer),
+                 w_gate_up=matrix(get, layer, [("gate", None), ("up", None)]), w_down=matrix(get, layer, [("down", None)]),
+                 bqkv=fuse(get, layer, [("bq", None), ("bk", None), ("bv", None)]) if config.qkv_bias else None,
+                 q_norm=get("q_norm", layer) if config.qk_norm else None, k_norm=get("k_norm", layer) if config.qk_norm else None)
+
+
+def model_from_gguf(file: GGUFFile, max_seq_len: int = 2048, matrix: Any = fuse) -> Llama:
+    """The Llama in an open GGUF file, in float32 (or each matrix as `matrix(get, layer, parts)` makes it: lesson 14's
+    keeps the blocks); GGUFError naming the key or tensor whose value or shape does not fit the config."""
     config = config_from_gguf(file.metadata, str(file.path))
     rows = file.info(GGUF_NAMES["embed"]).shape[0]
     if f"{config.arch}.vocab_size" not in file.metadata and rows > config.vocab_size:
         config = replace(config, vocab_size=rows)  # an embedding padded past the tokenizer's tokens (Qwen)
     get = checked_reader(file, config, GGUF_NAMES, GGUFError)
-    blocks = [build_block(config, lambda name: get(name, i), config.arch == "llama") for i in range(config.n_layers)]
-    embed = get("embed")
-    head = get("head") if GGUF_NAMES["head"] in file.tensors else embed
+    blocks = []
+    for i in range(config.n_layers):
+        blocks.append(build_block(config, get, i, config.arch == "llama", matrix))
+        file.release()  # the file pages of a decoded layer need not stay in this process
+    embed = matrix(get, None, [("embed", None)])
+    head = matrix(get, None, [("head", None)]) if GGUF_NAMES["head"] in file.tensors else embed
     factors = get("rope_freqs") if GGUF_NAMES["rope_freqs"] in file.tensors else None
+    file.release()
     return Llama(config, embed, blocks, get("norm"), head, max_seq_len, factors)
 
 
@@ -874,7 +904,7 @@ def model_from_hf(folder: Path, max_seq_len: int = 2048) -> Llama:
     config = config_from_hf(load_config(folder / "config.json"), str(folder / "config.json"))
     weights = open_checkpoint(folder)
     get = checked_reader(weights, config, HF_NAMES, SafetensorsError)
-    blocks = [build_block(config, lambda name: get(name, i), False) for i in range(config.n_layers)]
+    blocks = [build_block(config, get, i, False) for i in range(config.n_layers)]
     embed = get("embed")
     head = get("head") if HF_NAMES["head"] in weights.tensors else embed
     return Llama(config, embed, blocks, get("norm"), head, max_seq_len)

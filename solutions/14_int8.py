@@ -35,6 +35,7 @@
 # | 14.5 | the quantized matrix-vector kernel of decoding |
 # | 14.6 | the prefill kernel: widen a block of rows once, reuse it for every token |
 # | 14.7 | perplexity, the error metric a user notices |
+# | 14.8 | a matrix-vector kernel on GGUF's Q4_1 blocks as the file stores them |
 
 # %%
 #| default_exp quant
@@ -154,6 +155,10 @@ class QuantizedWeight:
     def matmul(self, x: np.ndarray) -> np.ndarray:
         """x (T, K) @ w.T -> (T, N): what `kuiper.llm.ops.matmul` calls for a weight that is not an array."""
         return qmatmul(x, self)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        """The float32 rows (T, K) of token ids `rows` (T,): an embedding lookup on an int8 table."""
+        return dequantize(QuantizedWeight(self.q[rows], self.scales[rows], self.group))
 
 
 # %% [markdown]
@@ -1084,3 +1089,183 @@ if LONG:  # a benchmark: runs when asked (KUIPER_LONG=1)
 # metadata and the tokenizer copied, every 2-D weight — the embedding too, as llama.cpp's `Q8_0`
 # does — quantized from the source's dequantized tensors in the source's own layout, norms in
 # float32. Groups of 64 or 128 have no GGUF type; they exist only in memory, with `--int8`.
+
+# %% [markdown]
+# ## The file's own blocks: no float32 model at all
+#
+# Everything so far starts from float32. But SmolLM2's file is *already* quantized, and lesson 11's
+# loader expands it: 98 MB of Q4_1 and Q8_0 blocks become 538 MB of float32, the process's largest
+# piece of memory, and the 538 MB every decode step reads. `kuiper generate MODEL.gguf --weights gguf`
+# keeps the blocks instead — lesson 11's `model_from_gguf` with another `matrix` function:
+#
+# * a **Q8_0** matrix is a group-32 `QuantizedWeight`: `from_q8_0` (Exercise 14.3) unpacks its blocks
+#   into int8 values and float32 scales once, at load, and `qmatmul` runs it — nothing new;
+# * a **Q4_1** matrix stays the very bytes of the mapped file, a `Q4_1Weight`: no copy at all. Its
+#   kernel decodes each block in registers. With $w_j = d\,q_j + m$,
+#   $\;x \cdot w = d\,(x \cdot q) + m \sum_j x_j$: the minimum's share needs only the sum of $x$
+#   over the block, the same for every row, so it is computed once per vector, and each row costs
+#   32 multiply-adds on the 4-bit codes plus two per block;
+# * stacked matrices (q | k | v, gate | up) and GGUF's RoPE order of q and k (lesson 11's
+#   `rope_runs`) copy **rows of blocks**, never floats; the embedding, Q8_0 in this file, is the
+#   int8 table, and a token's row is widened when it is looked up.
+#
+# The scales are float16 bits. Lesson 09's `half_to_float` decodes them exactly, but with a branch
+# and an `ldexp` for every block of every row it would cost more than the block's 32 products;
+# `HALVES`, all 65,536 halves as float32, makes each scale one load from a 256 KB table. Prefill
+# of 16 tokens or more widens 256 rows at a time with lesson 09's `dequantize` and hands them to BLAS,
+# as `qmatmul` does; fewer tokens run the matrix-vector kernel once each.
+#
+# ## Exercise 14.8 — the Q4_1 matrix-vector kernel
+#
+# `blocks` is a Q4_1 matrix as the file stores it, `(N, K // 32 * 20)` uint8: row `n` is `K // 32`
+# blocks of 20 bytes, `d` at bytes 0–1, `m` at 2–3 (`half(halves, row, at)`, given, reads the float16 at
+# `row[at]`), and 16 bytes of codes, byte $4 + j$ holding element $j$ in its low nibble and element
+# $j + 16$ in its high one (Exercise 9.4). First add up `x` over each block into `sums`. Then, as
+# `qmatvec_pairs_kernel` does, take the rows **two at a time** in `prange` (rows $2p$ and $2p + 1$; an
+# odd last row pairs with itself), so each value of `x` is loaded once for both: for each block, the
+# dot product of the block's 32 values of `x` with each row's codes, times that row's `d`, plus its
+# `m` times the block's sum; write the two totals to `out`. Index with `uint64` numbers, as the given
+# lines start to: numba checks a *signed* index for being negative, and that check keeps LLVM from
+# vectorizing the loop (about 3 × slower). One same-run timing, under load, put this kernel on
+# SmolLM2's 3072 × 576 gate|up matrix at the speed of `qmatvec_pairs_kernel` and 1.6 × faster than
+# the float32 matrix-vector product, while reading 0.625 bytes per weight.
+
+# %%
+#| export
+#| exercise: sums[b] = sum of x over block b; rows in pairs in prange: out[n] = sum over blocks of d * (x_b . codes) + m * sums[b]; byte 4 + j: low nibble -> j, high -> j + 16
+from numba import uint64
+
+#: Every IEEE half as float32, indexed by its 16 bits: a block's scale is one load.
+HALVES = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+@njit(cache=True)
+def half(halves, row, at):
+    """The float32 value of the float16 whose little-endian bytes are row[at], row[at + 1]."""
+    return halves[np.int64(row[at]) | np.int64(row[at + uint64(1)]) << 8]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def q4_1_matvec_kernel(x, blocks, halves, out):
+    """out[n] = Σ_b d_nb (x_b · q_nb) + m_nb Σ x_b: x (K,) float32, blocks (N, K // 32 * 20) uint8 Q4_1 rows,
+    two rows at a time sharing each load of x (an odd last row with itself)."""
+    n_blocks = uint64(x.size // 32)
+    sums = np.zeros(n_blocks, np.float32)
+    ### BEGIN SOLUTION
+    for b in range(n_blocks):
+        for j in range(uint64(32)):
+            sums[b] += x[uint64(32) * b + j]
+    n_rows = blocks.shape[0]
+    for pair in prange((n_rows + 1) // 2):
+        n, m = 2 * pair, min(2 * pair + 1, n_rows - 1)  # the odd last row pairs with itself
+        row0, row1 = blocks[n], blocks[m]
+        total0, total1 = np.float32(0.0), np.float32(0.0)
+        for b in range(n_blocks):
+            at, xb = uint64(20) * b, uint64(32) * b
+            acc0, acc1 = np.float32(0.0), np.float32(0.0)
+            for j in range(uint64(16)):
+                low, high = x[xb + j], x[xb + uint64(16) + j]
+                byte0, byte1 = row0[at + uint64(4) + j], row1[at + uint64(4) + j]
+                acc0 += low * np.float32(byte0 & 0x0F) + high * np.float32(byte0 >> 4)
+                acc1 += low * np.float32(byte1 & 0x0F) + high * np.float32(byte1 >> 4)
+            total0 += half(halves, row0, at) * acc0 + half(halves, row0, at + uint64(2)) * sums[b]
+            total1 += half(halves, row1, at) * acc1 + half(halves, row1, at + uint64(2)) * sums[b]
+        out[n], out[m] = total0, total1
+    ### END SOLUTION
+
+
+# %%
+from kuiper.llm.gguf import GGUFFile
+from kuiper.llm.gguf import dequantize as dequantize_gguf
+
+with check("Exercise 14.8"):
+    ffn_down = GGUFFile(DATA / "models" / "smollm2-135m-instruct-q4_1.gguf").raw("blk.0.ffn_down.weight")
+    w = rng.standard_normal((37, 64), dtype=np.float32) + 0.5
+    w[1, :32] = -0.25  # a constant block: d = 0, only its minimum m counts
+    cases = {"(37, 64) random": gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_1).reshape(37, -1),
+             "SmolLM2's blk.0.ffn_down (576, 1536)": ffn_down.reshape(576, -1)}
+    for name, blocks in cases.items():
+        n, k = blocks.shape[0], blocks.shape[1] // 20 * 32
+        x = rng.standard_normal(k, dtype=np.float32)
+        out = np.full(n, np.nan, np.float32)
+        q4_1_matvec_kernel(x, blocks, kuiper.quant.HALVES, out)
+        want = dequantize_gguf(blocks, "Q4_1", (n, k)).astype(np.float64) @ x
+        bad = np.flatnonzero(~(np.abs(out - want) <= 1e-5 * np.abs(want).max()))
+        assert not bad.size, f"{name}: expected {want[bad[0]]:.5f} at row {bad[0]} (the dequantized blocks times x), got {out[bad[0]]:.5f}"
+
+# %%
+#| export
+from functools import partial
+from typing import Any
+
+from kuiper.llm.gguf import dequantize as dequantize_gguf
+from kuiper.llm.model import fuse, model_from_gguf, rope_runs
+from kuiper.llm.tokenizer import Tokenizer, load_tokenizer
+
+Q4_1_BLOCK_BYTES = 20
+
+
+@dataclass(frozen=True, eq=False)
+class Q4_1Weight:
+    """A weight matrix (N, K) kept as GGUF Q4_1 blocks: `blocks` uint8 (N, K // 32 * 20), often a view of the file."""
+
+    blocks: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.blocks.dtype != np.uint8 or self.blocks.ndim != 2 or self.blocks.shape[1] % Q4_1_BLOCK_BYTES:
+            raise ShapeError(f"Q4_1Weight: expected uint8 blocks (N, K // 32 * {Q4_1_BLOCK_BYTES}), "
+                             f"got {self.blocks.dtype} {self.blocks.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(N, K), the shape of the float matrix it stands for."""
+        return self.blocks.shape[0], self.blocks.shape[1] // Q4_1_BLOCK_BYTES * 32
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the blocks."""
+        return self.blocks.nbytes
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        """x (T, K) @ w.T -> (T, N) float32: fewer than BLAS_TOKENS tokens through `q4_1_matvec_kernel`, more
+        through lesson 09's `dequantize` of BLAS_ROWS rows at a time and BLAS; ShapeError if x is not (T, K)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        (n, k), tokens = self.shape, len(x)
+        if x.ndim != 2 or x.shape[1] != k:
+            raise ShapeError(f"Q4_1Weight.matmul: expected x of shape (T, {k}) for a weight {self.shape}, got {x.shape}")
+        out = np.empty((tokens, n), np.float32)
+        if tokens < BLAS_TOKENS:  # a few tokens: the matrix-vector kernel for each, as fast as a widening
+            for t in range(tokens):
+                q4_1_matvec_kernel(x[t], self.blocks, HALVES, out[t])
+            return out
+        for first in range(0, n, BLAS_ROWS):
+            rows = self.blocks[first:first + BLAS_ROWS]
+            out[:, first:first + len(rows)] = x @ dequantize_gguf(rows, "Q4_1", (len(rows), k)).T
+        return out
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        """The float32 rows (T, K) of token ids `rows` (T,): an embedding lookup."""
+        blocks = self.blocks[rows]
+        return dequantize_gguf(blocks, "Q4_1", (len(blocks), self.shape[1]))
+
+
+def block_matrix(file: GGUFFile, get: Any, layer: int | None, parts: list[tuple[str, int | None]]) -> Any:
+    """The `matrix` of lesson 11's `model_from_gguf` that keeps the file's blocks: Q4_1 as a Q4_1Weight over
+    the mapped bytes, Q8_0 as a group-32 QuantizedWeight (`from_q8_0`), any other type (or parts of mixed
+    types) in float32 (`fuse`). Stacked parts and GGUF's RoPE order (`rope_runs`) copy rows of blocks, never floats."""
+    infos = [file.tensors[get.check(name, layer)] for name, _ in parts]
+    kind = infos[0].type
+    if kind not in ("Q4_1", "Q8_0") or any(info.type != kind for info in infos):
+        return fuse(get, layer, parts)
+    runs = [file.raw(info.name).reshape(info.shape[0], -1)[stored]
+            for info, (_, heads) in zip(infos, parts) for _, stored in rope_runs(info.shape[0], heads)]
+    blocks = runs[0] if len(runs) == 1 else np.concatenate(runs)
+    return Q4_1Weight(blocks) if kind == "Q4_1" else from_q8_0(blocks, (len(blocks), infos[0].shape[1]))
+
+
+def load_gguf_blocks(path: str | Path, max_seq_len: int = 2048) -> tuple[Llama, Tokenizer | None]:
+    """The model of a .gguf file with its Q4_1 and Q8_0 matrices kept quantized (`block_matrix`), and its
+    tokenizer: what `--weights gguf` runs. GGUFError as lesson 11's loader raises them."""
+    file = GGUFFile(path)
+    return model_from_gguf(file, max_seq_len, partial(block_matrix, file)), load_tokenizer(file.metadata)
+

@@ -239,6 +239,22 @@ def test_version_2_is_read(small, tmp_path):
     assert GGUFFile(tmp_path / "v2.gguf").version == 2
 
 
+def test_rows_decoded_into_a_callers_array(small):
+    """lesson 11's one copy: every other row of each tensor written straight into rows of a bigger array."""
+    from kuiper.errors import ShapeError
+
+    model = GGUFFile(small)
+    for name, info in model.tensors.items():
+        if len(info.shape) != 2 or info.shape[0] < 2:
+            continue
+        rows = (info.shape[0] + 1) // 2
+        stacked = np.full((rows + 2, info.shape[1]), np.nan, np.float32)
+        model.tensor(name, stacked[1:-1], slice(0, None, 2))
+        assert np.array_equal(stacked[1:-1], model.tensor(name)[::2]) and np.isnan(stacked[[0, -1]]).all(), name
+    with pytest.raises(ShapeError, match=r"out must be C-contiguous float32 of shape \(3, 64\), got float32 \(3, 32\)"):
+        model.tensor("w.f32", np.zeros((3, 64), np.float32)[:, :32])
+
+
 # ---- damaged files ----------------------------------------------------------------------------
 
 def damaged(small: Path, data: bytes | bytearray) -> Path:

@@ -68,6 +68,26 @@ def test_reads_torch_bf16_f16_f32(tmp_path):
         assert np.array_equal(np.signbit(got), np.signbit(want)), name
 
 
+def test_rows_decoded_into_a_callers_array(tmp_path):
+    """The loader's one copy: every other row of a BF16, F16 or F32 tensor written straight into rows of a bigger array."""
+    torch = pytest.importorskip("torch")
+    import safetensors.torch
+
+    torch.manual_seed(1)
+    saved = {"bf16": torch.randn(6, 8, dtype=torch.bfloat16), "f16": torch.randn(6, 8).half(), "f32": torch.randn(6, 8)}
+    path = tmp_path / "rows.safetensors"
+    safetensors.torch.save_file(saved, path)
+    ours = SafetensorsFile(path)
+    for name, tensor in saved.items():
+        stacked = np.full((5, 8), np.nan, np.float32)
+        got = ours.tensor(name, stacked[1:4], slice(1, 6, 2))
+        assert np.shares_memory(got, stacked) and np.isnan(stacked[[0, 4]]).all(), name
+        assert np.array_equal(stacked[1:4], tensor.float().numpy()[1::2]), name
+    with pytest.raises(SafetensorsError, match=r"tensor 'f32' rows slice\(None, None, None\) are F32 \(6, 8\), "
+                                               r"which do not fit out float32 \(5, 8\)"):
+        ours.tensor("f32", np.zeros((5, 8), np.float32))
+
+
 def test_our_writer_is_read_by_safetensors(tmp_path):
     path = tmp_path / "ours.safetensors"
     save_safetensors(path, ARRAYS, metadata={"format": "np"})

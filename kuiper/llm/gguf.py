@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from kuiper.errors import GGUFError
+from kuiper.errors import GGUFError, ShapeError
 
 
 #: ggml type id -> (name, elements per block, bytes per block).
@@ -137,7 +137,8 @@ class GGUFFile:
     def _place(self, name: str, ne: list[int], type_id: int, start: int, misalignment: int) -> TensorInfo:
         """The TensorInfo of one tensor, after checking its type and that its bytes lie in the file."""
         if type_id not in GGML_TYPES:
-            raise GGUFError(f"{self.path}: tensor {name!r} has unknown ggml type id {type_id}")
+            raise GGUFError(f"{self.path}: tensor {name!r} has unknown ggml type id {type_id}; expected one of "
+                            f"ggml's {len(GGML_TYPES)} types (ids 0 to {max(GGML_TYPES)})")
         type_name, block, block_bytes = GGML_TYPES[type_id]
         shape = tuple(reversed(ne))
         if min(ne) == 0:
@@ -160,6 +161,12 @@ class GGUFFile:
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise GGUFError(f"{self.path}: no tensor {name!r} among its {len(self.tensors)}{hint}")
         return self.tensors[name]
+
+    def release(self) -> None:
+        """Drop the pages of the file read so far from this process's memory (madvise MADV_DONTNEED, where the
+        system has it): they stay in the operating system's page cache and come back when touched again."""
+        if hasattr(mmap, "MADV_DONTNEED"):
+            self._buffer.madvise(mmap.MADV_DONTNEED)
 
     def raw(self, name: str) -> np.ndarray:
         """The stored bytes of tensor `name`, as a read-only uint8 view of the mapped file."""
@@ -189,13 +196,18 @@ class GGUFFile:
         check_disjoint(self.path, tensors.values())
         return tensors
 
-    def tensor(self, name: str) -> np.ndarray:
-        """The float32 values of tensor `name` in numpy shape (for F32, a read-only view of the file)."""
+    def tensor(self, name: str, out: np.ndarray | None = None, rows: slice = slice(None)) -> np.ndarray:
+        """The float32 values of tensor `name` in numpy shape (for F32, a read-only view of the file); with
+        `rows`, a slice of the first axis, only those rows; written into `out` when given (see `dequantize`)."""
         info = self.info(name)
         if info.type not in ("F32", "F16", "BF16", *KERNELS):
             raise GGUFError(f"{self.path}: tensor {name!r} has type {info.type} (id {TYPE_IDS[info.type]}), "
                             f"which kuiper cannot dequantize; supported: F32, F16, BF16, {', '.join(KERNELS)}")
-        return dequantize(self.raw(name), info.type, info.shape)
+        raw, shape = self.raw(name), info.shape
+        if rows != slice(None):
+            raw = raw.reshape(shape[0], -1)[rows]  # (rows, bytes per row): a view, strided when rows.step > 1
+            shape = (len(raw), *shape[1:])
+        return dequantize(raw, info.type, shape, out)
 
 
 def check_disjoint(path: Path, infos: Any) -> None:
@@ -258,16 +270,21 @@ def dequantize_q4_0(blocks: np.ndarray, out: np.ndarray) -> None:
 KERNELS = {"Q4_0": dequantize_q4_0, "Q4_1": dequantize_q4_1, "Q8_0": dequantize_q8_0}
 
 
-def dequantize(raw: np.ndarray, ggml_type: str, shape: tuple[int, ...]) -> np.ndarray:
-    """The float32 values of a tensor stored as `ggml_type` in the bytes `raw`, in numpy `shape`."""
-    if ggml_type == "F32":
+def dequantize(raw: np.ndarray, ggml_type: str, shape: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
+    """The float32 values of a tensor stored as `ggml_type` in the bytes `raw`, in numpy `shape`: written
+    into `out` (C-contiguous float32 of that shape) when given, else a new array, or for F32 a view of `raw`.
+    ShapeError if `out` is not such an array."""
+    if out is not None and (out.shape != tuple(shape) or out.dtype != np.float32 or not out.flags.c_contiguous):
+        raise ShapeError(f"dequantize: out must be C-contiguous float32 of shape {tuple(shape)}, "
+                         f"got {out.dtype} {out.shape}")
+    if ggml_type == "F32" and out is None:
         return raw.view("<f4").reshape(shape)
-    if ggml_type == "F16":
-        return raw.view("<f2").astype(np.float32).reshape(shape)
-    if ggml_type == "BF16":
-        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
-    _, block, block_bytes = GGML_TYPES[TYPE_IDS[ggml_type]]
-    blocks = raw.reshape(-1, block_bytes)
-    out = np.empty((len(blocks), block), np.float32)
-    KERNELS[ggml_type](blocks, out)
-    return out.reshape(shape)
+    out = np.empty(shape, np.float32) if out is None else out
+    if ggml_type in ("F32", "F16"):
+        out[...] = raw.view("<f4" if ggml_type == "F32" else "<f2").reshape(shape)
+    elif ggml_type == "BF16":
+        np.left_shift(raw.view("<u2").reshape(shape), 16, out=out.view(np.uint32), dtype=np.uint32)
+    else:
+        _, block, block_bytes = GGML_TYPES[TYPE_IDS[ggml_type]]
+        KERNELS[ggml_type](raw.reshape(-1, block_bytes), out.reshape(-1, block))
+    return out

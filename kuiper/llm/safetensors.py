@@ -89,8 +89,10 @@ class SafetensorsFile:
         dtype, shape = self.tensors[name]
         return math.prod(shape) * np.dtype(DTYPES[dtype]).itemsize if dtype in DTYPES else 0
 
-    def tensor(self, name: str) -> np.ndarray:
-        """Tensor `name` as numpy: F16 and BF16 widened to float32, other dtypes as read-only views."""
+    def tensor(self, name: str, out: np.ndarray | None = None, rows: slice = slice(None)) -> np.ndarray:
+        """Tensor `name` as numpy: F16 and BF16 widened to float32, other dtypes as read-only views; with
+        `rows` (a slice of the first axis) only those rows; written into `out` (float32) when given, as
+        lesson 09's GGUF `dequantize` does (BF16 shifted straight into out's bits, no temporary)."""
         if name not in self.tensors:
             close = get_close_matches(name, self.tensors, n=3)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -99,12 +101,19 @@ class SafetensorsFile:
         if dtype not in DTYPES:
             raise SafetensorsError(f"{self.path}: tensor {name!r} has dtype {dtype}, which kuiper cannot read; "
                                    f"supported: {', '.join(DTYPES)}")
-        array = np.frombuffer(self._buffer, DTYPES[dtype], math.prod(shape), self._starts[name])
+        array = np.frombuffer(self._buffer, DTYPES[dtype], math.prod(shape), self._starts[name]).reshape(shape)
+        array = array if rows == slice(None) else array[rows]  # a 0-d tensor has no rows to slice
+        if out is None and dtype not in ("F16", "BF16"):
+            return array
+        out = np.empty(array.shape, np.float32) if out is None else out
+        if out.shape != array.shape or out.dtype != np.float32:
+            raise SafetensorsError(f"{self.path}: tensor {name!r} rows {rows} are {dtype} {array.shape}, "
+                                   f"which do not fit out {out.dtype} {out.shape}")
         if dtype == "BF16":
-            array = (array.astype(np.uint32) << 16).view(np.float32)
-        elif dtype == "F16":
-            array = array.astype(np.float32)
-        return array.reshape(shape)
+            np.left_shift(array, 16, out=out.view(np.uint32), dtype=np.uint32)
+        else:
+            out[...] = array
+        return out
 
 
 def parse_json(data: bytes, what: str) -> Any:
@@ -183,13 +192,13 @@ class ShardedSafetensors:
                 raise SafetensorsError(f"{self.path}: weight_map puts {name!r} in {shard.path.name}, which lacks it")
         self.tensors = {name: shard.tensors[name] for name, shard in self._where.items()}
 
-    def tensor(self, name: str) -> np.ndarray:
+    def tensor(self, name: str, out: np.ndarray | None = None, rows: slice = slice(None)) -> np.ndarray:
         """Tensor `name` from the shard that holds it (as SafetensorsFile.tensor reads it)."""
         if name not in self._where:
             close = get_close_matches(name, self.tensors, n=3)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise SafetensorsError(f"{self.path}: no tensor {name!r} among its {len(self.tensors)}{hint}")
-        return self._where[name].tensor(name)
+        return self._where[name].tensor(name, out, rows)
 
 
 def open_checkpoint(folder: str | Path) -> SafetensorsFile | ShardedSafetensors:

@@ -47,10 +47,12 @@ BUGS = {
     "9.6": [
         ('return raw.view("<f4").reshape(shape)', 'return raw.view("<f4").copy().reshape(shape)',
          "F32 is copied instead of viewed"),
-        ("<< 16).view(np.float32)", "<< 8).view(np.float32)", "BF16 shifted by 8 bits, not 16"),
+        ("reshape(shape), 16, out=out.view(np.uint32)", "reshape(shape), 8, out=out.view(np.uint32)",
+         "BF16 shifted by 8 bits, not 16"),
         ('return raw.view("<f4").reshape(shape)', 'return raw.view(">f4").reshape(shape)', "F32 read big-endian"),
-        ('return raw.view("<f2").astype(np.float32).reshape(shape)', 'return raw.view("<u2").astype(np.float32).reshape(shape)',
-         "F16 bits read as integers"),
+        ('"<f4" if ggml_type == "F32" else "<f2"', '"<f4" if ggml_type == "F32" else "<u2"', "F16 bits read as integers"),
+        ("out = np.empty(shape, np.float32) if out is None else out", "out = np.empty(shape, np.float32)",
+         "ignores the caller's out"),
     ],
     "9.7": [
         ("self._starts[name] = self._data_start + begin", "self._starts[name] = begin",

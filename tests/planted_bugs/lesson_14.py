@@ -43,4 +43,16 @@ BUGS = {
         ("top = logits.max(axis=1, keepdims=True)", "top = 0", "no max subtraction: exp overflows"),
         ("np.exp(-log_probs", "np.exp(log_probs", "the sign of the mean is lost"),
     ],
+    "14.8": [
+        ("acc0 += low * np.float32(byte0 & 0x0F) + high * np.float32(byte0 >> 4)",
+         "acc0 += low * np.float32(byte0 >> 4) + high * np.float32(byte0 & 0x0F)", "the low and high nibbles swapped"),
+        ("half(halves, row0, at + uint64(2)) * sums[b]", "half(halves, row0, at + uint64(2))",
+         "the minimum m is not multiplied by the block's sum of x"),
+        ("total1 += half(halves, row1, at) * acc1", "total1 += half(halves, row0, at) * acc1",
+         "the second row uses the first row's scale d"),
+        ("for j in range(uint64(32)):\n            sums[b]", "for j in range(uint64(16)):\n            sums[b]",
+         "each block's sum of x covers only its first 16 values"),
+        ("for pair in prange((n_rows + 1) // 2):", "for pair in prange(n_rows // 2):",
+         "an odd last row is never computed"),
+    ],
 }
