@@ -9,6 +9,7 @@ import torch
 
 import kuiper
 from kuiper.graph import last_uses, topological_order
+from kuiper.layers.conv import NO_RESIDUAL, SUMS
 from kuiper.pnnx import load_pnnx
 
 LESSON = 6  # kuiper grade runs this file on the student build of lesson 06
@@ -74,3 +75,31 @@ def test_bench_times_the_same_computation_in_torch(name, kind):
     with torch.no_grad():
         want = torch_twin(op, torch)(torch.from_numpy(x)).numpy()
     assert got.shape == want.shape and np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_the_plan_drops_only_operands_that_one_operator_reads(model):
+    """A fused step never makes the operands between its operators: each must have had no other reader
+    (a tensor also read elsewhere must still be made), and not be an output of the model."""
+    graph = kuiper.load(model)
+    made = {name for op, _ in graph.plan for name in op.outputs} | {op.outputs[0] for op in graph.inputs}
+    dropped = set(graph.model.operands) - made
+    assert all(len(graph.model.operands[name].consumers) == 1 for name in dropped), sorted(dropped)
+    assert not dropped & {op.inputs[0] for op in graph.outputs}
+
+
+@pytest.mark.parametrize("name, residuals", [("resnet18", 8), ("mobilenet_v2", 10), ("yolov5n", 7)])
+def test_residual_sums_run_in_the_convolution_epilogue_and_match_pytorch(name, residuals):
+    """Every add(@0,@1) of a convolution's output and a shortcut of its shape is absorbed by that
+    convolution (lesson 06), at batch 2 with two different images (the residual rows follow the batch)."""
+    graph = kuiper.load(MODELS / f"{name}.pnnx.param")
+    fused = [layer.conv for _, layer in graph.plan if layer is not None and layer.conv.residual != NO_RESIDUAL]
+    assert len(fused) == residuals
+    assert not [op for op, _ in graph.plan if op.type == "pnnx.Expression" and op.params["expr"] in SUMS]
+    x = np.random.default_rng(2).random((2, 3, *graph.model.operands[graph.inputs[0].outputs[0]].shape[2:]),
+                                        dtype=np.float32)
+    with torch.no_grad():
+        want = torch.jit.load(str(MODELS / f"{name}.torchscript.pt"))(torch.from_numpy(x))
+    want = (want[0] if isinstance(want, tuple) else want).numpy()
+    got = graph(x)
+    got = got[0] if isinstance(got, tuple) else got
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()

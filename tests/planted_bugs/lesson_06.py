@@ -40,5 +40,18 @@ BUGS = {
         ("dst[i] = v / (one + exp_approx(-v))", "dst[i] = v / (one + exp_approx(v))", "SiLU with e^v instead of e^-v"),
         ("src, dst, b = planes[n, k], out[n, k], bias[k]", "src, dst, b = planes[n, k], out[n, k], bias[n]",
          "the bias indexed by the image, not the channel"),
+        ("            src, b = dst, zero", "            src = dst", "the bias added twice when the residual comes first"),
+        ("dst[i] = src[i] + b + rows[i]", "dst[i] = src[i] + rows[i]", "the bias lost when the residual comes first"),
+        ("                dst[i] += rows[i]", "                dst[i] = rows[i]", "the residual replaces the output"),
+        ("        if mode == RESIDUAL_BEFORE:", "        if mode == RESIDUAL_AFTER:", "the residual added after the activation twice"),
+    ],
+    "6.7": [
+        ("if type(after) in EPILOGUES and self.activation == IDENTITY:", "if type(after) in EPILOGUES:",
+         "a second activation replaces the first"),
+        ("RESIDUAL_BEFORE if self.activation == IDENTITY else RESIDUAL_AFTER", "RESIDUAL_BEFORE",
+         "the residual added before an activation already fused"),
+        ("    fused = copy.copy(self)\n", "    fused = self\n", "the unfused layer changed in place"),
+        (" in SUMS and self.residual == NO_RESIDUAL:", " in SUMS:", "a second residual accepted"),
+        ('after.op.params.get("expr") in SUMS', 'after.op.type == "pnnx.Expression"', "any expression taken for a sum"),
     ],
 }
