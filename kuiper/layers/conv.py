@@ -335,7 +335,7 @@ def residual_rows(layer: Layer, residual: Tensor | None, shape: tuple[int, int, 
     when the layer's residual mode and the input disagree, or the input does not match the output
     (an unbatched (K, OH, OW) matches N = 1)."""
     if (residual is None) != (layer.residual == NO_RESIDUAL):
-        raise ShapeError(f"{layer.op.where()}: expected {'no' if residual is None else 'a'} residual input, "
+        raise ShapeError(f"{layer.op.where()}: expected {'a' if residual is None else 'no'} residual input, "
                          f"got {'none' if residual is None else residual.shape}")
     if residual is None:
         return NO_ROWS
