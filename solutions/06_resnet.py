@@ -26,7 +26,7 @@
 # | 6.4 | `classify`: images in, probabilities out, in batches |
 # | 6.5 | a residual block, wired by hand from the graph's own layers |
 # | 6.6 | the convolution's epilogue: bias, a fused activation and a residual in one vectorised pass (numba) |
-# | 6.7 | `Conv2d.fuse`: which operator after a convolution its epilogue can absorb |
+# | 6.7 | `absorb` (`Conv2d.fuse`): which operator after a convolution its epilogue can take in |
 
 # %%
 #| default_exp vision.classify
@@ -767,8 +767,9 @@ def residual_rows(layer: Layer, residual: Tensor | None, shape: tuple[int, int, 
 # whether it can absorb that reader: `fuse(after)` returns a merged layer, or `None`. The graph
 # then asks the merged layer about *its* reader, so a chain conv → add → ReLU becomes one step,
 # and the addition's other operand (the shortcut) becomes the merged step's second input,
-# `forward(x, residual)`. Write `Conv2d.fuse`, returning a copy (`copy.copy`; the unfused layer
-# must stay as it was) with one more thing in its epilogue:
+# `forward(x, residual)`. Write `absorb(conv, after)`, which `Conv2d.fuse` calls: it returns a
+# copy of `conv` (`copy.copy`; the unfused layer must stay as it was) with one more thing in its
+# epilogue:
 #
 # * an activation of `EPILOGUES`, while the epilogue has none (`activation == IDENTITY`);
 # * a residual sum (a `pnnx.Expression` whose `expr` is one of `SUMS`), while it has none
@@ -781,21 +782,26 @@ def residual_rows(layer: Layer, residual: Tensor | None, shape: tuple[int, int, 
 
 # %%
 #| export layers.conv
-#| exercise: a copy with an EPILOGUES activation (none fused yet) or a residual sum (none yet: after a fused activation, else before) in its epilogue; None for anything else
-@patch_to(Conv2d)
-def fuse(self, after: Layer) -> Conv2d | None:
-    """This convolution with `after` in its epilogue, if the epilogue can do it (a copy: the unfused
-    layer stays as it was), else None."""
+#| exercise: a copy of conv with an EPILOGUES activation (none fused yet) or a residual sum (none yet: after a fused activation, else before) in its epilogue; None for anything else
+def absorb(conv: Conv2d, after: Layer) -> Conv2d | None:
+    """`conv` with `after` in its epilogue, if the epilogue can do it (a copy: the unfused layer stays
+    as it was), else None."""
     ### BEGIN SOLUTION
-    fused = copy.copy(self)
-    if type(after) in EPILOGUES and self.activation == IDENTITY:
+    fused = copy.copy(conv)
+    if type(after) in EPILOGUES and conv.activation == IDENTITY:
         fused.activation = EPILOGUES[type(after)]
-    elif after.op.type == "pnnx.Expression" and after.op.params.get("expr") in SUMS and self.residual == NO_RESIDUAL:
-        fused.residual = RESIDUAL_BEFORE if self.activation == IDENTITY else RESIDUAL_AFTER
+    elif after.op.type == "pnnx.Expression" and after.op.params.get("expr") in SUMS and conv.residual == NO_RESIDUAL:
+        fused.residual = RESIDUAL_BEFORE if conv.activation == IDENTITY else RESIDUAL_AFTER
     else:
         return None
     return fused
     ### END SOLUTION
+
+
+@patch_to(Conv2d)
+def fuse(self, after: Layer) -> Conv2d | None:
+    """This convolution with `after` in its epilogue (`absorb`), or None."""
+    return absorb(self, after)
 
 
 # %%

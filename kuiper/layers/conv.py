@@ -203,16 +203,8 @@ class Conv2d(ConvLayer):
         return Tensor(planes.reshape(n_batch, self.c_out, oh, ow), device=x.device)
 
     def fuse(self, after: Layer) -> Conv2d | None:
-        """This convolution with `after` in its epilogue, if the epilogue can do it (a copy: the unfused
-        layer stays as it was), else None."""
-        fused = copy.copy(self)
-        if type(after) in EPILOGUES and self.activation == IDENTITY:
-            fused.activation = EPILOGUES[type(after)]
-        elif after.op.type == "pnnx.Expression" and after.op.params.get("expr") in SUMS and self.residual == NO_RESIDUAL:
-            fused.residual = RESIDUAL_BEFORE if self.activation == IDENTITY else RESIDUAL_AFTER
-        else:
-            return None
-        return fused
+        """This convolution with `after` in its epilogue (`absorb`), or None."""
+        return absorb(self, after)
 
 
 @njit(parallel=True, cache=True)
@@ -344,6 +336,19 @@ def residual_rows(layer: Layer, residual: Tensor | None, shape: tuple[int, int, 
         raise ShapeError(f"{layer.op.where()}: expected a residual input of the output's shape {shape}, "
                          f"got {data.shape}")
     return data.reshape(shape[0], shape[1], -1)  # (N, K, OH, OW) -> (N, K, OH·OW)
+
+
+def absorb(conv: Conv2d, after: Layer) -> Conv2d | None:
+    """`conv` with `after` in its epilogue, if the epilogue can do it (a copy: the unfused layer stays
+    as it was), else None."""
+    fused = copy.copy(conv)
+    if type(after) in EPILOGUES and conv.activation == IDENTITY:
+        fused.activation = EPILOGUES[type(after)]
+    elif after.op.type == "pnnx.Expression" and after.op.params.get("expr") in SUMS and conv.residual == NO_RESIDUAL:
+        fused.residual = RESIDUAL_BEFORE if conv.activation == IDENTITY else RESIDUAL_AFTER
+    else:
+        return None
+    return fused
 
 
 PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}

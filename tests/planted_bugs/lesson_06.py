@@ -46,12 +46,12 @@ BUGS = {
         ("        if mode == RESIDUAL_BEFORE:", "        if mode == RESIDUAL_AFTER:", "the residual added after the activation twice"),
     ],
     "6.7": [
-        ("if type(after) in EPILOGUES and self.activation == IDENTITY:", "if type(after) in EPILOGUES:",
+        ("if type(after) in EPILOGUES and conv.activation == IDENTITY:", "if type(after) in EPILOGUES:",
          "a second activation replaces the first"),
-        ("RESIDUAL_BEFORE if self.activation == IDENTITY else RESIDUAL_AFTER", "RESIDUAL_BEFORE",
+        ("RESIDUAL_BEFORE if conv.activation == IDENTITY else RESIDUAL_AFTER", "RESIDUAL_BEFORE",
          "the residual added before an activation already fused"),
-        ("    fused = copy.copy(self)\n", "    fused = self\n", "the unfused layer changed in place"),
-        (" in SUMS and self.residual == NO_RESIDUAL:", " in SUMS:", "a second residual accepted"),
+        ("    fused = copy.copy(conv)\n", "    fused = conv\n", "the unfused layer changed in place"),
+        (" in SUMS and conv.residual == NO_RESIDUAL:", " in SUMS:", "a second residual accepted"),
         ('after.op.params.get("expr") in SUMS', 'after.op.type == "pnnx.Expression"', "any expression taken for a sum"),
     ],
 }
