@@ -91,30 +91,37 @@ def run_layer(layer: Layer, op: Operator, inputs: list[Tensor]) -> object:
                          f"{[tuple(x.shape) for x in inputs]}: {type(err).__name__}: {err}") from err
 
 
-def fused_plan(order: list[Operator], layers: dict[str, Layer]) -> list[tuple[Operator, Layer | None]]:
+def fused_plan(order: list[Operator], layers: dict[str, Layer],
+               shapes: dict[str, tuple[int, ...] | None]) -> list[tuple[Operator, Layer | None]]:
     """The steps a forward pass runs: each operator (its layer None: the graph's current one), except
-    that a layer whose single output only one operator reads may absorb that reader (`Layer.fuse`):
-    the merged layer then runs as the first operator writing the reader's outputs, and the reader's
-    own step is dropped."""
+    that a layer whose single output only one operator reads may absorb that reader (`Layer.fuse`),
+    and the merged layer the next reader, and so on. A merged step reads its first operator's inputs,
+    then each absorbed reader's other inputs (each annotated in `shapes` like the operand it meets:
+    no broadcasting), writes the last reader's outputs, and runs where that reader ran (its other
+    inputs exist by then); the absorbed steps are dropped."""
     readers: dict[str, list[Operator]] = defaultdict(list)
     for op in order:
         for name in op.inputs:
             readers[name].append(op)
-    steps, absorbed = [], set()
+    position = {op.name: i for i, op in enumerate(order)}
+    placed, absorbed = {}, set()
     for op in order:
         if op.type in IO_TYPES or op.name in absorbed:
             continue
-        after = readers[op.outputs[0]] if len(op.outputs) == 1 else []
-        fuse = getattr(layers[op.name], "fuse", None)
-        merged = None
-        if fuse is not None and len(after) == 1 and after[0].inputs == op.outputs and after[0].type not in IO_TYPES:
-            merged = fuse(layers[after[0].name])
-        if merged is None:
-            steps.append((op, None))
-        else:
-            absorbed.add(after[0].name)
-            steps.append((replace(op, outputs=after[0].outputs), merged))
-    return steps
+        step, layer, last = op, None, op
+        while len(step.outputs) == 1 and len(readers[step.outputs[0]]) == 1:
+            after, fuse = readers[step.outputs[0]][0], getattr(layer or layers[op.name], "fuse", None)
+            extra = [name for name in after.inputs if name != step.outputs[0]]
+            shaped = all(shapes.get(name) is not None and shapes.get(name) == shapes.get(step.outputs[0])
+                         for name in extra)
+            free = after.type not in IO_TYPES and after.name not in absorbed
+            merged = fuse(layers[after.name]) if fuse and shaped and free else None
+            if merged is None:
+                break
+            step, layer, last = replace(step, inputs=step.inputs + extra, outputs=after.outputs), merged, after
+            absorbed.add(after.name)
+        placed[position[last.name]] = (step, layer)
+    return [placed[i] for i in sorted(placed)]
 
 
 def keep_fused(plan: list[tuple[Operator, Layer | None]], keep: Collection[str]) -> bool:
@@ -145,7 +152,8 @@ class RuntimeGraph:
     def make_plan(self) -> None:
         """The fused plan of the current layers, and where each operand is last read (lesson 13's `to`
         makes it again after placing the layers on a device)."""
-        self.plan = fused_plan(self.order, self.layers)
+        shapes = {name: operand.shape for name, operand in self.model.operands.items()}
+        self.plan = fused_plan(self.order, self.layers, shapes)
         self.plan_frees = last_uses(self.inputs + [op for op, _ in self.plan] + self.outputs)
 
     def check_shape(self, op: Operator, name: str, value: Tensor) -> None:

@@ -12,10 +12,13 @@ from kuiper.errors import DeviceError, DTypeError, ShapeError
 DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")
 
 BACKENDS: dict[str, ModuleType] = {"cpu": np}
+SUPPORTED = frozenset(np.dtype(name) for name in DTYPES)  # every layer's output passes here: a quick test first
 
 
 def to_dtype(dtype: object) -> np.dtype:
     """The numpy dtype for `dtype` (a name or a numpy dtype); DTypeError if kuiper has no such type."""
+    if isinstance(dtype, np.dtype) and dtype in SUPPORTED:
+        return dtype
     try:
         resolved = np.dtype(dtype)
     except TypeError:

@@ -423,7 +423,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # absorbed, if any: you write it in Exercise 6.6, when lesson 06 makes ResNet fast; the package's runs until then.
 
 # %%
-from kuiper.layers.conv import epilogue, IDENTITY  # the package's until you write yours (Exercise 6.6)
+from kuiper.layers.conv import epilogue, IDENTITY, NO_RESIDUAL, residual_rows  # the package's (lesson 06)
 
 # %%
 #| export
@@ -490,12 +490,14 @@ class Conv2d(ConvLayer):
         self.depthwise = self.groups == self.c_in and self.groups > 1
         self.shift = np.zeros(self.c_out, np.float32) if self.bias is None else self.bias
         self.activation = IDENTITY  # the activation fused into the epilogue (lesson 06, "Fusing")
+        self.residual = NO_RESIDUAL  # where the epilogue adds a fused residual input (lesson 06)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         data = self.input(x)
         n_batch, _, height, width = data.shape
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
         oh, ow = out_size(height, kh, sh, ph, dh), out_size(width, kw, sw, pw, dw)
+        shortcut = residual_rows(self, residual, (n_batch, self.c_out, oh, ow))  # a fused residual (lesson 06)
         if self.depthwise:
             planes = np.empty((n_batch, self.c_out, oh * ow), np.float32)
             self.depthwise_kernel(data, self.weight_, planes.reshape(n_batch, self.c_out, oh, ow), sh, sw, ph, pw, dh, dw)
@@ -519,9 +521,9 @@ class Conv2d(ConvLayer):
                 im2col_images(images, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
                 product = self.gemm_weight[0] @ cols.reshape(rows, -1)  # (K, n·OH·OW)
                 epilogue(product.reshape(self.c_out, len(images), oh * ow).transpose(1, 0, 2), self.shift,
-                         self.activation, out[start:start + step])
+                         self.activation, out[start:start + step], shortcut[start:start + step], self.residual)
             return Tensor(out.reshape(n_batch, self.c_out, oh, ow), device=x.device)
-        epilogue(planes, self.shift, self.activation, planes)  # + bias, then the fused activation
+        epilogue(planes, self.shift, self.activation, planes, shortcut, self.residual)  # + bias, activation
         return Tensor(planes.reshape(n_batch, self.c_out, oh, ow), device=x.device)
 
 

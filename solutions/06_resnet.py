@@ -25,8 +25,9 @@
 # | 6.3 | top-k: the k most likely classes |
 # | 6.4 | `classify`: images in, probabilities out, in batches |
 # | 6.5 | a residual block, wired by hand from the graph's own layers |
-# | 6.6 | the convolution's epilogue: bias and a fused activation in one vectorised pass (numba) |
-# | 6.7 | a depthwise convolution kernel whose every inner loop is long and vectorised (numba) |
+# | 6.6 | the convolution's epilogue: bias, a fused activation and a residual in one vectorised pass (numba) |
+# | 6.7 | `absorb` (`Conv2d.fuse`): which operator after a convolution its epilogue can take in |
+# | 6.8 | a depthwise convolution kernel whose every inner loop is long and vectorised (numba) |
 
 # %%
 #| default_exp vision.classify
@@ -526,6 +527,7 @@ from kuiper.course import patch_to
 from kuiper.layer import Layer
 from kuiper.layers.activation import exp_approx
 from kuiper.layers.conv import Conv2d
+from kuiper.layers.expression import Expression
 from kuiper.pnnx import Operator
 
 rng = np.random.default_rng(0)
@@ -563,27 +565,46 @@ for kernel in (exp_scalar, exp_all):
 # and use `exp_approx` for SiLU and sigmoid. It reads `planes` and writes `out`, which may be the
 # same array (in place), or a contiguous array beside a strided view (the small-map path of
 # `Conv2d.forward` makes its product channel-major). Keep the constants float32.
+#
+# A residual network then *adds* a second tensor to the convolution's output (the shortcut of
+# Exercise 6.5): one more pass over the whole map, writing a new one, that the epilogue can do too.
+# `residual` holds that tensor as rows `(N, K, OH·OW)` like `out`, and `mode` says where it goes:
+# `RESIDUAL_BEFORE` adds it before the activation, `relu(conv(x) + bias + shortcut)` as in ResNet;
+# `RESIDUAL_AFTER` adds it after, `silu(conv(x) + bias) + shortcut` as in YOLO's bottlenecks;
+# `NO_RESIDUAL` ignores `residual` (then an empty array). Add in PyTorch's order,
+# `(planes + bias) + residual`, so that the fused result is the unfused one to the last bit.
 
 # %%
 #| export layers.conv
 import copy
+import math
 
+from kuiper.errors import ShapeError
 from kuiper.layers.activation import exp_approx, Hardsigmoid, Hardswish, ReLU, ReLU6, Sigmoid, SiLU
 
 IDENTITY, RELU, RELU6, SILU, HARDSWISH, SIGMOID, HARDSIGMOID = range(7)
+NO_RESIDUAL, RESIDUAL_BEFORE, RESIDUAL_AFTER = range(3)  # where the epilogue adds a residual input
+NO_ROWS = np.zeros((0, 0, 0), np.float32)  # the residual rows of a convolution that has none
 
 # %%
 #| export layers.conv
-#| exercise: one prange over (n, k); per code an inner loop: v = planes[n, k, i] + bias[k], then identity, relu, relu6, silu, hardswish, sigmoid or hardsigmoid
+#| exercise: one prange over (n, k); per code an inner loop: v = planes[n, k, i] + bias[k], then identity, relu, relu6, silu, hardswish, sigmoid or hardsigmoid; the residual added before or after as `mode` says
 @njit(parallel=True, cache=True)
-def epilogue(planes, bias, activation, out):
-    """out[n, k] = activation(planes[n, k] + bias[k]) for planes and out (N, K, L), float32."""
+def epilogue(planes, bias, activation, out, residual, mode):
+    """out[n, k] = activation(planes[n, k] + bias[k]) for planes and out (N, K, L), float32; with
+    `mode` RESIDUAL_BEFORE activation(planes + bias + residual), with RESIDUAL_AFTER
+    activation(planes + bias) + residual, for residual (N, K, L) float32 (NO_RESIDUAL: not read)."""
     ### BEGIN SOLUTION
     n_batch, k_out, size = planes.shape
     one, zero, six = np.float32(1.0), np.float32(0.0), np.float32(6.0)
     for nk in prange(n_batch * k_out):
         n, k = nk // k_out, nk % k_out
         src, dst, b = planes[n, k], out[n, k], bias[k]
+        if mode == RESIDUAL_BEFORE:
+            rows = residual[n, k]
+            for i in range(size):
+                dst[i] = src[i] + b + rows[i]
+            src, b = dst, zero  # the activation below reads the sum, its bias already added
         if activation == IDENTITY:
             for i in range(size):
                 dst[i] = src[i] + b
@@ -607,6 +628,10 @@ def epilogue(planes, bias, activation, out):
         else:
             for i in range(size):
                 dst[i] = min(max((src[i] + b) / six + np.float32(0.5), zero), one)
+        if mode == RESIDUAL_AFTER:
+            rows = residual[n, k]
+            for i in range(size):
+                dst[i] += rows[i]
     ### END SOLUTION
 
 
@@ -622,25 +647,107 @@ with check("Exercise 6.6"):
         strided = np.ascontiguousarray(planes.transpose(1, 0, 2)).transpose(1, 0, 2)  # same values
         for where, source, out in [("into a new array", planes, np.full_like(planes, np.nan)),
                                    ("from a strided view", strided, np.full_like(planes, np.nan))]:
-            epilogue(source, bias, code, out)
+            epilogue(source, bias, code, out, NO_ROWS, NO_RESIDUAL)
             error = np.abs(out - expected.numpy()).max()
             assert error < 1e-5, f"{names[code]}, {where}: expected PyTorch's values, differs by {error:.1e}"
+    shortcut = rng.standard_normal((2, 3, 50), dtype=np.float32) * 4
+    r = torch.from_numpy(shortcut)
+    for mode, code, expected in [(RESIDUAL_BEFORE, RELU, F.relu(v + r)), (RESIDUAL_AFTER, RELU, F.relu(v) + r),
+                                 (RESIDUAL_BEFORE, SILU, F.silu(v + r)), (RESIDUAL_AFTER, SILU, F.silu(v) + r),
+                                 (RESIDUAL_BEFORE, IDENTITY, v + r)]:
+        out = np.full_like(planes, np.nan)
+        epilogue(planes, bias, code, out, shortcut, mode)
+        error = np.abs(out - expected.numpy()).max()
+        where = "before" if mode == RESIDUAL_BEFORE else "after"
+        assert error < 1e-5, (f"{names[code]} with the residual added {where} it: expected PyTorch's values, "
+                              f"differs by {error:.1e}")
 
 
 # %%
 #| export layers.conv
 EPILOGUES = {ReLU: RELU, ReLU6: RELU6, SiLU: SILU, Hardswish: HARDSWISH, Sigmoid: SIGMOID, Hardsigmoid: HARDSIGMOID}
+SUMS = ("add(@0,@1)", "add(@1,@0)")  # the pnnx.Expression of a residual addition
+
+
+def residual_rows(layer: Layer, residual: Tensor | None, shape: tuple[int, int, int, int]) -> np.ndarray:
+    """The residual input of `layer`, a convolution whose output has `shape` (N, K, OH, OW), as the
+    epilogue's rows: float32 (N, K, OH·OW), or NO_ROWS when it has none. ShapeError naming the layer
+    when the layer's residual mode and the input disagree, or the input does not match the output
+    (an unbatched (K, OH, OW) matches N = 1)."""
+    if (residual is None) != (layer.residual == NO_RESIDUAL):
+        raise ShapeError(f"{layer.op.where()}: expected {'a' if residual is None else 'no'} residual input, "
+                         f"got {'none' if residual is None else residual.shape}")
+    if residual is None:
+        return NO_ROWS
+    data = np.ascontiguousarray(residual.numpy(), dtype=np.float32)
+    if data.shape[-3:] != shape[1:] or data.size != math.prod(shape):
+        raise ShapeError(f"{layer.op.where()}: expected a residual input of the output's shape {shape}, "
+                         f"got {data.shape}")
+    return data.reshape(shape[0], shape[1], -1)  # (N, K, OH, OW) -> (N, K, OH·OW)
+
+# %% [markdown]
+# ## Exercise 6.7 — what a convolution absorbs
+#
+# `RuntimeGraph` (lesson 02) asks the layer of each operator whose output only one operator reads
+# whether it can absorb that reader: `fuse(after)` returns a merged layer, or `None`. The graph
+# then asks the merged layer about *its* reader, so a chain conv → add → ReLU becomes one step,
+# and the addition's other operand (the shortcut) becomes the merged step's second input,
+# `forward(x, residual)`. Write `absorb(conv, after)`, which `Conv2d.fuse` calls: it returns a
+# copy of `conv` (`copy.copy`; the unfused layer must stay as it was) with one more thing in its
+# epilogue:
+#
+# * an activation of `EPILOGUES`, while the epilogue has none (`activation == IDENTITY`);
+# * a residual sum (a `pnnx.Expression` whose `expr` is one of `SUMS`), while it has none
+#   (`residual == NO_RESIDUAL`): added after the activation if one is fused already, before it
+#   otherwise;
+# * anything else: `None`.
+#
+# The graph checks the rest: that the intermediate result has no other reader (a tensor also read
+# elsewhere must still be made) and that the shortcut has the shape of the convolution's output.
+
+# %%
+#| export layers.conv
+#| exercise: a copy of conv with an EPILOGUES activation (none fused yet) or a residual sum (none yet: after a fused activation, else before) in its epilogue; None for anything else
+def absorb(conv: Conv2d, after: Layer) -> Conv2d | None:
+    """`conv` with `after` in its epilogue, if the epilogue can do it (a copy: the unfused layer stays
+    as it was), else None."""
+    ### BEGIN SOLUTION
+    fused = copy.copy(conv)
+    if type(after) in EPILOGUES and conv.activation == IDENTITY:
+        fused.activation = EPILOGUES[type(after)]
+    elif after.op.type == "pnnx.Expression" and after.op.params.get("expr") in SUMS and conv.residual == NO_RESIDUAL:
+        fused.residual = RESIDUAL_BEFORE if conv.activation == IDENTITY else RESIDUAL_AFTER
+    else:
+        return None
+    return fused
+    ### END SOLUTION
 
 
 @patch_to(Conv2d)
 def fuse(self, after: Layer) -> Conv2d | None:
-    """This convolution with `after`'s activation in its epilogue, if the epilogue has it (a copy:
-    the unfused layer stays as it was), else None."""
-    if self.activation != IDENTITY or type(after) not in EPILOGUES:
-        return None
-    fused = copy.copy(self)
-    fused.activation = EPILOGUES[type(after)]
-    return fused
+    """This convolution with `after` in its epilogue (`absorb`), or None."""
+    return absorb(self, after)
+
+
+# %%
+with check("Exercise 6.7"):
+    conv = Conv2d(next(op for op in graph.model.operators if op.type == "nn.Conv2d"))  # MobileNetV2's first
+    relu, silu = (kind(Operator(kind.__name__, "act", ["1"], ["2"], {}, {}, line=1)) for kind in (ReLU, SiLU))
+    add, add_reversed, mul = (Expression(Operator("pnnx.Expression", "sum", ["1", "9"], ["2"], {"expr": text}, {},
+                                                  line=1)) for text in ("add(@0,@1)", "add(@1,@0)", "mul(@0,@1)"))
+    state = lambda layer: None if layer is None else (layer.activation, layer.residual)
+    cases = {"conv.fuse(SiLU)": (conv.fuse(silu), (SILU, NO_RESIDUAL)),
+             "conv.fuse(add)": (conv.fuse(add), (IDENTITY, RESIDUAL_BEFORE)),
+             "conv.fuse(add(@1,@0))": (conv.fuse(add_reversed), (IDENTITY, RESIDUAL_BEFORE)),
+             "conv.fuse(add).fuse(ReLU)": (conv.fuse(add).fuse(relu), (RELU, RESIDUAL_BEFORE)),
+             "conv.fuse(SiLU).fuse(add)": (conv.fuse(silu).fuse(add), (SILU, RESIDUAL_AFTER)),
+             "conv.fuse(mul)": (conv.fuse(mul), None),
+             "conv.fuse(SiLU).fuse(ReLU)": (conv.fuse(silu).fuse(relu), None),
+             "conv.fuse(add).fuse(add)": (conv.fuse(add).fuse(add), None),
+             "conv.fuse(SiLU).fuse(add).fuse(add)": (conv.fuse(silu).fuse(add).fuse(add), None)}
+    for what, (got, want) in cases.items():
+        assert state(got) == want, f"{what}: expected (activation, residual) {want}, got {state(got)}"
+    assert state(conv) == (IDENTITY, NO_RESIDUAL), f"the unfused convolution: expected it unchanged, got {state(conv)}"
 
 # %% [markdown]
 # A fused convolution must give what the convolution and then the activation give, for every
@@ -660,6 +767,25 @@ for (what, op), size in itertools.product(picked.items(), (12, 5)):  # 5: the sm
         error = np.abs(conv.fuse(activation)(x).numpy() - want).max()
         assert error < 1e-5, f"{kind.__name__} fused into the {what} convolution on {size}×{size}: differs by {error:.1e}"
 print("fused == convolution then activation, for", ", ".join(kind.__name__ for kind in EPILOGUES))
+
+# %% [markdown]
+# And with the shortcut: the merged layer takes it as its second input, and gives the unfused
+# result, the residual before the activation (ResNet) or after it (YOLO). With ReLU the sums are the
+# same float32 operations in the same order, so the results are identical to the last bit:
+
+# %%
+add = Expression(Operator("pnnx.Expression", "expr", ["1", "9"], ["2"], {"expr": "add(@0,@1)"}, {}, line=1))
+for (what, op), size in itertools.product(picked.items(), (12, 5)):
+    conv = Conv2d(op)
+    x = Tensor(rng.standard_normal((2, op.params["in_channels"], size, size), dtype=np.float32) * 3)
+    shortcut = Tensor(rng.standard_normal(conv(x).shape, dtype=np.float32))
+    for kind in (ReLU, SiLU):
+        activation = kind(Operator(kind.__name__, "act", ["1"], ["2"], {}, {}, line=1))
+        for fused, want in [(conv.fuse(add).fuse(activation), activation(add(conv(x), shortcut))),
+                            (conv.fuse(activation).fuse(add), add(activation(conv(x)), shortcut))]:
+            error = np.abs(fused(x, shortcut).numpy() - want.numpy()).max()
+            assert error <= (0 if kind is ReLU else 1e-5), f"{kind.__name__}, {what}: differs by {error:.1e}"
+print("fused == convolution, addition and activation (ReLU: bit for bit)")
 
 # %% [markdown]
 # ## A faster depthwise kernel
@@ -766,7 +892,7 @@ def add_taps(acc, phases, weights, offsets):
                 block[f] += w0 * s0[f]
 
 # %% [markdown]
-# ## Exercise 6.7 — the flat depthwise kernel
+# ## Exercise 6.8 — the flat depthwise kernel
 #
 # Write `depthwise_conv_flat`, with the arguments and result of lesson 04's `depthwise_conv`.
 # Given above: the plane sizes `rows`, `cols` (from `phase_span`), `image = rows · cols`, the
@@ -824,7 +950,7 @@ def depthwise_conv_flat(x, w, out, sh, sw, ph, pw, dh, dw):
 
 
 # %%
-with check("Exercise 6.7"):
+with check("Exercise 6.8"):
     for shape, k_out, (kh, kw), (sh, sw), (ph, pw), (dh, dw) in [
             ((2, 4, 7, 7), 4, (7, 7), (1, 1), (3, 3), (1, 1)), ((1, 6, 14, 14), 6, (5, 5), (2, 2), (2, 2), (1, 1)),
             ((3, 3, 10, 11), 3, (3, 3), (2, 2), (1, 1), (1, 1)), ((1, 2, 9, 8), 4, (3, 5), (1, 2), (2, 1), (2, 1)),

@@ -673,7 +673,8 @@ class Convolution(Layer):
             "padding": padding, "padding_mode": "zeros"}))
 
     def fuse(self, after: Layer) -> "Convolution | None":
-        """A copy whose convolution has `after`'s activation in its epilogue (lesson 06), if it takes it."""
+        """A copy whose convolution has `after` (an activation, a residual sum) in its epilogue (lesson 06),
+        if it takes it."""
         conv = self.conv.fuse(after)
         if conv is None:
             return None
@@ -682,11 +683,13 @@ class Convolution(Layer):
         return fused
 
     @unbatched
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         data = spatial_input(self.op, x, self.dims)
         if self.pad_first:
             data = np.pad(data, [(0, 0), (0, 0), *self.sides], mode=self.np_mode)
-        out = self.conv(Tensor(data, device=x.device)).numpy()
+        if residual is not None and self.dims == 1:
+            residual = Tensor(residual.numpy()[..., None, :], device=x.device)  # (N, K, L) -> (N, K, 1, L)
+        out = self.conv(Tensor(data, device=x.device), residual).numpy()
         return Tensor(out[:, :, 0] if self.dims == 1 else out, device=x.device)
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import kuiper
 from kuiper.errors import GraphError, ShapeError
-from kuiper.graph import RuntimeGraph, last_uses, successors, topological_order
+from kuiper.graph import fused_plan, last_uses, RuntimeGraph, successors, topological_order
 from kuiper.pnnx import Operator, load_pnnx
 
 LESSON = 2  # kuiper grade runs this file on the student build of lesson 02
@@ -120,3 +120,56 @@ def test_a_layer_with_the_wrong_output_is_caught_where_it_happens():
     graph.layers["right"] = lambda x: (x, x)
     with pytest.raises(GraphError, match="returned 2 outputs, the graph expects 1"):
         graph(np.load(DATA / "tiny.input.npy"))
+
+
+class Absorbing:
+    """A fake layer that absorbs the readers named in `takes` (one after another), recording them."""
+
+    def __init__(self, name, takes=(), absorbed=()):
+        self.name, self.takes, self.absorbed = name, takes, absorbed
+
+    def fuse(self, after):
+        if after.name not in self.takes:
+            return None
+        return Absorbing(self.name, self.takes, self.absorbed + (after.name,))
+
+
+def plan_of(lines, layers, shapes=None):
+    """fused_plan of operators given as (type, name, inputs, outputs), every operand of shape (1, 4)."""
+    ops = [Operator(kind, name, inputs, outputs) for kind, name, inputs, outputs in lines]
+    names = {n for op in ops for n in op.inputs + op.outputs}
+    return fused_plan(ops, {op.name: layers.get(op.name, Absorbing(op.name)) for op in ops},
+                      {n: (1, 4) for n in names} | (shapes or {}))
+
+
+RESIDUAL = [("pnnx.Input", "in", [], ["x"]),
+            ("conv", "conv2", ["x"], ["a"]),
+            ("conv", "down", ["x"], ["b"]),  # the shortcut, made after conv2 (as in ResNet's file)
+            ("add", "sum", ["a", "b"], ["s"]),
+            ("relu", "relu", ["s"], ["r"]),
+            ("pnnx.Output", "out", ["r"], [])]
+
+
+def test_a_chain_is_merged_and_runs_where_its_last_reader_ran():
+    plan = plan_of(RESIDUAL, {"conv2": Absorbing("conv2", ("sum", "relu"))})
+    assert [(op.name, op.inputs, op.outputs) for op, _ in plan] == [("down", ["x"], ["b"]),
+                                                                    ("conv2", ["x", "b"], ["r"])]
+    assert plan[1][1].absorbed == ("sum", "relu") and plan[0][1] is None
+
+
+def test_an_intermediate_read_elsewhere_is_not_fused_away():
+    fan_out = RESIDUAL[:5] + [("pnnx.Output", "out", ["r"], []), ("pnnx.Output", "out2", ["a"], [])]
+    plan = plan_of(fan_out, {"conv2": Absorbing("conv2", ("sum", "relu"))})
+    assert [op.name for op, layer in plan] == ["conv2", "down", "sum", "relu"]
+    assert all(layer is None for _, layer in plan)
+
+
+def test_a_reader_that_broadcasts_its_other_input_is_not_absorbed():
+    plan = plan_of(RESIDUAL, {"conv2": Absorbing("conv2", ("sum", "relu"))}, {"b": (1, 1)})
+    assert [op.name for op, _ in plan] == ["conv2", "down", "sum", "relu"]
+
+
+def test_a_reader_is_absorbed_once():
+    both = {"conv2": Absorbing("conv2", ("sum",)), "down": Absorbing("down", ("sum",))}
+    plan = plan_of(RESIDUAL, both)
+    assert [(op.name, op.outputs) for op, _ in plan] == [("down", ["b"]), ("conv2", ["s"]), ("relu", ["r"])]

@@ -168,12 +168,14 @@ class Conv2d(ConvLayer):
         self.depthwise = self.groups == self.c_in and self.groups > 1
         self.shift = np.zeros(self.c_out, np.float32) if self.bias is None else self.bias
         self.activation = IDENTITY  # the activation fused into the epilogue (lesson 06, "Fusing")
+        self.residual = NO_RESIDUAL  # where the epilogue adds a fused residual input (lesson 06)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         data = self.input(x)
         n_batch, _, height, width = data.shape
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
         oh, ow = out_size(height, kh, sh, ph, dh), out_size(width, kw, sw, pw, dw)
+        shortcut = residual_rows(self, residual, (n_batch, self.c_out, oh, ow))  # a fused residual (lesson 06)
         if self.depthwise:
             planes = np.empty((n_batch, self.c_out, oh * ow), np.float32)
             self.depthwise_kernel(data, self.weight_, planes.reshape(n_batch, self.c_out, oh, ow), sh, sw, ph, pw, dh, dw)
@@ -197,19 +199,14 @@ class Conv2d(ConvLayer):
                 im2col_images(images, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
                 product = self.gemm_weight[0] @ cols.reshape(rows, -1)  # (K, n·OH·OW)
                 epilogue(product.reshape(self.c_out, len(images), oh * ow).transpose(1, 0, 2), self.shift,
-                         self.activation, out[start:start + step])
+                         self.activation, out[start:start + step], shortcut[start:start + step], self.residual)
             return Tensor(out.reshape(n_batch, self.c_out, oh, ow), device=x.device)
-        epilogue(planes, self.shift, self.activation, planes)  # + bias, then the fused activation
+        epilogue(planes, self.shift, self.activation, planes, shortcut, self.residual)  # + bias, activation
         return Tensor(planes.reshape(n_batch, self.c_out, oh, ow), device=x.device)
 
     def fuse(self, after: Layer) -> Conv2d | None:
-        """This convolution with `after`'s activation in its epilogue, if the epilogue has it (a copy:
-        the unfused layer stays as it was), else None."""
-        if self.activation != IDENTITY or type(after) not in EPILOGUES:
-            return None
-        fused = copy.copy(self)
-        fused.activation = EPILOGUES[type(after)]
-        return fused
+        """This convolution with `after` in its epilogue (`absorb`), or None."""
+        return absorb(self, after)
 
 
 @njit(parallel=True, cache=True)
@@ -274,16 +271,25 @@ def unbatched(forward: Callable) -> Callable:
 
 
 IDENTITY, RELU, RELU6, SILU, HARDSWISH, SIGMOID, HARDSIGMOID = range(7)
+NO_RESIDUAL, RESIDUAL_BEFORE, RESIDUAL_AFTER = range(3)  # where the epilogue adds a residual input
+NO_ROWS = np.zeros((0, 0, 0), np.float32)  # the residual rows of a convolution that has none
 
 
 @njit(parallel=True, cache=True)
-def epilogue(planes, bias, activation, out):
-    """out[n, k] = activation(planes[n, k] + bias[k]) for planes and out (N, K, L), float32."""
+def epilogue(planes, bias, activation, out, residual, mode):
+    """out[n, k] = activation(planes[n, k] + bias[k]) for planes and out (N, K, L), float32; with
+    `mode` RESIDUAL_BEFORE activation(planes + bias + residual), with RESIDUAL_AFTER
+    activation(planes + bias) + residual, for residual (N, K, L) float32 (NO_RESIDUAL: not read)."""
     n_batch, k_out, size = planes.shape
     one, zero, six = np.float32(1.0), np.float32(0.0), np.float32(6.0)
     for nk in prange(n_batch * k_out):
         n, k = nk // k_out, nk % k_out
         src, dst, b = planes[n, k], out[n, k], bias[k]
+        if mode == RESIDUAL_BEFORE:
+            rows = residual[n, k]
+            for i in range(size):
+                dst[i] = src[i] + b + rows[i]
+            src, b = dst, zero  # the activation below reads the sum, its bias already added
         if activation == IDENTITY:
             for i in range(size):
                 dst[i] = src[i] + b
@@ -307,9 +313,44 @@ def epilogue(planes, bias, activation, out):
         else:
             for i in range(size):
                 dst[i] = min(max((src[i] + b) / six + np.float32(0.5), zero), one)
+        if mode == RESIDUAL_AFTER:
+            rows = residual[n, k]
+            for i in range(size):
+                dst[i] += rows[i]
 
 
 EPILOGUES = {ReLU: RELU, ReLU6: RELU6, SiLU: SILU, Hardswish: HARDSWISH, Sigmoid: SIGMOID, Hardsigmoid: HARDSIGMOID}
+SUMS = ("add(@0,@1)", "add(@1,@0)")  # the pnnx.Expression of a residual addition
+
+
+def residual_rows(layer: Layer, residual: Tensor | None, shape: tuple[int, int, int, int]) -> np.ndarray:
+    """The residual input of `layer`, a convolution whose output has `shape` (N, K, OH, OW), as the
+    epilogue's rows: float32 (N, K, OH·OW), or NO_ROWS when it has none. ShapeError naming the layer
+    when the layer's residual mode and the input disagree, or the input does not match the output
+    (an unbatched (K, OH, OW) matches N = 1)."""
+    if (residual is None) != (layer.residual == NO_RESIDUAL):
+        raise ShapeError(f"{layer.op.where()}: expected {'a' if residual is None else 'no'} residual input, "
+                         f"got {'none' if residual is None else residual.shape}")
+    if residual is None:
+        return NO_ROWS
+    data = np.ascontiguousarray(residual.numpy(), dtype=np.float32)
+    if data.shape[-3:] != shape[1:] or data.size != math.prod(shape):
+        raise ShapeError(f"{layer.op.where()}: expected a residual input of the output's shape {shape}, "
+                         f"got {data.shape}")
+    return data.reshape(shape[0], shape[1], -1)  # (N, K, OH, OW) -> (N, K, OH·OW)
+
+
+def absorb(conv: Conv2d, after: Layer) -> Conv2d | None:
+    """`conv` with `after` in its epilogue, if the epilogue can do it (a copy: the unfused layer stays
+    as it was), else None."""
+    fused = copy.copy(conv)
+    if type(after) in EPILOGUES and conv.activation == IDENTITY:
+        fused.activation = EPILOGUES[type(after)]
+    elif after.op.type == "pnnx.Expression" and after.op.params.get("expr") in SUMS and conv.residual == NO_RESIDUAL:
+        fused.residual = RESIDUAL_BEFORE if conv.activation == IDENTITY else RESIDUAL_AFTER
+    else:
+        return None
+    return fused
 
 
 VECTOR = 32           # the flat loops run in whole blocks of this many floats
@@ -494,7 +535,8 @@ class Convolution(Layer):
             "padding": padding, "padding_mode": "zeros"}))
 
     def fuse(self, after: Layer) -> "Convolution | None":
-        """A copy whose convolution has `after`'s activation in its epilogue (lesson 06), if it takes it."""
+        """A copy whose convolution has `after` (an activation, a residual sum) in its epilogue (lesson 06),
+        if it takes it."""
         conv = self.conv.fuse(after)
         if conv is None:
             return None
@@ -503,11 +545,13 @@ class Convolution(Layer):
         return fused
 
     @unbatched
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         data = spatial_input(self.op, x, self.dims)
         if self.pad_first:
             data = np.pad(data, [(0, 0), (0, 0), *self.sides], mode=self.np_mode)
-        out = self.conv(Tensor(data, device=x.device)).numpy()
+        if residual is not None and self.dims == 1:
+            residual = Tensor(residual.numpy()[..., None, :], device=x.device)  # (N, K, L) -> (N, K, 1, L)
+        out = self.conv(Tensor(data, device=x.device), residual).numpy()
         return Tensor(out[:, :, 0] if self.dims == 1 else out, device=x.device)
 
 
