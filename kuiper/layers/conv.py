@@ -194,7 +194,7 @@ class Conv2d(ConvLayer):
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
         n_batch, size, rows = len(data), oh * ow, self.c_in * kh * kw
         out = np.empty((n_batch, self.c_out, size), np.float32)
-        step = images_per_gemm(4 * (rows + self.c_out) * size)
+        step = images_per_gemm(4 * rows * size)  # bounded by the columns (the product takes K/rows of that)
         for start in range(0, n_batch, step):
             images, planes = data[start:start + step], out[start:start + step]
             if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and len(images) == 1:
