@@ -245,13 +245,15 @@ with check("Exercise 4.2"):
 #
 # 1. **A few images at a time.** The columns of several images side by side,
 #    $(C K_h K_w, n, L)$, make one matrix multiply for all of them: every kernel and every matrix
-#    multiply starts its threads once, and on a busy machine each start waits for a core, so
-#    fewer, larger calls win. The images per call are as many as keep the columns within
-#    `COLUMN_BYTES`, so memory stays bounded for big images and batches.
+#    multiply starts its threads once, and on a busy machine each start waits for a core (on this
+#    course's shared two-core machine, tens of milliseconds), so fewer, larger calls win there.
+#    On an idle machine the start is cheap and a big column matrix costs cache misses instead:
+#    alone on one core, 8 images of 56×56 in one multiply took 1.8× the time of image by image.
+#    `images_per_gemm` takes as many images as keep the work memory within `COLUMN_BYTES`.
 # 2. **Reuse one buffer.** A fresh multi-megabyte array costs a page fault per 4 KB the first time
-#    it is touched; `scratch` hands out the same memory on every call. One buffer **per thread**:
-#    the layers of a graph run one after another, but two graphs run in two threads at once would
-#    otherwise write their columns into the same memory and get each other's results.
+#    it is touched; `scratch` hands out the same memory on every call. One buffer **per thread**
+#    and name: the layers of a graph run one after another, but two graphs run in two threads at
+#    once would otherwise write their columns into the same memory and get each other's results.
 # 3. **No test per element.** For kernel column $j$ the output columns whose input lies inside
 #    the image are one contiguous range $[x_{lo}, x_{hi})$, so the row is zeros, a straight copy
 #    (a slice when the stride is 1), and zeros again.
@@ -284,20 +286,25 @@ def im2col_images(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
             line[x_hi:] = 0.0
 
 
-COLUMN_BYTES = 32 * 2**20  # the most column memory one im2col + matrix multiply may use
+COLUMN_BYTES = 32 * 2**20  # the most work memory (columns, products) one matrix multiply may use
+
+
+def images_per_gemm(image_bytes: int) -> int:
+    """Images per matrix multiply when each needs `image_bytes`: as many as COLUMN_BYTES holds, >= 1."""
+    return max(1, COLUMN_BYTES // image_bytes)
 
 
 _scratch = threading.local()
 
 
-def scratch(shape: tuple[int, ...]) -> np.ndarray:
-    """A float32 work array of `shape`: the same memory on every call from one thread (grown when
-    too small), another for each thread, so that graphs run in parallel threads never share it."""
+def scratch(shape: tuple[int, ...], name: str = "columns") -> np.ndarray:
+    """A float32 work array of `shape`: the same memory on every call from one thread with one `name`
+    (grown when too small), another per thread and name: parallel graphs never share it."""
     size = math.prod(shape)
-    buffer = getattr(_scratch, "buffer", None)
-    if buffer is None or buffer.size < size:
-        buffer = _scratch.buffer = np.empty(size, np.float32)
-    return buffer[:size].reshape(shape)
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    if name not in buffers or buffers[name].size < size:
+        buffers[name] = np.empty(size, np.float32)
+    return buffers[name][:size].reshape(shape)
 
 
 # %%
@@ -406,24 +413,25 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 #
 # The layer reads and checks its parameters once. `forward` picks the fastest path:
 #
-# * a $1 \times 1$ convolution with stride 1 and no padding **is** a matrix multiply on the input
-#   as it lies (no im2col at all) for one image; for a batch, the last path below (whose im2col
-#   is then a mere copy) makes one matrix multiply of many;
 # * a depthwise convolution runs the direct kernel, `depthwise_kernel` (the one above; lesson 06
 #   swaps in a faster one);
-# * grouped convolutions (rare beyond depthwise), image by image, `im2col_images` into the scratch
-#   buffer and one matrix multiply per group, written straight into the output: $W$ is reshaped
-#   to $(g, K/g, C/g \cdot K_h K_w)$ and the columns to $(g, C/g \cdot K_h K_w, L)$;
-# * everything else unfolds as many images at a time as `COLUMN_BYTES` allows and makes one matrix
-#   multiply for them: $(K, C K_h K_w) \times (C K_h K_w, n L)$. Its product is channel-major,
-#   $(K, n, L)$; the epilogue reads it through a transposed view and writes the output
-#   $(n, K, L)$, so the reordering costs no extra pass.
+# * a $3 \times 3$ convolution with stride 1 (most of ResNet's work) on a big enough batch takes a
+#   road with 2.25× fewer multiplies, Winograd's, which you build in lesson 06 (Exercises
+#   6.9–6.10); the package's runs until then;
+# * everything else runs `images_per_gemm` images at a time: `im2col_images` into the scratch
+#   buffer and one matrix multiply per group, $W$ reshaped to $(g, K/g, C/g \cdot K_h K_w)$ and
+#   the columns to $(g, C/g \cdot K_h K_w, n L)$. A $1 \times 1$ convolution with stride 1 and no
+#   padding of one image **is** a matrix multiply on the input as it lies: no im2col at all.
+#   One image's product is the output $(K, L)$ itself, written in place; several images' is
+#   channel-major, $(K, n, L)$: the epilogue reads it through a transposed view and writes the
+#   output $(n, K, L)$, so the reordering costs no extra pass.
 #
-# Every path ends in one `epilogue` pass that adds the bias and applies the activation the layer
+# Every path ends in an `epilogue` pass that adds the bias and applies the activation the layer
 # absorbed, if any: you write it in Exercise 6.6, when lesson 06 makes ResNet fast; the package's runs until then.
 
 # %%
-from kuiper.layers.conv import epilogue, IDENTITY, NO_RESIDUAL, residual_rows  # the package's (lesson 06)
+from kuiper.layers.conv import (epilogue, IDENTITY, NO_RESIDUAL, residual_rows,  # the package's (lesson 06)
+                               winograd_conv, winograd_fits, winograd_pays, winograd_weights)
 
 # %%
 #| export
@@ -488,6 +496,7 @@ class Conv2d(ConvLayer):
         self.weight_ = self.weight("weight", (self.c_out, self.c_in // self.groups, *self.kernel))
         self.gemm_weight = np.ascontiguousarray(self.weight_.reshape(self.groups, self.c_out // self.groups, -1))
         self.depthwise = self.groups == self.c_in and self.groups > 1
+        self.winograd = winograd_weights(self.weight_) if winograd_fits(self) else None  # lesson 06
         self.shift = np.zeros(self.c_out, np.float32) if self.bias is None else self.bias
         self.activation = IDENTITY  # the activation fused into the epilogue (lesson 06, "Fusing")
         self.residual = NO_RESIDUAL  # where the epilogue adds a fused residual input (lesson 06)
@@ -501,30 +510,38 @@ class Conv2d(ConvLayer):
         if self.depthwise:
             planes = np.empty((n_batch, self.c_out, oh * ow), np.float32)
             self.depthwise_kernel(data, self.weight_, planes.reshape(n_batch, self.c_out, oh, ow), sh, sw, ph, pw, dh, dw)
-        elif (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and (n_batch == 1 or self.groups > 1):
-            cols = data.reshape(n_batch, self.groups, -1, height * width)
-            planes = np.matmul(self.gemm_weight, cols).reshape(n_batch, self.c_out, oh * ow)
-        elif self.groups > 1:
-            planes = np.empty((n_batch, self.groups, self.c_out // self.groups, oh * ow), np.float32)
-            cols = scratch((self.c_in * kh * kw, 1, oh * ow))
-            for n in range(n_batch):
-                im2col_images(data[n:n + 1], cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-                np.matmul(self.gemm_weight, cols.reshape(self.groups, -1, oh * ow), out=planes[n])
-            planes = planes.reshape(n_batch, self.c_out, oh * ow)
+        elif self.winograd is not None and winograd_pays(self.winograd, n_batch * oh * ow):
+            planes = np.empty((n_batch, self.c_out, oh * ow), np.float32)
+            winograd_conv(data, self.winograd, ph, pw, planes.reshape(n_batch, self.c_out, oh, ow))
         else:
-            out = np.empty((n_batch, self.c_out, oh * ow), np.float32)
-            rows = self.c_in * kh * kw
-            step = max(1, COLUMN_BYTES // (4 * rows * oh * ow))  # images per matrix multiply
-            for start in range(0, n_batch, step):
-                images = data[start:start + step]
-                cols = scratch((rows, len(images), oh * ow))
-                im2col_images(images, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-                product = self.gemm_weight[0] @ cols.reshape(rows, -1)  # (K, n·OH·OW)
-                epilogue(product.reshape(self.c_out, len(images), oh * ow).transpose(1, 0, 2), self.shift,
-                         self.activation, out[start:start + step], shortcut[start:start + step], self.residual)
-            return Tensor(out.reshape(n_batch, self.c_out, oh, ow), device=x.device)
-        epilogue(planes, self.shift, self.activation, planes, shortcut, self.residual)  # + bias, activation
+            return Tensor(self.gemm(data, oh, ow, shortcut).reshape(n_batch, self.c_out, oh, ow), device=x.device)
+        epilogue(planes, self.shift, self.activation, planes, shortcut, self.residual)  # + bias, activation, residual
         return Tensor(planes.reshape(n_batch, self.c_out, oh, ow), device=x.device)
+
+    def gemm(self, data: np.ndarray, oh: int, ow: int, shortcut: np.ndarray) -> np.ndarray:
+        """Output (N, K, OH·OW) of data (N, C, H, W): im2col, GEMM per group and epilogue per few images,
+        which adds `shortcut` (N, K, OH·OW) as `self.residual` says (NO_ROWS when it has none)."""
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        n_batch, size, rows = len(data), oh * ow, self.c_in * kh * kw
+        out = np.empty((n_batch, self.c_out, size), np.float32)
+        step = images_per_gemm(4 * rows * size)  # bounded by the columns (the product takes K/rows of that)
+        for start in range(0, n_batch, step):
+            images, planes = data[start:start + step], out[start:start + step]
+            if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and len(images) == 1:
+                cols = images.reshape(self.groups, -1, size)  # 1×1: the input is its own columns
+            else:
+                cols = scratch((rows, len(images), size))
+                im2col_images(images, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+                cols = cols.reshape(self.groups, -1, len(images) * size)  # (g, C/g·kh·kw, n·L)
+            if len(images) == 1:
+                np.matmul(self.gemm_weight, cols, out=planes.reshape(self.groups, -1, size))
+            else:  # (g, K/g, n·L) -> (n, K, L), read through a transposed view by the epilogue
+                product = np.matmul(self.gemm_weight, cols, out=scratch((self.groups, self.c_out // self.groups,
+                                                                         len(images) * size), "product"))
+                planes = product.reshape(self.c_out, len(images), size).transpose(1, 0, 2)
+            epilogue(planes, self.shift, self.activation, out[start:start + step], shortcut[start:start + step],
+                     self.residual)
+        return out
 
 
 # %%

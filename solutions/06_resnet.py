@@ -16,7 +16,8 @@
 # **real ImageNet weights**, so the engine you built will name what is in a photograph. ResNet-18,
 # MobileNetV3 and a UNet (random weights) check exactness against PyTorch on whole networks, and
 # the benchmark shows where the time goes; then you make the convolutions faster by fusing each
-# activation into the convolution's last pass, and the depthwise ones by laying their input flat.
+# activation into the convolution's last pass, the depthwise ones by laying their input flat, and
+# the 3×3 ones by Winograd's algorithm.
 #
 # | exercise | what |
 # |---|---|
@@ -28,6 +29,8 @@
 # | 6.6 | the convolution's epilogue: bias, a fused activation and a residual in one vectorised pass (numba) |
 # | 6.7 | `absorb` (`Conv2d.fuse`): which operator after a convolution its epilogue can take in |
 # | 6.8 | a depthwise convolution kernel whose every inner loop is long and vectorised (numba) |
+# | 6.9 | Winograd's input transform: 4×4 patches to $B^T d B$ (numba) |
+# | 6.10 | Winograd's output transform: 16 products back to 2×2 tiles of pixels (numba) |
 
 # %%
 #| default_exp vision.classify
@@ -526,7 +529,7 @@ from numba import njit, prange
 from kuiper.course import patch_to
 from kuiper.layer import Layer
 from kuiper.layers.activation import exp_approx
-from kuiper.layers.conv import Conv2d
+from kuiper.layers.conv import Conv2d, images_per_gemm, scratch
 from kuiper.layers.expression import Expression
 from kuiper.pnnx import Operator
 
@@ -991,6 +994,239 @@ for c, size, k, s in [(96, 56, 7, 1), (768, 7, 7, 1), (144, 56, 3, 2), (960, 7, 
     print(f"{c:4} × {size:3}², {k}×{k} stride {s}: lesson 04's {ratios[0]:5.1f} × torch, flat {ratios[1]:4.1f} × torch")
 
 # %% [markdown]
+# ## Winograd: the same convolution with fewer multiplies
+#
+# Fusing saved passes over memory; most of ResNet's time is still the multiplies of its 3×3,
+# stride-1 convolutions. Winograd's *minimal filtering* algorithm does them with fewer (A. Lavin
+# and S. Gray, *Fast Algorithms for Convolutional Neural Networks*, CVPR 2016). In one dimension,
+# two outputs of a 3-tap filter $g$ over four inputs $d$, $y_0 = d_0 g_0 + d_1 g_1 + d_2 g_2$ and
+# $y_1 = d_1 g_0 + d_2 g_1 + d_3 g_2$, take 6 multiplies; these take 4:
+#
+# $$m_1 = (d_0 - d_2)\,g_0,\quad m_2 = (d_1 + d_2)\tfrac{g_0 + g_1 + g_2}{2},\quad
+#   m_3 = (d_2 - d_1)\tfrac{g_0 - g_1 + g_2}{2},\quad m_4 = (d_1 - d_3)\,g_2$$
+# $$y_0 = m_1 + m_2 + m_3,\qquad y_1 = m_2 - m_3 - m_4.$$
+#
+# The sums of $g$ are the weights' business: made once at load. As matrices,
+# $y = A^T[(G g) \odot (B^T d)]$, and nested for a 2×2 tile of outputs from a 4×4 patch of input,
+# **F(2×2, 3×3)**: $Y = A^T[(G g G^T) \odot (B^T d B)]A$, 16 multiplies instead of 36, 2.25× fewer:
+#
+# $$B^T = \begin{pmatrix}1&0&-1&0\\0&1&1&0\\0&-1&1&0\\0&1&0&-1\end{pmatrix},\quad
+#   G = \begin{pmatrix}1&0&0\\ \frac12&\frac12&\frac12\\ \frac12&-\frac12&\frac12\\0&0&1\end{pmatrix},\quad
+#   A^T = \begin{pmatrix}1&1&1&0\\0&1&-1&-1\end{pmatrix}.$$
+#
+# A convolution sums over input channels, and the sum passes through $A^T \cdot A$: for each of
+# the 16 positions $\xi$ of the 4×4 product, $M_\xi = U_\xi V_\xi$ is a matrix multiply,
+# $U_\xi$ = the weights' transforms $(K, C)$, $V_\xi$ = the input's $(C, \text{tiles})$. So a
+# layer is: the input transform (Exercise 6.9), 16 matrix multiplies (BLAS), the output transform
+# (Exercise 6.10), then the epilogue. $B^T$ and $A^T$ hold only ±1, and $G$ halves: F(2×2, 3×3) is
+# as exact in float32 as im2col. (Larger tiles save more, F(4×4, 3×3) 4×, but their fractions
+# like 1/6 cost digits.) The price is 16 matrix multiplies where im2col makes one, and each wakes
+# the BLAS threads: on a busy machine each wake-up can wait milliseconds for a core, so
+# `winograd_pays` keeps small products (ResNet-18 at batch 1) on the im2col road.
+
+# %%
+d, g = rng.standard_normal(4), rng.standard_normal(3)
+m = [(d[0] - d[2]) * g[0], (d[1] + d[2]) * (g[0] + g[1] + g[2]) / 2, (d[2] - d[1]) * (g[0] - g[1] + g[2]) / 2,
+     (d[1] - d[3]) * g[2]]
+print("4 multiplies:", np.round([m[0] + m[1] + m[2], m[1] - m[2] - m[3]], 6),
+      " 6 multiplies:", np.round(np.correlate(d, g, "valid"), 6))
+WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])  # for the checks below
+WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
+
+# %%
+#| export layers.conv
+WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # F(2×2, 3×3), Lavin & Gray
+WINOGRAD_MIN_CHANNELS = 8  # below it, one im2col matrix multiply beats 16 thin ones (measured: a 3-channel stem)
+WINOGRAD_MIN_WORK = 2**24  # multiply-adds per product below which 16 thread start-ups cost more than they save
+
+
+def winograd_fits(conv) -> bool:
+    """Whether the Conv2d `conv` takes the Winograd road: 3×3, stride 1, dilation 1, one group and at
+    least WINOGRAD_MIN_CHANNELS input channels (any zero padding)."""
+    return ((conv.kernel, conv.stride, conv.dilation, conv.groups) == ((3, 3), (1, 1), (1, 1), 1)
+            and conv.c_in >= WINOGRAD_MIN_CHANNELS)
+
+
+def winograd_pays(u: np.ndarray, outputs: int) -> bool:
+    """Whether Winograd beats im2col for weights u (16, K, C) and `outputs` output pixels (N·OH·OW):
+    each of its 16 matrix multiplies, about K·C·outputs/4 multiply-adds, must reach WINOGRAD_MIN_WORK."""
+    return u.shape[1] * u.shape[2] * outputs // 4 >= WINOGRAD_MIN_WORK
+
+
+def winograd_weights(weight: np.ndarray) -> np.ndarray:
+    """U (16, K, C) float32, U[4i + j, k, c] = (G w[k, c] Gᵀ)[i, j], of 3×3 weights (K, C, 3, 3);
+    computed in float64, once at load."""
+    u = np.einsum("ai,kcij,bj->abkc", WINOGRAD_G, weight.astype(np.float64), WINOGRAD_G)  # (4, 4, K, C)
+    return np.ascontiguousarray(u.reshape(16, *weight.shape[:2]), dtype=np.float32)
+
+# %% [markdown]
+# ## Exercise 6.9 — the input transform
+#
+# Cut the input into 4×4 patches, one per 2×2 output tile: tile $(t_y, t_x)$ of image $n$ reads
+# the patch whose top-left corner is $(2t_y - p_h,\; 2t_x - p_w)$ (zeros outside the image; the
+# patches of neighbours overlap by two). Write $B^T d B$ of each patch into `v[4i + j, c, t]`,
+# tile $t = (n \cdot t_h + t_y) \cdot t_w + t_x$: row $\xi$ of `v` is then the matrix $V_\xi$, $C$ rows of
+# tiles. $B^T d$ combines the patch's rows, $r_0 = d_0 - d_2$, $r_1 = d_1 + d_2$, $r_2 = d_2 - d_1$,
+# $r_3 = d_1 - d_3$, and $\cdot B$ combines columns the same way. Work a row of tiles at a time,
+# in parallel over (image, channel, tile row): copy its four input rows, zero-padded, into a small
+# array `d` of width $2 t_w + 2$, combine them into $r = B^T d$ once for the whole row, then read
+# each tile's four columns from `r`.
+
+# %%
+#| export layers.conv
+#| exercise: per (n, c, ty) in parallel: the 4 zero-padded input rows from 2ty - ph, r = Bᵀd, then per tile the columns 2tx..2tx+3 of r times B into v[4i + j, c, t]
+@njit(parallel=True, cache=True)
+def winograd_input(x, v, ph, pw, th, tw):
+    """v[4i + j, c, t] = (Bᵀ d B)[i, j] for the 4×4 patch d of x[n, c] at (2ty - ph, 2tx - pw), zero
+    outside the image, tile t = (n·th + ty)·tw + tx: x (N, C, H, W) and v (16, C, N·th·tw) float32."""
+    n_batch, channels, height, width = x.shape
+    ### BEGIN SOLUTION
+    span = 2 * tw + 2  # the input columns a row of tiles reads, from -pw on
+    lo, hi = min(span, pw), min(span, width + pw)  # those inside the image
+    for task in prange(n_batch * channels * th):
+        n, c, ty = task // (channels * th), task // th % channels, task % th
+        d = np.zeros((4, span), np.float32)
+        for i in range(4):
+            iy = 2 * ty - ph + i
+            if 0 <= iy < height and lo < hi:
+                d[i, lo:hi] = x[n, c, iy, lo - pw:hi - pw]
+        r = np.empty((4, span), np.float32)  # Bᵀ d
+        for j in range(span):
+            r[0, j], r[1, j], r[2, j], r[3, j] = d[0, j] - d[2, j], d[1, j] + d[2, j], d[2, j] - d[1, j], d[1, j] - d[3, j]
+        t0 = (n * th + ty) * tw
+        for i in range(4):  # (Bᵀ d) B, tile by tile
+            v0, v1, v2, v3 = v[4 * i, c, t0:], v[4 * i + 1, c, t0:], v[4 * i + 2, c, t0:], v[4 * i + 3, c, t0:]
+            for tx in range(tw):
+                a, b, e, f = r[i, 2 * tx], r[i, 2 * tx + 1], r[i, 2 * tx + 2], r[i, 2 * tx + 3]
+                v0[tx], v1[tx], v2[tx], v3[tx] = a - e, b + e, e - b, b - f
+    ### END SOLUTION
+
+
+# %%
+def input_patches(x, ph, pw, th, tw):
+    """The 4×4 patch of every tile, (N, C, th, tw, 4, 4), from a zero-padded copy of x."""
+    n, c, h, w = x.shape
+    padded = np.zeros((n, c, max(h + ph, 2 * th + 2), max(w + pw, 2 * tw + 2)), np.float64)
+    padded[:, :, ph:ph + h, pw:pw + w] = x
+    return np.lib.stride_tricks.sliding_window_view(padded, (4, 4), axis=(2, 3))[:, :, :2 * th:2, :2 * tw:2]
+
+
+with check("Exercise 6.9"):
+    for shape, (ph, pw) in [((2, 3, 7, 9), (1, 1)), ((1, 2, 6, 5), (0, 2)), ((2, 1, 4, 4), (2, 0)), ((1, 2, 1, 1), (1, 1))]:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        th, tw = -(-(shape[2] + 2 * ph - 2) // 2), -(-(shape[3] + 2 * pw - 2) // 2)
+        want = np.einsum("ip,nctspq,jq->ijcnts", WINOGRAD_BT, input_patches(x, ph, pw, th, tw), WINOGRAD_BT)
+        want = want.reshape(16, shape[1], -1)  # (16, C, N·th·tw)
+        got = np.full(want.shape, np.nan, np.float32)
+        winograd_input(x, got, ph, pw, th, tw)
+        bad = np.argwhere(~np.isclose(got, want, atol=1e-5))
+        assert not bad.size, (f"x {shape}, padding {(ph, pw)}: expected v{tuple(map(int, bad[0]))} = "
+                              f"{want[tuple(bad[0])]:.4f}, got {got[tuple(bad[0])]:.4f}; {len(bad)} of {got.size} differ")
+
+# %% [markdown]
+# ## Exercise 6.10 — the output transform
+#
+# Back from the 16 products to pixels: for tile $t$ and output channel $k$, with
+# $M_{pq}$ = `m[4p + q, k, t]`, the tile's 2×2 outputs are $A^T M A$: first the rows,
+# $s_0 = M_0 + M_1 + M_2$ and $s_1 = M_1 - M_2 - M_3$ (each a row of four), then the same on
+# the columns of $s$. Write them to `out[n, k, 2t_y + i, 2t_x + j]`, in parallel over (image,
+# channel, tile row). An odd output height or width has half tiles at its end: write only the
+# outputs that exist (numba does not check bounds: a write past the end corrupts memory).
+
+# %%
+#| export layers.conv
+#| exercise: per (n, k, ty) in parallel: s = Aᵀ M for the row's tiles (M[p, q] = m[4p + q, k, t]), then out[n, k, 2ty + i, 2tx + j] = (s A)[i, j], only inside an odd output
+@njit(parallel=True, cache=True)
+def winograd_output(m, out, th, tw):
+    """out[n, k, 2ty + i, 2tx + j] = (Aᵀ M A)[i, j], M[p, q] = m[4p + q, k, t], tile t = (n·th + ty)·tw + tx:
+    m (16, K, N·th·tw) and out (N, K, OH, OW) float32, OH <= 2·th and OW <= 2·tw."""
+    n_batch, k_out, oh, ow = out.shape
+    ### BEGIN SOLUTION
+    for task in prange(n_batch * k_out * th):
+        n, k, ty = task // (k_out * th), task // th % k_out, task % th
+        t0 = (n * th + ty) * tw
+        s = np.empty((2, 4, tw), np.float32)  # Aᵀ M of each tile of the row: s[i, q, tx]
+        for q in range(4):
+            m0, m1, m2, m3 = m[q, k, t0:], m[4 + q, k, t0:], m[8 + q, k, t0:], m[12 + q, k, t0:]
+            for tx in range(tw):
+                s[0, q, tx] = m0[tx] + m1[tx] + m2[tx]
+                s[1, q, tx] = m1[tx] - m2[tx] - m3[tx]
+        for i in range(min(2, oh - 2 * ty)):
+            row = out[n, k, 2 * ty + i]
+            for tx in range(ow // 2):
+                row[2 * tx] = s[i, 0, tx] + s[i, 1, tx] + s[i, 2, tx]
+                row[2 * tx + 1] = s[i, 1, tx] - s[i, 2, tx] - s[i, 3, tx]
+            if ow % 2:
+                row[ow - 1] = s[i, 0, tw - 1] + s[i, 1, tw - 1] + s[i, 2, tw - 1]
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 6.10"):
+    for n, k_out, oh, ow in [(2, 3, 6, 4), (1, 2, 5, 7), (2, 1, 3, 3), (1, 1, 1, 1)]:
+        th, tw = -(-oh // 2), -(-ow // 2)
+        products = rng.standard_normal((16, k_out, n * th * tw), dtype=np.float32)
+        tiles = products.reshape(4, 4, k_out, n, th, tw).astype(np.float64)
+        want = np.einsum("ip,pqknts,jq->nktisj", WINOGRAD_AT, tiles, WINOGRAD_AT).reshape(n, k_out, 2 * th, 2 * tw)
+        want = want[:, :, :oh, :ow]
+        got = np.full(want.shape, np.nan, np.float32)
+        winograd_output(products, got, th, tw)
+        bad = np.argwhere(~np.isclose(got, want, atol=1e-5))
+        assert not bad.size, (f"{n} images, {k_out} channels, output {oh}×{ow}: expected out{tuple(map(int, bad[0]))} = "
+                              f"{want[tuple(bad[0])]:.4f}, got {got[tuple(bad[0])]:.4f}; {len(bad)} of {got.size} differ")
+
+# %%
+#| export layers.conv
+def winograd_conv(x: np.ndarray, u: np.ndarray, ph: int, pw: int, out: np.ndarray) -> None:
+    """out (N, K, OH, OW) float32 = the 3×3, stride-1 convolution, without bias, of x (N, C, H, W)
+    float32 zero-padded by (ph, pw), whose Winograd weights are u (16, K, C) (`winograd_weights`):
+    for each `images_per_gemm` images, the input transform, 16 matrix multiplies, the output transform."""
+    n_batch, channels = x.shape[:2]
+    k_out, oh, ow = out.shape[1:]
+    th, tw = -(-oh // 2), -(-ow // 2)  # 2×2 output tiles down and across
+    step = images_per_gemm(4 * 16 * (channels + k_out) * th * tw)
+    for start in range(0, n_batch, step):
+        images = x[start:start + step]
+        tiles = len(images) * th * tw
+        v = scratch((16, channels, tiles), "winograd input")
+        winograd_input(images, v, ph, pw, th, tw)
+        m = np.matmul(u, v, out=scratch((16, k_out, tiles), "winograd product"))  # 16 × (K, C) @ (C, tiles)
+        winograd_output(m, out[start:start + step], th, tw)
+
+# %%
+# against PyTorch: random weights, odd sizes, paddings; every 3×3 stride-1 layer of ResNet-18, batch 1 and 8
+cases = [(rng.standard_normal((8, 5, 3, 3), dtype=np.float32), (2, 5, 9, 7), p) for p in [(0, 0), (1, 1), (2, 1)]]
+cases += [(op.attrs["weight"].data, (batch, op.params["in_channels"], 14, 14), tuple(op.params["padding"]))
+          for op in resnet.model.operators if op.type == "nn.Conv2d" and winograd_fits(Conv2d(op)) for batch in (1, 8)]
+worst = 0.0
+for weight, shape, (ph, pw) in cases:
+    x = rng.standard_normal(shape, dtype=np.float32)
+    want = F.conv2d(torch.from_numpy(x), torch.from_numpy(weight), padding=(ph, pw)).numpy()
+    got = np.full(want.shape, np.nan, np.float32)
+    winograd_conv(x, winograd_weights(weight), ph, pw, got)
+    worst = max(worst, np.abs(got - want).max() / np.abs(want).max())
+    assert worst < 1e-5, f"x {shape}, padding {(ph, pw)}: expected F.conv2d's output, {agreement(got, want)}"
+print(f"{len(cases)} convolutions: error / scale < 1e-5")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# two layers of ResNet-18 at batch 8 both ways (a copy without Winograd weights takes the im2col road), timed
+# against PyTorch in the same run (a ratio, not a time: it survives a busy machine)
+from kuiper.bench import same_run_ratio
+
+convs = [op for op in resnet.model.operators if op.type == "nn.Conv2d" and winograd_fits(Conv2d(op))]
+for op in [convs[0], next(op for op in convs if op.params["in_channels"] == 256)]:
+    winograd, im2col_road = Conv2d(op), copy.copy(Conv2d(op))
+    im2col_road.winograd = None
+    x = Tensor(rng.standard_normal((8, op.params["in_channels"], *resnet.model.operands[op.inputs[0]].shape[2:]),
+                                   dtype=np.float32))
+    tx, w, b = x.numpy(), torch.from_numpy(op.attrs["weight"].data), torch.from_numpy(op.attrs["bias"].data)
+    with torch.no_grad():
+        ratios = [same_run_ratio(lambda: road(x), lambda: F.conv2d(torch.from_numpy(tx), w, b, padding=1), repeat=5)
+                  for road in (im2col_road, winograd)]
+    print(f"{op.name} {tuple(x.shape)}: kuiper / PyTorch, im2col {ratios[0]:.2f}, Winograd {ratios[1]:.2f}")
+
+# %% [markdown]
 # ## Against PyTorch
 #
 # `kuiper bench` times kuiper and PyTorch (the traced model `tools/zoo.py` saved) in the same
@@ -1007,8 +1243,9 @@ print(format_model_rows(bench_models([MODELS / "resnet18.pnnx.param", MODELS / "
 # ## What you built
 #
 # `kuiper/vision/classify.py` prepares images and reads the answers, and every convolution now ends
-# in your epilogue, with its activation fused and a vectorised $e^x$, and every depthwise one runs
-# your flat kernel; the command line runs it:
+# in your epilogue, with its activation fused and a vectorised $e^x$; every depthwise one runs your
+# flat kernel, and every 3×3 stride-1 one on a big enough batch your Winograd transforms; the
+# command line runs it:
 #
 # ```
 # kuiper run data/models/mobilenet_v2.pnnx.param data/images/*.jpg --top 5

@@ -56,20 +56,25 @@ def im2col_images(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
             line[x_hi:] = 0.0
 
 
-COLUMN_BYTES = 32 * 2**20  # the most column memory one im2col + matrix multiply may use
+COLUMN_BYTES = 32 * 2**20  # the most work memory (columns, products) one matrix multiply may use
+
+
+def images_per_gemm(image_bytes: int) -> int:
+    """Images per matrix multiply when each needs `image_bytes`: as many as COLUMN_BYTES holds, >= 1."""
+    return max(1, COLUMN_BYTES // image_bytes)
 
 
 _scratch = threading.local()
 
 
-def scratch(shape: tuple[int, ...]) -> np.ndarray:
-    """A float32 work array of `shape`: the same memory on every call from one thread (grown when
-    too small), another for each thread, so that graphs run in parallel threads never share it."""
+def scratch(shape: tuple[int, ...], name: str = "columns") -> np.ndarray:
+    """A float32 work array of `shape`: the same memory on every call from one thread with one `name`
+    (grown when too small), another per thread and name: parallel graphs never share it."""
     size = math.prod(shape)
-    buffer = getattr(_scratch, "buffer", None)
-    if buffer is None or buffer.size < size:
-        buffer = _scratch.buffer = np.empty(size, np.float32)
-    return buffer[:size].reshape(shape)
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    if name not in buffers or buffers[name].size < size:
+        buffers[name] = np.empty(size, np.float32)
+    return buffers[name][:size].reshape(shape)
 
 
 @njit(parallel=True, cache=True)
@@ -166,6 +171,7 @@ class Conv2d(ConvLayer):
         self.weight_ = self.weight("weight", (self.c_out, self.c_in // self.groups, *self.kernel))
         self.gemm_weight = np.ascontiguousarray(self.weight_.reshape(self.groups, self.c_out // self.groups, -1))
         self.depthwise = self.groups == self.c_in and self.groups > 1
+        self.winograd = winograd_weights(self.weight_) if winograd_fits(self) else None  # lesson 06
         self.shift = np.zeros(self.c_out, np.float32) if self.bias is None else self.bias
         self.activation = IDENTITY  # the activation fused into the epilogue (lesson 06, "Fusing")
         self.residual = NO_RESIDUAL  # where the epilogue adds a fused residual input (lesson 06)
@@ -179,30 +185,38 @@ class Conv2d(ConvLayer):
         if self.depthwise:
             planes = np.empty((n_batch, self.c_out, oh * ow), np.float32)
             self.depthwise_kernel(data, self.weight_, planes.reshape(n_batch, self.c_out, oh, ow), sh, sw, ph, pw, dh, dw)
-        elif (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and (n_batch == 1 or self.groups > 1):
-            cols = data.reshape(n_batch, self.groups, -1, height * width)
-            planes = np.matmul(self.gemm_weight, cols).reshape(n_batch, self.c_out, oh * ow)
-        elif self.groups > 1:
-            planes = np.empty((n_batch, self.groups, self.c_out // self.groups, oh * ow), np.float32)
-            cols = scratch((self.c_in * kh * kw, 1, oh * ow))
-            for n in range(n_batch):
-                im2col_images(data[n:n + 1], cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-                np.matmul(self.gemm_weight, cols.reshape(self.groups, -1, oh * ow), out=planes[n])
-            planes = planes.reshape(n_batch, self.c_out, oh * ow)
+        elif self.winograd is not None and winograd_pays(self.winograd, n_batch * oh * ow):
+            planes = np.empty((n_batch, self.c_out, oh * ow), np.float32)
+            winograd_conv(data, self.winograd, ph, pw, planes.reshape(n_batch, self.c_out, oh, ow))
         else:
-            out = np.empty((n_batch, self.c_out, oh * ow), np.float32)
-            rows = self.c_in * kh * kw
-            step = max(1, COLUMN_BYTES // (4 * rows * oh * ow))  # images per matrix multiply
-            for start in range(0, n_batch, step):
-                images = data[start:start + step]
-                cols = scratch((rows, len(images), oh * ow))
-                im2col_images(images, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-                product = self.gemm_weight[0] @ cols.reshape(rows, -1)  # (K, n·OH·OW)
-                epilogue(product.reshape(self.c_out, len(images), oh * ow).transpose(1, 0, 2), self.shift,
-                         self.activation, out[start:start + step], shortcut[start:start + step], self.residual)
-            return Tensor(out.reshape(n_batch, self.c_out, oh, ow), device=x.device)
-        epilogue(planes, self.shift, self.activation, planes, shortcut, self.residual)  # + bias, activation
+            return Tensor(self.gemm(data, oh, ow, shortcut).reshape(n_batch, self.c_out, oh, ow), device=x.device)
+        epilogue(planes, self.shift, self.activation, planes, shortcut, self.residual)  # + bias, activation, residual
         return Tensor(planes.reshape(n_batch, self.c_out, oh, ow), device=x.device)
+
+    def gemm(self, data: np.ndarray, oh: int, ow: int, shortcut: np.ndarray) -> np.ndarray:
+        """Output (N, K, OH·OW) of data (N, C, H, W): im2col, GEMM per group and epilogue per few images,
+        which adds `shortcut` (N, K, OH·OW) as `self.residual` says (NO_ROWS when it has none)."""
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        n_batch, size, rows = len(data), oh * ow, self.c_in * kh * kw
+        out = np.empty((n_batch, self.c_out, size), np.float32)
+        step = images_per_gemm(4 * rows * size)  # bounded by the columns (the product takes K/rows of that)
+        for start in range(0, n_batch, step):
+            images, planes = data[start:start + step], out[start:start + step]
+            if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and len(images) == 1:
+                cols = images.reshape(self.groups, -1, size)  # 1×1: the input is its own columns
+            else:
+                cols = scratch((rows, len(images), size))
+                im2col_images(images, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+                cols = cols.reshape(self.groups, -1, len(images) * size)  # (g, C/g·kh·kw, n·L)
+            if len(images) == 1:
+                np.matmul(self.gemm_weight, cols, out=planes.reshape(self.groups, -1, size))
+            else:  # (g, K/g, n·L) -> (n, K, L), read through a transposed view by the epilogue
+                product = np.matmul(self.gemm_weight, cols, out=scratch((self.groups, self.c_out // self.groups,
+                                                                         len(images) * size), "product"))
+                planes = product.reshape(self.c_out, len(images), size).transpose(1, 0, 2)
+            epilogue(planes, self.shift, self.activation, out[start:start + step], shortcut[start:start + step],
+                     self.residual)
+        return out
 
     def fuse(self, after: Layer) -> Conv2d | None:
         """This convolution with `after` in its epilogue (`absorb`), or None."""
@@ -456,6 +470,96 @@ def depthwise_conv_flat(x, w, out, sh, sw, ph, pw, dh, dw):
 
 
 Conv2d.depthwise_kernel = staticmethod(depthwise_conv_flat)
+
+
+WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # F(2×2, 3×3), Lavin & Gray
+WINOGRAD_MIN_CHANNELS = 8  # below it, one im2col matrix multiply beats 16 thin ones (measured: a 3-channel stem)
+WINOGRAD_MIN_WORK = 2**24  # multiply-adds per product below which 16 thread start-ups cost more than they save
+
+
+def winograd_fits(conv) -> bool:
+    """Whether the Conv2d `conv` takes the Winograd road: 3×3, stride 1, dilation 1, one group and at
+    least WINOGRAD_MIN_CHANNELS input channels (any zero padding)."""
+    return ((conv.kernel, conv.stride, conv.dilation, conv.groups) == ((3, 3), (1, 1), (1, 1), 1)
+            and conv.c_in >= WINOGRAD_MIN_CHANNELS)
+
+
+def winograd_pays(u: np.ndarray, outputs: int) -> bool:
+    """Whether Winograd beats im2col for weights u (16, K, C) and `outputs` output pixels (N·OH·OW):
+    each of its 16 matrix multiplies, about K·C·outputs/4 multiply-adds, must reach WINOGRAD_MIN_WORK."""
+    return u.shape[1] * u.shape[2] * outputs // 4 >= WINOGRAD_MIN_WORK
+
+
+def winograd_weights(weight: np.ndarray) -> np.ndarray:
+    """U (16, K, C) float32, U[4i + j, k, c] = (G w[k, c] Gᵀ)[i, j], of 3×3 weights (K, C, 3, 3);
+    computed in float64, once at load."""
+    u = np.einsum("ai,kcij,bj->abkc", WINOGRAD_G, weight.astype(np.float64), WINOGRAD_G)  # (4, 4, K, C)
+    return np.ascontiguousarray(u.reshape(16, *weight.shape[:2]), dtype=np.float32)
+
+
+@njit(parallel=True, cache=True)
+def winograd_input(x, v, ph, pw, th, tw):
+    """v[4i + j, c, t] = (Bᵀ d B)[i, j] for the 4×4 patch d of x[n, c] at (2ty - ph, 2tx - pw), zero
+    outside the image, tile t = (n·th + ty)·tw + tx: x (N, C, H, W) and v (16, C, N·th·tw) float32."""
+    n_batch, channels, height, width = x.shape
+    span = 2 * tw + 2  # the input columns a row of tiles reads, from -pw on
+    lo, hi = min(span, pw), min(span, width + pw)  # those inside the image
+    for task in prange(n_batch * channels * th):
+        n, c, ty = task // (channels * th), task // th % channels, task % th
+        d = np.zeros((4, span), np.float32)
+        for i in range(4):
+            iy = 2 * ty - ph + i
+            if 0 <= iy < height and lo < hi:
+                d[i, lo:hi] = x[n, c, iy, lo - pw:hi - pw]
+        r = np.empty((4, span), np.float32)  # Bᵀ d
+        for j in range(span):
+            r[0, j], r[1, j], r[2, j], r[3, j] = d[0, j] - d[2, j], d[1, j] + d[2, j], d[2, j] - d[1, j], d[1, j] - d[3, j]
+        t0 = (n * th + ty) * tw
+        for i in range(4):  # (Bᵀ d) B, tile by tile
+            v0, v1, v2, v3 = v[4 * i, c, t0:], v[4 * i + 1, c, t0:], v[4 * i + 2, c, t0:], v[4 * i + 3, c, t0:]
+            for tx in range(tw):
+                a, b, e, f = r[i, 2 * tx], r[i, 2 * tx + 1], r[i, 2 * tx + 2], r[i, 2 * tx + 3]
+                v0[tx], v1[tx], v2[tx], v3[tx] = a - e, b + e, e - b, b - f
+
+
+@njit(parallel=True, cache=True)
+def winograd_output(m, out, th, tw):
+    """out[n, k, 2ty + i, 2tx + j] = (Aᵀ M A)[i, j], M[p, q] = m[4p + q, k, t], tile t = (n·th + ty)·tw + tx:
+    m (16, K, N·th·tw) and out (N, K, OH, OW) float32, OH <= 2·th and OW <= 2·tw."""
+    n_batch, k_out, oh, ow = out.shape
+    for task in prange(n_batch * k_out * th):
+        n, k, ty = task // (k_out * th), task // th % k_out, task % th
+        t0 = (n * th + ty) * tw
+        s = np.empty((2, 4, tw), np.float32)  # Aᵀ M of each tile of the row: s[i, q, tx]
+        for q in range(4):
+            m0, m1, m2, m3 = m[q, k, t0:], m[4 + q, k, t0:], m[8 + q, k, t0:], m[12 + q, k, t0:]
+            for tx in range(tw):
+                s[0, q, tx] = m0[tx] + m1[tx] + m2[tx]
+                s[1, q, tx] = m1[tx] - m2[tx] - m3[tx]
+        for i in range(min(2, oh - 2 * ty)):
+            row = out[n, k, 2 * ty + i]
+            for tx in range(ow // 2):
+                row[2 * tx] = s[i, 0, tx] + s[i, 1, tx] + s[i, 2, tx]
+                row[2 * tx + 1] = s[i, 1, tx] - s[i, 2, tx] - s[i, 3, tx]
+            if ow % 2:
+                row[ow - 1] = s[i, 0, tw - 1] + s[i, 1, tw - 1] + s[i, 2, tw - 1]
+
+
+def winograd_conv(x: np.ndarray, u: np.ndarray, ph: int, pw: int, out: np.ndarray) -> None:
+    """out (N, K, OH, OW) float32 = the 3×3, stride-1 convolution, without bias, of x (N, C, H, W)
+    float32 zero-padded by (ph, pw), whose Winograd weights are u (16, K, C) (`winograd_weights`):
+    for each `images_per_gemm` images, the input transform, 16 matrix multiplies, the output transform."""
+    n_batch, channels = x.shape[:2]
+    k_out, oh, ow = out.shape[1:]
+    th, tw = -(-oh // 2), -(-ow // 2)  # 2×2 output tiles down and across
+    step = images_per_gemm(4 * 16 * (channels + k_out) * th * tw)
+    for start in range(0, n_batch, step):
+        images = x[start:start + step]
+        tiles = len(images) * th * tw
+        v = scratch((16, channels, tiles), "winograd input")
+        winograd_input(images, v, ph, pw, th, tw)
+        m = np.matmul(u, v, out=scratch((16, k_out, tiles), "winograd product"))  # 16 × (K, C) @ (C, tiles)
+        winograd_output(m, out[start:start + step], th, tw)
 
 
 PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}

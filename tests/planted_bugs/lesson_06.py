@@ -63,4 +63,20 @@ BUGS = {
         ("((i * dh % sh) * sw + j * dw % sw) * plane", "((i * dh % sh) * sw + j % sw) * plane",
          "the column phase of a tap ignores the dilation"),
     ],
+    "6.9": [
+        ("iy = 2 * ty - ph + i", "iy = 2 * ty + i", "the top padding ignored"),
+        ("v0[tx], v1[tx], v2[tx], v3[tx] = a - e, b + e, e - b, b - f",
+         "v0[tx], v1[tx], v2[tx], v3[tx] = a - e, b + e, e - b, f - b", "B's last column with the wrong sign"),
+        ("a, b, e, f = r[i, 2 * tx], r[i, 2 * tx + 1], r[i, 2 * tx + 2], r[i, 2 * tx + 3]",
+         "a, b, e, f = r[i, tx], r[i, tx + 1], r[i, tx + 2], r[i, tx + 3]", "tiles one column apart instead of two"),
+        ("t0 = (n * th + ty) * tw", "t0 = ty * tw", "every image's tiles written over the first image's"),
+    ],
+    "6.10": [
+        ("s[1, q, tx] = m1[tx] - m2[tx] - m3[tx]", "s[1, q, tx] = m1[tx] - m2[tx] + m3[tx]",
+         "Aᵀ's second row with the wrong sign on M3"),
+        ("row[ow - 1] = s[i, 0, tw - 1] + s[i, 1, tw - 1] + s[i, 2, tw - 1]",
+         "row[ow - 1] = s[i, 1, tw - 1] - s[i, 2, tw - 1] - s[i, 3, tw - 1]",
+         "the last column of an odd width from the tile's second column"),
+        ("t0 = (n * th + ty) * tw", "t0 = (ty * n_batch + n) * tw", "tiles read tile row first, image second"),
+    ],
 }
