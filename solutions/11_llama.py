@@ -1401,11 +1401,12 @@ with check("Exercise 11.9"):
     rng = np.random.default_rng(9)
     arrays = [rng.standard_normal((3, 50), dtype=np.float32), np.arange(-3, 4, dtype=np.int8),
               rng.standard_normal((4, 6), dtype=np.float32)[:, ::2], np.full((1, 1), 2.5, np.float32)]
-    copies = pack(arrays)
+    packs = [pack(arrays), pack([-a for a in arrays])]  # two value sets: a freed buffer's old values cannot pass
+    copies = packs[0]
     assert len(copies) == len(arrays), f"expected {len(arrays)} arrays, got {len(copies)}"
-    for i, (a, c) in enumerate(zip(arrays, copies)):
+    for i, (a, c, n) in enumerate(zip(arrays, copies, packs[1])):
         assert (c.shape, c.dtype) == (a.shape, a.dtype), f"array {i}: expected {a.shape} {a.dtype}, got {c.shape} {c.dtype}"
-        assert np.array_equal(c, a), f"array {i}: expected the values\n{a}\ngot\n{c}"
+        assert np.array_equal(c, a) and np.array_equal(n, -a), f"array {i}: expected the values\n{a}\ngot\n{c}"
         assert c.ctypes.data % 64 == 0, f"array {i}: expected an address that is a multiple of 64, got one {c.ctypes.data % 64} past it"
         assert c.flags.c_contiguous, f"array {i}: expected a C-contiguous copy, got strides {c.strides}"
     starts, ends = [c.ctypes.data for c in copies], [c.ctypes.data + c.nbytes for c in copies]

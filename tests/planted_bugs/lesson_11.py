@@ -74,5 +74,6 @@ BUGS = {
     "11.9": [
         ("        size = -(-size // ALIGN) * ALIGN\n", "", "offsets not rounded up: an array starts mid cache line"),
         ("        size += a.nbytes", "        size += a.size", "advances by elements, not bytes: float32 arrays overlap"),
+        ("        view[...] = a\n", "", "the values are never copied in"),
     ],
 }
