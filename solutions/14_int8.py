@@ -574,10 +574,10 @@ print("pairs vs one row at a time:", agreement(pairs, single), "| vs float64:", 
 # From `BLAS_TOKENS` tokens on, the arithmetic outweighs the memory traffic and OpenBLAS's matrix
 # multiply is the better engine: rows are widened into one float32 buffer of at most `BLAS_BYTES`
 # (16 MB) and multiplied there, so only the 113 MB `lm_head` comes in pieces and the whole float32 copy
-# of it never exists. The pieces should be large: a product of 64 tokens by 256 rows keeps OpenBLAS
-# busier starting and stopping than multiplying, and such 256-row pieces made a 64-token int8 prefill
-# about half as fast as float32; one piece per layer matrix brings it to float32's speed, because the
-# widened matrix is multiplied straight out of the cache it was just written to. The widening runs on
+# of it never exists. The pieces should be large: with 256-row pieces a 64-token int8 prefill of
+# SmolLM2 measured 0.30–0.48 × float32's speed on a busy machine, with one piece per layer matrix
+# 0.63–0.65 × (on a quiet one both measured 0.84 ×: the rest is the widening, which float32 does not
+# need). The widening runs on
 # one thread so that numba's threads, which wait spinning after a parallel loop, do not take the
 # cores OpenBLAS is about to use. `qmatvec` and `qmatmul` check the shapes and pick the kernel: one
 # token (decode) goes through `qmatvec_pairs_kernel`.
