@@ -13,7 +13,8 @@ from numba import njit, prange, uint64
 
 from kuiper.errors import DTypeError, ShapeError
 from kuiper.llm.gguf import dequantize as dequantize_gguf, GGUFFile
-from kuiper.llm.model import fuse, Llama, model_from_gguf, rope_runs
+from kuiper.llm.model import fuse, LINEAR_WEIGHTS, Llama, model_from_gguf, rope_runs
+from kuiper.llm.ops import pack
 from kuiper.llm.tokenizer import load_tokenizer, Tokenizer
 
 
@@ -194,7 +195,7 @@ def qmatvec_pairs_kernel(x, q, scales, out):
 
 
 BLAS_TOKENS = 16
-BLAS_ROWS = 256
+BLAS_BYTES = 16 * 2**20  # float32 widened at a time: each of SmolLM2's layer matrices in one piece
 
 
 @njit(fastmath=True, cache=True)
@@ -228,9 +229,10 @@ def qmatmul(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
     if n_tokens < BLAS_TOKENS:
         qmatmul_kernel(x, qw.q, qw.scales, out)
         return out
-    buffer = np.empty((min(BLAS_ROWS, n_rows), k), np.float32)
-    for first in range(0, n_rows, BLAS_ROWS):
-        last = min(first + BLAS_ROWS, n_rows)
+    rows = max(1, BLAS_BYTES // (4 * k))
+    buffer = np.empty((min(rows, n_rows), k), np.float32)
+    for first in range(0, n_rows, rows):
+        last = min(first + rows, n_rows)
         w = buffer[:last - first]
         widen_rows(qw.q[first:last], qw.scales[first:last], w)
         out[:, first:last] = x @ w.T
@@ -302,7 +304,11 @@ def quantize_conv(weight: np.ndarray) -> np.ndarray:
     return dequantize(quantize(flat, flat.shape[1])).reshape(weight.shape)
 
 
-LINEAR_WEIGHTS = ("wqkv", "wo", "w_gate_up", "w_down")
+def packed_weights(weights: list[QuantizedWeight]) -> list[QuantizedWeight]:
+    """The same weights with every `q` and `scales` copied into one buffer in this order (lesson 11's
+    `pack`), so that a decode step streams one block of memory, as the float32 model does."""
+    arrays = pack([a for w in weights for a in (w.q, w.scales)])
+    return [QuantizedWeight(q, scales, w.group) for w, q, scales in zip(weights, arrays[::2], arrays[1::2])]
 
 
 def quantize_model(model: Llama, group: int = 64) -> Llama:
@@ -315,10 +321,12 @@ def quantize_model(model: Llama, group: int = 64) -> Llama:
             divisors = [g for g in (32, 64, 128) if k % g == 0]
             raise ShapeError(f"quantize_model: {name} has K = {k} inputs, not a multiple of group {group}; "
                              f"this model takes groups {divisors}")
-    quantized = copy.copy(model)
-    quantized.blocks = [dataclasses.replace(block, **{name: quantize(getattr(block, name), group)
-                                                      for name in LINEAR_WEIGHTS}) for block in model.blocks]
-    quantized.head = quantize(model.head, group)
+    weights = packed_weights([quantize(getattr(block, name), group) for block in model.blocks
+                              for name in LINEAR_WEIGHTS] + [quantize(model.head, group)])
+    quantized, per_block = copy.copy(model), len(LINEAR_WEIGHTS)
+    quantized.blocks = [dataclasses.replace(block, **dict(zip(LINEAR_WEIGHTS, weights[i * per_block:(i + 1) * per_block])))
+                        for i, block in enumerate(model.blocks)]
+    quantized.head = weights[-1]
     quantized.k_cache, quantized.v_cache = np.zeros_like(model.k_cache), np.zeros_like(model.v_cache)
     return quantized
 

@@ -577,14 +577,20 @@ print("pairs vs one row at a time:", agreement(pairs, single), "| vs float64:", 
 
 # %% [markdown]
 # From `BLAS_TOKENS` tokens on, the arithmetic outweighs the memory traffic and OpenBLAS's matrix
-# multiply is the better engine: blocks of 256 rows are widened into one float32 buffer and
-# multiplied there — at no point does the whole float32 matrix exist. `qmatvec` and `qmatmul` check
-# the shapes and pick the kernel: one token (decode) goes through `qmatvec_pairs_kernel`.
+# multiply is the better engine: rows are widened into one float32 buffer of at most `BLAS_BYTES`
+# (16 MB) and multiplied there, so only the 113 MB `lm_head` comes in pieces and the whole float32 copy
+# of it never exists. The pieces should be large: with 256-row pieces a 64-token int8 prefill of
+# SmolLM2 measured 0.30–0.48 × float32's speed on a busy machine, with one piece per layer matrix
+# 0.63–0.65 × (on a quiet one both measured 0.84 ×: the rest is the widening, which float32 does not
+# need). The widening runs on
+# one thread so that numba's threads, which wait spinning after a parallel loop, do not take the
+# cores OpenBLAS is about to use. `qmatvec` and `qmatmul` check the shapes and pick the kernel: one
+# token (decode) goes through `qmatvec_pairs_kernel`.
 
 # %%
 #| export
 BLAS_TOKENS = 16
-BLAS_ROWS = 256
+BLAS_BYTES = 16 * 2**20  # float32 widened at a time: each of SmolLM2's layer matrices in one piece
 
 
 @njit(fastmath=True, cache=True)
@@ -618,9 +624,10 @@ def qmatmul(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
     if n_tokens < BLAS_TOKENS:
         qmatmul_kernel(x, qw.q, qw.scales, out)
         return out
-    buffer = np.empty((min(BLAS_ROWS, n_rows), k), np.float32)
-    for first in range(0, n_rows, BLAS_ROWS):
-        last = min(first + BLAS_ROWS, n_rows)
+    rows = max(1, BLAS_BYTES // (4 * k))
+    buffer = np.empty((min(rows, n_rows), k), np.float32)
+    for first in range(0, n_rows, rows):
+        last = min(first + rows, n_rows)
         w = buffer[:last - first]
         widen_rows(qw.q[first:last], qw.scales[first:last], w)
         out[:, first:last] = x @ w.T
@@ -870,9 +877,15 @@ if LONG:  # two MobileNetV2 runs over the photos: runs when asked (KUIPER_LONG=1
 import copy
 import dataclasses
 
-from kuiper.llm.model import Llama
+from kuiper.llm.model import LINEAR_WEIGHTS, Llama
+from kuiper.llm.ops import pack
 
-LINEAR_WEIGHTS = ("wqkv", "wo", "w_gate_up", "w_down")
+
+def packed_weights(weights: list[QuantizedWeight]) -> list[QuantizedWeight]:
+    """The same weights with every `q` and `scales` copied into one buffer in this order (lesson 11's
+    `pack`), so that a decode step streams one block of memory, as the float32 model does."""
+    arrays = pack([a for w in weights for a in (w.q, w.scales)])
+    return [QuantizedWeight(q, scales, w.group) for w, q, scales in zip(weights, arrays[::2], arrays[1::2])]
 
 
 def quantize_model(model: Llama, group: int = 64) -> Llama:
@@ -885,10 +898,12 @@ def quantize_model(model: Llama, group: int = 64) -> Llama:
             divisors = [g for g in (32, 64, 128) if k % g == 0]
             raise ShapeError(f"quantize_model: {name} has K = {k} inputs, not a multiple of group {group}; "
                              f"this model takes groups {divisors}")
-    quantized = copy.copy(model)
-    quantized.blocks = [dataclasses.replace(block, **{name: quantize(getattr(block, name), group)
-                                                      for name in LINEAR_WEIGHTS}) for block in model.blocks]
-    quantized.head = quantize(model.head, group)
+    weights = packed_weights([quantize(getattr(block, name), group) for block in model.blocks
+                              for name in LINEAR_WEIGHTS] + [quantize(model.head, group)])
+    quantized, per_block = copy.copy(model), len(LINEAR_WEIGHTS)
+    quantized.blocks = [dataclasses.replace(block, **dict(zip(LINEAR_WEIGHTS, weights[i * per_block:(i + 1) * per_block])))
+                        for i, block in enumerate(model.blocks)]
+    quantized.head = weights[-1]
     quantized.k_cache, quantized.v_cache = np.zeros_like(model.k_cache), np.zeros_like(model.v_cache)
     return quantized
 

@@ -63,6 +63,32 @@ def test_logits_of_every_position_match_transformers(smollm2, reference, prompt)
     assert np.abs(got - want).max() <= 1e-3
 
 
+def test_pack_copies_aligned_and_in_order():
+    from kuiper.llm.ops import pack
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((5, 33), dtype=np.float32), np.arange(9, dtype=np.int8),
+              rng.standard_normal((6, 8))[:, ::2], np.ones(3, np.float16)]
+    copies = pack(arrays)
+    for a, c in zip(arrays, copies, strict=True):
+        assert c.shape == a.shape and c.dtype == a.dtype and np.array_equal(c, a) and c.flags.c_contiguous
+        assert c.ctypes.data % 64 == 0
+    copies[0][0, 0] = 7.0
+    assert arrays[0][0, 0] != 7.0, "pack copies: its arrays do not share memory with the originals"
+    starts = [c.ctypes.data for c in copies]
+    assert starts == sorted(starts) and all(c.base is copies[0].base for c in copies)
+    assert starts[1] - starts[0] == 704, "the 660 bytes of the first array round up to 704, a multiple of 64"
+
+
+def test_model_matrices_lie_in_one_buffer_in_reading_order(smollm2):
+    model, _ = smollm2
+    matrices = [getattr(b, n) for b in model.blocks for n in ("wqkv", "wo", "w_gate_up", "w_down")] + [model.head]
+    assert len({id(w.base) for w in matrices}) == 1 and matrices[0].base is not None
+    starts = [w.ctypes.data for w in matrices]
+    assert starts == sorted(starts)
+    assert model.embed is model.head, "SmolLM2 ties its head to the embedding: one copy serves both"
+
+
 def test_decoding_one_token_at_a_time_matches_the_whole_prompt(smollm2):
     model, tokenizer = smollm2
     ids = tokenizer.encode(PROMPTS[2])

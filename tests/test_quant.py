@@ -103,6 +103,17 @@ def test_qmatmul_equals_dequantized_product(n, k, group, tokens):
     assert got1.shape == (n,) and np.abs(got1 - want[0]).max() <= 1e-5 * np.abs(want[0]).max()
 
 
+def test_qmatmul_in_pieces_of_blas_bytes(monkeypatch):
+    """A weight larger than BLAS_BYTES is widened and multiplied in pieces, the last one short."""
+    import kuiper.quant
+
+    monkeypatch.setattr(kuiper.quant, "BLAS_BYTES", 7 * 64 * 4)  # 7 rows of K = 64 per piece
+    qw = quantize(weights(30, 64), 32)
+    x = np.random.default_rng(1).standard_normal((20, 64), dtype=np.float32)
+    want = x.astype(np.float64) @ dequantize(qw).T.astype(np.float64)
+    assert np.abs(qmatmul(x, qw) - want).max() <= 1e-5 * np.abs(want).max()
+
+
 def test_qmatvec_accepts_any_float_vector():
     qw = quantize(weights(16, 64), 32)
     x = np.random.default_rng(0).standard_normal(128)[::2]  # float64, not contiguous
@@ -261,6 +272,20 @@ def test_quantize_model_swaps_linear_weights_and_head(smollm2):
     assert model.weight_bytes - quantized.weight_bytes == linear * 4 - (linear + linear // 64 * 4)
     with pytest.raises(ShapeError, match="K = 576 inputs, not a multiple of group 128.*groups \\[32, 64\\]"):
         quantize_model(model, 128)
+
+
+def test_quantized_model_weights_lie_in_one_buffer_in_reading_order(smollm2):
+    from kuiper.quant import quantize_model
+
+    model, _ = smollm2
+    quantized = quantize_model(model, 32)
+    weights = [getattr(b, n) for b in quantized.blocks for n in ("wqkv", "wo", "w_gate_up", "w_down")] + [quantized.head]
+    arrays = [a for w in weights for a in (w.q, w.scales)]
+    assert len({id(a.base) for a in arrays}) == 1 and arrays[0].base is not None
+    starts = [a.ctypes.data for a in arrays]
+    assert starts == sorted(starts) and all(start % 64 == 0 for start in starts)
+    original = model.blocks[3].w_gate_up
+    np.testing.assert_array_equal(quantized.blocks[3].w_gate_up.q, quantize(original, 32).q)
 
 
 @pytest.mark.parametrize("group, tolerance", [(32, 0.045), (64, 0.045)])

@@ -188,12 +188,31 @@ class Block:
     k_norm: np.ndarray | None = None
 
 
+#: A block's matrices, in the order a forward pass reads them.
+LINEAR_WEIGHTS = ("wqkv", "wo", "w_gate_up", "w_down")
+
+
+def packed(blocks: list[Block], head: Any) -> tuple[list[Block], Any]:
+    """`blocks` and `head` with their float32 matrices copied into one buffer in the order a decode step
+    reads them (`ops.pack`, Exercise 11.9); a weight that is not a numpy array (lesson 14's int8) stays as it is."""
+    arrays = [getattr(b, name) for b in blocks for name in LINEAR_WEIGHTS] + [head]
+    dense = list({id(a): a for a in arrays if isinstance(a, np.ndarray)}.values())  # each array once
+    copies = dict(zip(map(id, dense), cpu_ops.pack(dense)))
+
+    def moved(a: Any) -> Any:
+        return copies.get(id(a), a)
+
+    return [replace(b, **{name: moved(getattr(b, name)) for name in LINEAR_WEIGHTS}) for b in blocks], moved(head)
+
+
 class Llama:
     """A Llama-family decoder (Llama 2/3, SmolLM2, Qwen2/2.5/3): weights, RoPE tables and the KV cache."""
 
     def __init__(self, config: Config, embed: np.ndarray, blocks: list[Block], norm: np.ndarray,
                  head: np.ndarray, max_seq_len: int = 2048, rope_factors: np.ndarray | None = None) -> None:
-        self.config, self.embed, self.blocks, self.norm, self.head = config, embed, blocks, norm, head
+        self.config, self.norm = config, norm
+        self.blocks, self.head = packed(blocks, head)
+        self.embed = self.head if embed is head else embed  # tied: one copy serves both
         self.max_seq_len = min(max_seq_len, config.context_length)
         self.cos, self.sin = cpu_ops.rope_tables(config.head_dim, config.rope_theta, self.max_seq_len,
                                                  config.rope_scaling, rope_factors)

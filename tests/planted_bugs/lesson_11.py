@@ -45,6 +45,7 @@ BUGS = {
         ("    for h in range(heads):\n        keys, values = k_cache[h // group], v_cache[h // group]\n        for j in range(pos + 1):",
          "    for h in range(heads):\n        keys, values = k_cache[h // group], v_cache[h // group]\n        for j in range(pos):",
          "off by one: the token's own key is left out"),
+        ("        out[h] = 0.0\n", "", "the output is not cleared before the sum"),
     ],
     "11.6": [
         ("before = np.cumsum(probs[order]) - probs[order]", "before = np.cumsum(probs[order])",
@@ -69,5 +70,10 @@ BUGS = {
         ("logits = model.forward(np.asarray(prompt), pos)", "logits = model.forward(np.asarray(prompt), 0)",
          "the prompt ignores pos"),
         ("        if token in stop or count", "        if False or count", "stop tokens are ignored"),
+    ],
+    "11.9": [
+        ("        size = -(-size // ALIGN) * ALIGN\n", "", "offsets not rounded up: an array starts mid cache line"),
+        ("        size += a.nbytes", "        size += a.size", "advances by elements, not bytes: float32 arrays overlap"),
+        ("        view[...] = a\n", "", "the values are never copied in"),
     ],
 }
