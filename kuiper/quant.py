@@ -394,7 +394,7 @@ class Q4_1Weight:
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
         """x (T, K) @ w.T -> (T, N) float32: fewer than BLAS_TOKENS tokens through `q4_1_matvec_kernel`, more
-        through lesson 09's `dequantize` of BLAS_ROWS rows at a time and BLAS; ShapeError if x is not (T, K)."""
+        through lesson 09's `dequantize` of BLAS_BYTES of float32 rows at a time and BLAS; ShapeError if x is not (T, K)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         (n, k), tokens = self.shape, len(x)
         if x.ndim != 2 or x.shape[1] != k:
@@ -404,8 +404,9 @@ class Q4_1Weight:
             for t in range(tokens):
                 q4_1_matvec_kernel(x[t], self.blocks, HALVES, out[t])
             return out
-        for first in range(0, n, BLAS_ROWS):
-            rows = self.blocks[first:first + BLAS_ROWS]
+        step = max(1, BLAS_BYTES // (4 * k))  # rows widened at a time
+        for first in range(0, n, step):
+            rows = self.blocks[first:first + step]
             out[:, first:first + len(rows)] = x @ dequantize_gguf(rows, "Q4_1", (len(rows), k)).T
         return out
 

@@ -197,6 +197,8 @@ def packed(blocks: list[Block], head: Any) -> tuple[list[Block], Any]:
     reads them (`ops.pack`, Exercise 11.9); a weight that is not a numpy array (lesson 14's int8) stays as it is."""
     arrays = [getattr(b, name) for b in blocks for name in LINEAR_WEIGHTS] + [head]
     dense = list({id(a): a for a in arrays if isinstance(a, np.ndarray)}.values())  # each array once
+    if dense and dense[0].base is not None and all(a.base is dense[0].base for a in dense):
+        return blocks, head  # decoded into one buffer by the loader already (`packed_fuse`)
     copies = dict(zip(map(id, dense), cpu_ops.pack(dense)))
 
     def moved(a: Any) -> Any:
@@ -351,19 +353,31 @@ def checked_reader(weights: Any, config: Config, names: dict[str, str], error: t
     return get
 
 
-def fuse(get: Any, layer: int | None, parts: list[tuple[str, int | None]]) -> np.ndarray:
-    """`parts` (our name, heads to put in rotate-half order or None) of `layer` stacked in one new float32 array,
-    each run of rows decoded straight into its place; a single part in order as `get` reads it."""
-    if len(parts) == 1 and parts[0][1] is None:
+def fuse(get: Any, layer: int | None, parts: list[tuple[str, int | None]], out: np.ndarray | None = None) -> np.ndarray:
+    """`parts` (our name, heads to put in rotate-half order or None) of `layer` stacked in `out` (float32, the
+    stacked shape; ShapeError if not) or one new float32 array, each run of rows decoded straight into its
+    place; without `out`, a single part in order as `get` reads it."""
+    if len(parts) == 1 and parts[0][1] is None and out is None:
         return get(parts[0][0], layer)
     shapes = [get.shapes[name] for name, _ in parts if get.check(name, layer)]  # checked before allocating
-    out = np.empty((sum(shape[0] for shape in shapes), *shapes[0][1:]), np.float32)
+    out = np.empty((sum(shape[0] for shape in shapes), *shapes[0][1:]), np.float32) if out is None else out
     start = 0
     for (name, heads), shape in zip(parts, shapes):
         for into, stored in rope_runs(shape[0], heads):
             get(name, layer, out[start:start + shape[0]][into], stored)
         start += shape[0]
     return out
+
+
+def packed_fuse(config: Config) -> Any:
+    """`fuse` that decodes each matrix straight into its place in one buffer that `ops.pack` (Exercise 11.9)
+    laid out, in reading order (every block's LINEAR_WEIGHTS, then the head): the float32 weights are written
+    once, and `Llama` finds them packed. Call it for the matrices in that order."""
+    c, q, kv = config, config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+    shapes = [(q + 2 * kv, c.dim), (c.dim, q), (2 * c.hidden_dim, c.dim), (c.dim, c.hidden_dim)] * c.n_layers
+    zeros = [np.broadcast_to(np.float32(0), shape) for shape in shapes + [(c.vocab_size, c.dim)]]  # no memory
+    places = iter(cpu_ops.pack(zeros))  # the buffer, laid out (and zeroed)
+    return lambda get, layer, parts: fuse(get, layer, parts, next(places))
 
 
 def build_block(config: Config, get: Any, layer: int, interleaved: bool, matrix: Any = fuse) -> Block:
@@ -384,12 +398,14 @@ def model_from_gguf(file: GGUFFile, max_seq_len: int = 2048, matrix: Any = fuse)
     if f"{config.arch}.vocab_size" not in file.metadata and rows > config.vocab_size:
         config = replace(config, vocab_size=rows)  # an embedding padded past the tokenizer's tokens (Qwen)
     get = checked_reader(file, config, GGUF_NAMES, GGUFError)
+    into = packed_fuse(config) if matrix is fuse else matrix
     blocks = []
     for i in range(config.n_layers):
-        blocks.append(build_block(config, get, i, config.arch == "llama", matrix))
+        blocks.append(build_block(config, get, i, config.arch == "llama", into))
         file.release()  # the file pages of a decoded layer need not stay in this process
-    embed = matrix(get, None, [("embed", None)])
-    head = matrix(get, None, [("head", None)]) if GGUF_NAMES["head"] in file.tensors else embed
+    tied = GGUF_NAMES["head"] not in file.tensors
+    head = into(get, None, [("embed" if tied else "head", None)])
+    embed = head if tied else matrix(get, None, [("embed", None)])
     factors = get("rope_freqs") if GGUF_NAMES["rope_freqs"] in file.tensors else None
     file.release()
     return Llama(config, embed, blocks, get("norm"), head, max_seq_len, factors)
@@ -401,9 +417,11 @@ def model_from_hf(folder: Path, max_seq_len: int = 2048) -> Llama:
     config = config_from_hf(load_config(folder / "config.json"), str(folder / "config.json"))
     weights = open_checkpoint(folder)
     get = checked_reader(weights, config, HF_NAMES, SafetensorsError)
-    blocks = [build_block(config, get, i, False) for i in range(config.n_layers)]
-    embed = get("embed")
-    head = get("head") if HF_NAMES["head"] in weights.tensors else embed
+    into = packed_fuse(config)
+    blocks = [build_block(config, get, i, False, into) for i in range(config.n_layers)]
+    tied = HF_NAMES["head"] not in weights.tensors
+    head = into(get, None, [("embed" if tied else "head", None)])
+    embed = head if tied else get("embed")
     return Llama(config, embed, blocks, get("norm"), head, max_seq_len)
 
 
