@@ -210,7 +210,7 @@ def reference(label: str, student: Any) -> Any:
     found = getattr(found, "fget", None) or getattr(found, "__func__", None) or found
     if not isinstance(found, types.FunctionType):
         return found
-    rebound = types.FunctionType(found.__code__, {**found.__globals__, **student.__globals__},
+    rebound = types.FunctionType(found.__code__, {**found.__globals__, **_namespace(student)},
                                  found.__name__, found.__defaults__, found.__closure__)
     rebound.__kwdefaults__ = found.__kwdefaults__
     return rebound
@@ -219,12 +219,17 @@ def reference(label: str, student: Any) -> Any:
 _references: dict[tuple[str, int], dict[str, Any]] = {}
 
 
+def _namespace(student: Any) -> dict[str, Any]:
+    """The globals of the notebook that defined `student`, a function or a numba dispatcher (`@njit`)."""
+    return getattr(student, "py_func", student).__globals__
+
+
 def _notebook_reference(label: str, code: str, student: Any) -> dict[str, Any]:
     """The namespace in which the reference code of a notebook-only exercise ran: a copy of the
     student's (the notebook's) globals, taken the first time, so the student's own definitions stay."""
-    key = (label, id(student.__globals__))
+    key = (label, id(_namespace(student)))
     if key not in _references:
-        namespace = dict(student.__globals__)
+        namespace = dict(_namespace(student))
         exec(compile(code, f"<reference of Exercise {label}>", "exec"), namespace)  # noqa: S102  (the course's own code)
         _references[key] = namespace
     return _references[key]

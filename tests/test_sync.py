@@ -172,3 +172,20 @@ def test_exercise_methods_notebook_exercises_and_kernels_are_wrapped():
     assert '@exercise("9.2")\n@njit(parallel=True, cache=True)\ndef fill' in student.cells[1].source
     kernels = student.cells[2].source
     assert kernels.count("@exercise") == 1 and '@exercise("9.3")\n@cuda.jit\ndef add' in kernels
+
+
+def test_the_reference_of_an_unsolved_numba_exercise():
+    """A workbook's exercise compiled with @njit is a numba dispatcher, which has no __globals__: the
+    fallback to the reference must still find the notebook's namespace (it raised AttributeError)."""
+    import numba
+
+    from kuiper import course
+    from kuiper.layers import conv
+
+    @numba.njit
+    def absorb(conv, after):
+        raise NotImplementedError
+
+    found = course.reference("6.7", absorb)  # the package's absorb is a plain function: rebound
+    assert found.__code__ is conv.absorb.__code__
+    assert found.__globals__["nbformat"] is nbformat, "expected the reference to see this module's names"
