@@ -393,7 +393,7 @@ def rates(prefill: Callable[[], object], step: Callable[[int], object], decode_t
     return prefill_s, decode_s
 
 
-def packed_weights(model) -> np.ndarray | None:
+def weight_buffer(model) -> np.ndarray | None:
     """The one buffer a float32 Llama on the CPU streams its matrices from (`ops.pack`), viewed as float32 (1-D);
     None when its head lies in no such buffer (a GPU model, lesson 14's int8 weights)."""
     base = getattr(model.head, "base", None)
@@ -500,7 +500,7 @@ def bench_llm(path: str | Path, prompt_tokens: int = 64, decode_tokens: int = 64
     model, tokenizer = load(path, max_seq_len=max_seq_len)
     model.to(device)
     ids = prompt_ids(tokenizer, prompt_tokens)
-    buffer, reads = packed_weights(model), []  # the bound: reads of the weights between the decode runs, same load
+    buffer, reads = weight_buffer(model), []  # the bound: reads of the weights between the decode runs, same load
     seconds = kuiper_rates(model, ids, decode_tokens,
                            None if buffer is None else lambda: reads.append(read_bandwidth(buffer, repeat=2)))
     fp32 = LLMRow("kuiper", "fp32", *per_second(seconds, len(ids), decode_tokens), peak_rss())

@@ -41,15 +41,15 @@ def test_the_bound_reads_the_buffer_the_model_streams(tmp_path):
 
     from llm_files import write_gguf
 
-    from kuiper.bench import packed_weights, read_bandwidth
+    from kuiper.bench import weight_buffer, read_bandwidth
     from kuiper.llm.gguf import GGUFFile
     from kuiper.llm.model import model_from_gguf
 
     model = model_from_gguf(GGUFFile(write_gguf(tmp_path / "tiny.gguf")))
-    buffer = packed_weights(model)
+    buffer = weight_buffer(model)
     start, end = buffer.ctypes.data, buffer.ctypes.data + buffer.nbytes
     matrices = [model.head] + [getattr(b, name) for b in model.blocks for name in ("wqkv", "wo", "w_gate_up", "w_down")]
     assert all(start <= m.ctypes.data and m.ctypes.data + m.nbytes <= end for m in matrices)
     assert buffer.dtype == np.float32 and buffer.nbytes >= sum(m.nbytes for m in matrices)
-    assert packed_weights(type("Unpacked", (), {"head": np.ones((4, 4), np.float32)})()) is None
+    assert weight_buffer(type("Unpacked", (), {"head": np.ones((4, 4), np.float32)})()) is None
     assert read_bandwidth(buffer, repeat=1) > 0
