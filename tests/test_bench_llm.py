@@ -41,7 +41,7 @@ def test_the_bound_reads_the_buffer_the_model_streams(tmp_path):
 
     from llm_files import write_gguf
 
-    from kuiper.bench import weight_buffer, read_bandwidth
+    from kuiper.bench import read_bandwidth, weight_buffer
     from kuiper.llm.gguf import GGUFFile
     from kuiper.llm.model import model_from_gguf
 
