@@ -25,3 +25,31 @@ def test_goals_leave_out_what_was_not_run():
     goals = bench(LLMRow("kuiper", "fp32", 300.0, 17.0)).goals()
     assert list(goals) == ["fp32_decode_of_bound"]
     assert "same-run ratios" not in format_llm_rows(bench(LLMRow("transformers", "fp32", 1.0, 1.0)))
+
+
+def test_rates_reads_between_the_runs_it_times():
+    from kuiper.bench import rates
+
+    calls: list[str] = []
+    rates(lambda: calls.append("prefill"), lambda i: calls.append(f"step {i}"), 2, passes=2,
+          between=lambda: calls.append("read"))
+    assert calls == ["prefill", "step 0", "step 1", "read"] * 2
+
+
+def test_the_bound_reads_the_buffer_the_model_streams(tmp_path):
+    import numpy as np
+
+    from llm_files import write_gguf
+
+    from kuiper.bench import read_bandwidth, weight_buffer
+    from kuiper.llm.gguf import GGUFFile
+    from kuiper.llm.model import model_from_gguf
+
+    model = model_from_gguf(GGUFFile(write_gguf(tmp_path / "tiny.gguf")))
+    buffer = weight_buffer(model)
+    start, end = buffer.ctypes.data, buffer.ctypes.data + buffer.nbytes
+    matrices = [model.head] + [getattr(b, name) for b in model.blocks for name in ("wqkv", "wo", "w_gate_up", "w_down")]
+    assert all(start <= m.ctypes.data and m.ctypes.data + m.nbytes <= end for m in matrices)
+    assert buffer.dtype == np.float32 and buffer.nbytes >= sum(m.nbytes for m in matrices)
+    assert weight_buffer(type("Unpacked", (), {"head": np.ones((4, 4), np.float32)})()) is None
+    assert read_bandwidth(buffer, repeat=1) > 0
