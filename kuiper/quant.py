@@ -369,7 +369,7 @@ def half(halves, row, at):
 @njit(parallel=True, fastmath=True, cache=True)
 def q4_1_matvec_kernel(x, blocks, halves, out):
     """out[n] = Σ_b d_nb (x_b · q_nb) + m_nb Σ x_b: x (K,) float32, blocks (N, K // 32 * 20) uint8 Q4_1 rows,
-    two rows at a time sharing each load of x (an odd last row with itself)."""
+    two rows at a time sharing each load of x (an odd last row with itself), the pair PREFETCH_ROWS below prefetched."""
     n_blocks = uint64(x.size // 32)
     sums = np.zeros(n_blocks, np.float32)
     for b in range(n_blocks):
