@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numba import njit, prange, uint64
+from llvmlite import ir
+from numba import njit, prange, types, uint64
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from kuiper.errors import DTypeError, ShapeError
 from kuiper.llm.gguf import dequantize as dequantize_gguf, GGUFFile
@@ -165,31 +168,52 @@ def qmatmul_kernel(x, q, scales, out):
                 out[t, first + r] = acc
 
 
-@njit(fastmath=True, cache=True)
-def group_dot2(x, q0, q1, s0, s1):
-    """`group_dot` of one group of x with the same group of two rows q0 and q1: (x · q0) * s0, (x · q1) * s1."""
-    a0, a1 = np.float32(0.0), np.float32(0.0)
-    for j in range(x.size):
-        a0 += x[j] * np.float32(q0[j])
-        a1 += x[j] * np.float32(q1[j])
-    return a0 * s0, a1 * s1
+PREFETCH_ROWS = 8  # how far below the rows being computed the kernels prefetch
+
+
+@intrinsic
+def prefetch(typingctx, array, offset):
+    """Ask the CPU to bring the cache line holding byte `offset` of `array`'s data (C order) into its caches,
+    without waiting for it (LLVM's llvm.prefetch: read, keep in all levels). Never faults; returns nothing."""
+    byte_ptr = ir.IntType(8).as_pointer()
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        address = builder.gep(builder.bitcast(data, byte_ptr), [args[1]])
+        i32 = ir.IntType(32)
+        llvm_prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), "llvm.prefetch.p0i8")
+        builder.call(llvm_prefetch, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    if isinstance(array, types.Array) and isinstance(offset, types.Integer):
+        return types.void(array, offset), codegen
+    return None
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def qmatvec_pairs_kernel(x, q, scales, out):
-    """`qmatvec_kernel`'s result, rows in pairs sharing each load of x (an odd last row on its own)."""
+    """`qmatvec_kernel`'s result for groups of a multiple of 32 weights: rows in pairs sharing each load of x
+    (an odd last row with itself), 32 weights at a time, the pair PREFETCH_ROWS rows below prefetched."""
     n_rows, k = q.shape
     n_groups = scales.shape[1]
-    x_groups = x.reshape(n_groups, k // n_groups)
-    q_groups = q.reshape(n_rows, n_groups, k // n_groups)
+    chunks = k // n_groups // 32  # chunks of 32 weights in a group
+    last_byte = q.size - 1
     for pair in prange((n_rows + 1) // 2):
         n = 2 * pair
         m = min(n + 1, n_rows - 1)  # the odd last row pairs with itself
+        ahead = (n + PREFETCH_ROWS) * k  # the first byte of the pair PREFETCH_ROWS rows below
         total0, total1 = np.float32(0.0), np.float32(0.0)
         for g in range(n_groups):
-            d0, d1 = group_dot2(x_groups[g], q_groups[n, g], q_groups[m, g], scales[n, g], scales[m, g])
-            total0 += d0
-            total1 += d1
+            acc0, acc1 = np.float32(0.0), np.float32(0.0)
+            for chunk in range(chunks):
+                start = (g * chunks + chunk) * 32
+                prefetch(q, min(ahead + 2 * start, last_byte))  # 64 bytes per chunk: both rows below
+                for j in range(32):
+                    acc0 += x[start + j] * np.float32(q[n, start + j])
+                    acc1 += x[start + j] * np.float32(q[m, start + j])
+            total0 += acc0 * scales[n, g]
+            total1 += acc1 * scales[m, g]
         out[n] = total0
         out[m] = total1
 
@@ -213,7 +237,8 @@ def qmatvec(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
     if x.shape != (qw.shape[1],):
         raise ShapeError(f"qmatvec: expected x of shape ({qw.shape[1]},) for a weight {qw.shape}, got {x.shape}")
     out = np.empty(qw.shape[0], np.float32)
-    qmatvec_pairs_kernel(x, qw.q, qw.scales, out)
+    kernel = qmatvec_pairs_kernel if qw.group % 32 == 0 else qmatvec_kernel  # the pairs walk 32 weights at a time
+    kernel(x, qw.q, qw.scales, out)
     return out
 
 
@@ -344,19 +369,22 @@ def half(halves, row, at):
 @njit(parallel=True, fastmath=True, cache=True)
 def q4_1_matvec_kernel(x, blocks, halves, out):
     """out[n] = Σ_b d_nb (x_b · q_nb) + m_nb Σ x_b: x (K,) float32, blocks (N, K // 32 * 20) uint8 Q4_1 rows,
-    two rows at a time sharing each load of x (an odd last row with itself)."""
+    two rows at a time sharing each load of x (an odd last row with itself), the pair PREFETCH_ROWS below prefetched."""
     n_blocks = uint64(x.size // 32)
     sums = np.zeros(n_blocks, np.float32)
     for b in range(n_blocks):
         for j in range(uint64(32)):
             sums[b] += x[uint64(32) * b + j]
-    n_rows = blocks.shape[0]
+    n_rows, row_bytes = blocks.shape
+    last_byte = uint64(blocks.size - 1)
     for pair in prange((n_rows + 1) // 2):
         n, m = 2 * pair, min(2 * pair + 1, n_rows - 1)  # the odd last row pairs with itself
         row0, row1 = blocks[n], blocks[m]
+        ahead = uint64((n + PREFETCH_ROWS) * row_bytes)  # the first byte of the pair PREFETCH_ROWS rows below
         total0, total1 = np.float32(0.0), np.float32(0.0)
         for b in range(n_blocks):
             at, xb = uint64(20) * b, uint64(32) * b
+            prefetch(blocks, min(ahead + uint64(2) * at, last_byte))
             acc0, acc1 = np.float32(0.0), np.float32(0.0)
             for j in range(uint64(16)):
                 low, high = x[xb + j], x[xb + uint64(16) + j]

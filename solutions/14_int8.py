@@ -525,44 +525,84 @@ with check("Exercise 14.6"):
                               f"got {out[tuple(bad[0])]:.5f}")
 
 # %% [markdown]
-# ## Two rows at a time
+# ## Two rows at a time, and the next rows asked for early
 #
-# `qmatvec_kernel` is not limited by memory: on one core it streams about 4 GB/s of int8 weights,
-# well under what the memory delivers, because each weight costs a widening, a convert and a
-# multiply-add, and each group a sum across the vector register. Part of that work is the same for
-# every row: loading $x$. Working on two rows at once loads each of $x$'s values once for both,
-# and gives the processor two independent sums to interleave. The arithmetic of each row is
-# exactly `group_dot`'s, so the result is the same to the last bit. (The other lever, llama.cpp's,
-# rounds $x$ to integers and sums int8 products with `vpmaddwd`; written in numba it measured
-# 0.7–0.9 × this float kernel, because LLVM picks 256-bit `vpmulld` for most of the loop.)
+# `qmatvec_kernel` is far from what the memory delivers, for two reasons. The first is arithmetic:
+# each weight costs a widening, a convert and a multiply-add, each group a sum across the vector
+# register, and loading $x$ is the same work for every row. So `qmatvec_pairs_kernel` works on two
+# rows at once, which loads each value of $x$ once for both and gives the processor two independent
+# sums to interleave, and it walks each group in chunks of 32 weights: a loop whose length numba
+# knows at compile time, which LLVM unrolls whole into four 8-wide multiply-adds per row, with no
+# checks for a remainder. (The other lever, llama.cpp's, rounds $x$ to integers and sums int8
+# products with `vpmaddwd`; written in numba it measured 0.7–0.9 × this float kernel, because LLVM
+# picks 256-bit `vpmulld` for most of the loop.)
+#
+# The second reason is waiting. On a matrix already in cache that kernel ran 13.8 G weights/s on one
+# core, yet only about 7 GB/s of int8 weights came from memory: the core computes on the rows it
+# has, asks for the next cache line, waits about 100 ns for it, and computes again — the two never
+# overlap, so their times add. A **software prefetch** overlaps them: an instruction that asks the
+# memory for a cache line the kernel will need soon and does not wait for it. `prefetch(a, offset)`
+# is LLVM's `llvm.prefetch` intrinsic on the byte `offset` of an array's data, written with numba's
+# `@intrinsic` as lesson 05 wrote `bits_as_float32`. It never faults, so an offset past the end is
+# harmless, but the kernels keep it inside the array anyway. While it computes the pair $(n, n+1)$,
+# the kernel prefetches the pair `PREFETCH_ROWS` = 8 rows below, one cache line (64 bytes) per chunk:
+# the two rows' $2K$ bytes in the $K / 32$ chunks of this pair. In one same-run timing under load, the
+# chunks and the prefetch together made SmolLM2's matrices 1.7–2.6 × faster: 10–13 GB/s of int8, where
+# the pairs of rows without them streamed 5–7 GB/s (most of the gain is the prefetch).
 
 # %%
 #| export
-@njit(fastmath=True, cache=True)
-def group_dot2(x, q0, q1, s0, s1):
-    """`group_dot` of one group of x with the same group of two rows q0 and q1: (x · q0) * s0, (x · q1) * s1."""
-    a0, a1 = np.float32(0.0), np.float32(0.0)
-    for j in range(x.size):
-        a0 += x[j] * np.float32(q0[j])
-        a1 += x[j] * np.float32(q1[j])
-    return a0 * s0, a1 * s1
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+PREFETCH_ROWS = 8  # how far below the rows being computed the kernels prefetch
+
+
+@intrinsic
+def prefetch(typingctx, array, offset):
+    """Ask the CPU to bring the cache line holding byte `offset` of `array`'s data (C order) into its caches,
+    without waiting for it (LLVM's llvm.prefetch: read, keep in all levels). Never faults; returns nothing."""
+    byte_ptr = ir.IntType(8).as_pointer()
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        address = builder.gep(builder.bitcast(data, byte_ptr), [args[1]])
+        i32 = ir.IntType(32)
+        llvm_prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), "llvm.prefetch.p0i8")
+        builder.call(llvm_prefetch, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    if isinstance(array, types.Array) and isinstance(offset, types.Integer):
+        return types.void(array, offset), codegen
+    return None
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def qmatvec_pairs_kernel(x, q, scales, out):
-    """`qmatvec_kernel`'s result, rows in pairs sharing each load of x (an odd last row on its own)."""
+    """`qmatvec_kernel`'s result for groups of a multiple of 32 weights: rows in pairs sharing each load of x
+    (an odd last row with itself), 32 weights at a time, the pair PREFETCH_ROWS rows below prefetched."""
     n_rows, k = q.shape
     n_groups = scales.shape[1]
-    x_groups = x.reshape(n_groups, k // n_groups)
-    q_groups = q.reshape(n_rows, n_groups, k // n_groups)
+    chunks = k // n_groups // 32  # chunks of 32 weights in a group
+    last_byte = q.size - 1
     for pair in prange((n_rows + 1) // 2):
         n = 2 * pair
         m = min(n + 1, n_rows - 1)  # the odd last row pairs with itself
+        ahead = (n + PREFETCH_ROWS) * k  # the first byte of the pair PREFETCH_ROWS rows below
         total0, total1 = np.float32(0.0), np.float32(0.0)
         for g in range(n_groups):
-            d0, d1 = group_dot2(x_groups[g], q_groups[n, g], q_groups[m, g], scales[n, g], scales[m, g])
-            total0 += d0
-            total1 += d1
+            acc0, acc1 = np.float32(0.0), np.float32(0.0)
+            for chunk in range(chunks):
+                start = (g * chunks + chunk) * 32
+                prefetch(q, min(ahead + 2 * start, last_byte))  # 64 bytes per chunk: both rows below
+                for j in range(32):
+                    acc0 += x[start + j] * np.float32(q[n, start + j])
+                    acc1 += x[start + j] * np.float32(q[m, start + j])
+            total0 += acc0 * scales[n, g]
+            total1 += acc1 * scales[m, g]
         out[n] = total0
         out[m] = total1
 
@@ -585,7 +625,8 @@ print("pairs vs one row at a time:", agreement(pairs, single), "| vs float64:", 
 # need). The widening runs on
 # one thread so that numba's threads, which wait spinning after a parallel loop, do not take the
 # cores OpenBLAS is about to use. `qmatvec` and `qmatmul` check the shapes and pick the kernel: one
-# token (decode) goes through `qmatvec_pairs_kernel`.
+# token (decode) goes through `qmatvec_pairs_kernel` (through Exercise 14.5's kernel when the group is not a
+# multiple of 32).
 
 # %%
 #| export
@@ -608,7 +649,8 @@ def qmatvec(x: np.ndarray, qw: QuantizedWeight) -> np.ndarray:
     if x.shape != (qw.shape[1],):
         raise ShapeError(f"qmatvec: expected x of shape ({qw.shape[1]},) for a weight {qw.shape}, got {x.shape}")
     out = np.empty(qw.shape[0], np.float32)
-    qmatvec_pairs_kernel(x, qw.q, qw.scales, out)
+    kernel = qmatvec_pairs_kernel if qw.group % 32 == 0 else qmatvec_kernel  # the pairs walk 32 weights at a time
+    kernel(x, qw.q, qw.scales, out)
     return out
 
 
@@ -705,8 +747,10 @@ if LONG:  # a benchmark: runs when asked (KUIPER_LONG=1), its stored output is s
 # from memory — the matrices of a real model, or the 113 MB `lm_head` even alone — the quarter of
 # the bytes shows, and `qmatvec` is several times faster. Prefill is arithmetic again, and
 # `qmatmul` comes close to OpenBLAS because OpenBLAS does its multiplying. (The stored table was
-# measured with Exercise 14.5's one-row kernel; `qmatvec`'s pairs of rows were 1.26 × faster than it on
-# the 3072 × 576 gate/up matrix and 1.37 × on the `lm_head`, one core, from memory; even on 576 × 1536.)
+# measured with Exercise 14.5's one-row kernel. `qmatvec` now runs `qmatvec_pairs_kernel`: in one
+# same-run timing under load, from memory, group 32, it ran SmolLM2's matrices at 3.1–3.4 × numpy's
+# float32 product (10–10.5 GB/s of int8) and the `lm_head` at 8 ×, where the pairs of rows without the
+# prefetch ran 1.6–1.9 × and 2 ×.)
 
 # %% [markdown]
 # ## Saving a Q8_0 GGUF file
@@ -1089,9 +1133,11 @@ if LONG:  # a benchmark: runs when asked (KUIPER_LONG=1)
 
 # %% [markdown]
 # The int8 row reads about 3.6 times fewer bytes per token (538 → 151 MB at group 32) but is faster by
-# less: the rest of a decode step — attention over the cache, RoPE, norms, a hundred and twenty kernel
-# launches, and turning each int8 weight back into a float — does not shrink. The same rule as in lesson 06
-# applies: the part you did not optimise becomes the bottleneck. From the command line:
+# less: 2.35–2.5 × float32's decode in same-run timings on a busy machine (1.4 × before the kernels
+# prefetched). Turning each int8 weight back into a float costs arithmetic that float32 does not
+# need, and the rest of a decode step — attention over the cache, RoPE, norms, a hundred and twenty
+# kernel launches — does not shrink. The same rule as in lesson 06 applies: the part you did not
+# optimise becomes the bottleneck. From the command line:
 #
 # ```
 # kuiper bench data/models/smollm2-135m-instruct-q4_1.gguf --int8 32 --llama-cpp data/models/smollm2-135m-instruct-q8_0.gguf
@@ -1139,15 +1185,19 @@ if LONG:  # a benchmark: runs when asked (KUIPER_LONG=1)
 # `qmatvec_pairs_kernel` does, take the rows **two at a time** in `prange` (rows $2p$ and $2p + 1$; an
 # odd last row pairs with itself), so each value of `x` is loaded once for both: for each block, the
 # dot product of the block's 32 values of `x` with each row's codes, times that row's `d`, plus its
-# `m` times the block's sum; write the two totals to `out`. Index with `uint64` numbers, as the given
-# lines start to: numba checks a *signed* index for being negative, and that check keeps LLVM from
-# vectorizing the loop (about 3 × slower). One same-run timing, under load, put this kernel on
-# SmolLM2's 3072 × 576 gate|up matrix at the speed of `qmatvec_pairs_kernel` and 1.6 × faster than
-# the float32 matrix-vector product, while reading 0.625 bytes per weight.
+# `m` times the block's sum; write the two totals to `out`. At each block, `prefetch` the bytes the pair
+# `PREFETCH_ROWS` rows below will need, at twice the pace as `qmatvec_pairs_kernel` does: byte
+# `ahead + 2 * at` (`ahead` is the first byte of row $n$ + `PREFETCH_ROWS`), kept within the array. Index
+# with `uint64` numbers, as the given lines start to: numba checks a *signed* index for being negative,
+# and that check keeps LLVM from vectorizing the loop (about 3 × slower); and `uint64` plus a signed
+# number is a float64 in numba, so make `ahead` a `uint64` too. One same-run timing, under load, put this
+# kernel at 1.9–2.6 × the float32 matrix-vector product on SmolLM2's matrices (the prefetch made it
+# 1.2–1.35 × faster), while reading 0.625 bytes per weight: the decoding of the nibbles, not the memory,
+# is what limits it.
 
 # %%
 #| export
-#| exercise: sums[b] = sum of x over block b; rows in pairs in prange: out[n] = sum over blocks of d * (x_b . codes) + m * sums[b]; byte 4 + j: low nibble -> j, high -> j + 16
+#| exercise: sums[b] = sum of x over block b; rows in pairs in prange: out[n] = sum over blocks of d * (x_b . codes) + m * sums[b]; byte 4 + j: low nibble -> j, high -> j + 16; prefetch byte ahead + 2 * at
 from numba import uint64
 
 #: Every IEEE half as float32, indexed by its 16 bits: a block's scale is one load.
@@ -1163,20 +1213,23 @@ def half(halves, row, at):
 @njit(parallel=True, fastmath=True, cache=True)
 def q4_1_matvec_kernel(x, blocks, halves, out):
     """out[n] = Σ_b d_nb (x_b · q_nb) + m_nb Σ x_b: x (K,) float32, blocks (N, K // 32 * 20) uint8 Q4_1 rows,
-    two rows at a time sharing each load of x (an odd last row with itself)."""
+    two rows at a time sharing each load of x (an odd last row with itself), the pair PREFETCH_ROWS below prefetched."""
     n_blocks = uint64(x.size // 32)
     sums = np.zeros(n_blocks, np.float32)
     ### BEGIN SOLUTION
     for b in range(n_blocks):
         for j in range(uint64(32)):
             sums[b] += x[uint64(32) * b + j]
-    n_rows = blocks.shape[0]
+    n_rows, row_bytes = blocks.shape
+    last_byte = uint64(blocks.size - 1)
     for pair in prange((n_rows + 1) // 2):
         n, m = 2 * pair, min(2 * pair + 1, n_rows - 1)  # the odd last row pairs with itself
         row0, row1 = blocks[n], blocks[m]
+        ahead = uint64((n + PREFETCH_ROWS) * row_bytes)  # the first byte of the pair PREFETCH_ROWS rows below
         total0, total1 = np.float32(0.0), np.float32(0.0)
         for b in range(n_blocks):
             at, xb = uint64(20) * b, uint64(32) * b
+            prefetch(blocks, min(ahead + uint64(2) * at, last_byte))
             acc0, acc1 = np.float32(0.0), np.float32(0.0)
             for j in range(uint64(16)):
                 low, high = x[xb + j], x[xb + uint64(16) + j]

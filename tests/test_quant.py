@@ -90,7 +90,7 @@ def test_q8_0_needs_group_32():
 
 
 @pytest.mark.parametrize("n, k, group", [(576, 576, 64), (192, 576, 32), (1536, 576, 64), (576, 1536, 128),
-                                         (37, 256, 256), (5, 64, 32)])
+                                         (37, 256, 256), (5, 64, 32), (24, 96, 16), (9, 96, 48)])
 @pytest.mark.parametrize("tokens", [1, 3, 16, 40])
 def test_qmatmul_equals_dequantized_product(n, k, group, tokens):
     qw = quantize(weights(n, k, seed=n + k), group)
@@ -394,13 +394,31 @@ def test_generate_int8_answers_paris(capsys):
 
 
 @pytest.mark.parametrize("n", [1, 2, 37])
-def test_pairs_kernel_equals_the_one_row_kernel(n):
-    """qmatvec's kernel works on two rows at once (an odd last row alone): same sums as Exercise 14.5's."""
+@pytest.mark.parametrize("k, group", [(192, 32), (256, 64), (384, 128)])
+def test_pairs_kernel_equals_the_one_row_kernel(n, k, group):
+    """qmatvec's kernel works on two rows at once (an odd last row alone), 32 weights at a time, prefetching
+    rows past the end of small matrices: the same sums as Exercise 14.5's."""
     from kuiper.quant import qmatvec_kernel, qmatvec_pairs_kernel
 
-    qw = quantize(weights(n, 192, seed=n), 32)
-    x = np.random.default_rng(n).standard_normal(192).astype(np.float32)
+    qw = quantize(weights(n, k, seed=n), group)
+    x = np.random.default_rng(n).standard_normal(k).astype(np.float32)
     pairs, single = np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32)
     qmatvec_pairs_kernel(x, qw.q, qw.scales, pairs)
     qmatvec_kernel(x, qw.q, qw.scales, single)
     np.testing.assert_allclose(pairs, single, rtol=1e-6, atol=1e-7 * np.abs(single).max())
+
+
+def test_prefetch_compiles_to_a_prefetch_instruction():
+    """kuiper.quant.prefetch is LLVM's llvm.prefetch: the machine code holds a prefetch (x86) or prfm (Arm)."""
+    from numba import njit
+
+    from kuiper.quant import prefetch
+
+    @njit
+    def touch(a, offset):
+        prefetch(a, offset)
+        return a[0]
+
+    assert touch(np.arange(256, dtype=np.uint8), 128) == 0
+    asm = touch.inspect_asm(touch.signatures[0]).lower()
+    assert "prefetch" in asm or "prfm" in asm, "expected a prefetch instruction in the compiled code"
