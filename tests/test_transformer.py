@@ -1,6 +1,7 @@
 """nn.Linear by tiles with its epilogue (lesson 08): bias, activation, residual sum and the permute back
-to channels-first fused into it give what the unfused operators give, on every tiling, and ConvNeXt and
-ViT through the fused plan match PyTorch."""
+to channels-first fused into it give what the unfused operators give, on every tiling; attention's
+stacked products absorb their scale, softmax and transpose; ConvNeXt and ViT through the fused plan
+match PyTorch."""
 
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def linear(n_in: int, n_out: int, bias: bool = True, seed: int = 0) -> Linear:
 
 
 def layer(kind: str, **params) -> object:
-    return create_layer(Operator(kind, kind.lower(), ["1", "9"][:2 if kind == "pnnx.Expression" else 1], ["2"],
+    return create_layer(Operator(kind, kind.lower(), ["1", "9"][:2 if kind in ("pnnx.Expression", "torch.matmul") else 1], ["2"],
                                  params, {}, line=2))
 
 
@@ -121,12 +122,32 @@ def test_tiles_cover_the_output_once_within_images(images, length, width, thread
     assert (covered == 1).all()
 
 
-@pytest.mark.parametrize("name, fused", [("vit_tiny", 36), pytest.param("convnext_tiny", 36, marks=pytest.mark.slow)])
+def test_stacked_products_absorb_scale_softmax_and_transpose_bit_for_bit():
+    """q·kᵀ -> mul(@0,0.125) -> softmax(-1) and p·v -> transpose(1, 2): the same float32 operations as
+    lesson 05's layers one after the other; a broadcast batch takes numpy's product."""
+    g = np.random.default_rng(7)
+    q, k = g.standard_normal((2, 3, 9, 4), dtype=np.float32), g.standard_normal((2, 3, 4, 9), dtype=np.float32)
+    matmul, scale = layer("torch.matmul"), layer("pnnx.Expression", expr="mul(@0,1.250000e-01)")
+    soft, swap = layer("F.softmax", dim=-1), layer("torch.transpose", dim0=1, dim1=2)
+    scores = matmul.fuse(scale).fuse(soft)
+    want = soft(scale(matmul(Tensor(q), Tensor(k)))).numpy()
+    assert np.array_equal(scores(Tensor(q), Tensor(k)).numpy(), want)
+    moved = matmul.fuse(swap)
+    got, want = moved(Tensor(q), Tensor(k)).numpy(), swap(matmul(Tensor(q), Tensor(k))).numpy()
+    assert got.shape == (2, 9, 3, 9) and np.array_equal(got, want)
+    broadcast = matmul.fuse(scale)(Tensor(q), Tensor(k[0, 0])).numpy()
+    assert np.array_equal(broadcast, (q @ k[0, 0]) * np.float32(0.125))
+    assert matmul.fuse(soft).fuse(scale) is None and scores.fuse(soft) is None
+    assert matmul.fuse(layer("F.softmax", dim=1)) is None and matmul.fuse(scale).fuse(scale) is None
+
+
+@pytest.mark.parametrize("name, fused", [("vit_tiny", 36 + 24), pytest.param("convnext_tiny", 36, marks=pytest.mark.slow)])
 def test_transformer_models_fuse_their_linears_and_match_pytorch_and_the_unfused_plan(name, fused):
-    """ViT: attention projection + add and both MLP Linears (GELU, add) of 12 blocks; ConvNeXt: both
-    Linears of 18 blocks (GELU; permute back + add). Batch 2, two images."""
+    """ViT: attention projection + add and both MLP Linears (GELU, add) of 12 blocks, and both products of
+    each attention (scale, softmax; transpose); ConvNeXt: both Linears of 18 blocks (GELU; permute back +
+    add). Batch 2, two images."""
     graph = kuiper.load(MODELS / f"{name}.pnnx.param")
-    assert sum(isinstance(layer, Linear) for _, layer in graph.plan) == fused
+    assert sum(isinstance(layer, (Linear, transformer.StackedProducts)) for _, layer in graph.plan) == fused
     x = np.random.default_rng(6).random((2, 3, 224, 224), dtype=np.float32)
     with torch.no_grad():
         want = torch.jit.load(str(MODELS / f"{name}.torchscript.pt"))(torch.from_numpy(x)).numpy()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,8 +15,10 @@ from kuiper.errors import ShapeError
 from kuiper.layer import Layer
 from kuiper.layers.activation import activate_range, GELU, GELU_TANH, SIGMOID, SILU, TANH
 from kuiper.layers.conv import scratch, SUMS
+from kuiper.layers.elementwise import softmax
 from kuiper.layers.linear import Linear
-from kuiper.layers.shape import Permute
+from kuiper.layers.shape import Permute, Transpose
+from kuiper.registry import LAYERS
 from kuiper.tensor import Tensor
 
 
@@ -155,3 +158,56 @@ def fuse_linear(self: Linear, after: Layer) -> Linear | None:
 
 Linear.activation, Linear.channels_first, Linear.residual = NO_ACTIVATION, False, False
 Linear.forward, Linear.fuse = tiled_forward, fuse_linear
+
+
+SOFTMAXES = ("F.softmax", "nn.Softmax", "torch.softmax")
+
+
+def factor(layer: Layer) -> float | None:
+    """c of a pnnx.Expression mul(@0,c) or mul(c,@0) with c a number (attention's 1/√d), else None."""
+    found = re.fullmatch(r"mul\(@0,([-+.\deE]+)\)|mul\(([-+.\deE]+),@0\)", str(layer.op.params.get("expr")))
+    return None if layer.op.type != "pnnx.Expression" or found is None else float(found.group(1) or found.group(2))
+
+
+class StackedProducts(Layer):
+    """torch.matmul of two stacks of matrices with the same batch dimensions, the products dealt round
+    the pool (one BLAS thread each), each times `scale` while in the cache; then softmax over the last
+    dimension and the swap of two dimensions when fused (attention: q·kᵀ·scale → softmax, p·v → transpose)."""
+
+    def __init__(self, op, scale: float = 1.0, softmax_last: bool = False, swap: tuple[int, int] | None = None):
+        super().__init__(op)
+        self.scale, self.softmax_last, self.swap = scale, softmax_last, swap
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        x, y = a.numpy(), b.numpy()
+        if x.ndim < 3 or x.shape[:-2] != y.shape[:-2] or x.shape[-1] != y.shape[-2]:
+            out = np.matmul(x, y) * np.float32(self.scale)  # a vector or broadcast batch: numpy's product
+        else:
+            stack, rows, columns = x.shape[:-2], x.shape[-2], y.shape[-1]
+            left, right = x.reshape(-1, rows, x.shape[-1]), y.reshape(-1, *y.shape[-2:])  # views where strides allow
+            out = np.empty((*stack, rows, columns), np.result_type(x, y))
+            flat = out.reshape(-1, rows, columns)
+
+            def work(tile: tuple[int, int, int, int]) -> None:
+                np.matmul(left[tile[0]], right[tile[0]], out=flat[tile[0]])
+                if self.scale != 1.0:
+                    flat[tile[0]] *= np.float32(self.scale)
+
+            run_tiles(work, [(i, i + 1, 0, columns) for i in range(len(flat))])
+        out = softmax(out, -1) if self.softmax_last else out
+        return Tensor(out if self.swap is None else np.swapaxes(out, *self.swap), device=a.device)
+
+    def fuse(self, after: Layer) -> "StackedProducts | None":
+        """This product then `after`, in this order only: × a constant, softmax over the last dimension,
+        a transpose."""
+        found, done = factor(after), self.softmax_last or self.swap is not None
+        if found is not None and self.scale == 1.0 and not done:
+            return StackedProducts(self.op, found)
+        if after.op.type in SOFTMAXES and after.settings.get("dim") == -1 and not done:
+            return StackedProducts(self.op, self.scale, True)
+        if isinstance(after, Transpose) and self.swap is None:
+            return StackedProducts(self.op, self.scale, self.softmax_last, after.dims)
+        return None
+
+
+LAYERS["torch.matmul"].fuse = lambda self, after: StackedProducts(self.op).fuse(after)
