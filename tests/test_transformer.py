@@ -33,8 +33,8 @@ def linear(n_in: int, n_out: int, bias: bool = True, seed: int = 0) -> Linear:
 
 
 def layer(kind: str, **params) -> object:
-    return create_layer(Operator(kind, kind.lower(), ["1", "9"][:2 if kind in ("pnnx.Expression", "torch.matmul") else 1], ["2"],
-                                 params, {}, line=2))
+    inputs = ["1", "9"] if kind in ("pnnx.Expression", "torch.matmul") else ["1"]
+    return create_layer(Operator(kind, kind.lower(), inputs, ["2"], params, {}, line=2))
 
 
 def reference(fc: Linear, x: np.ndarray) -> torch.Tensor:
@@ -141,7 +141,8 @@ def test_stacked_products_absorb_scale_softmax_and_transpose_bit_for_bit():
     assert matmul.fuse(layer("F.softmax", dim=1)) is None and matmul.fuse(scale).fuse(scale) is None
 
 
-@pytest.mark.parametrize("name, fused", [("vit_tiny", 36 + 24), pytest.param("convnext_tiny", 36, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name, fused", [("vit_tiny", 36 + 24),
+                                         pytest.param("convnext_tiny", 36, marks=pytest.mark.slow)])
 def test_transformer_models_fuse_their_linears_and_match_pytorch_and_the_unfused_plan(name, fused):
     """ViT: attention projection + add and both MLP Linears (GELU, add) of 12 blocks, and both products of
     each attention (scale, softmax; transpose); ConvNeXt: both Linears of 18 blocks (GELU; permute back +

@@ -132,8 +132,8 @@ def tiled_forward(self: Linear, x: Tensor, residual: Tensor | None = None) -> Te
     shape = (n, width, *middle) if self.channels_first else (*data.shape[:-1], width)
     extra = None if residual is None else np.ascontiguousarray(residual.numpy(), dtype=np.float32)
     if (extra is None) == self.residual or (extra is not None and extra.shape != shape):
-        raise ShapeError(f"{self.op.where()}: expected {'a residual of shape ' + str(shape) if self.residual else 'no residual'}, "
-                         f"got {None if extra is None else extra.shape}")
+        expected = f"a residual of shape {shape}" if self.residual else "no residual"
+        raise ShapeError(f"{self.op.where()}: expected {expected}, got {None if extra is None else extra.shape}")
     bias = np.zeros(width, np.float32) if self.bias is None else self.bias
     images = data.reshape(n, -1, k)  # (N, H·W, in) channels-first, else (1, rows, in)
     extra = None if extra is None else extra.reshape(n, width, -1) if self.channels_first else extra.reshape(-1, width)
