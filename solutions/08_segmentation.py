@@ -22,7 +22,9 @@
 # command `kuiper segment`; then, in lesson 04's `kuiper/layers/`, the window operators of other
 # segmentation networks: every convolution padding mode, 1-D and functional convolutions, max
 # pooling with indices, adaptive max and power-average pooling, `nn.Fold` and `nn.Unfold`, and the
-# spatial transformer's `F.affine_grid` and `F.grid_sample` (`kuiper/layers/grid.py`).
+# spatial transformer's `F.affine_grid` and `F.grid_sample` (`kuiper/layers/grid.py`); and, for the
+# transformer blocks of ConvNeXt and ViT, `nn.Linear` by tiles with its epilogue fused
+# (`kuiper/layers/transformer.py`).
 #
 # **Prerequisites:** lesson 04 (convolution, `nn.ConvTranspose2d`, `nn.Upsample`), lesson 06
 # (`softmax`, `load_image`) and lesson 07 (`letterbox`). **Time:** about two hours.
@@ -39,6 +41,7 @@
 # | 8.8 | window tables and max pooling with the indices of the maxima (numba) |
 # | 8.9 | `unfold` and `fold`: im2col and col2im as operators |
 # | 8.10 | `affine_grid` and the `grid_sample` kernel (numba): sampling at any point |
+# | 8.11 | the epilogue of a Linear run by tiles: bias, activation, residual, channels-first |
 
 # %%
 #| default_exp vision.segment
@@ -1344,6 +1347,319 @@ for align in (False, True):
 
 
 # %% [markdown]
+# ## Transformer blocks: a Linear by tiles, with its epilogue
+#
+# Segmentation networks built on transformers (SETR, SegFormer) and ConvNeXt backbones spend most
+# of their time elsewhere: in `nn.Linear`. Timed per operator type, ConvNeXt-Tiny and ViT-Tiny
+# give 55–77 % of a forward pass to Linear, then GELU, LayerNorm and the residual sums, each one more
+# pass over a large tensor. Three things make lesson 03's `x @ Wᵀ + b` slow:
+#
+# * the bias, the GELU after it and the residual sum each read and write the whole output again:
+#   three extra passes over up to 38 MB at batch 8;
+# * the BLAS library cuts each product over its own threads, which wait for each other at a barrier
+#   inside it: on a busy machine one of them is often not running, and a product of 197 rows took
+#   20–50 × PyTorch's time there;
+# * ConvNeXt's block ends in `Linear → permute(0, 3, 1, 2) → add`: a transpose, then a sum.
+#
+# So the Linear runs by **tiles**: at most `ROWS` rows of the output (and, when that makes fewer
+# tiles than threads, a strip of its columns), each product on one BLAS thread into a small scratch
+# array that stays in the cache, and right after it the tile's **epilogue** (as a convolution's,
+# Exercise 6.6): bias, activation, residual, written where the output lives. Our own threads take
+# the tiles, so no barrier waits inside the library. And the Linear absorbs (`Layer.fuse`) an
+# activation, the permute back to channels-first (the epilogue then writes each tile transposed)
+# and a residual sum: ConvNeXt's `Linear → GELU` and `Linear → permute → add` become one step each.
+
+# %%
+#| export layers.transformer
+import copy
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+from numba import njit
+from threadpoolctl import ThreadpoolController
+
+from kuiper.errors import ShapeError
+from kuiper.layer import Layer
+from kuiper.layers.activation import activate_range, GELU, GELU_TANH, SIGMOID, SILU, TANH
+from kuiper.layers.conv import scratch, SUMS
+from kuiper.layers.linear import Linear
+from kuiper.layers.shape import Permute
+from kuiper.tensor import Tensor
+
+BLAS = ThreadpoolController()  # numpy's BLAS library: one thread per product while tiles run
+THREADS = numba.get_num_threads()
+POOL = ThreadPoolExecutor(THREADS, thread_name_prefix="kuiper-tiles")
+ROWS = 512  # rows per product at most: with far fewer, the library spends its time packing the weight
+COLUMNS = 64  # the narrowest strip of columns a tile is cut to
+NO_ACTIVATION = -1  # an epilogue without activation; the others are lesson 05's codes (GELU, ...)
+NO_RESIDUAL = np.zeros((0, 0), np.float32)  # the residual rows of an epilogue that adds none
+
+
+def tiles(images: int, length: int, width: int, threads: int) -> list[tuple[int, int, int, int]]:
+    """(first row, end row, first column, end column) of the tiles of an output of `images`·`length`
+    rows and `width` columns: ROWS rows at most, never across two images; when that gives fewer
+    tiles than `threads`, each row span is cut into strips of COLUMNS columns or more."""
+    step = max(1, min(length, ROWS))
+    spans = [(n * length + s, n * length + min(s + step, length)) for n in range(images)
+             for s in range(0, length, step)]
+    parts = max(1, min(threads // max(1, len(spans)), width // COLUMNS))
+    cuts = [width * i // parts for i in range(parts + 1)]
+    return [(start, stop, cuts[i], cuts[i + 1]) for start, stop in spans for i in range(parts)]
+
+
+def run_tiles(work: Callable[[tuple[int, int, int, int]], None], found: list[tuple[int, int, int, int]]) -> None:
+    """work(tile) for every tile, the tiles dealt round the pool's threads, each product on one BLAS
+    thread (two products side by side share no barrier)."""
+    with BLAS.limit(limits=1, user_api="blas"):
+        if len(found) <= 1 or THREADS == 1:
+            for tile in found:
+                work(tile)
+            return
+        shares = [found[t::THREADS] for t in range(THREADS)]
+        for _ in POOL.map(lambda share: [work(tile) for tile in share], shares):
+            pass
+
+
+# %% [markdown]
+# ## Exercise 8.11 — the Linear's epilogue
+#
+# Write `linear_epilogue`: for a tile `y` `(R, C)` of $xW^\top$, just made in a scratch array (you
+# may overwrite it), write `activation(y + bias) + residual` to `out`. `code` is one of lesson 05's
+# activation codes, which `activate_range(x, out, start, stop, code)` computes; `NO_ACTIVATION`
+# means none. `activate_range` vectorises only between two different arrays: run it from a row of
+# `y` into a spare row, and copy back. `residual` is `(R, C)` like `out`, or `NO_RESIDUAL` (empty):
+# add nothing. `out` may be a strided view: with `channels_first` it is the transpose of a `(C, R)`
+# block of a channels-first output, so loop over the columns outside and the rows inside (each inner
+# loop then writes along memory). Add in PyTorch's order, `(y + bias)`, then the activation, then
+# `+ residual`, so that the fused steps give the unfused ones to the last bit.
+
+# %%
+#| export layers.transformer
+#| exercise: out = activation(y + bias) + residual for a tile y (R, C): bias per column, activate_range into a spare row (NO_ACTIVATION: none), residual (R, C) or empty; with channels_first loop columns outside, rows inside
+@njit(nogil=True, cache=True, error_model="numpy")
+def linear_epilogue(y, bias, code, residual, out, channels_first):
+    """out = activation(y + bias) + residual for y (R, C) float32 (overwritten), bias (C,), `code` an
+    activation of lesson 05's `activate_range` or NO_ACTIVATION, residual (R, C) or NO_RESIDUAL, out
+    (R, C) any strides; with `channels_first` out is the transpose of a (C, R) block."""
+    ### BEGIN SOLUTION
+    rows, size = y.shape
+    spare = np.empty(size, np.float32)
+    for r in range(rows):
+        row = y[r]
+        for j in range(size):
+            row[j] += bias[j]
+        if code != NO_ACTIVATION:
+            activate_range(row, spare, 0, size, code)
+            row[:] = spare
+    added = residual.size > 0
+    if channels_first:
+        for j in range(size):
+            if added:
+                for r in range(rows):
+                    out[r, j] = y[r, j] + residual[r, j]
+            else:
+                for r in range(rows):
+                    out[r, j] = y[r, j]
+    else:
+        for r in range(rows):
+            if added:
+                for j in range(size):
+                    out[r, j] = y[r, j] + residual[r, j]
+            else:
+                for j in range(size):
+                    out[r, j] = y[r, j]
+    ### END SOLUTION
+
+
+# %%
+with check("Exercise 8.11"):
+    y = rng.standard_normal((6, 5), dtype=np.float32) * 2
+    bias, shortcut = np.float32([0.5, -1, 2, 0, 1]), rng.standard_normal((6, 5), dtype=np.float32)
+    v = torch.from_numpy(y + bias)
+    for code, name, want in [(NO_ACTIVATION, "none", v), (GELU, "GELU", F.gelu(v)), (SILU, "SiLU", F.silu(v))]:
+        for extra, added in [(NO_RESIDUAL, 0), (shortcut, torch.from_numpy(shortcut))]:
+            expected = (want + added).numpy()
+            out = np.full((6, 5), np.nan, np.float32)
+            linear_epilogue(y.copy(), bias, code, extra, out, False)
+            error = np.abs(out - expected).max()
+            assert error < 1e-5, f"{name}, residual {extra.size > 0}: expected PyTorch's values, differs by {error:.1e}"
+            block = np.full((5, 6), np.nan, np.float32)  # a channels-first (C, R) block
+            linear_epilogue(y.copy(), bias, code, extra.T.copy().T if extra.size else extra, block.T, True)
+            error = np.abs(block.T - expected).max()
+            assert error < 1e-5, (f"{name}, residual {extra.size > 0}, channels-first: expected PyTorch's "
+                                  f"values in the transposed block, differs by {error:.1e}")
+
+# %% [markdown]
+# The layer: the input as `(images, rows, in_features)` rows, each tile's product into a scratch
+# array (one per thread, lesson 04's `scratch`) and its epilogue into the output. `Linear.fuse`
+# says what the epilogue absorbs: an activation, the permute `(0, 3, 1, 2)` that turns a
+# channels-last `(N, H, W, C)` output back to channels-first (then each tile is one image's rows,
+# written transposed), and a residual sum. Both replace lesson 03's `forward` for every Linear (as
+# lesson 06 swapped the depthwise kernel).
+
+# %%
+#| export layers.transformer
+ACTIVATIONS = {"nn.GELU": GELU, "F.gelu": GELU, "nn.SiLU": SILU, "F.silu": SILU, "nn.Sigmoid": SIGMOID,
+               "F.sigmoid": SIGMOID, "torch.sigmoid": SIGMOID, "nn.Tanh": TANH, "F.tanh": TANH}
+CHANNELS_FIRST = (0, 3, 1, 2)  # the permute from (N, H, W, C) back to (N, C, H, W)
+
+
+def linear_tiles(x: np.ndarray, weight_t: np.ndarray, bias: np.ndarray, code: int, residual: np.ndarray | None,
+                 channels_first: bool) -> np.ndarray:
+    """x (N, L, K) float32 contiguous times weight_t (K, C), plus bias (C,), activation `code`, residual
+    (the output's shape, or None): (N·L, C), or with `channels_first` (N, C, L). Tile by tile."""
+    n, length, k = x.shape
+    width = weight_t.shape[1]
+    rows = x.reshape(n * length, k)  # (N, L, K) -> (N·L, K)
+    out = np.empty((n, width, length) if channels_first else (n * length, width), np.float32)
+
+    def work(tile: tuple[int, int, int, int]) -> None:
+        start, stop, left, right = tile
+        y = np.matmul(rows[start:stop], weight_t[:, left:right], out=scratch((stop - start, right - left), "linear"))
+        image, first = divmod(start, length)
+        if channels_first:  # the (C', R) block of image `image`, seen as (R, C')
+            target = out[image, left:right, first:first + stop - start].T
+            extra = NO_RESIDUAL if residual is None else residual[image, left:right, first:first + stop - start].T
+        else:
+            target = out[start:stop, left:right]
+            extra = NO_RESIDUAL if residual is None else residual[start:stop, left:right]
+        linear_epilogue(y, bias[left:right], code, extra, target, channels_first)
+
+    run_tiles(work, tiles(n, length, width, THREADS))
+    return out
+
+
+def tiled_forward(self: Linear, x: Tensor, residual: Tensor | None = None) -> Tensor:
+    """activation(x Wᵀ + b) (+ residual) over x's last dimension by `linear_tiles`; channels-first
+    (N, C, H, W) from x (N, H, W, in) when the permute back is fused. ShapeError naming the layer when
+    x's last dimension is not in_features or the residual is missing, extra or of another shape."""
+    data = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+    k, width = self.weight_t.shape
+    if data.ndim == 0 or data.shape[-1] != k or (self.channels_first and data.ndim != 4):
+        raise ShapeError(f"{self.op.where()}: expected input (..., {k})"
+                         f"{' of 4 dimensions' if self.channels_first else ''}, got {data.shape}")
+    n, *middle, _ = data.shape if self.channels_first else (1, *data.shape)
+    shape = (n, width, *middle) if self.channels_first else (*data.shape[:-1], width)
+    extra = None if residual is None else np.ascontiguousarray(residual.numpy(), dtype=np.float32)
+    if (extra is None) == self.residual or (extra is not None and extra.shape != shape):
+        expected = f"a residual of shape {shape}" if self.residual else "no residual"
+        raise ShapeError(f"{self.op.where()}: expected {expected}, got {None if extra is None else extra.shape}")
+    bias = np.zeros(width, np.float32) if self.bias is None else self.bias
+    images = data.reshape(n, -1, k)  # (N, H·W, in) channels-first, else (1, rows, in)
+    extra = None if extra is None else extra.reshape(n, width, -1) if self.channels_first else extra.reshape(-1, width)
+    out = linear_tiles(images, self.weight_t, bias, self.activation, extra, self.channels_first)
+    return Tensor(out.reshape(shape), device=x.device)
+
+
+def fuse_linear(self: Linear, after: Layer) -> Linear | None:
+    """This Linear with `after` in its epilogue: an ACTIVATIONS activation (before the rest), the
+    permute CHANNELS_FIRST (before a residual), a residual sum (SUMS, last); else None. A copy."""
+    fused, kind, plain = copy.copy(self), after.op.type, not (self.channels_first or self.residual)
+    if kind in ACTIVATIONS and self.activation == NO_ACTIVATION and plain:
+        fused.activation = GELU_TANH if after.op.params.get("approximate") == "tanh" else ACTIVATIONS[kind]
+    elif isinstance(after, Permute) and tuple(after.dims) == CHANNELS_FIRST and plain:
+        fused.channels_first = True
+    elif kind == "pnnx.Expression" and after.op.params.get("expr") in SUMS and not self.residual:
+        fused.residual = True
+    else:
+        return None
+    return fused
+
+
+Linear.activation, Linear.channels_first, Linear.residual = NO_ACTIVATION, False, False
+Linear.forward, Linear.fuse = tiled_forward, fuse_linear
+
+
+# %%
+#| export layers.transformer
+import re
+
+from kuiper.layers.elementwise import softmax
+from kuiper.layers.shape import Transpose
+from kuiper.registry import LAYERS
+
+SOFTMAXES = ("F.softmax", "nn.Softmax", "torch.softmax")
+
+
+def factor(layer: Layer) -> float | None:
+    """c of a pnnx.Expression mul(@0,c) or mul(c,@0) with c a number (attention's 1/√d), else None."""
+    found = re.fullmatch(r"mul\(@0,([-+.\deE]+)\)|mul\(([-+.\deE]+),@0\)", str(layer.op.params.get("expr")))
+    return None if layer.op.type != "pnnx.Expression" or found is None else float(found.group(1) or found.group(2))
+
+
+class StackedProducts(Layer):
+    """torch.matmul of two stacks of matrices with the same batch dimensions, the products dealt round
+    the pool (one BLAS thread each), each times `scale` while in the cache; then softmax over the last
+    dimension and the swap of two dimensions when fused (attention: q·kᵀ·scale → softmax, p·v → transpose)."""
+
+    def __init__(self, op, scale: float = 1.0, softmax_last: bool = False, swap: tuple[int, int] | None = None):
+        super().__init__(op)
+        self.scale, self.softmax_last, self.swap = scale, softmax_last, swap
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        x, y = a.numpy(), b.numpy()
+        if x.ndim < 3 or x.shape[:-2] != y.shape[:-2] or x.shape[-1] != y.shape[-2]:
+            out = np.matmul(x, y) * np.float32(self.scale)  # a vector or broadcast batch: numpy's product
+        else:
+            stack, rows, columns = x.shape[:-2], x.shape[-2], y.shape[-1]
+            left, right = x.reshape(-1, rows, x.shape[-1]), y.reshape(-1, *y.shape[-2:])  # views where strides allow
+            out = np.empty((*stack, rows, columns), np.result_type(x, y))
+            flat = out.reshape(-1, rows, columns)
+
+            def work(tile: tuple[int, int, int, int]) -> None:
+                np.matmul(left[tile[0]], right[tile[0]], out=flat[tile[0]])
+                if self.scale != 1.0:
+                    flat[tile[0]] *= np.float32(self.scale)
+
+            run_tiles(work, [(i, i + 1, 0, columns) for i in range(len(flat))])
+        out = softmax(out, -1) if self.softmax_last else out
+        return Tensor(out if self.swap is None else np.swapaxes(out, *self.swap), device=a.device)
+
+    def fuse(self, after: Layer) -> "StackedProducts | None":
+        """This product then `after`, in this order only: × a constant, softmax over the last dimension,
+        a transpose."""
+        found, done = factor(after), self.softmax_last or self.swap is not None
+        if found is not None and self.scale == 1.0 and not done:
+            return StackedProducts(self.op, found)
+        if after.op.type in SOFTMAXES and after.settings.get("dim") == -1 and not done:
+            return StackedProducts(self.op, self.scale, True)
+        if isinstance(after, Transpose) and self.swap is None:
+            return StackedProducts(self.op, self.scale, self.softmax_last, after.dims)
+        return None
+
+
+LAYERS["torch.matmul"].fuse = lambda self, after: StackedProducts(self.op).fuse(after)
+
+# %% [markdown]
+# In ViT's attention, `torch.matmul` absorbs the same way: the scores $qk^\top$ are a stack of
+# (batch, head) products, which lesson 05 runs one after the other on one BLAS thread; here they are
+# dealt round the pool like the Linear's tiles, each scaled by $1/\sqrt{d}$ while still in the cache,
+# then lesson 05's softmax runs over all rows at once (the cell above).
+#
+# ConvNeXt-Tiny and ViT-Tiny through the fused plan give PyTorch's output, in fewer steps. The
+# ratio is kuiper's time over PyTorch's, the two timed alternately in one process (on a busy
+# machine only such ratios mean something):
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from kuiper.bench import same_run_ratio
+
+for name in ("convnext_tiny", "vit_tiny"):
+    model = kuiper.load(MODELS / f"{name}.pnnx.param")
+    x, want = (np.load(MODELS / f"{name}.{part}.npy") for part in ("input", "output"))
+    error = np.abs(model(x) - want).max() / np.abs(want).max()
+    assert error < 1e-4, f"{name}: expected PyTorch's output, differs by {error:.1e} of its scale"
+    traced = torch.jit.load(str(MODELS / f"{name}.torchscript.pt")).eval()
+    with torch.no_grad():
+        ratio = same_run_ratio(lambda: model(x), lambda: traced(torch.from_numpy(x)), repeat=3)
+    fused = sum(isinstance(layer, Linear) for _, layer in model.plan)  # merged steps that start with a Linear
+    print(f"{name}: {len(model.order) - 2} operators in {len(model.plan)} steps, {fused} Linears fused, "
+          f"error / scale {error:.0e}, {ratio:.2f} × PyTorch's time")
+
+
+# %% [markdown]
 # ## What you built
 #
 # `kuiper/vision/segment.py`: per-pixel softmax and argmax, the confusion matrix and mIoU, the
@@ -1352,5 +1668,7 @@ for align in (False, True):
 # mode, in 1-D and with weights that arrive as inputs (`conv.py`), max pooling with indices,
 # adaptive max and power-average pooling in 1-D and 2-D (`pooling.py`), Fold and Unfold, and
 # sampling at any point, `affine_grid` and `grid_sample` in every mode and padding (`grid.py`), each
-# matching PyTorch. Lesson 09 leaves images for text: the weights of language
+# matching PyTorch. And `kuiper/layers/transformer.py`: every `nn.Linear` by tiles on our own
+# threads, with bias, activation, residual sum and the permute back to channels-first in its
+# epilogue. Lesson 09 leaves images for text: the weights of language
 # models, in GGUF and safetensors files.

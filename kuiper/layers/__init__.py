@@ -2,4 +2,4 @@
 
 from kuiper.layers import activation, conv, expression, linear, norm, pooling, resize, shape  # noqa: F401
 from kuiper.layers import creation, elementwise, indexing, linalg, normalization, padding, reduction  # noqa: F401
-from kuiper.layers import attention, grid  # noqa: F401
+from kuiper.layers import attention, grid, transformer  # noqa: F401

@@ -79,4 +79,10 @@ BUGS = {
         ("(iz[a] * height + iy[b]) * width + ix[e]", "(iz[a] * width + iy[b]) * height + ix[e]",
          "the flat pixel swaps height and width"),
     ],
+    "8.11": [
+        ("row[j] += bias[j]", "row[j] += bias[0]", "the first column's bias on every column"),
+        ("activate_range(row, spare, 0, size, code)", "activate_range(row, spare, 0, size, GELU)", "always GELU"),
+        ("out[r, j] = y[r, j] + residual[r, j]", "out[r, j] = y[r, j]", "the residual is never added"),
+        ("if code != NO_ACTIVATION:", "if code > NO_ACTIVATION + 1:", "GELU (code 0) taken for no activation"),
+    ],
 }
