@@ -566,8 +566,10 @@ for kernel in (exp_scalar, exp_all):
 # then applies the activation picked by a small integer code (the table below). Put the `if` on the
 # code *outside* the inner loop, so that each inner loop is straight arithmetic that vectorises,
 # and use `exp_approx` for SiLU and sigmoid. It reads `planes` and writes `out`, which may be the
-# same array (in place), or a contiguous array beside a strided view (the small-map path of
-# `Conv2d.forward` makes its product channel-major). Keep the constants float32.
+# same array (in place), or a contiguous array beside a strided view (`Conv2d.gemm` makes its
+# product pixel-major, `(n·L, K)`, and passes it transposed). Give each task a tile of
+# `EPILOGUE_TILE` places of one row, with `k` the fastest index of the tasks, so that neighbouring
+# tasks read the same few cache lines of such a view. Keep the constants float32.
 #
 # A residual network then *adds* a second tensor to the convolution's output (the shortcut of
 # Exercise 6.5): one more pass over the whole map, writing a new one, that the epilogue can do too.
@@ -588,23 +590,26 @@ from kuiper.layers.activation import exp_approx, Hardsigmoid, Hardswish, ReLU, R
 IDENTITY, RELU, RELU6, SILU, HARDSWISH, SIGMOID, HARDSIGMOID = range(7)
 NO_RESIDUAL, RESIDUAL_BEFORE, RESIDUAL_AFTER = range(3)  # where the epilogue adds a residual input
 NO_ROWS = np.zeros((0, 0, 0), np.float32)  # the residual rows of a convolution that has none
+EPILOGUE_TILE = 512  # places of an output row per task: a pixel-major product's tile stays in the cache
 
 # %%
 #| export layers.conv
-#| exercise: one prange over (n, k); per code an inner loop: v = planes[n, k, i] + bias[k], then identity, relu, relu6, silu, hardswish, sigmoid or hardsigmoid; the residual added before or after as `mode` says
+#| exercise: one prange over (n, tile of EPILOGUE_TILE places, k), k fastest; per code an inner loop: v = planes[n, k, i] + bias[k], then identity, relu, relu6, silu, hardswish, sigmoid or hardsigmoid; the residual added before or after as `mode` says
 @njit(parallel=True, cache=True)
 def epilogue(planes, bias, activation, out, residual, mode):
     """out[n, k] = activation(planes[n, k] + bias[k]) for planes and out (N, K, L), float32; with
     `mode` RESIDUAL_BEFORE activation(planes + bias + residual), with RESIDUAL_AFTER
     activation(planes + bias) + residual, for residual (N, K, L) float32 (NO_RESIDUAL: not read)."""
     ### BEGIN SOLUTION
-    n_batch, k_out, size = planes.shape
+    n_batch, k_out, length = planes.shape
+    tiles = -(-length // EPILOGUE_TILE)
     one, zero, six = np.float32(1.0), np.float32(0.0), np.float32(6.0)
-    for nk in prange(n_batch * k_out):
-        n, k = nk // k_out, nk % k_out
-        src, dst, b = planes[n, k], out[n, k], bias[k]
+    for task in prange(n_batch * tiles * k_out):
+        n, k, lo = task // (tiles * k_out), task % k_out, task // k_out % tiles * EPILOGUE_TILE
+        src, dst, b = planes[n, k, lo:lo + EPILOGUE_TILE], out[n, k, lo:lo + EPILOGUE_TILE], bias[k]
+        size = len(src)
         if mode == RESIDUAL_BEFORE:
-            rows = residual[n, k]
+            rows = residual[n, k, lo:lo + EPILOGUE_TILE]
             for i in range(size):
                 dst[i] = src[i] + b + rows[i]
             src, b = dst, zero  # the activation below reads the sum, its bias already added
@@ -632,7 +637,7 @@ def epilogue(planes, bias, activation, out, residual, mode):
             for i in range(size):
                 dst[i] = min(max((src[i] + b) / six + np.float32(0.5), zero), one)
         if mode == RESIDUAL_AFTER:
-            rows = residual[n, k]
+            rows = residual[n, k, lo:lo + EPILOGUE_TILE]
             for i in range(size):
                 dst[i] += rows[i]
     ### END SOLUTION
@@ -640,7 +645,7 @@ def epilogue(planes, bias, activation, out, residual, mode):
 
 # %%
 with check("Exercise 6.6"):
-    planes = rng.standard_normal((2, 3, 50), dtype=np.float32) * 4
+    planes = rng.standard_normal((2, 3, 2 * EPILOGUE_TILE + 50), dtype=np.float32) * 4  # three tiles a row
     bias = np.float32([0.5, -1.0, 2.0])
     v = torch.from_numpy(planes + bias[:, None])
     want = {IDENTITY: v, RELU: F.relu(v), RELU6: F.relu6(v), SILU: F.silu(v), HARDSWISH: F.hardswish(v),
@@ -653,7 +658,7 @@ with check("Exercise 6.6"):
             epilogue(source, bias, code, out, NO_ROWS, NO_RESIDUAL)
             error = np.abs(out - expected.numpy()).max()
             assert error < 1e-5, f"{names[code]}, {where}: expected PyTorch's values, differs by {error:.1e}"
-    shortcut = rng.standard_normal((2, 3, 50), dtype=np.float32) * 4
+    shortcut = rng.standard_normal(planes.shape, dtype=np.float32) * 4
     r = torch.from_numpy(shortcut)
     for mode, code, expected in [(RESIDUAL_BEFORE, RELU, F.relu(v + r)), (RESIDUAL_AFTER, RELU, F.relu(v) + r),
                                  (RESIDUAL_BEFORE, SILU, F.silu(v + r)), (RESIDUAL_AFTER, SILU, F.silu(v) + r),
@@ -1021,8 +1026,10 @@ for c, size, k, s in [(96, 56, 7, 1), (768, 7, 7, 1), (144, 56, 3, 2), (960, 7, 
 # (Exercise 6.10), then the epilogue. $B^T$ and $A^T$ hold only ±1, and $G$ halves: F(2×2, 3×3) is
 # as exact in float32 as im2col. (Larger tiles save more, F(4×4, 3×3) 4×, but their fractions
 # like 1/6 cost digits.) The price is 16 matrix multiplies where im2col makes one, and each wakes
-# the BLAS threads: on a busy machine each wake-up can wait milliseconds for a core, so
-# `winograd_pays` keeps small products (ResNet-18 at batch 1) on the im2col road.
+# the BLAS threads, so `winograd_pays` keeps tiny products on the im2col road. Measured on one
+# core, Winograd already wins from about $2^{20}$ multiply-adds per product: ResNet-18's and the
+# U-Net's batch-1 3×3 convolutions took 0.77× and 0.60× of their im2col time (on a busy machine a
+# wake-up can wait milliseconds for a core, which favours fewer, larger calls).
 
 # %%
 d, g = rng.standard_normal(4), rng.standard_normal(3)
@@ -1037,7 +1044,7 @@ WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
 #| export layers.conv
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # F(2×2, 3×3), Lavin & Gray
 WINOGRAD_MIN_CHANNELS = 8  # below it, one im2col matrix multiply beats 16 thin ones (measured: a 3-channel stem)
-WINOGRAD_MIN_WORK = 2**24  # multiply-adds per product below which 16 thread start-ups cost more than they save
+WINOGRAD_MIN_WORK = 2**20  # multiply-adds per product below which 16 BLAS calls cost more than they save
 
 
 def winograd_fits(conv) -> bool:

@@ -99,8 +99,9 @@ def test_every_road_matches_torch(road, batch, size, winograd_calls):
 
 def test_winograd_pays_only_for_big_products():
     u = np.zeros((16, 64, 64), np.float32)  # ResNet-18's first 3×3 layers
-    assert not winograd_pays(u, 56 * 56), "expected im2col for one 56×56 image"
+    assert winograd_pays(u, 56 * 56), "expected Winograd for one 56×56 image (0.77× im2col's time on one core)"
     assert winograd_pays(u, 8 * 56 * 56), "expected Winograd for a batch of 8"
+    assert not winograd_pays(u, 16 * 16), "expected im2col for a 16×16 map: 2^18 multiply-adds per product"
 
 
 def test_winograd_padding_wider_than_the_image(winograd_calls):
