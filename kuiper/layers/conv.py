@@ -96,7 +96,7 @@ def im2col_pixels(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
                             row[t:t + channels] = 0.0
 
 
-COLUMN_BYTES = 32 * 2**20  # the most work memory (columns, products) one matrix multiply may use
+COLUMN_BYTES = 8 * 2**20  # the most work memory (columns, products) one matrix multiply may use
 
 
 def images_per_gemm(image_bytes: int) -> int:
@@ -355,34 +355,34 @@ def epilogue(planes, bias, activation, out, residual, mode):
         n, k, lo = task // (tiles * k_out), task % k_out, task // k_out % tiles * EPILOGUE_TILE
         src, dst, b = planes[n, k, lo:lo + EPILOGUE_TILE], out[n, k, lo:lo + EPILOGUE_TILE], bias[k]
         size = len(src)
+        v = np.empty(size, np.float32)  # the sums, contiguous and apart from out: the loops below vectorise
         if mode == RESIDUAL_BEFORE:
             rows = residual[n, k, lo:lo + EPILOGUE_TILE]
             for i in range(size):
-                dst[i] = src[i] + b + rows[i]
-            src, b = dst, zero  # the activation below reads the sum, its bias already added
-        if activation == IDENTITY:
-            for i in range(size):
-                dst[i] = src[i] + b
-        elif activation == RELU:
-            for i in range(size):
-                dst[i] = max(src[i] + b, zero)
-        elif activation == RELU6:
-            for i in range(size):
-                dst[i] = min(max(src[i] + b, zero), six)
-        elif activation == SILU:
-            for i in range(size):
-                v = src[i] + b
-                dst[i] = v / (one + exp_approx(-v))
-        elif activation == HARDSWISH:
-            for i in range(size):
-                v = src[i] + b
-                dst[i] = v * min(max(v / six + np.float32(0.5), zero), one)
-        elif activation == SIGMOID:
-            for i in range(size):
-                dst[i] = one / (one + exp_approx(-(src[i] + b)))
+                v[i] = src[i] + b + rows[i]
         else:
             for i in range(size):
-                dst[i] = min(max((src[i] + b) / six + np.float32(0.5), zero), one)
+                v[i] = src[i] + b
+        if activation == IDENTITY:
+            dst[:] = v
+        elif activation == RELU:
+            for i in range(size):
+                dst[i] = max(v[i], zero)
+        elif activation == RELU6:
+            for i in range(size):
+                dst[i] = min(max(v[i], zero), six)
+        elif activation == SILU:
+            for i in range(size):
+                dst[i] = v[i] / (one + exp_approx(-v[i]))
+        elif activation == HARDSWISH:
+            for i in range(size):
+                dst[i] = v[i] * min(max(v[i] / six + np.float32(0.5), zero), one)
+        elif activation == SIGMOID:
+            for i in range(size):
+                dst[i] = one / (one + exp_approx(-v[i]))
+        else:
+            for i in range(size):
+                dst[i] = min(max(v[i] / six + np.float32(0.5), zero), one)
         if mode == RESIDUAL_AFTER:
             rows = residual[n, k, lo:lo + EPILOGUE_TILE]
             for i in range(size):
