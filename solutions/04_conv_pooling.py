@@ -240,7 +240,7 @@ with check("Exercise 4.2"):
 # %% [markdown]
 # ## Making im2col fast
 #
-# Your kernel is correct; four changes make it fast enough for the engine, and they are the kind
+# Your kernel is correct; three changes make it fast enough for the engine, and they are the kind
 # of change that matters on every CPU:
 #
 # 1. **A few images at a time.** The columns of several images side by side,
@@ -258,13 +258,6 @@ with check("Exercise 4.2"):
 # 3. **No test per element.** For kernel column $j$ the output columns whose input lies inside
 #    the image are one contiguous range $[x_{lo}, x_{hi})$, so the row is zeros, a straight copy
 #    (a slice when the stride is 1), and zeros again.
-# 4. **Pixel-major columns for BLAS.** The same numbers laid out as $(n L, K_h K_w C)$, a row per
-#    output pixel, make the product $(nL, K) = \text{cols} \cdot W^T$ that OpenBLAS runs fastest:
-#    alone on one core, 46 GFLOP/s against 20 for $W \cdot \text{cols}$ with K = 16 outputs, 78
-#    against 52 for a 64-channel 3×3. `im2col_pixels` builds them from channels-last images
-#    (`channels_last`, one cheap transposition): then a window row inside the image is one run of
-#    $K_w C$ floats. `im2col_images` stays for grouped convolutions and `nn.Unfold` (lesson 08).
-
 # %%
 #| export
 @njit(parallel=True, cache=True)
@@ -293,46 +286,6 @@ def im2col_images(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
             line[x_hi:] = 0.0
 
 
-@njit(parallel=True, cache=True)
-def channels_last(x, out):
-    """out (N, H, W, C) = x (N, C, H, W) transposed, float32: a task per image row, written in order."""
-    n_batch, channels, height, width = x.shape
-    for task in prange(n_batch * height):
-        n, h = task // height, task % height
-        src, dst = x[n, :, h], out[n, h]
-        for w in range(width):
-            for c in range(channels):
-                dst[w, c] = src[c, w]
-
-
-@njit(parallel=True, cache=True)
-def im2col_pixels(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
-    """Unfold channels-last images x (N, H, W, C) into cols (N, oh*ow, kh*kw*C): a row per output
-    pixel, its window tap by tap (i, j), the C channels of a tap side by side; zeros outside the
-    image. A window row inside the image (dilation 1) is one run of kw*C floats of x."""
-    n_batch, height, width, channels = x.shape
-    flat = x.reshape(n_batch, height, width * channels)
-    run = kw * channels
-    for task in prange(n_batch * oh):
-        n, y = task // oh, task % oh
-        for x_ in range(ow):
-            row, ix0 = cols[n, y * ow + x_], x_ * sw - pw
-            inside = dw == 1 and ix0 >= 0 and ix0 + kw <= width
-            for i in range(kh):
-                iy, f = y * sh - ph + i * dh, i * run
-                if iy < 0 or iy >= height:
-                    row[f:f + run] = 0.0
-                elif inside:
-                    row[f:f + run] = flat[n, iy, ix0 * channels:ix0 * channels + run]
-                else:
-                    for j in range(kw):
-                        ix, t = ix0 + j * dw, f + j * channels
-                        if 0 <= ix < width:
-                            row[t:t + channels] = flat[n, iy, ix * channels:(ix + 1) * channels]
-                        else:
-                            row[t:t + channels] = 0.0
-
-
 COLUMN_BYTES = 8 * 2**20  # the most work memory (columns, products) one matrix multiply may use
 
 
@@ -355,7 +308,9 @@ def scratch(shape: tuple[int, ...], name: str = "columns") -> np.ndarray:
 
 
 # %%
-with check("im2col_images agrees with your im2col"):
+from kuiper.layers.conv import channels_last, im2col_pixels  # the package's (lesson 06)
+
+with check("im2col_images and im2col_pixels agree with your im2col"):
     x = rng.standard_normal((2, 5, 11, 9), dtype=np.float32)
     for k, s, p, d in [(3, 1, 1, 1), (3, 2, 1, 1), (5, 2, 2, 2), (1, 1, 0, 1), (7, 2, 3, 1)]:
         oh, ow = out_size(11, k, s, p, d), out_size(9, k, s, p, d)
@@ -364,7 +319,7 @@ with check("im2col_images agrees with your im2col"):
         got = np.empty((5 * k * k, 2, oh * ow), np.float32)
         im2col_images(x, got, k, k, s, s, p, p, d, d, oh, ow)
         assert np.array_equal(got, want.transpose(1, 0, 2)), f"k={k} s={s} p={p} d={d} differs"
-        pixels = np.empty((2, 11, 9, 5), np.float32)
+        pixels = np.empty((2, 11, 9, 5), np.float32)  # lesson 06's pixel-major columns hold the same numbers
         channels_last(x, pixels)
         got = np.empty((2, oh * ow, k * k * 5), np.float32)
         im2col_pixels(pixels, got, k, k, s, s, p, p, d, d, oh, ow)
@@ -473,8 +428,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 #   6.9–6.10); the package's runs until then;
 # * everything else runs `images_per_gemm` images at a time: `im2col_images` into the scratch
 #   buffer and one matrix multiply per group, pixel-major: $(n L, K) = \text{cols} \cdot W^T$,
-#   the columns $(n L, K_h K_w C)$ from `im2col_pixels` ($W$'s rows reordered to match at load;
-#   `im2col_images`, transposed, for groups). A $1 \times 1$ convolution with stride 1 and no
+#   the columns $(n L, K_h K_w C)$ from `conv_columns` (lesson 06; $W$'s rows reordered to match
+#   at load; `im2col_images`, transposed, for groups). A $1 \times 1$ convolution with stride 1 and no
 #   padding **is** a matrix multiply on each image as it lies, $(C, L)$ read transposed: no
 #   im2col at all. The epilogue reads the product through a transposed view, a tile of pixels at
 #   a time, and writes the output $(n, K, L)$, so the reordering costs no extra pass.
@@ -483,8 +438,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # absorbed, if any: you write it in Exercise 6.6, when lesson 06 makes ResNet fast; the package's runs until then.
 
 # %%
-from kuiper.layers.conv import (epilogue, IDENTITY, NO_RESIDUAL, residual_rows,  # the package's (lesson 06)
-                               winograd_conv, winograd_fits, winograd_pays, winograd_weights)
+from kuiper.layers.conv import (conv_columns, epilogue, IDENTITY, NO_RESIDUAL, residual_rows,  # the package's
+                               winograd_conv, winograd_fits, winograd_pays, winograd_weights)  # (lesson 06)
 
 # %%
 #| export
@@ -583,7 +538,7 @@ class Conv2d(ConvLayer):
         for start in range(0, n_batch, step):
             images = data[start:start + step]
             product, row = scratch((len(images) * size, self.c_out), "product"), 0  # pixel-major (n·L, K)
-            for cols in self.columns(images, oh, ow):  # (g, m, C/g·kh·kw) @ (g, C/g·kh·kw, K/g) into (m, g, K/g)
+            for cols in conv_columns(self, images, oh, ow):  # lesson 06  # (g, m, C/g·kh·kw) @ (g, C/g·kh·kw, K/g) into (m, g, K/g)
                 m = cols.shape[1]
                 np.matmul(cols, weight_t, out=product[row:row + m].reshape(m, self.groups, k_group).transpose(1, 0, 2))
                 row += m
@@ -591,24 +546,6 @@ class Conv2d(ConvLayer):
             epilogue(planes, self.shift, self.activation, out[start:start + step], shortcut[start:start + step],
                      self.residual)
         return out
-
-    def columns(self, images: np.ndarray, oh: int, ow: int) -> list[np.ndarray]:
-        """Pixel-major columns of images (n, C, H, W): float32 arrays (g, m, C/g·kh·kw) whose m rows
-        are the next m output pixels, in the order of `self.gemm_weight`'s columns."""
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
-        n, size, rows = len(images), oh * ow, self.c_in * kh * kw
-        if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):  # 1×1: each image (C, L) is its own columns
-            return [image.reshape(self.groups, -1, size).transpose(0, 2, 1) for image in images]
-        if self.groups == 1:
-            pixels = scratch((n, *images.shape[2:], self.c_in), "channels last")
-            channels_last(images, pixels)
-            cols = scratch((n, size, rows))
-            im2col_pixels(pixels, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-            return [cols.reshape(1, n * size, rows)]
-        cols = scratch((rows, n, size))
-        im2col_images(images, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-        return [cols.reshape(self.groups, -1, n * size).transpose(0, 2, 1)]  # (g, n·L, C/g·kh·kw)
-
 
 # %%
 def conv_op(c_in, c_out, kernel, stride=1, padding=0, dilation=1, groups=1, bias=True, seed=0):

@@ -56,46 +56,6 @@ def im2col_images(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
             line[x_hi:] = 0.0
 
 
-@njit(parallel=True, cache=True)
-def channels_last(x, out):
-    """out (N, H, W, C) = x (N, C, H, W) transposed, float32: a task per image row, written in order."""
-    n_batch, channels, height, width = x.shape
-    for task in prange(n_batch * height):
-        n, h = task // height, task % height
-        src, dst = x[n, :, h], out[n, h]
-        for w in range(width):
-            for c in range(channels):
-                dst[w, c] = src[c, w]
-
-
-@njit(parallel=True, cache=True)
-def im2col_pixels(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
-    """Unfold channels-last images x (N, H, W, C) into cols (N, oh*ow, kh*kw*C): a row per output
-    pixel, its window tap by tap (i, j), the C channels of a tap side by side; zeros outside the
-    image. A window row inside the image (dilation 1) is one run of kw*C floats of x."""
-    n_batch, height, width, channels = x.shape
-    flat = x.reshape(n_batch, height, width * channels)
-    run = kw * channels
-    for task in prange(n_batch * oh):
-        n, y = task // oh, task % oh
-        for x_ in range(ow):
-            row, ix0 = cols[n, y * ow + x_], x_ * sw - pw
-            inside = dw == 1 and ix0 >= 0 and ix0 + kw <= width
-            for i in range(kh):
-                iy, f = y * sh - ph + i * dh, i * run
-                if iy < 0 or iy >= height:
-                    row[f:f + run] = 0.0
-                elif inside:
-                    row[f:f + run] = flat[n, iy, ix0 * channels:ix0 * channels + run]
-                else:
-                    for j in range(kw):
-                        ix, t = ix0 + j * dw, f + j * channels
-                        if 0 <= ix < width:
-                            row[t:t + channels] = flat[n, iy, ix * channels:(ix + 1) * channels]
-                        else:
-                            row[t:t + channels] = 0.0
-
-
 COLUMN_BYTES = 8 * 2**20  # the most work memory (columns, products) one matrix multiply may use
 
 
@@ -245,7 +205,7 @@ class Conv2d(ConvLayer):
         for start in range(0, n_batch, step):
             images = data[start:start + step]
             product, row = scratch((len(images) * size, self.c_out), "product"), 0  # pixel-major (n·L, K)
-            for cols in self.columns(images, oh, ow):  # (g, m, C/g·kh·kw) @ (g, C/g·kh·kw, K/g) into (m, g, K/g)
+            for cols in conv_columns(self, images, oh, ow):  # lesson 06  # (g, m, C/g·kh·kw) @ (g, C/g·kh·kw, K/g) into (m, g, K/g)
                 m = cols.shape[1]
                 np.matmul(cols, weight_t, out=product[row:row + m].reshape(m, self.groups, k_group).transpose(1, 0, 2))
                 row += m
@@ -253,23 +213,6 @@ class Conv2d(ConvLayer):
             epilogue(planes, self.shift, self.activation, out[start:start + step], shortcut[start:start + step],
                      self.residual)
         return out
-
-    def columns(self, images: np.ndarray, oh: int, ow: int) -> list[np.ndarray]:
-        """Pixel-major columns of images (n, C, H, W): float32 arrays (g, m, C/g·kh·kw) whose m rows
-        are the next m output pixels, in the order of `self.gemm_weight`'s columns."""
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
-        n, size, rows = len(images), oh * ow, self.c_in * kh * kw
-        if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):  # 1×1: each image (C, L) is its own columns
-            return [image.reshape(self.groups, -1, size).transpose(0, 2, 1) for image in images]
-        if self.groups == 1:
-            pixels = scratch((n, *images.shape[2:], self.c_in), "channels last")
-            channels_last(images, pixels)
-            cols = scratch((n, size, rows))
-            im2col_pixels(pixels, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-            return [cols.reshape(1, n * size, rows)]
-        cols = scratch((rows, n, size))
-        im2col_images(images, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-        return [cols.reshape(self.groups, -1, n * size).transpose(0, 2, 1)]  # (g, n·L, C/g·kh·kw)
 
     def fuse(self, after: Layer) -> Conv2d | None:
         """This convolution with `after` in its epilogue (`absorb`), or None."""
@@ -526,6 +469,65 @@ def depthwise_conv_flat(x, w, out, sh, sw, ph, pw, dh, dw):
 
 
 Conv2d.depthwise_kernel = staticmethod(depthwise_conv_flat)
+
+
+@njit(parallel=True, cache=True)
+def channels_last(x, out):
+    """out (N, H, W, C) = x (N, C, H, W) transposed, float32: a task per image row, written in order."""
+    n_batch, channels, height, width = x.shape
+    for task in prange(n_batch * height):
+        n, h = task // height, task % height
+        src, dst = x[n, :, h], out[n, h]
+        for w in range(width):
+            for c in range(channels):
+                dst[w, c] = src[c, w]
+
+
+@njit(parallel=True, cache=True)
+def im2col_pixels(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    """Unfold channels-last images x (N, H, W, C) into cols (N, oh*ow, kh*kw*C): a row per output
+    pixel, its window tap by tap (i, j), the C channels of a tap side by side; zeros outside the
+    image. A window row inside the image (dilation 1) is one run of kw*C floats of x."""
+    n_batch, height, width, channels = x.shape
+    flat = x.reshape(n_batch, height, width * channels)
+    run = kw * channels
+    for task in prange(n_batch * oh):
+        n, y = task // oh, task % oh
+        for x_ in range(ow):
+            row, ix0 = cols[n, y * ow + x_], x_ * sw - pw
+            inside = dw == 1 and ix0 >= 0 and ix0 + kw <= width
+            for i in range(kh):
+                iy, f = y * sh - ph + i * dh, i * run
+                if iy < 0 or iy >= height:
+                    row[f:f + run] = 0.0
+                elif inside:
+                    row[f:f + run] = flat[n, iy, ix0 * channels:ix0 * channels + run]
+                else:
+                    for j in range(kw):
+                        ix, t = ix0 + j * dw, f + j * channels
+                        if 0 <= ix < width:
+                            row[t:t + channels] = flat[n, iy, ix * channels:(ix + 1) * channels]
+                        else:
+                            row[t:t + channels] = 0.0
+
+
+
+def conv_columns(conv, images: np.ndarray, oh: int, ow: int) -> list[np.ndarray]:
+    """Pixel-major columns of images (n, C, H, W) for the Conv2d `conv`: float32 arrays (g, m, C/g·kh·kw) whose m rows
+    are the next m output pixels, in the order of `conv.gemm_weight`'s columns."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel, conv.stride, conv.padding, conv.dilation
+    n, size, rows = len(images), oh * ow, conv.c_in * kh * kw
+    if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):  # 1×1: each image (C, L) is its own columns
+        return [image.reshape(conv.groups, -1, size).transpose(0, 2, 1) for image in images]
+    if conv.groups == 1:
+        pixels = scratch((n, *images.shape[2:], conv.c_in), "channels last")
+        channels_last(images, pixels)
+        cols = scratch((n, size, rows))
+        im2col_pixels(pixels, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+        return [cols.reshape(1, n * size, rows)]
+    cols = scratch((rows, n, size))
+    im2col_images(images, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    return [cols.reshape(conv.groups, -1, n * size).transpose(0, 2, 1)]  # (g, n·L, C/g·kh·kw)
 
 
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # F(2×2, 3×3), Lavin & Gray
