@@ -244,12 +244,13 @@ with check("Exercise 4.2"):
 # of change that matters on every CPU:
 #
 # 1. **A few images at a time.** The columns of several images side by side,
-#    $(C K_h K_w, n, L)$, make one matrix multiply for all of them: every kernel and every matrix
+#    make one matrix multiply for all of them: every kernel and every matrix
 #    multiply starts its threads once, and on a busy machine each start waits for a core (on this
 #    course's shared two-core machine, tens of milliseconds), so fewer, larger calls win there.
 #    On an idle machine the start is cheap and a big column matrix costs cache misses instead:
 #    alone on one core, 8 images of 56×56 in one multiply took 1.8× the time of image by image.
-#    `images_per_gemm` takes as many images as keep the work memory within `COLUMN_BYTES`.
+#    `images_per_gemm` takes as many images as keep the work memory within `COLUMN_BYTES`: 8 MiB
+#    (one core, batch 8: ResNet-18 1.26× PyTorch's time with 32 MiB, 1.08× with 8; the U-Net 1.85×, 1.47×).
 # 2. **Reuse one buffer.** A fresh multi-megabyte array costs a page fault per 4 KB the first time
 #    it is touched; `scratch` hands out the same memory on every call. One buffer **per thread**
 #    and name: the layers of a graph run one after another, but two graphs run in two threads at
@@ -257,7 +258,6 @@ with check("Exercise 4.2"):
 # 3. **No test per element.** For kernel column $j$ the output columns whose input lies inside
 #    the image are one contiguous range $[x_{lo}, x_{hi})$, so the row is zeros, a straight copy
 #    (a slice when the stride is 1), and zeros again.
-
 # %%
 #| export
 @njit(parallel=True, cache=True)
@@ -286,7 +286,7 @@ def im2col_images(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
             line[x_hi:] = 0.0
 
 
-COLUMN_BYTES = 32 * 2**20  # the most work memory (columns, products) one matrix multiply may use
+COLUMN_BYTES = 8 * 2**20  # the most work memory (columns, products) one matrix multiply may use
 
 
 def images_per_gemm(image_bytes: int) -> int:
@@ -308,7 +308,9 @@ def scratch(shape: tuple[int, ...], name: str = "columns") -> np.ndarray:
 
 
 # %%
-with check("im2col_images agrees with your im2col"):
+from kuiper.layers.conv import channels_last, im2col_pixels  # the package's (lesson 06)
+
+with check("im2col_images and im2col_pixels agree with your im2col"):
     x = rng.standard_normal((2, 5, 11, 9), dtype=np.float32)
     for k, s, p, d in [(3, 1, 1, 1), (3, 2, 1, 1), (5, 2, 2, 2), (1, 1, 0, 1), (7, 2, 3, 1)]:
         oh, ow = out_size(11, k, s, p, d), out_size(9, k, s, p, d)
@@ -317,6 +319,12 @@ with check("im2col_images agrees with your im2col"):
         got = np.empty((5 * k * k, 2, oh * ow), np.float32)
         im2col_images(x, got, k, k, s, s, p, p, d, d, oh, ow)
         assert np.array_equal(got, want.transpose(1, 0, 2)), f"k={k} s={s} p={p} d={d} differs"
+        pixels = np.empty((2, 11, 9, 5), np.float32)  # lesson 06's pixel-major columns hold the same numbers
+        channels_last(x, pixels)
+        got = np.empty((2, oh * ow, k * k * 5), np.float32)
+        im2col_pixels(pixels, got, k, k, s, s, p, p, d, d, oh, ow)
+        taps_first = want.reshape(2, 5, k * k, oh * ow).transpose(0, 3, 2, 1).reshape(got.shape)  # (n, L, (i, j, c))
+        assert np.array_equal(got, taps_first), f"im2col_pixels, k={k} s={s} p={p} d={d} differs"
 
 # %% [markdown]
 # ## Depthwise convolution: a direct kernel
@@ -419,19 +427,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 #   road with 2.25× fewer multiplies, Winograd's, which you build in lesson 06 (Exercises
 #   6.9–6.10); the package's runs until then;
 # * everything else runs `images_per_gemm` images at a time: `im2col_images` into the scratch
-#   buffer and one matrix multiply per group, $W$ reshaped to $(g, K/g, C/g \cdot K_h K_w)$ and
-#   the columns to $(g, C/g \cdot K_h K_w, n L)$. A $1 \times 1$ convolution with stride 1 and no
-#   padding of one image **is** a matrix multiply on the input as it lies: no im2col at all.
-#   One image's product is the output $(K, L)$ itself, written in place; several images' is
-#   channel-major, $(K, n, L)$: the epilogue reads it through a transposed view and writes the
-#   output $(n, K, L)$, so the reordering costs no extra pass.
+#   buffer and one matrix multiply per group, pixel-major: $(n L, K) = \text{cols} \cdot W^T$,
+#   the columns $(n L, K_h K_w C)$ from `conv_columns` (lesson 06; $W$'s rows reordered to match
+#   at load; `im2col_images`, transposed, for groups). A $1 \times 1$ convolution with stride 1 and no
+#   padding **is** a matrix multiply on each image as it lies, $(C, L)$ read transposed: no
+#   im2col at all. The epilogue reads the product through a transposed view, a tile of pixels at
+#   a time, and writes the output $(n, K, L)$, so the reordering costs no extra pass.
 #
 # Every path ends in an `epilogue` pass that adds the bias and applies the activation the layer
 # absorbed, if any: you write it in Exercise 6.6, when lesson 06 makes ResNet fast; the package's runs until then.
 
 # %%
-from kuiper.layers.conv import (epilogue, IDENTITY, NO_RESIDUAL, residual_rows,  # the package's (lesson 06)
-                               winograd_conv, winograd_fits, winograd_pays, winograd_weights)
+from kuiper.layers.conv import (conv_columns, epilogue, IDENTITY, NO_RESIDUAL, residual_rows,  # the package's
+                               winograd_conv, winograd_fits, winograd_pays, winograd_weights)  # (lesson 06)
 
 # %%
 #| export
@@ -494,7 +502,9 @@ class Conv2d(ConvLayer):
             raise LayerError(f"{op.where()}: padding_mode {op.params['padding_mode']!r} is not supported, "
                              f"only 'zeros'")
         self.weight_ = self.weight("weight", (self.c_out, self.c_in // self.groups, *self.kernel))
-        self.gemm_weight = np.ascontiguousarray(self.weight_.reshape(self.groups, self.c_out // self.groups, -1))
+        order = (0, 2, 3, 1) if self.groups == 1 else (0, 1, 2, 3)  # (i, j, c) as im2col_pixels's columns
+        self.gemm_weight = np.ascontiguousarray(  # (g, K/g, C/g·kh·kw)
+            self.weight_.transpose(order).reshape(self.groups, self.c_out // self.groups, -1))
         self.depthwise = self.groups == self.c_in and self.groups > 1
         self.winograd = winograd_weights(self.weight_) if winograd_fits(self) else None  # lesson 06
         self.shift = np.zeros(self.c_out, np.float32) if self.bias is None else self.bias
@@ -519,30 +529,23 @@ class Conv2d(ConvLayer):
         return Tensor(planes.reshape(n_batch, self.c_out, oh, ow), device=x.device)
 
     def gemm(self, data: np.ndarray, oh: int, ow: int, shortcut: np.ndarray) -> np.ndarray:
-        """Output (N, K, OH·OW) of data (N, C, H, W): im2col, GEMM per group and epilogue per few images,
+        """Output (N, K, OH·OW) of data (N, C, H, W): columns, GEMM per group and epilogue per few images,
         which adds `shortcut` (N, K, OH·OW) as `self.residual` says (NO_ROWS when it has none)."""
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
-        n_batch, size, rows = len(data), oh * ow, self.c_in * kh * kw
+        n_batch, size, k_group = len(data), oh * ow, self.c_out // self.groups
         out = np.empty((n_batch, self.c_out, size), np.float32)
-        step = images_per_gemm(4 * rows * size)  # bounded by the columns (the product takes K/rows of that)
+        step = images_per_gemm(4 * (self.c_out + self.gemm_weight.shape[2] * self.groups) * size)
+        weight_t = self.gemm_weight.transpose(0, 2, 1)  # (g, C/g·kh·kw, K/g)
         for start in range(0, n_batch, step):
-            images, planes = data[start:start + step], out[start:start + step]
-            if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and len(images) == 1:
-                cols = images.reshape(self.groups, -1, size)  # 1×1: the input is its own columns
-            else:
-                cols = scratch((rows, len(images), size))
-                im2col_images(images, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-                cols = cols.reshape(self.groups, -1, len(images) * size)  # (g, C/g·kh·kw, n·L)
-            if len(images) == 1:
-                np.matmul(self.gemm_weight, cols, out=planes.reshape(self.groups, -1, size))
-            else:  # (g, K/g, n·L) -> (n, K, L), read through a transposed view by the epilogue
-                product = np.matmul(self.gemm_weight, cols, out=scratch((self.groups, self.c_out // self.groups,
-                                                                         len(images) * size), "product"))
-                planes = product.reshape(self.c_out, len(images), size).transpose(1, 0, 2)
+            images = data[start:start + step]
+            product, row = scratch((len(images) * size, self.c_out), "product"), 0  # pixel-major (n·L, K)
+            for cols in conv_columns(self, images, oh, ow):  # lesson 06  # (g, m, C/g·kh·kw) @ (g, C/g·kh·kw, K/g) into (m, g, K/g)
+                m = cols.shape[1]
+                np.matmul(cols, weight_t, out=product[row:row + m].reshape(m, self.groups, k_group).transpose(1, 0, 2))
+                row += m
+            planes = product.reshape(len(images), size, self.c_out).transpose(0, 2, 1)  # (n, K, L), a view
             epilogue(planes, self.shift, self.activation, out[start:start + step], shortcut[start:start + step],
                      self.residual)
         return out
-
 
 # %%
 def conv_op(c_in, c_out, kernel, stride=1, padding=0, dilation=1, groups=1, bias=True, seed=0):

@@ -3,6 +3,8 @@
 at batch 1 and 8, odd sizes, with and without bias, with a fused activation; and Winograd on the zoo's
 real weights. Tolerance: max abs error <= 1e-4 of the output's scale (fp32)."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -99,8 +101,9 @@ def test_every_road_matches_torch(road, batch, size, winograd_calls):
 
 def test_winograd_pays_only_for_big_products():
     u = np.zeros((16, 64, 64), np.float32)  # ResNet-18's first 3×3 layers
-    assert not winograd_pays(u, 56 * 56), "expected im2col for one 56×56 image"
+    assert winograd_pays(u, 56 * 56), "expected Winograd for one 56×56 image (0.77× im2col's time on one core)"
     assert winograd_pays(u, 8 * 56 * 56), "expected Winograd for a batch of 8"
+    assert not winograd_pays(u, 16 * 16), "expected im2col for a 16×16 map: 2^18 multiply-adds per product"
 
 
 def test_winograd_padding_wider_than_the_image(winograd_calls):
@@ -145,3 +148,23 @@ def test_scratch_arrays_of_different_names_do_not_overlap():
     a, b = scratch((4, 5), "winograd input"), scratch((4, 5), "winograd product")
     assert not np.shares_memory(a, b), "expected separate memory for two names"
     assert np.shares_memory(scratch((2, 3), "winograd input"), a), "expected the same name to reuse its memory"
+
+
+@pytest.mark.parametrize("kernel, groups", [(3, 1), (1, 1), (3, 2)])
+def test_pixel_major_product_with_residual_over_several_steps_and_tiles(monkeypatch, kernel, groups):
+    """The GEMM's pixel-major product (n·L, K), read back through a transposed view one EPILOGUE_TILE at a
+    time, with SiLU then a residual added, when each matrix multiply takes one image of three and a row
+    spans three tiles: the output of every image, channel and place is PyTorch's."""
+    monkeypatch.setattr(conv_module, "COLUMN_BYTES", 1)  # one image per matrix multiply
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_WORK", 2**62)  # the im2col road for the 3×3
+    op = conv_op(8, 6, kernel, padding=kernel // 2, groups=groups)
+    conv = Conv2d(op).fuse(activation_layer(SiLU))
+    conv = conv.fuse(SimpleNamespace(op=Operator("pnnx.Expression", "sum", ["2", "3"], ["4"], {"expr": "add(@0,@1)"},
+                                                 {}, line=1)))
+    assert conv.residual == conv_module.RESIDUAL_AFTER, "expected the sum fused after the SiLU"
+    rng = np.random.default_rng(1)
+    side = 2 * conv_module.EPILOGUE_TILE // 33 + 1  # 33 columns: a row of 33·side places spans three tiles
+    x = rng.standard_normal((3, 8, side, 33), dtype=np.float32)
+    shortcut = rng.standard_normal((3, 6, side, 33), dtype=np.float32)
+    got = conv(Tensor(x), Tensor(shortcut)).numpy()
+    assert_close(got, torch_answer(op, x, SiLU) + shortcut, f"{kernel}×{kernel}, groups {groups}, SiLU + residual")

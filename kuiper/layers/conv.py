@@ -56,7 +56,7 @@ def im2col_images(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
             line[x_hi:] = 0.0
 
 
-COLUMN_BYTES = 32 * 2**20  # the most work memory (columns, products) one matrix multiply may use
+COLUMN_BYTES = 8 * 2**20  # the most work memory (columns, products) one matrix multiply may use
 
 
 def images_per_gemm(image_bytes: int) -> int:
@@ -169,7 +169,9 @@ class Conv2d(ConvLayer):
             raise LayerError(f"{op.where()}: padding_mode {op.params['padding_mode']!r} is not supported, "
                              f"only 'zeros'")
         self.weight_ = self.weight("weight", (self.c_out, self.c_in // self.groups, *self.kernel))
-        self.gemm_weight = np.ascontiguousarray(self.weight_.reshape(self.groups, self.c_out // self.groups, -1))
+        order = (0, 2, 3, 1) if self.groups == 1 else (0, 1, 2, 3)  # (i, j, c) as im2col_pixels's columns
+        self.gemm_weight = np.ascontiguousarray(  # (g, K/g, C/g·kh·kw)
+            self.weight_.transpose(order).reshape(self.groups, self.c_out // self.groups, -1))
         self.depthwise = self.groups == self.c_in and self.groups > 1
         self.winograd = winograd_weights(self.weight_) if winograd_fits(self) else None  # lesson 06
         self.shift = np.zeros(self.c_out, np.float32) if self.bias is None else self.bias
@@ -194,26 +196,20 @@ class Conv2d(ConvLayer):
         return Tensor(planes.reshape(n_batch, self.c_out, oh, ow), device=x.device)
 
     def gemm(self, data: np.ndarray, oh: int, ow: int, shortcut: np.ndarray) -> np.ndarray:
-        """Output (N, K, OH·OW) of data (N, C, H, W): im2col, GEMM per group and epilogue per few images,
+        """Output (N, K, OH·OW) of data (N, C, H, W): columns, GEMM per group and epilogue per few images,
         which adds `shortcut` (N, K, OH·OW) as `self.residual` says (NO_ROWS when it has none)."""
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
-        n_batch, size, rows = len(data), oh * ow, self.c_in * kh * kw
+        n_batch, size, k_group = len(data), oh * ow, self.c_out // self.groups
         out = np.empty((n_batch, self.c_out, size), np.float32)
-        step = images_per_gemm(4 * rows * size)  # bounded by the columns (the product takes K/rows of that)
+        step = images_per_gemm(4 * (self.c_out + self.gemm_weight.shape[2] * self.groups) * size)
+        weight_t = self.gemm_weight.transpose(0, 2, 1)  # (g, C/g·kh·kw, K/g)
         for start in range(0, n_batch, step):
-            images, planes = data[start:start + step], out[start:start + step]
-            if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and len(images) == 1:
-                cols = images.reshape(self.groups, -1, size)  # 1×1: the input is its own columns
-            else:
-                cols = scratch((rows, len(images), size))
-                im2col_images(images, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-                cols = cols.reshape(self.groups, -1, len(images) * size)  # (g, C/g·kh·kw, n·L)
-            if len(images) == 1:
-                np.matmul(self.gemm_weight, cols, out=planes.reshape(self.groups, -1, size))
-            else:  # (g, K/g, n·L) -> (n, K, L), read through a transposed view by the epilogue
-                product = np.matmul(self.gemm_weight, cols, out=scratch((self.groups, self.c_out // self.groups,
-                                                                         len(images) * size), "product"))
-                planes = product.reshape(self.c_out, len(images), size).transpose(1, 0, 2)
+            images = data[start:start + step]
+            product, row = scratch((len(images) * size, self.c_out), "product"), 0  # pixel-major (n·L, K)
+            for cols in conv_columns(self, images, oh, ow):  # lesson 06  # (g, m, C/g·kh·kw) @ (g, C/g·kh·kw, K/g) into (m, g, K/g)
+                m = cols.shape[1]
+                np.matmul(cols, weight_t, out=product[row:row + m].reshape(m, self.groups, k_group).transpose(1, 0, 2))
+                row += m
+            planes = product.reshape(len(images), size, self.c_out).transpose(0, 2, 1)  # (n, K, L), a view
             epilogue(planes, self.shift, self.activation, out[start:start + step], shortcut[start:start + step],
                      self.residual)
         return out
@@ -287,6 +283,7 @@ def unbatched(forward: Callable) -> Callable:
 IDENTITY, RELU, RELU6, SILU, HARDSWISH, SIGMOID, HARDSIGMOID = range(7)
 NO_RESIDUAL, RESIDUAL_BEFORE, RESIDUAL_AFTER = range(3)  # where the epilogue adds a residual input
 NO_ROWS = np.zeros((0, 0, 0), np.float32)  # the residual rows of a convolution that has none
+EPILOGUE_TILE = 512  # places of an output row per task: a pixel-major product's tile stays in the cache
 
 
 @njit(parallel=True, cache=True)
@@ -294,41 +291,43 @@ def epilogue(planes, bias, activation, out, residual, mode):
     """out[n, k] = activation(planes[n, k] + bias[k]) for planes and out (N, K, L), float32; with
     `mode` RESIDUAL_BEFORE activation(planes + bias + residual), with RESIDUAL_AFTER
     activation(planes + bias) + residual, for residual (N, K, L) float32 (NO_RESIDUAL: not read)."""
-    n_batch, k_out, size = planes.shape
+    n_batch, k_out, length = planes.shape
+    tiles = -(-length // EPILOGUE_TILE)
     one, zero, six = np.float32(1.0), np.float32(0.0), np.float32(6.0)
-    for nk in prange(n_batch * k_out):
-        n, k = nk // k_out, nk % k_out
-        src, dst, b = planes[n, k], out[n, k], bias[k]
+    for task in prange(n_batch * tiles * k_out):
+        n, k, lo = task // (tiles * k_out), task % k_out, task // k_out % tiles * EPILOGUE_TILE
+        src, dst, b = planes[n, k, lo:lo + EPILOGUE_TILE], out[n, k, lo:lo + EPILOGUE_TILE], bias[k]
+        size = len(src)
+        v = np.empty(size, np.float32)  # the sums, contiguous and apart from out: the loops below vectorise
         if mode == RESIDUAL_BEFORE:
-            rows = residual[n, k]
+            rows = residual[n, k, lo:lo + EPILOGUE_TILE]
             for i in range(size):
-                dst[i] = src[i] + b + rows[i]
-            src, b = dst, zero  # the activation below reads the sum, its bias already added
-        if activation == IDENTITY:
-            for i in range(size):
-                dst[i] = src[i] + b
-        elif activation == RELU:
-            for i in range(size):
-                dst[i] = max(src[i] + b, zero)
-        elif activation == RELU6:
-            for i in range(size):
-                dst[i] = min(max(src[i] + b, zero), six)
-        elif activation == SILU:
-            for i in range(size):
-                v = src[i] + b
-                dst[i] = v / (one + exp_approx(-v))
-        elif activation == HARDSWISH:
-            for i in range(size):
-                v = src[i] + b
-                dst[i] = v * min(max(v / six + np.float32(0.5), zero), one)
-        elif activation == SIGMOID:
-            for i in range(size):
-                dst[i] = one / (one + exp_approx(-(src[i] + b)))
+                v[i] = src[i] + b + rows[i]
         else:
             for i in range(size):
-                dst[i] = min(max((src[i] + b) / six + np.float32(0.5), zero), one)
+                v[i] = src[i] + b
+        if activation == IDENTITY:
+            dst[:] = v
+        elif activation == RELU:
+            for i in range(size):
+                dst[i] = max(v[i], zero)
+        elif activation == RELU6:
+            for i in range(size):
+                dst[i] = min(max(v[i], zero), six)
+        elif activation == SILU:
+            for i in range(size):
+                dst[i] = v[i] / (one + exp_approx(-v[i]))
+        elif activation == HARDSWISH:
+            for i in range(size):
+                dst[i] = v[i] * min(max(v[i] / six + np.float32(0.5), zero), one)
+        elif activation == SIGMOID:
+            for i in range(size):
+                dst[i] = one / (one + exp_approx(-v[i]))
+        else:
+            for i in range(size):
+                dst[i] = min(max(v[i] / six + np.float32(0.5), zero), one)
         if mode == RESIDUAL_AFTER:
-            rows = residual[n, k]
+            rows = residual[n, k, lo:lo + EPILOGUE_TILE]
             for i in range(size):
                 dst[i] += rows[i]
 
@@ -472,9 +471,68 @@ def depthwise_conv_flat(x, w, out, sh, sw, ph, pw, dh, dw):
 Conv2d.depthwise_kernel = staticmethod(depthwise_conv_flat)
 
 
+@njit(parallel=True, cache=True)
+def channels_last(x, out):
+    """out (N, H, W, C) = x (N, C, H, W) transposed, float32: a task per image row, written in order."""
+    n_batch, channels, height, width = x.shape
+    for task in prange(n_batch * height):
+        n, h = task // height, task % height
+        src, dst = x[n, :, h], out[n, h]
+        for w in range(width):
+            for c in range(channels):
+                dst[w, c] = src[c, w]
+
+
+@njit(parallel=True, cache=True)
+def im2col_pixels(x, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    """Unfold channels-last images x (N, H, W, C) into cols (N, oh*ow, kh*kw*C): a row per output
+    pixel, its window tap by tap (i, j), the C channels of a tap side by side; zeros outside the
+    image. A window row inside the image (dilation 1) is one run of kw*C floats of x."""
+    n_batch, height, width, channels = x.shape
+    flat = x.reshape(n_batch, height, width * channels)
+    run = kw * channels
+    for task in prange(n_batch * oh):
+        n, y = task // oh, task % oh
+        for x_ in range(ow):
+            row, ix0 = cols[n, y * ow + x_], x_ * sw - pw
+            inside = dw == 1 and ix0 >= 0 and ix0 + kw <= width
+            for i in range(kh):
+                iy, f = y * sh - ph + i * dh, i * run
+                if iy < 0 or iy >= height:
+                    row[f:f + run] = 0.0
+                elif inside:
+                    row[f:f + run] = flat[n, iy, ix0 * channels:ix0 * channels + run]
+                else:
+                    for j in range(kw):
+                        ix, t = ix0 + j * dw, f + j * channels
+                        if 0 <= ix < width:
+                            row[t:t + channels] = flat[n, iy, ix * channels:(ix + 1) * channels]
+                        else:
+                            row[t:t + channels] = 0.0
+
+
+
+def conv_columns(conv, images: np.ndarray, oh: int, ow: int) -> list[np.ndarray]:
+    """Pixel-major columns of images (n, C, H, W) for the Conv2d `conv`: float32 arrays (g, m, C/g·kh·kw) whose m rows
+    are the next m output pixels, in the order of `conv.gemm_weight`'s columns."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel, conv.stride, conv.padding, conv.dilation
+    n, size, rows = len(images), oh * ow, conv.c_in * kh * kw
+    if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):  # 1×1: each image (C, L) is its own columns
+        return [image.reshape(conv.groups, -1, size).transpose(0, 2, 1) for image in images]
+    if conv.groups == 1:
+        pixels = scratch((n, *images.shape[2:], conv.c_in), "channels last")
+        channels_last(images, pixels)
+        cols = scratch((n, size, rows))
+        im2col_pixels(pixels, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+        return [cols.reshape(1, n * size, rows)]
+    cols = scratch((rows, n, size))
+    im2col_images(images, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    return [cols.reshape(conv.groups, -1, n * size).transpose(0, 2, 1)]  # (g, n·L, C/g·kh·kw)
+
+
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # F(2×2, 3×3), Lavin & Gray
 WINOGRAD_MIN_CHANNELS = 8  # below it, one im2col matrix multiply beats 16 thin ones (measured: a 3-channel stem)
-WINOGRAD_MIN_WORK = 2**24  # multiply-adds per product below which 16 thread start-ups cost more than they save
+WINOGRAD_MIN_WORK = 2**20  # multiply-adds per product below which 16 BLAS calls cost more than they save
 
 
 def winograd_fits(conv) -> bool:
