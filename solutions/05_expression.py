@@ -945,14 +945,17 @@ def activate_parallel(x, out, code):
 
 def activate(x: np.ndarray, code: int) -> np.ndarray:
     """Activation `code` (GELU, GELU_TANH, TANH, MISH, SIGMOID, SILU, HARDSIGMOID) of every element of x,
-    as a new float32 array of x's shape: one pass, on one thread below PARALLEL_SIZE elements."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty_like(x)
+    as a new float32 array of x's shape laid out in memory as x is (a permuted view, YOLO's detection
+    head, is read in place, not copied first): one pass, on one thread below PARALLEL_SIZE elements."""
+    x = np.asarray(x, dtype=np.float32)
+    axes = np.argsort(np.negative(x.strides), kind="stable")  # x's axes in memory order
+    dense = np.require(x.transpose(axes), requirements="C")  # no copy when x is a permuted dense array
+    out = np.empty_like(dense)
     if x.size < PARALLEL_SIZE:
-        activate_range(x.reshape(-1), out.reshape(-1), 0, x.size, code)
+        activate_range(dense.reshape(-1), out.reshape(-1), 0, x.size, code)
     else:
-        activate_parallel(x.reshape(-1), out.reshape(-1), code)
-    return out
+        activate_parallel(dense.reshape(-1), out.reshape(-1), code)
+    return out.transpose(np.argsort(axes))  # back to x's axis order
 
 
 @register("nn.Sigmoid", "F.sigmoid", "torch.sigmoid")
