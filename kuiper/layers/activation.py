@@ -219,14 +219,15 @@ def activate(x: np.ndarray, code: int) -> np.ndarray:
     as a new float32 array of x's shape laid out in memory as x is (a permuted view, YOLO's detection
     head, is read in place, not copied first): one pass, on one thread below PARALLEL_SIZE elements."""
     x = np.asarray(x, dtype=np.float32)
-    axes = np.argsort(np.negative(x.strides), kind="stable")  # x's axes in memory order
-    dense = np.require(x.transpose(axes), requirements="C")  # no copy when x is a permuted dense array
-    out = np.empty_like(dense)
+    if not x.flags.c_contiguous:  # its axes in memory order, then back: no copy of a permuted dense array
+        axes = np.argsort(np.negative(x.strides), kind="stable")
+        return activate(np.require(x.transpose(axes), requirements="C"), code).transpose(np.argsort(axes))
+    out = np.empty_like(x)
     if x.size < PARALLEL_SIZE:
-        activate_range(dense.reshape(-1), out.reshape(-1), 0, x.size, code)
+        activate_range(x.reshape(-1), out.reshape(-1), 0, x.size, code)
     else:
-        activate_parallel(dense.reshape(-1), out.reshape(-1), code)
-    return out.transpose(np.argsort(axes))  # back to x's axis order
+        activate_parallel(x.reshape(-1), out.reshape(-1), code)
+    return out
 
 
 @register("nn.Sigmoid", "F.sigmoid", "torch.sigmoid")
