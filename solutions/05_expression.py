@@ -818,8 +818,11 @@ def masked_fill(input, mask, value):
 #
 # `activate` then runs one activation, picked by a small integer code, over a whole array in one
 # pass: one inner loop per code (the `if` outside the loop, so that each loop vectorises), on one
-# thread for small arrays, where starting the thread pool costs more than the work. Lesson 04's
-# `Elementwise` layers for the sigmoid, SiLU and the hard sigmoid are built on it here.
+# thread for small arrays, where starting the thread pool costs more than the work. An input that is
+# a permuted view (YOLOv5's detection head takes the sigmoid of a convolution's output seen as
+# (N, 3, H, W, 85)) is read in memory order and its result laid out the same way: no transposing
+# copy first. Lesson 04's `Elementwise` layers for the sigmoid, SiLU and the hard sigmoid are built
+# on it here.
 
 # %%
 #| export layers.activation
