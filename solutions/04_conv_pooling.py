@@ -731,12 +731,16 @@ def unbatched(forward: Callable) -> Callable:
 #
 # Max pooling keeps the largest value in each window. Padding counts as $-\infty$ (it never wins),
 # and `ceil_mode` may add a last window that hangs over the edge — `out_size` already knows how
-# many there are. Write the numba kernel: for each (image, channel) in parallel and each output
-# position, the maximum over the window positions that fall inside the input.
+# many there are. A window is separable: its maximum is the maximum along the window's columns of
+# the maxima down its rows. Write the numba kernel that way: for each (image, channel) in parallel
+# and each output row, first the maximum down the window's input rows that fall inside the input,
+# for every column at once (`rows`), then for each column tap `j` the maximum along `rows` for every
+# output position whose tap lands inside. Both inner loops run over contiguous memory with no branch
+# but a compare, so numba vectorises them: a 5 × 5 window costs 10 compares per output, not 25.
 
 # %%
 #| export layers.pooling
-#| exercise: out[n, c, y, x] = max of x over the window at (y, x), skipping positions outside the input
+#| exercise: out[n, c, y, x] = max of x over the window at (y, x), skipping positions outside the input: down the rows, then along them
 import numpy as np
 from numba import njit, prange
 
@@ -749,23 +753,31 @@ from kuiper.tensor import Tensor
 
 @njit(parallel=True, cache=True)
 def max_pool(x, out, kh, kw, sh, sw, ph, pw, dh, dw):
-    """Max over each kh × kw window (stride, padding, dilation) of x (N, C, H, W) into out."""
+    """Max over each kh × kw window (stride, padding, dilation) of x (N, C, H, W) into out: per output
+    row, the max down the window's rows (for every column), then the max along that row."""
     n_batch, channels, height, width = x.shape
     oh, ow = out.shape[2], out.shape[3]
     ### BEGIN SOLUTION
+    scratch = np.empty((n_batch * channels, width), np.float32)  # one row per plane: no allocation in the loop
     for nc in prange(n_batch * channels):
-        n, c = nc // channels, nc % channels
+        n, c, rows = nc // channels, nc % channels, scratch[nc]
         for y in range(oh):
-            for x_ in range(ow):
-                best = -np.inf
-                for i in range(kh):
-                    iy = y * sh - ph + i * dh
-                    if 0 <= iy < height:
-                        for j in range(kw):
-                            ix = x_ * sw - pw + j * dw
-                            if 0 <= ix < width and x[n, c, iy, ix] > best:
-                                best = x[n, c, iy, ix]
-                out[n, c, y, x_] = best
+            rows[:] = -np.inf
+            for i in range(kh):
+                iy = y * sh - ph + i * dh
+                if 0 <= iy < height:
+                    for ix in range(width):
+                        v = x[n, c, iy, ix]
+                        rows[ix] = v if v > rows[ix] else rows[ix]
+            best = out[n, c, y]
+            best[:] = -np.inf
+            for j in range(kw):
+                offset = j * dw - pw  # output x_ reads rows[x_ * sw + offset]
+                first = max(0, -(offset // sw))  # the first x_ with x_ * sw + offset >= 0
+                last = min(ow, (width - 1 - offset) // sw + 1)  # one past the last with it < width
+                for x_ in range(first, last):
+                    v = rows[x_ * sw + offset]
+                    best[x_] = v if v > best[x_] else best[x_]
     ### END SOLUTION
 
 
@@ -1388,6 +1400,17 @@ def resize_axis(x: np.ndarray, axis: int, size_out: int, scale: float | None, mo
     return resample_axis(x, axis, *resample_table(x.shape[axis], size_out, scale, MODES[mode], align_corners))
 
 
+@njit(parallel=True, cache=True)
+def nearest_2d(x, rows, cols, out):
+    """out[a, i, j] = x[a, rows[i], cols[j]] for x (A, H, W), out (A, OH, OW) float32: a nearest resize of
+    both axes in one pass, where resize_axis twice would write and read an (A, OH, W) in between."""
+    outer, oh, ow = out.shape
+    for ai in prange(outer * oh):
+        a, i = ai // oh, ai % oh
+        for j in range(ow):
+            out[a, i, j] = x[a, rows[i], cols[j]]
+
+
 # %%
 with check("Exercise 4.11"):
     x = rng.standard_normal((3, 7, 5), dtype=np.float32)
@@ -1463,6 +1486,13 @@ class Upsample(Layer):
         data = np.asarray(x.numpy(), dtype=np.float32)
         if not 3 <= data.ndim <= 5:
             raise ShapeError(f"{self.op.where()}: expected input (N, C, ...) with 1 to 3 spatial axes, got {data.shape}")
+        if data.ndim == 4 and MODES[self.mode].startswith("nearest"):  # both axes in one pass
+            (rows, _), (cols, _) = (resample_table(d, n, scale, MODES[self.mode], self.align_corners)
+                                    for d, (n, scale) in zip(data.shape[2:], self.targets(data.shape)))
+            out = np.empty((*data.shape[:2], len(rows), len(cols)), np.float32)
+            nearest_2d(np.ascontiguousarray(data).reshape(-1, *data.shape[2:]), rows[:, 0], cols[:, 0],
+                       out.reshape(-1, *out.shape[2:]))  # (N, C, H, W) -> (N·C, H, W)
+            return Tensor(out, device=x.device)
         for axis, (n, scale) in enumerate(self.targets(data.shape), start=2):
             data = resize_axis(data, axis, n, scale, self.mode, self.align_corners)
         return Tensor(data, device=x.device)

@@ -135,3 +135,17 @@ def test_layer_norm_within_5x_torch(shape):
     data, tx, tw, tb = kuiper.Tensor(x), torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias)
     ratio = same_run_ratio(lambda: layer(data), lambda: F.layer_norm(tx, [size], tw, tb, 1e-6))
     assert ratio <= 5, f"LayerNorm on {shape}: expected at most 5 x torch's time, got {ratio:.2f} x"
+
+
+@pytest.mark.parametrize("name", ["Sigmoid", "SiLU"])
+def test_an_activation_of_a_permuted_view_keeps_its_layout(name):
+    """YOLOv5's Detect head applies sigmoid to (N, 3, H, W, 85), a permuted view of a convolution's
+    (N, 255, H, W): activate reads it in memory order, so the result is laid out as the input (strides
+    in the same order, no transposing copy first) and equals the activation of a contiguous copy."""
+    kind, params, reference = ACTIVATIONS[name]
+    head = RNG.standard_normal((2, 255, 4, 5), dtype=np.float32).reshape(2, 3, 85, 4, 5).transpose(0, 1, 3, 4, 2)
+    got = create_layer(Operator(kind, "act", ["x"], ["y"], params))(kuiper.Tensor(head)).numpy()
+    assert np.argsort(got.strides).tolist() == np.argsort(head.strides).tolist(), \
+        f"expected the input's memory order (strides {head.strides}), got strides {got.strides}"
+    want = reference(torch.from_numpy(np.ascontiguousarray(head))).numpy()
+    assert np.abs(got - want).max() <= 1e-6, f"expected {name} within 1e-6 of torch, got {np.abs(got - want).max()}"

@@ -122,3 +122,33 @@ def test_new_operators_within_5x_torch(kind, params, shape, reference):
     data = kuiper.Tensor(x.numpy())
     ratio = same_run_ratio(lambda: layer(data), lambda: reference(x))
     assert ratio <= 5, f"{kind}: expected at most 5 x torch's time, got {ratio:.2f} x"
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation, ceil", [
+    (5, 1, 2, 1, False), (3, 2, 0, 1, True), (3, 2, 1, 2, False), ((2, 3), (1, 2), 1, 1, True), (2, 2, 0, 1, False),
+    ((3, 1), (3, 1), (1, 0), (2, 1), True)])
+def test_separable_max_pool_is_bit_identical_to_torch(kernel, stride, padding, dilation, ceil):
+    """The max down each window's rows, then along them (lesson 04), picks PyTorch's values bit for bit,
+    at any stride, padding (which never wins over negative inputs), dilation and ceil_mode."""
+    layer = make("nn.MaxPool2d", {"kernel_size": kernel, "stride": stride, "padding": padding,
+                                  "dilation": dilation, "ceil_mode": ceil})
+    x = seeded(2, 3, 11, 9) - 3
+    got = layer(kuiper.Tensor(x.numpy())).numpy()
+    want = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode=ceil).numpy()
+    assert got.shape == want.shape and np.array_equal(got.view(np.int32), want.view(np.int32)), \
+        f"expected PyTorch's max pool {want.shape}, got {got.shape} with max difference {np.abs(got - want).max()}"
+
+
+@pytest.mark.parametrize("params, reference", [
+    ({"mode": "nearest", "scale_factor": (2.0, 2.0)}, {"scale_factor": 2.0}),
+    ({"mode": "nearest", "scale_factor": (1.7, 2.3)}, {"scale_factor": (1.7, 2.3)}),
+    ({"mode": "nearest-exact", "size": (9, 4)}, {"size": (9, 4), "mode": "nearest-exact"})])
+def test_nearest_resize_in_one_pass_copies_values_bit_for_bit(params, reference):
+    """nearest_2d copies each value (YOLO's 2x Upsample): -0.0 stays -0.0, where a weighted sum of one tap
+    (0 + 1·x) made it +0.0."""
+    x = seeded(2, 3, 5, 7)
+    x[:, :, 0] = -0.0
+    got = make("nn.Upsample", params)(kuiper.Tensor(x.numpy())).numpy()
+    want = F.interpolate(x, **({"mode": "nearest"} | reference)).numpy()
+    assert got.shape == want.shape and np.array_equal(got.view(np.int32), want.view(np.int32)), \
+        f"expected F.interpolate's values bit for bit, got {np.sum(got.view(np.int32) != want.view(np.int32))} different"

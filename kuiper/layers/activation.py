@@ -216,8 +216,12 @@ def activate_parallel(x, out, code):
 
 def activate(x: np.ndarray, code: int) -> np.ndarray:
     """Activation `code` (GELU, GELU_TANH, TANH, MISH, SIGMOID, SILU, HARDSIGMOID) of every element of x,
-    as a new float32 array of x's shape: one pass, on one thread below PARALLEL_SIZE elements."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    as a new float32 array of x's shape laid out in memory as x is (a permuted view, YOLO's detection
+    head, is read in place, not copied first): one pass, on one thread below PARALLEL_SIZE elements."""
+    x = np.asarray(x, dtype=np.float32)
+    if not x.flags.c_contiguous:  # its axes in memory order, then back: no copy of a permuted dense array
+        axes = np.argsort(np.negative(x.strides), kind="stable")
+        return activate(np.require(x.transpose(axes), requirements="C"), code).transpose(np.argsort(axes))
     out = np.empty_like(x)
     if x.size < PARALLEL_SIZE:
         activate_range(x.reshape(-1), out.reshape(-1), 0, x.size, code)

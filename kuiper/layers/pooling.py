@@ -13,22 +13,30 @@ from kuiper.tensor import Tensor
 
 @njit(parallel=True, cache=True)
 def max_pool(x, out, kh, kw, sh, sw, ph, pw, dh, dw):
-    """Max over each kh × kw window (stride, padding, dilation) of x (N, C, H, W) into out."""
+    """Max over each kh × kw window (stride, padding, dilation) of x (N, C, H, W) into out: per output
+    row, the max down the window's rows (for every column), then the max along that row."""
     n_batch, channels, height, width = x.shape
     oh, ow = out.shape[2], out.shape[3]
+    scratch = np.empty((n_batch * channels, width), np.float32)  # one row per plane: no allocation in the loop
     for nc in prange(n_batch * channels):
-        n, c = nc // channels, nc % channels
+        n, c, rows = nc // channels, nc % channels, scratch[nc]
         for y in range(oh):
-            for x_ in range(ow):
-                best = -np.inf
-                for i in range(kh):
-                    iy = y * sh - ph + i * dh
-                    if 0 <= iy < height:
-                        for j in range(kw):
-                            ix = x_ * sw - pw + j * dw
-                            if 0 <= ix < width and x[n, c, iy, ix] > best:
-                                best = x[n, c, iy, ix]
-                out[n, c, y, x_] = best
+            rows[:] = -np.inf
+            for i in range(kh):
+                iy = y * sh - ph + i * dh
+                if 0 <= iy < height:
+                    for ix in range(width):
+                        v = x[n, c, iy, ix]
+                        rows[ix] = v if v > rows[ix] else rows[ix]
+            best = out[n, c, y]
+            best[:] = -np.inf
+            for j in range(kw):
+                offset = j * dw - pw  # output x_ reads rows[x_ * sw + offset]
+                first = max(0, -(offset // sw))  # the first x_ with x_ * sw + offset >= 0
+                last = min(ow, (width - 1 - offset) // sw + 1)  # one past the last with it < width
+                for x_ in range(first, last):
+                    v = rows[x_ * sw + offset]
+                    best[x_] = v if v > best[x_] else best[x_]
 
 
 def pool_params(layer: Layer) -> tuple:

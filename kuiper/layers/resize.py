@@ -89,6 +89,17 @@ def resize_axis(x: np.ndarray, axis: int, size_out: int, scale: float | None, mo
     return resample_axis(x, axis, *resample_table(x.shape[axis], size_out, scale, MODES[mode], align_corners))
 
 
+@njit(parallel=True, cache=True)
+def nearest_2d(x, rows, cols, out):
+    """out[a, i, j] = x[a, rows[i], cols[j]] for x (A, H, W), out (A, OH, OW) float32: a nearest resize of
+    both axes in one pass, where resize_axis twice would write and read an (A, OH, W) in between."""
+    outer, oh, ow = out.shape
+    for ai in prange(outer * oh):
+        a, i = ai // oh, ai % oh
+        for j in range(ow):
+            out[a, i, j] = x[a, rows[i], cols[j]]
+
+
 MAX_SCALE = 1024  # a larger factor is a damaged file, not a model
 FIXED = {"nn.UpsamplingNearest2d": ("nearest", False), "F.upsample_nearest": ("nearest", False),
          "nn.UpsamplingBilinear2d": ("bilinear", True), "F.upsample_bilinear": ("bilinear", True)}
@@ -140,6 +151,13 @@ class Upsample(Layer):
         data = np.asarray(x.numpy(), dtype=np.float32)
         if not 3 <= data.ndim <= 5:
             raise ShapeError(f"{self.op.where()}: expected input (N, C, ...) with 1 to 3 spatial axes, got {data.shape}")
+        if data.ndim == 4 and MODES[self.mode].startswith("nearest"):  # both axes in one pass
+            (rows, _), (cols, _) = (resample_table(d, n, scale, MODES[self.mode], self.align_corners)
+                                    for d, (n, scale) in zip(data.shape[2:], self.targets(data.shape)))
+            out = np.empty((*data.shape[:2], len(rows), len(cols)), np.float32)
+            nearest_2d(np.ascontiguousarray(data).reshape(-1, *data.shape[2:]), rows[:, 0], cols[:, 0],
+                       out.reshape(-1, *out.shape[2:]))  # (N, C, H, W) -> (N·C, H, W)
+            return Tensor(out, device=x.device)
         for axis, (n, scale) in enumerate(self.targets(data.shape), start=2):
             data = resize_axis(data, axis, n, scale, self.mode, self.align_corners)
         return Tensor(data, device=x.device)

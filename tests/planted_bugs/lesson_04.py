@@ -25,10 +25,10 @@ BUGS = {
         ("ox = x_ * sw - pw + j * dw", "ox = x_ * sh - pw + j * dw", "the row stride used for columns"),
     ],
     "4.5": [
-        ("best = -np.inf", "best = 0.0", "padding counts as 0, which beats negative inputs"),
+        ("rows[:] = -np.inf", "rows[:] = 0.0", "a padded row counts as 0, which beats negative inputs"),
         ("iy = y * sh - ph + i * dh", "iy = y * sh - ph + i", "dilation ignored along rows"),
-        ("if 0 <= ix < width and x[n, c, iy, ix] > best:", "if 0 <= ix and x[n, c, iy, ix] > best:",
-         "no bound check on the right edge"),
+        ("v = rows[x_ * sw + offset]", "v = rows[x_ + offset]", "the column stride ignored"),
+        ("offset = j * dw - pw", "offset = j - pw", "dilation ignored along columns"),
     ],
     "4.6": [
         ("area = padded_area if count_include_pad else", "area = padded_area if True else",
