@@ -9,15 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types, uint64
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit, prange, uint64
 
 from kuiper.errors import DTypeError, ShapeError
 from kuiper.llm.gguf import dequantize as dequantize_gguf, GGUFFile
 from kuiper.llm.model import fuse, LINEAR_WEIGHTS, Llama, model_from_gguf, rope_runs
-from kuiper.llm.ops import pack
+from kuiper.llm.ops import pack, prefetch
 from kuiper.llm.tokenizer import load_tokenizer, Tokenizer
 
 
@@ -169,26 +166,6 @@ def qmatmul_kernel(x, q, scales, out):
 
 
 PREFETCH_ROWS = 8  # how far below the rows being computed the kernels prefetch
-
-
-@intrinsic
-def prefetch(typingctx, array, offset):
-    """Ask the CPU to bring the cache line holding byte `offset` of `array`'s data (C order) into its caches,
-    without waiting for it (LLVM's llvm.prefetch: read, keep in all levels). Never faults; returns nothing."""
-    byte_ptr = ir.IntType(8).as_pointer()
-
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        address = builder.gep(builder.bitcast(data, byte_ptr), [args[1]])
-        i32 = ir.IntType(32)
-        llvm_prefetch = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), "llvm.prefetch.p0i8")
-        builder.call(llvm_prefetch, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    if isinstance(array, types.Array) and isinstance(offset, types.Integer):
-        return types.void(array, offset), codegen
-    return None
 
 
 @njit(parallel=True, fastmath=True, cache=True)

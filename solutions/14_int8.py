@@ -540,44 +540,21 @@ with check("Exercise 14.6"):
 # The second reason is waiting. On a matrix already in cache that kernel ran 13.8 G weights/s on one
 # core, yet only about 7 GB/s of int8 weights came from memory: the core computes on the rows it
 # has, asks for the next cache line, waits about 100 ns for it, and computes again — the two never
-# overlap, so their times add. A **software prefetch** overlaps them: an instruction that asks the
-# memory for a cache line the kernel will need soon and does not wait for it. `prefetch(a, offset)`
-# is LLVM's `llvm.prefetch` intrinsic on the byte `offset` of an array's data, written with numba's
-# `@intrinsic` as lesson 05 wrote `bits_as_float32`. It never faults, so an offset past the end is
-# harmless, but the kernels keep it inside the array anyway. While it computes the pair $(n, n+1)$,
-# the kernel prefetches the pair `PREFETCH_ROWS` = 8 rows below, one cache line (64 bytes) per chunk:
+# overlap, so their times add. A **software prefetch** overlaps them: lesson 11's `prefetch(a, offset)`
+# (Exercise 11.10), LLVM's `llvm.prefetch` on the byte `offset` of an array's data, asks the memory
+# for a cache line the kernel will need soon and does not wait for it. It never faults, so an offset
+# past the end is harmless, but the kernels keep it inside the array anyway. Lesson 11's float32
+# `_matvec` prefetches a whole row, 4 rows ahead, before it sums a row; this kernel, already written in
+# chunks, puts one prefetch in each chunk. While it computes the pair $(n, n+1)$, the kernel prefetches the pair `PREFETCH_ROWS` = 8 rows below, one cache line (64 bytes) per chunk:
 # the two rows' $2K$ bytes in the $K / 32$ chunks of this pair. In one same-run timing under load, the
 # chunks and the prefetch together made SmolLM2's matrices 1.7–2.6 × faster: 10–13 GB/s of int8, where
 # the pairs of rows without them streamed 5–7 GB/s (most of the gain is the prefetch).
 
 # %%
 #| export
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from kuiper.llm.ops import prefetch
 
 PREFETCH_ROWS = 8  # how far below the rows being computed the kernels prefetch
-
-
-@intrinsic
-def prefetch(typingctx, array, offset):
-    """Ask the CPU to bring the cache line holding byte `offset` of `array`'s data (C order) into its caches,
-    without waiting for it (LLVM's llvm.prefetch: read, keep in all levels). Never faults; returns nothing."""
-    byte_ptr = ir.IntType(8).as_pointer()
-
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        address = builder.gep(builder.bitcast(data, byte_ptr), [args[1]])
-        i32 = ir.IntType(32)
-        llvm_prefetch = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), "llvm.prefetch.p0i8")
-        builder.call(llvm_prefetch, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    if isinstance(array, types.Array) and isinstance(offset, types.Integer):
-        return types.void(array, offset), codegen
-    return None
 
 
 @njit(parallel=True, fastmath=True, cache=True)

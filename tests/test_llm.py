@@ -1,7 +1,10 @@
 """The Llama-family model: logits and greedy text exact to transformers on SmolLM2 (GGUF) and on a
 random Llama 3 (safetensors, rope scaling), the sampler, generation, chat and the CLI verbs."""
 
+import inspect
 import json
+import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -243,3 +246,48 @@ def test_chat_cli_ends_cleanly_at_end_of_input():
 def test_generate_cli_missing_model_is_one_line(tmp_path, capsys):
     assert cli.main(["generate", str(tmp_path / "nope.gguf"), "--prompt", "hi"]) == 1
     assert "nope.gguf: no such model file or folder" in capsys.readouterr().err
+
+
+def test_prefetch_compiles_to_a_prefetch_instruction():
+    """kuiper.llm.ops.prefetch is LLVM's llvm.prefetch: the machine code holds a prefetch (x86) or prfm (Arm)."""
+    from numba import njit
+
+    from kuiper.llm.ops import prefetch
+
+    @njit
+    def touch(a, offset):
+        prefetch(a, offset)
+        return a[0]
+
+    assert touch(np.arange(256, dtype=np.uint8), 128) == 0
+    asm = touch.inspect_asm(touch.signatures[0]).lower()
+    assert "prefetch" in asm or "prfm" in asm, "expected a prefetch instruction in the compiled code"
+
+
+@pytest.mark.parametrize("rows, k", [(1, 3), (37, 100), (5, 1536)])
+def test_matvec_is_w_times_x(rows, k):
+    """Exercise 11.10's _matvec writes every row of w @ x, prefetching past the end of small matrices."""
+    from kuiper.llm.ops import _matvec
+
+    rng = np.random.default_rng(rows)
+    w, x = rng.standard_normal((rows, k), dtype=np.float32), rng.standard_normal(k, dtype=np.float32)
+    out = np.full(rows, np.nan, np.float32)
+    _matvec(w, x, out)
+    want = w.astype(np.float64) @ x
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="reads x86 machine code")
+def test_matvec_keeps_vector_multiply_adds_and_prefetches():
+    """The prefetch sits outside the sum's loop, so LLVM still vectorises the sum: packed FMAs and prefetcht0."""
+    from numba import njit
+
+    from kuiper.llm import ops
+
+    source = inspect.unwrap(ops._matvec)  # the Python function under numba's dispatcher (and the student wrapper)
+    fresh = njit(parallel=True, fastmath=True)(source)  # a cached dispatcher shows no machine code
+    fresh(np.ones((3, 64), np.float32), np.ones(64, np.float32), np.empty(3, np.float32))
+    asm = fresh.inspect_asm(fresh.signatures[0])
+    assert "prefetcht0" in asm, "expected prefetcht0 in _matvec's machine code"
+    packed = re.findall(r"vfmadd\w*ps\s[^\n]*%[yz]mm", asm)  # AT&T: 256/512-bit registers
+    assert packed, "expected packed multiply-adds (vfmadd...ps) in _matvec's machine code, got none"

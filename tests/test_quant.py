@@ -406,19 +406,3 @@ def test_pairs_kernel_equals_the_one_row_kernel(n, k, group):
     qmatvec_pairs_kernel(x, qw.q, qw.scales, pairs)
     qmatvec_kernel(x, qw.q, qw.scales, single)
     np.testing.assert_allclose(pairs, single, rtol=1e-6, atol=1e-7 * np.abs(single).max())
-
-
-def test_prefetch_compiles_to_a_prefetch_instruction():
-    """kuiper.quant.prefetch is LLVM's llvm.prefetch: the machine code holds a prefetch (x86) or prfm (Arm)."""
-    from numba import njit
-
-    from kuiper.quant import prefetch
-
-    @njit
-    def touch(a, offset):
-        prefetch(a, offset)
-        return a[0]
-
-    assert touch(np.arange(256, dtype=np.uint8), 128) == 0
-    asm = touch.inspect_asm(touch.signatures[0]).lower()
-    assert "prefetch" in asm or "prfm" in asm, "expected a prefetch instruction in the compiled code"

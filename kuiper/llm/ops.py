@@ -5,7 +5,10 @@ import math
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)  # numpy: x / 0 is inf, never an exception
@@ -37,15 +40,6 @@ def swiglu(gate_up: np.ndarray) -> np.ndarray:
             gate = gate_up[t, i]
             out[t, i] = gate / (np.float32(1.0) + np.exp(-gate)) * gate_up[t, half + i]
     return out
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _matvec(w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
-    for i in prange(w.shape[0]):
-        total = np.float32(0.0)
-        for j in range(w.shape[1]):
-            total += w[i, j] * x[j]
-        out[i] = total
 
 
 def matmul(x: np.ndarray, w: Any) -> np.ndarray:
@@ -195,3 +189,42 @@ def pack(arrays: list[np.ndarray]) -> list[np.ndarray]:
         view[...] = a
         copies.append(view)
     return copies
+
+
+@intrinsic
+def prefetch(typingctx, array, offset):
+    """Ask the CPU to bring the cache line holding byte `offset` of `array`'s data (C order) into its caches,
+    without waiting for it (LLVM's llvm.prefetch: read, keep in all levels). Never faults; returns nothing."""
+    byte_ptr = ir.IntType(8).as_pointer()
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        address = builder.gep(builder.bitcast(data, byte_ptr), [args[1]])
+        i32 = ir.IntType(32)
+        llvm_prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), "llvm.prefetch.p0i8")
+        builder.call(llvm_prefetch, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    if isinstance(array, types.Array) and isinstance(offset, types.Integer):
+        return types.void(array, offset), codegen
+    return None
+
+
+MATVEC_PREFETCH_ROWS = 4  # how many float32 rows below the one it sums `_matvec` prefetches
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _matvec(w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    """out (N,) = w (N, K) @ x (K,), float32, w C-contiguous; before summing row i, every cache line of row
+    i + MATVEC_PREFETCH_ROWS is prefetched (no prefetch past the last byte of w)."""
+    n_rows, k = w.shape
+    row_bytes, last_byte = 4 * k, 4 * w.size - 1
+    for i in prange(n_rows):
+        ahead = (i + MATVEC_PREFETCH_ROWS) * row_bytes  # the first byte of the row prefetched
+        for line in range(0, row_bytes, 64):
+            prefetch(w, min(ahead + line, last_byte))
+        total = np.float32(0.0)
+        for j in range(k):
+            total += w[i, j] * x[j]
+        out[i] = total

@@ -76,4 +76,9 @@ BUGS = {
         ("        size += a.nbytes", "        size += a.size", "advances by elements, not bytes: float32 arrays overlap"),
         ("        view[...] = a\n", "", "the values are never copied in"),
     ],
+    "11.10": [
+        ("for i in prange(n_rows):", "for i in prange(n_rows - 1):", "off by one: the last row is never summed"),
+        ("for j in range(k):", "for j in range(k - 1):", "off by one: each sum leaves out the last column"),
+        ("        total = np.float32(0.0)\n", "        total = w[i, 0] * x[0]\n", "the sum starts from the first product, counting it twice"),
+    ],
 }
