@@ -40,8 +40,8 @@ class Row:
 def import_torch():
     """torch with the same number of threads as kuiper's numba pool; KuiperError if not installed.
 
-    torch's OpenMP pool inherits the OMP_WAIT_POLICY=PASSIVE that kuiper sets (kuiper.layers.conv):
-    in one process each engine's idle threads must sleep, or they steal the other's cores."""
+    torch's OpenMP pool inherits the short spin (GOMP_SPINCOUNT=10000) that kuiper sets (kuiper.layers.conv):
+    in one process both engines' idle threads wait the same way, briefly, so neither steals the other's cores."""
     try:
         import torch
     except ImportError:

@@ -399,22 +399,25 @@ with check("Exercise 4.3"):
 #
 # A forward pass alternates between two kinds of parallel code: numba kernels (im2col, pooling,
 # activations), run by numba's OpenMP threads, and matrix multiplies, run by OpenBLAS's own
-# threads. By default an OpenMP thread that finishes its share *spins*, busy-waiting for the next
-# kernel — on a machine with two cores it then takes a core away from the OpenBLAS thread that
-# should be working. Telling OpenMP to sleep when idle roughly halves ResNet-18's time on two
-# cores. OpenMP reads the setting when it is loaded, so the package sets it on import (unless you
-# chose a policy yourself); PyTorch imported later in the same process inherits it, which keeps
-# its idle threads from stealing kuiper's cores too. OpenBLAS has the same habit, worse: after each
+# threads. By default an OpenMP thread that finishes its share *spins*, busy-waiting up to 300,000
+# rounds for the next kernel — on a machine with two cores it then takes a core away from the
+# OpenBLAS thread that should be working (it doubled ResNet-18's time here). Sleeping at once is no
+# better: waking a sleeping thread costs tens of microseconds, and a language model's decode step
+# runs 121 parallel matrix-vector products (lesson 11): SmolLM2 took 33 ms a token with sleeping
+# threads and 22 ms with a short spin. So the package asks for a short spin, 10,000 rounds (GCC's
+# OpenMP reads `GOMP_SPINCOUNT` when it is loaded, so `import kuiper` sets it unless you chose a
+# value yourself); PyTorch imported later in the same process inherits it, so both engines wait
+# the same way. OpenBLAS has the same habit, worse: after each
 # matrix multiply its threads spin for $2^{28}$ cycles, a tenth of a second. On two busy cores that
 # spinning was most of the CPU time of a MobileNetV2 forward pass; `import kuiper` sets
 # `OPENBLAS_THREAD_TIMEOUT=4` ($2^4$ cycles) before numpy loads OpenBLAS (in a notebook that
-# imported numpy first it is too late: start Jupyter with the variable set to get it there).
+# imported numpy first it is too late: start Jupyter with the variables set to get them there).
 
 # %%
 #| export
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 # %% [markdown]
 # ## The `nn.Conv2d` layer

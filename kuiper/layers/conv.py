@@ -107,7 +107,7 @@ def depthwise_conv(x, w, out, sh, sw, ph, pw, dh, dw):
                         row[x_] += weight * source[x_ * sw + shift]
 
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 
 def pair(value: object, name: str, op, minimum: int = 0) -> tuple[int, int]:
