@@ -60,13 +60,13 @@ def cubic_weights(frac: np.ndarray, a: float = -0.75) -> np.ndarray:
 def resample(x, index, weight, out):
     """out[a, o, b] = Σ_t weight[o, t] · x[a, index[o, t], b] for x (A, in, B), out (A, out, B) float32."""
     outer, size_out, inner = out.shape
-    for ao in prange(outer * size_out):
-        a, o = ao // size_out, ao % size_out
-        for b in range(inner):
-            total = np.float32(0.0)
-            for t in range(index.shape[1]):
-                total += weight[o, t] * x[a, index[o, t], b]
-            out[a, o, b] = total
+    for a in prange(outer):
+        for o in range(size_out):
+            for b in range(inner):
+                total = np.float32(0.0)
+                for t in range(index.shape[1]):
+                    total += weight[o, t] * x[a, index[o, t], b]
+                out[a, o, b] = total
 
 
 def resample_axis(x: np.ndarray, axis: int, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
