@@ -307,7 +307,8 @@ class LLMBench:
 
     def goals(self) -> dict[str, float]:
         """The same-run ratios issue 18's goals are stated in: decode as a fraction of the bandwidth bound
-        (weight bytes per token / read bandwidth), int8 decode over fp32 decode, prefill over the other engines."""
+        (weight bytes per token / read bandwidth), int8 decode over fp32 decode, prefill and decode over the other
+        engines (fp32 against transformers and llama.cpp F32, int8 against llama.cpp Q8_0)."""
         fp32, int8, blocks = self.row("kuiper", "fp32"), self.row("kuiper", "int8"), self.row("kuiper", "gguf")
         found = {"fp32_decode_of_bound": fp32.decode_tps * self.weight_bytes / self.bandwidth} if fp32 else {}
         for name, other in (("fp32", fp32), ("int8", int8)):
@@ -319,11 +320,13 @@ class LLMBench:
             found |= {"int8_decode_of_bound": int8.decode_tps * self.int8_weight_bytes / self.bandwidth,
                       "int8_decode_vs_fp32": int8.decode_tps / fp32.decode_tps,
                       "int8_prefill_vs_fp32": int8.prefill_tps / fp32.prefill_tps}
-        for engine, weights in (("transformers", "fp32"), ("llama.cpp", "F32")):
+        for name, mine, engine, weights in (("fp32", fp32, "transformers", "fp32"), ("fp32", fp32, "llama.cpp", "F32"),
+                                            ("int8", int8, "llama.cpp", "Q8_0")):
             other = self.row(engine, weights)
-            if fp32 and other:
-                found |= {f"fp32_prefill_vs_{engine}": fp32.prefill_tps / other.prefill_tps,
-                          f"fp32_decode_vs_{engine}": fp32.decode_tps / other.decode_tps}
+            if mine and other:
+                peer = engine if name == "fp32" else f"{engine}_{weights}"
+                found |= {f"{name}_prefill_vs_{peer}": mine.prefill_tps / other.prefill_tps,
+                          f"{name}_decode_vs_{peer}": mine.decode_tps / other.decode_tps}
         return found
 
 

@@ -9,12 +9,14 @@ def bench(*rows: LLMRow) -> LLMBench:
 
 def test_goals_are_ratios_of_rows_in_the_same_run():
     result = bench(LLMRow("kuiper", "fp32", 300.0, 17.0), LLMRow("kuiper", "int8 g32", 330.0, 51.0),
-                   LLMRow("transformers", "fp32", 400.0, 10.0), LLMRow("llama.cpp", "F32", 200.0, 20.0))
+                   LLMRow("transformers", "fp32", 400.0, 10.0), LLMRow("llama.cpp", "F32", 200.0, 20.0),
+                   LLMRow("llama.cpp", "Q8_0", 660.0, 60.0))
     goals = result.goals()
     assert goals == {"fp32_decode_of_bound": 17.0 * 500 / 10_000, "int8_decode_of_bound": 51.0 * 125 / 10_000,
                      "int8_decode_vs_fp32": 3.0, "int8_prefill_vs_fp32": 1.1,
                      "fp32_prefill_vs_transformers": 0.75, "fp32_decode_vs_transformers": 1.7,
-                     "fp32_prefill_vs_llama.cpp": 1.5, "fp32_decode_vs_llama.cpp": 0.85}
+                     "fp32_prefill_vs_llama.cpp": 1.5, "fp32_decode_vs_llama.cpp": 0.85,
+                     "int8_prefill_vs_llama.cpp_Q8_0": 0.5, "int8_decode_vs_llama.cpp_Q8_0": 0.85}
     text = format_llm_rows(result)
     assert "decode bound 20.0 tok/s" in text and "peak RSS 1024 MiB" in text
     assert "fp32_decode_of_bound 0.85" in text and "int8_decode_vs_fp32 3.00" in text
